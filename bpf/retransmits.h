@@ -1,0 +1,17 @@
+/* Shared by retransmits.bpf.c and profiler/probes/retransmits.py (FLOW_KEY dtype);
+ * tests/unit/test_layouts.py checks the two agree byte for byte. */
+#ifndef NETPROF_RETRANSMITS_H
+#define NETPROF_RETRANSMITS_H
+
+struct retransmit_flow_key {
+    u32 netns_inode;
+    u16 family;      /* AF_INET or AF_INET6 */
+    u16 sport;       /* host byte order, as the tracepoint gives it */
+    u16 dport;
+    u8 state;        /* TCP state at the retransmit (TCP_ESTABLISHED = 1, ...) */
+    u8 _pad;
+    u8 saddr[16];    /* IPv4 in the first 4 bytes */
+    u8 daddr[16];
+};
+
+#endif

@@ -1,0 +1,80 @@
+"""What the running kernel offers netprof: BTF, tracefs, kprobes, headers, privileges.
+
+Pure functions over a filesystem root so the same code runs against recorded fixture trees.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NetprofError
+
+TRACEFS_CANDIDATES = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    release: str
+    btf: bool
+    kprobes: bool
+    tracefs: str | None
+    headers: str | None  # a real kernel include tree, if one is installed
+
+    def to_json(self) -> dict:
+        return {"release": self.release, "btf": self.btf, "kprobes": self.kprobes}
+
+
+def find_tracefs(root: Path = Path("/")) -> Path | None:
+    override = os.environ.get("NETPROF_TRACEFS")
+    candidates = [Path(override)] if override else [root / c for c in TRACEFS_CANDIDATES]
+    for path in candidates:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+def has_kprobes(tracefs: Path | None, root: Path = Path("/")) -> bool:
+    # CONFIG_KPROBES exposes kprobe_events in tracefs and the kprobe PMU in sysfs.
+    if tracefs is not None and (tracefs / "kprobe_events").exists():
+        return True
+    return (root / "sys/bus/event_source/devices/kprobe").exists()
+
+
+def find_kernel_headers(release: str, root: Path = Path("/")) -> Path | None:
+    for candidate in (root / "lib/modules" / release / "build", root / "lib/modules" / release / "source",
+                      root / "usr/src" / f"linux-headers-{release}"):
+        if (candidate / "include/linux/kconfig.h").is_file():
+            return candidate
+    return None
+
+
+def probe_kernel(root: Path = Path("/"), release: str | None = None) -> KernelInfo:
+    release = release or platform.release()
+    tracefs = find_tracefs(root)
+    headers = find_kernel_headers(release, root)
+    return KernelInfo(
+        release=release,
+        btf=(root / "sys/kernel/btf/vmlinux").is_file(),
+        kprobes=has_kprobes(tracefs, root),
+        tracefs=str(tracefs) if tracefs else None,
+        headers=str(headers) if headers else None,
+    )
+
+
+def require_capture_ready(info: KernelInfo) -> None:
+    """Refuse, with one line saying what is missing, before anything is compiled."""
+    if os.geteuid() != 0:
+        raise NetprofError("netprof needs root to load BPF programs (run it with sudo, or as root)")
+    if info.tracefs is None:
+        where = os.environ.get("NETPROF_TRACEFS") or "/sys/kernel/tracing"
+        raise NetprofError(
+            f"tracefs is not mounted (looked for {where}/events): "
+            "mount -t tracefs tracefs /sys/kernel/tracing"
+        )
+    if not info.btf and info.headers is None:
+        raise NetprofError(
+            "this kernel has neither BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) nor "
+            f"headers (/lib/modules/{info.release}/build): netprof needs one of them"
+        )

@@ -1,0 +1,86 @@
+"""Compile and load netprof's BPF programs with BCC, with or without kernel headers."""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from ..errors import NetprofError
+from .btf import Btf, BtfError
+from .features import KernelInfo
+from .offsets import OFFSET_MACROS_FROM_HEADERS, KernelLayout, read_layout, read_layout_from_tracefs
+from .shim import ensure_shim
+
+BCC_MISSING = (
+    "BCC's Python module is not importable: install the OS packages python3-bpfcc and libbpfcc "
+    "(Debian/Ubuntu; the PyPI package named 'bcc' is unrelated) and run netprof from a venv "
+    "made with --system-site-packages (./bootstrap.sh does both)"
+)
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise NetprofError(BCC_MISSING) from None
+    return bcc
+
+
+def bpf_source_dir() -> Path:
+    return Path(str(resources.files("netprof_bpf")))
+
+
+class BpfLoader:
+    """Knows how to build any program in bpf/ for this kernel.
+
+    With BTF (the normal case) BCC compiles against netprof's generated header shim and
+    every kernel offset arrives as a -D macro read from BTF. Without BTF, real kernel
+    headers are used and the same macros are defined as offsetof() expressions.
+    """
+
+    def __init__(self, info: KernelInfo, cache_dir: Path | None = None):
+        self.info = info
+        if info.btf:
+            try:
+                self.layout: KernelLayout = read_layout(Btf.from_file())
+            except BtfError as exc:
+                raise NetprofError(f"cannot use this kernel's BTF: {exc}") from None
+            self._kernel_source = str(ensure_shim(cache_dir, info.release))
+            self._base_cflags = self.layout.cflags()
+        elif info.headers:
+            self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")
+            self._kernel_source = info.headers
+            self._base_cflags = [
+                "-include", "net/sock.h", "-include", "net/net_namespace.h",
+                *(f"-D{name}={expr}" for name, expr in OFFSET_MACROS_FROM_HEADERS.items()),
+            ]
+        else:
+            raise NetprofError("neither BTF nor kernel headers: cannot compile BPF programs")
+
+    @property
+    def mode(self) -> str:
+        return "btf+shim" if self.info.btf else "kernel-headers"
+
+    def compile(self, program: str, cflags: list[str] | tuple[str, ...] = ()):
+        """Compile and load bpf/<program>.bpf.c; returns the bcc.BPF object."""
+        bcc = import_bcc()
+        source = bpf_source_dir() / f"{program}.bpf.c"
+        if not source.is_file():
+            raise NetprofError(f"BPF source {source} is missing (broken install?)")
+        os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
+        flags = [*self._base_cflags, f"-I{source.parent}", *cflags, "-Wno-unused-function"]
+        try:
+            return bcc.BPF(src_file=str(source).encode(), cflags=flags)
+        except Exception as exc:  # BCC raises bare Exception for compile and load failures
+            raise NetprofError(_explain_bpf_failure(program, exc)) from None
+
+
+def _explain_bpf_failure(program: str, exc: Exception) -> str:
+    text = str(exc)
+    if "Operation not permitted" in text or "EPERM" in text:
+        return (f"the kernel refused to load the {program} BPF program (operation not permitted): "
+                "run as root with CAP_BPF/CAP_SYS_ADMIN, and check kernel.unprivileged_bpf_disabled "
+                "and lockdown (cat /sys/kernel/security/lockdown)")
+    if "Failed to compile" in text:
+        return f"BCC could not compile {program}.bpf.c for this kernel (compiler output above)"
+    return f"loading the {program} BPF program failed: {text.splitlines()[0] if text else exc!r}"

@@ -1,0 +1,78 @@
+"""Kernel struct offsets and enums that BPF programs need, read from BTF.
+
+Each offset enters the C code as a -D macro, so the programs stay free of kernel struct
+definitions and correct on every kernel that has BTF (borrowed headers from another kernel
+give wrong offsets: the Debian 6.1 headers disagree with 6.18 on struct net).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .btf import Btf
+
+# macro → (struct, dotted member paths whose offsets are summed). Paths walk nested structs.
+OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
+    "NETPROF_SOCK_NET_OFFSET": (("sock", "__sk_common.skc_net"),),
+    "NETPROF_NET_INUM_OFFSET": (("net", "ns"), ("ns_common", "inum")),
+}
+
+# The same values, expressed for compilation against real kernel headers (no BTF).
+OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
+    "NETPROF_SOCK_NET_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_net)",
+    "NETPROF_NET_INUM_OFFSET": "(__builtin_offsetof(struct net, ns) + __builtin_offsetof(struct ns_common, inum))",
+}
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    offsets: dict[str, int]
+    drop_reasons: dict[int, str]      # value → name without the SKB_DROP_REASON_ prefix
+    softirq_vectors: dict[int, str]   # value → name without the _SOFTIRQ suffix
+
+    def cflags(self) -> list[str]:
+        return [f"-D{name}={value}" for name, value in sorted(self.offsets.items())]
+
+
+def read_layout(btf: Btf) -> KernelLayout:
+    offsets = {
+        macro: sum(btf.field_offset(struct, path) for struct, path in parts)
+        for macro, parts in OFFSET_MACROS.items()
+    }
+    reasons = {
+        value: name.removeprefix("SKB_DROP_REASON_")
+        for name, value in btf.enum("skb_drop_reason").items()
+    }
+    vectors = {
+        value: name.removesuffix("_SOFTIRQ")
+        for name, value in btf.enum_containing("NET_RX_SOFTIRQ").items()
+        if name != "NR_SOFTIRQS"
+    }
+    return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors)
+
+
+def read_layout_from_tracefs(tracefs: str) -> KernelLayout:
+    """Enums from tracepoint formats, for kernels without BTF (compiled against real headers,
+    where offsets come from the headers themselves)."""
+    from pathlib import Path
+
+    def symbols(event: str, field: str) -> dict[int, str]:
+        text = (Path(tracefs) / "events" / event / "format").read_text()
+        return parse_print_symbolic(text, field)
+
+    return KernelLayout(
+        offsets={},
+        drop_reasons=symbols("skb/kfree_skb", "reason"),
+        softirq_vectors=symbols("irq/softirq_entry", "vec"),
+    )
+
+
+def parse_print_symbolic(format_text: str, field: str) -> dict[int, str]:
+    """Value → name from a tracepoint's `__print_symbolic(REC->field, { 2, "NAME" }, …)`."""
+    import re
+
+    marker = f"__print_symbolic(REC->{field},"
+    start = format_text.find(marker)
+    if start < 0:
+        return {}
+    pairs = re.findall(r'\{\s*(\d+)\s*,\s*"([A-Za-z0-9_]+)"\s*\}', format_text[start:])
+    return {int(value): name for value, name in pairs}
