@@ -14,4 +14,10 @@ struct retransmit_flow_key {
     u8 daddr[16];
 };
 
+/* Value of both maps. */
+struct retransmit_counts {
+    u64 retransmits;  /* retransmitted skbs: one per tracepoint hit */
+    u64 segments;     /* MSS segments in them: comparable to the RetransSegs SNMP counter */
+};
+
 #endif

@@ -51,7 +51,7 @@ class BpfLoader:
             self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")
             self._kernel_source = info.headers
             self._base_cflags = [
-                "-include", "net/sock.h", "-include", "net/net_namespace.h",
+                "-include", "net/sock.h", "-include", "net/net_namespace.h", "-include", "net/tcp.h",
                 *(f"-D{name}={expr}" for name, expr in OFFSET_MACROS_FROM_HEADERS.items()),
             ]
         else:

@@ -131,6 +131,20 @@ class MapReader:
         return total
 
 
+def match_keys(prev_keys: np.ndarray | None, keys: np.ndarray) -> np.ndarray:
+    """For each key, its index in prev_keys, or -1. Keys compare as raw bytes, so any
+    structured key dtype works; O(n log n) in live keys, independent of the event rate."""
+    if prev_keys is None or len(prev_keys) == 0 or len(keys) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
+    width = keys.dtype.itemsize
+    prev_raw = np.ascontiguousarray(prev_keys).view(f"V{width}")
+    raw = np.ascontiguousarray(keys).view(f"V{width}")
+    order = np.argsort(prev_raw, kind="stable")
+    pos = np.minimum(np.searchsorted(prev_raw[order], raw), len(prev_raw) - 1)
+    found = prev_raw[order][pos] == raw
+    return np.where(found, order[pos], -1)
+
+
 def counter_deltas(
     prev_keys: np.ndarray | None,
     prev_counts: np.ndarray | None,
@@ -139,21 +153,26 @@ def counter_deltas(
 ) -> np.ndarray:
     """Per-key increase of cumulative counters since the previous read.
 
-    Keys are compared as raw bytes, so any structured key dtype works. A key that is new, or
-    whose counter went down (evicted from an LRU map and re-created), counts from zero.
-    Cost is O(n log n) in the number of live keys, independent of the event rate.
+    `counts` is a plain integer array or a structured one (one field per counter); the
+    result has the same shape with int64 fields. A key that is new, or whose first counter
+    went down (evicted from an LRU map and re-created), counts from zero.
     """
-    counts = counts.astype(np.int64)
-    if prev_keys is None or len(prev_keys) == 0 or len(keys) == 0:
-        return counts
-    width = keys.dtype.itemsize
-    prev_raw = np.ascontiguousarray(prev_keys).view(f"V{width}")
-    raw = np.ascontiguousarray(keys).view(f"V{width}")
-    order = np.argsort(prev_raw, kind="stable")
-    sorted_prev = prev_raw[order]
-    pos = np.searchsorted(sorted_prev, raw)
-    pos_clipped = np.minimum(pos, len(sorted_prev) - 1)
-    found = sorted_prev[pos_clipped] == raw
-    base = np.where(found, prev_counts.astype(np.int64)[order][pos_clipped], 0)
-    delta = counts - base
-    return np.where(delta < 0, counts, delta)
+    index = match_keys(prev_keys, keys)
+    found = index >= 0
+    safe = np.where(found, index, 0)
+    fields = counts.dtype.names
+    if fields is None:
+        now = counts.astype(np.int64)
+        base = np.where(found, prev_counts.astype(np.int64)[safe], 0) if prev_counts is not None else 0
+        delta = now - base
+        return np.where(delta < 0, now, delta)
+    out = np.zeros(len(counts), dtype=[(name, np.int64) for name in fields])
+    recreated = np.zeros(len(counts), dtype=bool)
+    for name in fields:
+        now = counts[name].astype(np.int64)
+        base = np.where(found, prev_counts[name].astype(np.int64)[safe], 0) if prev_counts is not None else 0
+        out[name] = now - base
+        recreated |= out[name] < 0
+    for name in fields:
+        out[name] = np.where(recreated, counts[name].astype(np.int64), out[name])
+    return out

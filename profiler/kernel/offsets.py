@@ -14,12 +14,16 @@ from .btf import Btf
 OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     "NETPROF_SOCK_NET_OFFSET": (("sock", "__sk_common.skc_net"),),
     "NETPROF_NET_INUM_OFFSET": (("net", "ns"), ("ns_common", "inum")),
+    # TCP keeps its per-skb control block in skb->cb; tcp_gso_segs is tcp_skb_pcount(),
+    # the number of MSS segments the skb carries (what RetransSegs adds per retransmit).
+    "NETPROF_SKB_TCP_GSO_SEGS_OFFSET": (("sk_buff", "cb"), ("tcp_skb_cb", "tcp_gso_segs")),
 }
 
 # The same values, expressed for compilation against real kernel headers (no BTF).
 OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_SOCK_NET_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_net)",
     "NETPROF_NET_INUM_OFFSET": "(__builtin_offsetof(struct net, ns) + __builtin_offsetof(struct ns_common, inum))",
+    "NETPROF_SKB_TCP_GSO_SEGS_OFFSET": "(__builtin_offsetof(struct sk_buff, cb) + __builtin_offsetof(struct tcp_skb_cb, tcp_gso_segs))",
 }
 
 

@@ -30,7 +30,8 @@ FLOW_KEY = np.dtype(
     ]
 )
 NETNS_KEY = np.dtype([("netns_inode", "<u4")])
-COUNT = np.dtype([("count", "<u8")])
+# Mirrors struct retransmit_counts.
+COUNTS = np.dtype([("retransmits", "<u8"), ("segments", "<u8")])
 
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -44,9 +45,9 @@ class RetransmitCounts:
     """Cumulative counts since attach."""
 
     netns: np.ndarray       # NETNS_KEY
-    per_netns: np.ndarray   # uint64, aligned with netns
+    per_netns: np.ndarray   # COUNTS, aligned with netns
     flows: np.ndarray       # FLOW_KEY
-    per_flow: np.ndarray    # uint64, aligned with flows
+    per_flow: np.ndarray    # COUNTS, aligned with flows
     netns_map_full: int     # retransmits missing from per_netns because the map was full
 
 
@@ -73,8 +74,8 @@ class RetransmitProbe:
             )
         except NetprofError as exc:
             return ProbeStatus(self.name, False, f"tracepoint:{TRACEPOINT}", str(exc))
-        self._by_netns = MapReader(self._bpf["retransmits_by_netns"], MapLayout(NETNS_KEY, COUNT))
-        self._by_flow = MapReader(self._bpf["retransmits_by_flow"], MapLayout(FLOW_KEY, COUNT))
+        self._by_netns = MapReader(self._bpf[b"retransmits_by_netns"], MapLayout(NETNS_KEY, COUNTS))
+        self._by_flow = MapReader(self._bpf[b"retransmits_by_flow"], MapLayout(FLOW_KEY, COUNTS))
         return ProbeStatus(self.name, True, f"tracepoint:{TRACEPOINT}")
 
     def read(self) -> RetransmitCounts:
@@ -82,8 +83,8 @@ class RetransmitProbe:
             raise RuntimeError("read() before a successful attach()")
         netns, per_netns = self._by_netns.read()
         flows, per_flow = self._by_flow.read()
-        full = int(self._bpf["retransmit_map_full"][0].value)
-        return RetransmitCounts(netns, per_netns["count"], flows, per_flow["count"], full)
+        full = int(self._bpf[b"retransmit_map_full"][0].value)
+        return RetransmitCounts(netns, per_netns, flows, per_flow, full)
 
     def detach(self) -> None:
         if self._bpf is not None:

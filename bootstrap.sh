@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Set up netprof on a fresh Debian/Ubuntu machine, then run the demo or the test suite.
+#
+#   ./bootstrap.sh demo    set up, then: fake pods up -> profile -> report -> fake pods down
+#   ./bootstrap.sh test    set up, then run the whole test suite
+#   ./bootstrap.sh setup   set up only
+#
+# Run as root: netprof loads BPF programs and the lab creates network namespaces.
+# Idempotent: a second run only checks what the first installed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv="$here/.venv"
+action=${1:-setup}
+
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+case "$action" in
+  setup|demo|test) ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown action '$action' (use: setup, demo or test)" ;;
+esac
+
+[ "$(id -u)" -eq 0 ] || die "run as root (BPF programs and network namespaces need it)"
+
+# What the OS must provide. BCC comes from the OS: the PyPI package named "bcc" is another
+# project. python3-bpfcc is pure Python over libbcc, seen by the venv through
+# --system-site-packages.
+os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps)
+missing=()
+for pkg in "${os_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  command -v apt-get >/dev/null || die "missing OS packages ${missing[*]} and no apt-get to install them"
+  echo "bootstrap: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BCC reads tracepoint formats from tracefs.
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+  mount -t tracefs tracefs /sys/kernel/tracing || die "cannot mount tracefs on /sys/kernel/tracing"
+fi
+
+# The OS's python3 is the one python3-bpfcc was built for; a venv over it with system site
+# packages sees bcc and gets everything else from PyPI.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import bcc" 2>/dev/null; then
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+stamp="$venv/.netprof-installed"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+  touch "$stamp"
+fi
+"$venv/bin/python" -c "import bcc, pyroute2, numpy, rich, textual" \
+  || die "the venv at $venv cannot import its dependencies"
+
+case "$action" in
+  setup) echo "bootstrap: ready — $venv/bin/netprof --help" ;;
+  demo) exec "$venv/bin/netprof" lab demo ;;
+  test) cd "$here" && exec "$venv/bin/python" -m pytest -q -ra tests ;;
+esac

@@ -1,0 +1,110 @@
+"""The `netprof` command line: argument parsing and turning failures into one-line errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from . import __version__
+from .errors import NetprofError
+
+DESCRIPTION = """\
+eBPF network profiler for Kubernetes nodes: finds where the node's network hurts
+(TCP retransmits, drops, listen overflows, conntrack, softirq) and which pod or CPU it hurts.
+Runs as root; loads BPF programs with BCC, without kernel headers (BTF is enough)."""
+
+EPILOG = """\
+examples:
+  netprof profile --duration 10            capture 10 s, print a report
+  netprof profile --duration 5 --json      the same as one JSON document on stdout
+  netprof lab up                           bring up fake pods to try things on
+  netprof lab run retransmits              a lossy pod among healthy ones
+"""
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if value > 86400:
+        raise argparse.ArgumentTypeError("at most 86400 seconds (one day) per capture")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = _duration(text)
+    if value < 0.05:
+        raise argparse.ArgumentTypeError("the interval must be at least 0.05 s")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other netprof error
+        self.exit(2, f"netprof: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="netprof", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"netprof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    profile = sub.add_parser(
+        "profile",
+        help="one-shot capture: attach probes, sample, report",
+        description="Attach the probes, sample every --interval for --duration seconds, detach, "
+                    "and print a report (or --json). Ctrl-C ends early and still reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    profile.add_argument("--duration", "-d", type=_duration, default=10.0, metavar="SECONDS",
+                         help="how long to capture (default 10)")
+    profile.add_argument("--interval", "-i", type=_interval, default=1.0, metavar="SECONDS",
+                         help="how often the kernel counters are read (default 1)")
+    profile.add_argument("--json", action="store_true",
+                         help="print one JSON document (schema netprof.profile/v1) instead of the report")
+    profile.set_defaults(func=_cmd_profile)
+
+    from .lab.commands import add_lab_parser
+
+    add_lab_parser(sub)
+    return parser
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import ProfileOptions, run_profile
+    from .report import print_report
+
+    capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval))
+    document = capture.to_json()
+    if args.json:
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(document)
+    return 130 if capture.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NetprofError as exc:
+        print(f"netprof: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("netprof: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Network-namespace inode → pod label.
+
+A pod is its network namespace. Resolvers are tried best first; each knows one source of
+names. The Kubernetes resolvers (containerd, CRI-O, kubepods cgroups) plug in ahead of the
+generic ones through the same `NetnsResolver` protocol.
+
+Labels are remembered for the whole capture: a namespace that vanishes mid-run keeps the
+name it had, which is normal on a node where pods come and go.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Protocol
+
+HOST_LABEL = "host"
+MAX_LABEL_LEN = 253  # a Kubernetes name's limit; longer text is not a label anyone typed
+
+
+class NetnsResolver(Protocol):
+    def lookup(self, inode: int) -> str | None:
+        """A label for this netns inode, or None if this resolver does not know it."""
+
+    def known(self) -> dict[int, str]:
+        """Every netns this resolver can name right now (quiet pods included)."""
+
+
+def sanitize_label(text: str) -> str:
+    """Labels come from files other programs wrote: keep them printable and bounded."""
+    clean = "".join(ch if ch.isprintable() and ch not in "\r\n\t" else "?" for ch in text)
+    return clean[:MAX_LABEL_LEN]
+
+
+def netns_inode(path: Path) -> int | None:
+    """Inode of an nsfs file (a bind mount under /run/netns or /proc/<pid>/ns/net).
+
+    lstat, never stat: a symlink planted under /run/netns must not lead the root-run
+    profiler to some other file.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    return st.st_ino
+
+
+class HostResolver:
+    """The root network namespace is the node itself: PID 1's netns.
+
+    Where PID 1's ns link is not readable (a sandbox, a PID namespace without hostPID),
+    netprof's own netns stands in: it runs in the node's netns (hostNetwork) by design.
+    """
+
+    def __init__(self, root: Path = Path("/")):
+        self._inode = _proc_ns_inode(root / "proc/1/ns/net") or _proc_ns_inode(
+            root / "proc/self/ns/net"
+        )
+
+    def lookup(self, inode: int) -> str | None:
+        return HOST_LABEL if inode == self._inode else None
+
+    def known(self) -> dict[int, str]:
+        return {self._inode: HOST_LABEL} if self._inode is not None else {}
+
+
+def _proc_ns_inode(link: Path) -> int | None:
+    # /proc/<pid>/ns/net is a magic link whose target reads "net:[<inode>]"; readlink
+    # gives the inode without opening or following anything.
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    if target.startswith("net:[") and target.endswith("]"):
+        return int(target[5:-1])
+    return None
+
+
+class NamedNetnsResolver:
+    """Names from `ip netns` (/run/netns/<name>), rescanned at most every `rescan_s` seconds
+    when an unknown inode shows up."""
+
+    def __init__(self, root: Path = Path("/"), rescan_s: float = 1.0):
+        self._dir = root / "run/netns"
+        self._rescan_s = rescan_s
+        self._names: dict[int, str] = {}
+        self._scanned_at = float("-inf")
+
+    def _scan(self) -> None:
+        self._scanned_at = time.monotonic()
+        try:
+            entries = list(os.scandir(self._dir))
+        except OSError:
+            return
+        for entry in entries:
+            inode = netns_inode(Path(entry.path))
+            if inode is not None:
+                self._names[inode] = sanitize_label(entry.name)
+
+    def lookup(self, inode: int) -> str | None:
+        if inode not in self._names and time.monotonic() - self._scanned_at >= self._rescan_s:
+            self._scan()
+        return self._names.get(inode)
+
+    def known(self) -> dict[int, str]:
+        self._scan()
+        return dict(self._names)
+
+
+class PodDirectory:
+    """Labels every netns inode the probes report, best resolver first."""
+
+    def __init__(self, resolvers: list[NetnsResolver]):
+        self._resolvers = resolvers
+        self._labels: dict[int, str] = {}
+
+    @classmethod
+    def default(cls, root: Path = Path("/")) -> "PodDirectory":
+        # Kubernetes resolvers (containerd, CRI-O, kubepods cgroups) go first once they exist.
+        return cls([HostResolver(root), NamedNetnsResolver(root)])
+
+    def known(self) -> dict[int, str]:
+        """Every pod the resolvers can name now, merged with every label handed out so far."""
+        found: dict[int, str] = {}
+        for resolver in reversed(self._resolvers):  # better resolvers overwrite worse ones
+            found.update(resolver.known())
+        for inode, label in found.items():
+            self._labels.setdefault(inode, label)
+        return {**self._labels}
+
+    def label(self, inode: int) -> str:
+        known = self._labels.get(inode)
+        if known is not None and not known.startswith("netns:"):
+            return known
+        for resolver in self._resolvers:
+            name = resolver.lookup(inode)
+            if name:
+                self._labels[inode] = name
+                return name
+        if inode == 0:
+            # The probe could not read the socket's namespace (no socket on the event).
+            return "unknown"
+        self._labels[inode] = f"netns:{inode}"
+        return self._labels[inode]

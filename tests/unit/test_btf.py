@@ -1,0 +1,115 @@
+"""The BTF reader on a hand-built blob (every kind it must walk past) and on this kernel."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from profiler.kernel.btf import (
+    KIND_ARRAY, KIND_DECL_TAG, KIND_ENUM, KIND_ENUM64, KIND_FUNC_PROTO, KIND_INT, KIND_PTR,
+    KIND_STRUCT, KIND_TYPE_TAG, KIND_TYPEDEF, KIND_UNION, Btf, BtfError,
+)
+
+
+class BlobBuilder:
+    def __init__(self):
+        self.strings = bytearray(b"\0")
+        self.types = bytearray()
+
+    def s(self, text: str) -> int:
+        if not text:
+            return 0
+        off = len(self.strings)
+        self.strings += text.encode() + b"\0"
+        return off
+
+    def add(self, name, kind, vlen, size_or_type, extra=b"", kind_flag=0):
+        info = (kind_flag << 31) | (kind << 24) | vlen
+        self.types += struct.pack("<III", self.s(name), info, size_or_type) + extra
+
+    def members(self, items):
+        return b"".join(struct.pack("<III", self.s(n), t, off) for n, t, off in items)
+
+    def blob(self) -> bytes:
+        hdr_len = 24
+        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, hdr_len, 0, len(self.types),
+                             len(self.types), len(self.strings))
+        return header + bytes(self.types) + bytes(self.strings)
+
+
+@pytest.fixture
+def btf() -> Btf:
+    b = BlobBuilder()
+    b.add("int", KIND_INT, 0, 4, struct.pack("<I", 32))                         # 1
+    b.add("inner", KIND_STRUCT, 2, 8, b.members([("a", 1, 0), ("b", 1, 32)]))  # 2
+    b.add("", KIND_UNION, 2, 8, b.members([("x", 1, 0), ("nested", 2, 0)]))    # 3
+    b.add("", KIND_DECL_TAG, 0, 2, struct.pack("<i", -1))                       # 4
+    b.add("", KIND_FUNC_PROTO, 2, 1, struct.pack("<IIII", 0, 1, 0, 1))          # 5
+    b.add("", KIND_ARRAY, 0, 0, struct.pack("<III", 1, 1, 4))                   # 6
+    b.add("outer", KIND_STRUCT, 3, 24, b.members([("first", 1, 0), ("", 3, 64), ("tail", 6, 128)]))  # 7
+    b.add("color", KIND_ENUM, 2, 4, struct.pack("<Ii", b.s("RED"), 0) + struct.pack("<Ii", b.s("BLUE"), 5))  # 8
+    b.add("big", KIND_ENUM64, 1, 8, struct.pack("<III", b.s("HUGE"), 0, 1 << 8))  # 9
+    b.add("inner_t", KIND_TYPEDEF, 0, 2)                                         # 10
+    b.add("", KIND_TYPE_TAG, 0, 10)                                              # 11
+    b.add("", KIND_PTR, 0, 7)                                                    # 12
+    b.add("with_typedef", KIND_STRUCT, 2, 16, b.members([("p", 12, 0), ("m", 11, 64)]))  # 13
+    b.add("", KIND_ENUM, 2, 4, struct.pack("<Ii", b.s("HI_SOFTIRQ"), 0) + struct.pack("<Ii", b.s("NET_RX_SOFTIRQ"), 3))  # 14
+    return Btf(b.blob())
+
+
+def test_walks_every_kind(btf):
+    assert btf.type_count == 14
+
+
+def test_offsets_through_anonymous_union_and_nested_struct(btf):
+    assert btf.field_offset("outer", "first") == 0
+    assert btf.field_offset("outer", "x") == 8
+    assert btf.field_offset("outer", "nested.b") == 12
+    assert btf.field_offset("outer", "tail") == 16
+
+
+def test_offsets_look_through_typedef_and_type_tag(btf):
+    assert btf.field_offset("with_typedef", "m.b") == 12
+
+
+def test_sizes(btf):
+    assert btf.size(btf.find("outer", {KIND_STRUCT})) == 24
+    assert btf.size(6) == 16
+
+
+def test_enums(btf):
+    assert btf.enum("color") == {"RED": 0, "BLUE": 5}
+    assert btf.enum("big") == {"HUGE": 1 << 40}
+    assert btf.enum_containing("NET_RX_SOFTIRQ") == {"HI_SOFTIRQ": 0, "NET_RX_SOFTIRQ": 3}
+
+
+def test_missing_things_raise_clear_errors(btf):
+    with pytest.raises(BtfError, match="no member 'nope'"):
+        btf.field_offset("outer", "nope")
+    with pytest.raises(BtfError, match="no struct named 'absent'"):
+        btf.field_offset("absent", "x")
+    with pytest.raises(BtfError, match="not BTF"):
+        Btf(b"\0" * 32)
+    with pytest.raises(BtfError, match="no BTF at"):
+        Btf.from_file(Path("/nonexistent/vmlinux"))
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").is_file(), reason="this kernel has no BTF")
+def test_live_kernel_btf_has_what_netprof_needs():
+    from profiler.kernel.offsets import read_layout
+
+    layout = read_layout(Btf.from_file())
+    assert set(layout.offsets) == {"NETPROF_SOCK_NET_OFFSET", "NETPROF_NET_INUM_OFFSET",
+                                   "NETPROF_SKB_TCP_GSO_SEGS_OFFSET"}
+    assert all(0 < v < 4096 for v in layout.offsets.values())
+    names = set(layout.drop_reasons.values())
+    assert {"NOT_SPECIFIED", "TCP_LISTEN_OVERFLOW", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
+    assert {"NET_RX", "NET_TX"} <= set(layout.softirq_vectors.values())
+    # The tracepoint's own print fmt names the same numbers as BTF.
+    fmt = Path("/sys/kernel/tracing/events/skb/kfree_skb/format")
+    if fmt.exists():
+        from profiler.kernel.offsets import parse_print_symbolic
+
+        from_tracefs = parse_print_symbolic(fmt.read_text(), "reason")
+        assert from_tracefs and all(layout.drop_reasons[v] == n for v, n in from_tracefs.items())

@@ -1,0 +1,70 @@
+"""The profile JSON and the report, from synthetic snapshots (no kernel needed)."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+from rich.console import Console
+
+from profiler.capture import Capture
+from profiler.kernel.features import KernelInfo
+from profiler.probes.base import ProbeStatus
+from profiler.report import print_report
+from profiler.snapshot import FlowKey, FlowRetransmits, PodInterval, Snapshot
+
+KERNEL = KernelInfo("6.18.44", btf=True, kprobes=False, tracefs="/sys/kernel/tracing", headers=None)
+
+
+def schema() -> dict:
+    return json.loads((resources.files("profiler") / "schemas/profile-v1.json").read_text())
+
+
+def sample_capture() -> Capture:
+    flow = FlowKey(netns=11, family=2, saddr="198.18.0.3", sport=40000, daddr="198.18.0.2", dport=5201)
+    cap = Capture(KERNEL, [ProbeStatus("tcp_retransmits", True, "tracepoint:tcp:tcp_retransmit_skb")],
+                  known_pods={11: "lossy", 12: "steady", 1: "host"})
+    cap.add(Snapshot(0.0, 1.0, (PodInterval("lossy", 11, 30, 50),), (FlowRetransmits("lossy", flow, "ESTABLISHED", 30, 50),)))
+    cap.add(Snapshot(1.0, 2.0, (PodInterval("lossy", 11, 12, 20),),
+                     (FlowRetransmits("lossy", flow, "ESTABLISHED", 11, 19), FlowRetransmits("lossy", flow, "SYN_SENT", 1, 1)),
+                     {"retransmits_by_netns": 2}))
+    return cap
+
+
+def test_totals_and_quiet_pods():
+    doc = sample_capture().to_json()
+    jsonschema.validate(doc, schema())
+    assert doc["duration_s"] == 2.0
+    assert doc["pods"][0] == {"pod": "lossy", "netns": 11, "retransmits": 42, "retransmitted_segments": 70}
+    assert {p["pod"]: p["retransmits"] for p in doc["pods"]} == {"lossy": 42, "steady": 0, "host": 0}
+    assert doc["flows"] == [{
+        "pod": "lossy", "netns": 11, "family": "ipv4", "saddr": "198.18.0.3", "sport": 40000,
+        "daddr": "198.18.0.2", "dport": 5201, "retransmits": 42, "retransmitted_segments": 70, "states": {"ESTABLISHED": 41, "SYN_SENT": 1},
+    }]
+    assert doc["lost_events"] == {"retransmits_by_netns": 2}
+
+
+def test_schema_rejects_what_it_should():
+    doc = sample_capture().to_json()
+    doc["pods"][0]["retransmits"] = -1
+    try:
+        jsonschema.validate(doc, schema())
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("a negative count passed the schema")
+
+
+def test_report_names_the_pod_and_flow():
+    console = Console(record=True, width=120, color_system=None)
+    print_report(sample_capture().to_json(), console)
+    text = console.export_text()
+    assert "lossy" in text and "42" in text and "198.18.0.3:40000" in text
+    assert "retransmits_by_netns 2" in text
+
+
+def test_empty_capture_report():
+    console = Console(record=True, width=100, color_system=None)
+    cap = Capture(KERNEL, [ProbeStatus("tcp_retransmits", False, "tracepoint:tcp:tcp_retransmit_skb", "boom")])
+    print_report(cap.to_json(), console)
+    text = console.export_text()
+    assert "not attached: boom" in text and "no retransmits" in text

@@ -1,0 +1,46 @@
+import numpy as np
+
+from profiler.kernel.maps import counter_deltas
+from profiler.probes.retransmits import FLOW_KEY
+
+KEY = np.dtype([("netns", "<u4"), ("port", "<u2"), ("pad", "<u2")])
+
+
+def keys(*rows: tuple) -> np.ndarray:
+    return np.array(list(rows), dtype=KEY)
+
+
+def test_first_read_is_the_delta():
+    d = counter_deltas(None, None, keys((1, 80, 0), (2, 80, 0)), np.array([5, 7], np.uint64))
+    assert d.tolist() == [5, 7]
+
+
+def test_deltas_match_keys_not_positions():
+    prev = keys((1, 80, 0), (2, 80, 0), (3, 443, 0))
+    now = keys((3, 443, 0), (9, 22, 0), (1, 80, 0))
+    d = counter_deltas(prev, np.array([5, 7, 10], np.uint64), now, np.array([12, 4, 5], np.uint64))
+    assert d.tolist() == [2, 4, 0]
+
+
+def test_counter_that_went_down_counts_from_zero():
+    # An LRU map evicted the key and it came back with a fresh count.
+    d = counter_deltas(keys((1, 80, 0)), np.array([100], np.uint64), keys((1, 80, 0)), np.array([3], np.uint64))
+    assert d.tolist() == [3]
+
+
+def test_structured_flow_keys_with_arrays():
+    prev = np.zeros(2, FLOW_KEY)
+    prev["netns_inode"] = [10, 11]
+    prev["saddr"][1, :4] = [198, 18, 0, 3]
+    now = prev[::-1].copy()
+    d = counter_deltas(prev, np.array([1, 2], np.uint64), now, np.array([5, 5], np.uint64))
+    assert d.tolist() == [3, 4]
+
+
+def test_structured_counters_reset_together():
+    counts = np.dtype([("retransmits", "<u8"), ("segments", "<u8")])
+    prev = np.array([(10, 30), (5, 5)], counts)
+    now = np.array([(12, 35), (1, 2)], counts)   # second key re-created by the LRU
+    d = counter_deltas(keys((1, 80, 0), (2, 80, 0)), prev, keys((1, 80, 0), (2, 80, 0)), now)
+    assert d["retransmits"].tolist() == [2, 1]
+    assert d["segments"].tolist() == [5, 2]
