@@ -2,30 +2,58 @@
 
 The JSON schema (`netprof.profile/v1`, profiler/schemas/profile-v1.json) is a contract with
 users' scripts: fields are only ever added.
+
+Totals have the same shape as one interval (a PodInterval summed over the capture is a
+PodInterval), so every view can show either.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
-from .snapshot import FlowKey, Snapshot
+from .snapshot import (
+    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
+    Listener, NapiDevice, PodInterval, Snapshot, SoftirqVector,
+)
 
 SCHEMA = "netprof.profile/v1"
+MAX_DROP_SITES = 20
 
 
-@dataclass(frozen=True)
-class PodTotals:
-    pod: str
-    netns: int
-    retransmits: int
-    retransmitted_segments: int
+def _sum_mappings(a: Mapping[str, int], b: Mapping[str, int]) -> Mapping[str, int]:
+    if not b:
+        return a
+    if not a:
+        return b
+    total = Counter(a)
+    total.update(b)
+    return MappingProxyType(dict(total))
 
-    def to_json(self) -> dict:
-        return {"pod": self.pod, "netns": self.netns, "retransmits": self.retransmits,
-                "retransmitted_segments": self.retransmitted_segments}
+
+def merge_pods(a: PodInterval, b: PodInterval) -> PodInterval:
+    values: dict = {name: getattr(a, name) + getattr(b, name) for name in POD_COUNTER_FIELDS}
+    values.update({name: _sum_mappings(getattr(a, name), getattr(b, name)) for name in POD_MAPPING_FIELDS})
+    listeners: dict[tuple[str, int], Listener] = {(l.address, l.port): l for l in a.listeners}
+    for listener in b.listeners:
+        key = (listener.address, listener.port)
+        listeners[key] = listeners[key].merge(listener) if key in listeners else listener
+    return replace(a, pod=b.pod, listeners=tuple(listeners[k] for k in sorted(listeners)), **values)
+
+
+def merge_cpus(a: CpuInterval, b: CpuInterval) -> CpuInterval:
+    softirq = dict(a.softirq)
+    for vector, stats in b.softirq.items():
+        softirq[vector] = softirq[vector].merge(stats) if vector in softirq else stats
+    napi = {d.device: d for d in a.napi}
+    for device in b.napi:
+        napi[device.device] = napi[device.device].merge(device) if device.device in napi else device
+    values = {name: _sum_mappings(getattr(a, name), getattr(b, name)) for name in CPU_MAPPING_FIELDS}
+    return replace(a, softirq=MappingProxyType(softirq), napi=tuple(napi[k] for k in sorted(napi)), **values)
 
 
 @dataclass(frozen=True)
@@ -51,6 +79,45 @@ class FlowTotals:
         }
 
 
+def pod_json(pod: PodInterval) -> dict:
+    return {
+        "pod": pod.pod,
+        "netns": pod.netns,
+        "retransmits": pod.retransmits,
+        "retransmitted_segments": pod.retransmitted_segments,
+        "drops": dict(sorted(pod.drops.items(), key=lambda i: -i[1])),
+        "rcvqueue_full": pod.rcvqueue_full,
+        "listen": [listener.to_json() for listener in pod.listeners],
+        "conntrack": dict(pod.conntrack),
+        "netstat": dict(pod.netstat),
+    }
+
+
+def cpu_json(cpu: CpuInterval) -> dict:
+    return {
+        "cpu": cpu.cpu,
+        "softirq": {
+            vector: {
+                "count": stats.count,
+                "time_ns": stats.time_ns,
+                "latency_log2_ns": list(stats.latency_log2_ns),
+                "queue_delay_log2_ns": list(stats.queue_delay_log2_ns),
+            }
+            for vector, stats in sorted(cpu.softirq.items())
+        },
+        "napi": [
+            {"device": d.device, "polls": d.polls, "packets": d.packets, "budget_exhausted": d.budget_exhausted}
+            for d in cpu.napi
+        ],
+        "softnet": dict(cpu.softnet),
+        "drops": dict(sorted(cpu.drops.items(), key=lambda i: -i[1])),
+    }
+
+
+def _pod_activity(pod: PodInterval) -> int:
+    return pod.retransmits + sum(pod.drops.values()) + pod.rcvqueue_full + sum(l.overflow_drops for l in pod.listeners)
+
+
 @dataclass
 class Capture:
     kernel: KernelInfo
@@ -72,17 +139,19 @@ class Capture:
             return 0.0
         return self.snapshots[-1].ended_s - self.snapshots[0].started_s
 
-    def pod_totals(self) -> list[PodTotals]:
-        retransmits: Counter[int] = Counter()
-        segments: Counter[int] = Counter()
-        labels = dict(self.known_pods)
+    def pod_totals(self) -> list[PodInterval]:
+        totals: dict[int, PodInterval] = {n: PodInterval(label, n) for n, label in self.known_pods.items()}
         for snapshot in self.snapshots:
             for pod in snapshot.pods:
-                retransmits[pod.netns] += pod.retransmits
-                segments[pod.netns] += pod.retransmitted_segments
-                labels[pod.netns] = pod.pod
-        totals = [PodTotals(labels[n], n, retransmits[n], segments[n]) for n in labels]
-        return sorted(totals, key=lambda p: (-p.retransmits, p.pod))
+                totals[pod.netns] = merge_pods(totals[pod.netns], pod) if pod.netns in totals else pod
+        return sorted(totals.values(), key=lambda p: (-_pod_activity(p), -p.retransmits, p.pod))
+
+    def cpu_totals(self) -> list[CpuInterval]:
+        totals: dict[int, CpuInterval] = {}
+        for snapshot in self.snapshots:
+            for cpu in snapshot.cpus:
+                totals[cpu.cpu] = merge_cpus(totals[cpu.cpu], cpu) if cpu.cpu in totals else cpu
+        return [totals[c] for c in sorted(totals)]
 
     def flow_totals(self) -> list[FlowTotals]:
         counts: Counter[FlowKey] = Counter()
@@ -97,6 +166,13 @@ class Capture:
                 pods[row.flow] = row.pod
         flows = [FlowTotals(pods[k], k, n, segments[k], dict(states[k])) for k, n in counts.items()]
         return sorted(flows, key=lambda f: (-f.retransmits, f.pod, f.flow.sport))
+
+    def drop_site_totals(self) -> list[DropSite]:
+        counts: Counter[tuple[str, str]] = Counter()
+        for snapshot in self.snapshots:
+            for site in snapshot.drop_sites:
+                counts[(site.reason, site.symbol)] += site.count
+        return [DropSite(r, s, n) for (r, s), n in counts.most_common(MAX_DROP_SITES)]
 
     def lost(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -113,9 +189,11 @@ class Capture:
             "intervals": len(self.snapshots),
             "kernel": self.kernel.to_json(),
             "probes": [status.to_json() for status in self.probes],
-            "pods": [pod.to_json() for pod in self.pod_totals()],
+            "pods": [pod_json(pod) for pod in self.pod_totals()],
             "flows": [flow.to_json() for flow in self.flow_totals()],
-            "cpus": [],
+            "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
+            "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
+                           for s in self.drop_site_totals()],
             "findings": [],
             "lost_events": self.lost(),
         }

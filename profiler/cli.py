@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from . import __version__
@@ -104,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # a bug: still one line for the operator, details on request
+        if os.environ.get("NETPROF_DEBUG"):
+            raise
+        print(f"netprof: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with NETPROF_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

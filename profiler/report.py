@@ -50,17 +50,16 @@ def render(capture: dict) -> Group:
 
     flows = Table(title=f"Top flows by retransmits (of {len(capture.get('flows', []))})",
                   title_justify="left", show_edge=False, pad_edge=False)
-    flows.add_column("pod")
-    flows.add_column("source")
-    flows.add_column("destination")
+    flows.add_column("pod", overflow="fold")
+    flows.add_column("source → destination", no_wrap=True)
     flows.add_column("retransmits", justify="right")
-    flows.add_column("states")
+    flows.add_column("states", overflow="fold")
     for flow in capture.get("flows", [])[:MAX_FLOWS]:
         states = ", ".join(f"{s} {n}" for s, n in sorted(flow.get("states", {}).items(), key=lambda i: -i[1]))
-        flows.add_row(flow["pod"], f"{flow['saddr']}:{flow['sport']}", f"{flow['daddr']}:{flow['dport']}",
+        flows.add_row(flow["pod"], f"{flow['saddr']}:{flow['sport']} → {flow['daddr']}:{flow['dport']}",
                       str(flow["retransmits"]), states)
     if not capture.get("flows"):
-        flows.add_row("(no retransmits)", "", "", "", "")
+        flows.add_row("(no retransmits)", "", "", "")
 
     parts = [head, Text(""), probes, Text(""), pods, Text(""), flows]
     lost = {k: v for k, v in capture.get("lost_events", {}).items() if v}

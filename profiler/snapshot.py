@@ -1,11 +1,20 @@
-"""One immutable record per sampling interval: what changed, attributed to pods.
+"""One immutable record per sampling interval: what changed, attributed to pods and CPUs.
 
 Everything downstream (capture totals, the report, the TUI, detectors) reads these and
-nothing else; none of it knows about BPF maps.
+nothing else; none of it knows about BPF maps. Sources fill a `SnapshotFrame` during one
+interval; the frame is frozen into a `Snapshot`.
+
+Counters here are deltas over the interval. Fields that are levels, not counters (a
+listener's queue depth and limit), say so in their name (`_peak`, `_limit`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -28,11 +37,103 @@ class FlowRetransmits:
 
 
 @dataclass(frozen=True)
+class Listener:
+    """One listening socket in one pod, as seen during an interval."""
+
+    address: str
+    port: int
+    accept_queue_peak: int = 0        # most connections waiting for accept() in any sample
+    accept_queue_limit: int = 0       # the kernel's limit: min(listen() backlog, somaxconn)
+    requested_backlog: int | None = None  # what the application passed to listen(), if seen
+    somaxconn: int | None = None      # the pod netns' net.core.somaxconn
+    overflow_drops: int = 0           # TCP_LISTEN_OVERFLOW drops attributed to this socket
+    samples_full: int = 0             # samples in which the queue was at its limit
+
+    def merge(self, other: "Listener") -> "Listener":
+        return Listener(
+            address=self.address,
+            port=self.port,
+            accept_queue_peak=max(self.accept_queue_peak, other.accept_queue_peak),
+            accept_queue_limit=other.accept_queue_limit or self.accept_queue_limit,
+            requested_backlog=other.requested_backlog if other.requested_backlog is not None else self.requested_backlog,
+            somaxconn=other.somaxconn if other.somaxconn is not None else self.somaxconn,
+            overflow_drops=self.overflow_drops + other.overflow_drops,
+            samples_full=self.samples_full + other.samples_full,
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "address": self.address, "port": self.port,
+            "accept_queue_peak": self.accept_queue_peak,
+            "accept_queue_limit": self.accept_queue_limit,
+            "requested_backlog": self.requested_backlog, "somaxconn": self.somaxconn,
+            "overflow_drops": self.overflow_drops, "samples_full": self.samples_full,
+        }
+
+
+@dataclass(frozen=True)
 class PodInterval:
     pod: str
     netns: int
-    retransmits: int = 0            # retransmitted skbs
-    retransmitted_segments: int = 0  # MSS segments in them (nstat's TcpRetransSegs)
+    retransmits: int = 0              # retransmitted skbs
+    retransmitted_segments: int = 0   # MSS segments in them (nstat's TcpRetransSegs)
+    drops: Mapping[str, int] = field(default_factory=lambda: EMPTY)  # skb drops by kernel drop reason name
+    rcvqueue_full: int = 0            # sock:sock_rcvqueue_full events (socket receive buffer full)
+    netstat: Mapping[str, int] = field(default_factory=lambda: EMPTY)  # the netns' own SNMP/netstat counter deltas
+    conntrack: Mapping[str, int] = field(default_factory=lambda: EMPTY)  # per-netns conntrack statistics deltas
+    listeners: tuple[Listener, ...] = ()
+
+
+@dataclass(frozen=True)
+class SoftirqVector:
+    """One softirq vector on one CPU over an interval."""
+
+    count: int = 0
+    time_ns: int = 0
+    # log2 histogram of handler run time: bucket i counts runs in [2^i, 2^(i+1)) ns.
+    latency_log2_ns: tuple[int, ...] = ()
+    # log2 histogram of raise → entry delay (time the work waited to run).
+    queue_delay_log2_ns: tuple[int, ...] = ()
+
+    def merge(self, other: "SoftirqVector") -> "SoftirqVector":
+        return SoftirqVector(
+            self.count + other.count,
+            self.time_ns + other.time_ns,
+            _add_hist(self.latency_log2_ns, other.latency_log2_ns),
+            _add_hist(self.queue_delay_log2_ns, other.queue_delay_log2_ns),
+        )
+
+
+@dataclass(frozen=True)
+class NapiDevice:
+    """NAPI polls of one device on one CPU over an interval."""
+
+    device: str
+    polls: int = 0
+    packets: int = 0
+    budget_exhausted: int = 0  # polls where work == budget: the device had more to give
+
+    def merge(self, other: "NapiDevice") -> "NapiDevice":
+        return NapiDevice(self.device, self.polls + other.polls, self.packets + other.packets,
+                          self.budget_exhausted + other.budget_exhausted)
+
+
+@dataclass(frozen=True)
+class CpuInterval:
+    cpu: int
+    softirq: Mapping[str, SoftirqVector] = field(default_factory=lambda: EMPTY)  # by vector name (NET_RX, …)
+    napi: tuple[NapiDevice, ...] = ()
+    softnet: Mapping[str, int] = field(default_factory=lambda: EMPTY)  # /proc/net/softnet_stat deltas: processed, dropped, …
+    drops: Mapping[str, int] = field(default_factory=lambda: EMPTY)    # skb drops by reason, on the CPU that dropped them
+
+
+@dataclass(frozen=True)
+class DropSite:
+    """Where in the kernel skbs were dropped, for the top sites."""
+
+    reason: str
+    symbol: str  # kernel function (+offset) from /proc/kallsyms
+    count: int
 
 
 @dataclass(frozen=True)
@@ -42,10 +143,73 @@ class Snapshot:
     started_s: float
     ended_s: float
     pods: tuple[PodInterval, ...]
-    flows: tuple[FlowRetransmits, ...]
+    flows: tuple[FlowRetransmits, ...] = ()
+    cpus: tuple[CpuInterval, ...] = ()
+    drop_sites: tuple[DropSite, ...] = ()
     # Events the kernel side could not count in full (a map was full), by map.
-    lost: dict[str, int] = field(default_factory=dict)
+    lost: Mapping[str, int] = field(default_factory=lambda: EMPTY)
 
     @property
     def interval_s(self) -> float:
         return self.ended_s - self.started_s
+
+
+class SnapshotFrame:
+    """What sources write into during one interval; frozen into a Snapshot at the end.
+
+    A source sets only its own fields; setting the same field twice for a pod or CPU is a
+    bug in the sources' division of labour, and raises.
+    """
+
+    def __init__(self, started_s: float, label: Any):
+        self.started_s = started_s
+        self._label = label  # netns inode → pod label
+        self._pods: dict[int, dict[str, Any]] = {}
+        self._cpus: dict[int, dict[str, Any]] = {}
+        self.flows: list[FlowRetransmits] = []
+        self.drop_sites: list[DropSite] = []
+        self.lost: Counter[str] = Counter()
+
+    def label(self, netns: int) -> str:
+        return self._label(netns)
+
+    def pod(self, netns: int, **values: Any) -> None:
+        entry = self._pods.setdefault(netns, {"pod": self._label(netns), "netns": netns})
+        _set_once(entry, values, f"pod netns:{netns}")
+
+    def cpu(self, cpu: int, **values: Any) -> None:
+        entry = self._cpus.setdefault(cpu, {"cpu": cpu})
+        _set_once(entry, values, f"cpu {cpu}")
+
+    def freeze(self, ended_s: float) -> Snapshot:
+        return Snapshot(
+            started_s=self.started_s,
+            ended_s=ended_s,
+            pods=tuple(PodInterval(**v) for _, v in sorted(self._pods.items())),
+            flows=tuple(self.flows),
+            cpus=tuple(CpuInterval(**v) for _, v in sorted(self._cpus.items())),
+            drop_sites=tuple(self.drop_sites),
+            lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
+        )
+
+
+def _set_once(entry: dict[str, Any], values: dict[str, Any], what: str) -> None:
+    for key, value in values.items():
+        if key in entry and key not in ("pod", "netns", "cpu"):
+            raise ValueError(f"{what}: field {key!r} set twice in one interval")
+        entry[key] = value
+
+
+def _add_hist(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    if not a:
+        return tuple(b)
+    if not b:
+        return tuple(a)
+    width = max(len(a), len(b))
+    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(width))
+
+
+# How totals are summed: every int field but the identity, and every counter mapping.
+POD_COUNTER_FIELDS = tuple(f.name for f in fields(PodInterval) if f.type == "int" and f.name != "netns")
+POD_MAPPING_FIELDS = tuple(f.name for f in fields(PodInterval) if f.type.startswith("Mapping"))
+CPU_MAPPING_FIELDS = ("softnet", "drops")

@@ -160,18 +160,21 @@ def counter_deltas(
     index = match_keys(prev_keys, keys)
     found = index >= 0
     safe = np.where(found, index, 0)
+    have_previous = prev_counts is not None and len(prev_counts) > 0
+
+    def base_of(previous: np.ndarray) -> np.ndarray | int:
+        return np.where(found, previous.astype(np.int64)[safe], 0) if have_previous else 0
+
     fields = counts.dtype.names
     if fields is None:
         now = counts.astype(np.int64)
-        base = np.where(found, prev_counts.astype(np.int64)[safe], 0) if prev_counts is not None else 0
-        delta = now - base
+        delta = now - base_of(prev_counts)
         return np.where(delta < 0, now, delta)
     out = np.zeros(len(counts), dtype=[(name, np.int64) for name in fields])
     recreated = np.zeros(len(counts), dtype=bool)
     for name in fields:
         now = counts[name].astype(np.int64)
-        base = np.where(found, prev_counts[name].astype(np.int64)[safe], 0) if prev_counts is not None else 0
-        out[name] = now - base
+        out[name] = now - base_of(prev_counts[name] if have_previous else None)
         recreated |= out[name] < 0
     for name in fields:
         out[name] = np.where(recreated, counts[name].astype(np.int64), out[name])

@@ -27,7 +27,7 @@ def sample_capture() -> Capture:
     cap.add(Snapshot(0.0, 1.0, (PodInterval("lossy", 11, 30, 50),), (FlowRetransmits("lossy", flow, "ESTABLISHED", 30, 50),)))
     cap.add(Snapshot(1.0, 2.0, (PodInterval("lossy", 11, 12, 20),),
                      (FlowRetransmits("lossy", flow, "ESTABLISHED", 11, 19), FlowRetransmits("lossy", flow, "SYN_SENT", 1, 1)),
-                     {"retransmits_by_netns": 2}))
+                     lost={"retransmits_by_netns": 2}))
     return cap
 
 
@@ -35,7 +35,10 @@ def test_totals_and_quiet_pods():
     doc = sample_capture().to_json()
     jsonschema.validate(doc, schema())
     assert doc["duration_s"] == 2.0
-    assert doc["pods"][0] == {"pod": "lossy", "netns": 11, "retransmits": 42, "retransmitted_segments": 70}
+    assert doc["pods"][0] == {
+        "pod": "lossy", "netns": 11, "retransmits": 42, "retransmitted_segments": 70, "drops": {},
+        "rcvqueue_full": 0, "listen": [], "conntrack": {}, "netstat": {},
+    }
     assert {p["pod"]: p["retransmits"] for p in doc["pods"]} == {"lossy": 42, "steady": 0, "host": 0}
     assert doc["flows"] == [{
         "pod": "lossy", "netns": 11, "family": "ipv4", "saddr": "198.18.0.3", "sport": 40000,

@@ -44,3 +44,11 @@ def test_structured_counters_reset_together():
     d = counter_deltas(keys((1, 80, 0), (2, 80, 0)), prev, keys((1, 80, 0), (2, 80, 0)), now)
     assert d["retransmits"].tolist() == [2, 1]
     assert d["segments"].tolist() == [5, 2]
+
+
+def test_previous_read_was_an_empty_map():
+    counts = np.dtype([("retransmits", "<u8"), ("segments", "<u8")])
+    d = counter_deltas(keys(), np.zeros(0, counts), keys((1, 80, 0)), np.array([(3, 4)], counts))
+    assert d["retransmits"].tolist() == [3] and d["segments"].tolist() == [4]
+    plain = counter_deltas(keys(), np.zeros(0, np.uint64), keys((1, 80, 0)), np.array([9], np.uint64))
+    assert plain.tolist() == [9]
