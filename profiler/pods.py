@@ -26,6 +26,9 @@ class NetnsResolver(Protocol):
     def known(self) -> dict[int, str]:
         """Every netns this resolver can name right now (quiet pods included)."""
 
+    def paths(self) -> dict[int, Path]:
+        """A path to enter each netns it knows (setns), for per-netns counters."""
+
 
 def sanitize_label(text: str) -> str:
     """Labels come from files other programs wrote: keep them printable and bounded."""
@@ -56,15 +59,20 @@ class HostResolver:
     """
 
     def __init__(self, root: Path = Path("/")):
-        self._inode = _proc_ns_inode(root / "proc/1/ns/net") or _proc_ns_inode(
-            root / "proc/self/ns/net"
-        )
+        self._path = root / "proc/1/ns/net"
+        self._inode = _proc_ns_inode(self._path)
+        if self._inode is None:
+            self._path = root / "proc/self/ns/net"
+            self._inode = _proc_ns_inode(self._path)
 
     def lookup(self, inode: int) -> str | None:
         return HOST_LABEL if inode == self._inode else None
 
     def known(self) -> dict[int, str]:
         return {self._inode: HOST_LABEL} if self._inode is not None else {}
+
+    def paths(self) -> dict[int, Path]:
+        return {self._inode: self._path} if self._inode is not None else {}
 
 
 def _proc_ns_inode(link: Path) -> int | None:
@@ -87,6 +95,7 @@ class NamedNetnsResolver:
         self._dir = root / "run/netns"
         self._rescan_s = rescan_s
         self._names: dict[int, str] = {}
+        self._paths: dict[int, Path] = {}  # only namespaces present at the last scan
         self._scanned_at = float("-inf")
 
     def _scan(self) -> None:
@@ -95,10 +104,12 @@ class NamedNetnsResolver:
             entries = list(os.scandir(self._dir))
         except OSError:
             return
+        self._paths = {}
         for entry in entries:
             inode = netns_inode(Path(entry.path))
             if inode is not None:
                 self._names[inode] = sanitize_label(entry.name)
+                self._paths[inode] = Path(entry.path)
 
     def lookup(self, inode: int) -> str | None:
         if inode not in self._names and time.monotonic() - self._scanned_at >= self._rescan_s:
@@ -108,6 +119,11 @@ class NamedNetnsResolver:
     def known(self) -> dict[int, str]:
         self._scan()
         return dict(self._names)
+
+    def paths(self) -> dict[int, Path]:
+        if time.monotonic() - self._scanned_at >= self._rescan_s:
+            self._scan()
+        return dict(self._paths)
 
 
 class PodDirectory:
@@ -130,6 +146,13 @@ class PodDirectory:
         for inode, label in found.items():
             self._labels.setdefault(inode, label)
         return {**self._labels}
+
+    def netns_paths(self) -> dict[int, Path]:
+        """Every live netns the resolvers can enter, best resolver's path first."""
+        found: dict[int, Path] = {}
+        for resolver in reversed(self._resolvers):
+            found.update(resolver.paths())
+        return found
 
     def label(self, inode: int) -> str:
         known = self._labels.get(inode)

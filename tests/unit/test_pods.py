@@ -70,3 +70,12 @@ def test_host_falls_back_to_own_netns(tmp_path):
     (tmp_path / "proc/self/ns").mkdir(parents=True)
     os.symlink("net:[4026531999]", tmp_path / "proc/self/ns/net")
     assert HostResolver(tmp_path).lookup(4026531999) == HOST_LABEL
+
+
+def test_netns_paths_for_entering_pods(tmp_path):
+    root = make_tree(tmp_path)
+    paths = PodDirectory.default(root).netns_paths()
+    web = os.stat(root / "run/netns/web").st_ino
+    assert paths[web] == root / "run/netns/web"
+    assert paths[4026531840] == root / "proc/1/ns/net"
+    assert all("evil" not in str(p) for p in paths.values())
