@@ -19,6 +19,7 @@ from .kernel.loader import BpfLoader
 from .pods import PodDirectory
 from .sampler import Sampler
 from .snapshot import Snapshot
+from .sources.base import Source
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,14 @@ def run_profile(
     on_attached: Callable[[], None] | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     root: Path = Path("/"),
+    sources: list[Source] | None = None,
 ) -> Capture:
     info = probe_kernel(root)
     require_capture_ready(info)
     pods = PodDirectory.default(root)
     with _sigterm_as_interrupt():
         loader = BpfLoader(info)
-        sampler = Sampler(pods)
+        sampler = Sampler(pods, sources)
         try:
             statuses = sampler.attach(loader)
             for status in statuses:
