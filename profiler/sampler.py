@@ -11,7 +11,9 @@ from .snapshot import Snapshot, SnapshotFrame
 from .sources.base import Source
 
 
-def default_sources() -> list[Source]:
+def default_sources(pods: PodDirectory) -> list[Source]:
+    """Every signal netprof knows. Sources that read per-netns counters get the directory
+    to find and enter each pod's netns."""
     from .sources.retransmits import RetransmitSource
 
     return [RetransmitSource()]
@@ -20,7 +22,7 @@ def default_sources() -> list[Source]:
 class Sampler:
     def __init__(self, pods: PodDirectory, sources: Sequence[Source] | None = None):
         self.pods = pods
-        self.sources = list(sources) if sources is not None else default_sources()
+        self.sources = list(sources) if sources is not None else default_sources(pods)
         self.statuses: list[ProbeStatus] = []
         self._last_read_s: float | None = None
 
