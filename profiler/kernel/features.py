@@ -30,8 +30,11 @@ def find_tracefs(root: Path = Path("/")) -> Path | None:
     override = os.environ.get("NETPROF_TRACEFS")
     candidates = [Path(override)] if override else [root / c for c in TRACEFS_CANDIDATES]
     for path in candidates:
-        if (path / "events").is_dir():
-            return path
+        try:
+            if (path / "events").is_dir():
+                return path
+        except OSError:  # not root: tracefs is 0700; the root check reports that first
+            continue
     return None
 
 
@@ -63,10 +66,43 @@ def probe_kernel(root: Path = Path("/"), release: str | None = None) -> KernelIn
     )
 
 
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def effective_capabilities(status_text: str | None = None) -> int:
+    """The CapEff mask of this process (from /proc/self/status)."""
+    text = status_text if status_text is not None else Path("/proc/self/status").read_text()
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def missing_bpf_capabilities(caps: int | None = None) -> str | None:
+    """What stops this process from loading tracing BPF programs, or None.
+
+    Since 5.8 CAP_BPF + CAP_PERFMON suffice for tracing programs; CAP_SYS_ADMIN covers both.
+    """
+    caps = effective_capabilities() if caps is None else caps
+    if caps & (1 << CAP_SYS_ADMIN):
+        return None
+    missing = [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+               if not caps & (1 << bit)]
+    return "+".join(missing) if missing else None
+
+
 def require_capture_ready(info: KernelInfo) -> None:
     """Refuse, with one line saying what is missing, before anything is compiled."""
     if os.geteuid() != 0:
         raise NetprofError("netprof needs root to load BPF programs (run it with sudo, or as root)")
+    missing = missing_bpf_capabilities()
+    if missing:
+        raise NetprofError(
+            f"BPF is not permitted: this process lacks {missing} (or CAP_SYS_ADMIN); "
+            "in a container, grant CAP_BPF and CAP_PERFMON"
+        )
     if info.tracefs is None:
         where = os.environ.get("NETPROF_TRACEFS") or "/sys/kernel/tracing"
         raise NetprofError(

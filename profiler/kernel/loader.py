@@ -76,7 +76,14 @@ class BpfLoader:
 
 
 def _explain_bpf_failure(program: str, exc: Exception) -> str:
+    from .features import missing_bpf_capabilities
+
     text = str(exc)
+    # BCC reports a refused map creation as "Failed to compile", so check privileges first.
+    missing = missing_bpf_capabilities()
+    if missing:
+        return (f"the kernel refused to load the {program} BPF program (operation not permitted): "
+                f"this process lacks {missing}; run as root with CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN")
     if "Operation not permitted" in text or "EPERM" in text:
         return (f"the kernel refused to load the {program} BPF program (operation not permitted): "
                 "run as root with CAP_BPF/CAP_SYS_ADMIN, and check kernel.unprivileged_bpf_disabled "

@@ -74,3 +74,14 @@ def test_help_teaches():
     result = netprof("profile", "--help")
     assert result.returncode == 0
     assert "--duration" in result.stdout and "Ctrl-C" in result.stdout
+
+
+def test_capability_mask_decoding():
+    from profiler.kernel.features import effective_capabilities, missing_bpf_capabilities
+
+    assert effective_capabilities("Name:\tx\nCapEff:\t000001ffffffffff\n") == 0x1FFFFFFFFFF
+    assert missing_bpf_capabilities(0x1FFFFFFFFFF) is None
+    assert missing_bpf_capabilities(0) == "CAP_BPF+CAP_PERFMON"
+    assert missing_bpf_capabilities((1 << 39) | (1 << 38)) is None      # CAP_BPF + CAP_PERFMON
+    assert missing_bpf_capabilities(1 << 39) == "CAP_PERFMON"
+    assert missing_bpf_capabilities(1 << 21) is None                    # CAP_SYS_ADMIN alone

@@ -1,0 +1,69 @@
+"""`netprof profile` as a user runs it: a real process, real BPF, its stdout and exit code."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import jsonschema
+import pytest
+
+pytestmark = pytest.mark.usefixtures("bpf_ready")
+
+
+def schema() -> dict:
+    return json.loads((resources.files("profiler") / "schemas/profile-v1.json").read_text())
+
+
+def start_profile(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "profiler.cli", "profile", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_json_output_validates_against_the_schema():
+    proc = start_profile("--duration", "3", "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    jsonschema.validate(doc, schema())
+    assert doc["schema"] == "netprof.profile/v1"
+    assert 2.5 <= doc["duration_s"] <= 4.0
+    assert doc["kernel"]["btf"] is True and doc["kernel"]["release"] == os.uname().release
+    retransmits = next(p for p in doc["probes"] if p["name"] == "tcp_retransmits")
+    assert retransmits == {"name": "tcp_retransmits", "attached": True,
+                           "via": "tracepoint:tcp:tcp_retransmit_skb", "error": None}
+    assert any(p["pod"] == "host" for p in doc["pods"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_still_writes_what_was_captured(sig):
+    proc = start_profile("--duration", "60", "--interval", "0.5", "--json")
+    # Wait until the probes are attached (the start-up line on stderr), then interrupt.
+    deadline = time.monotonic() + 30
+    line = ""
+    while "capturing" not in line and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+    assert "capturing" in line, line
+    time.sleep(1.6)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+    assert proc.returncode == 130
+    doc = json.loads(out)
+    jsonschema.validate(doc, schema())
+    assert doc["interrupted"] is True
+    assert doc["intervals"] >= 3
+    assert 1.0 <= doc["duration_s"] < 10
+
+
+def test_report_output_names_probes_and_pods():
+    proc = start_profile("--duration", "1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "tcp_retransmits" in out and "attached" in out and "host" in out
