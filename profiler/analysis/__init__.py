@@ -1,0 +1,1 @@
+"""Analysis: capture (and node context) → ranked findings with evidence and fixes."""

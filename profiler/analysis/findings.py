@@ -1,0 +1,75 @@
+"""What analysis produces: findings, each with the evidence behind it and the fixes for it.
+
+A Finding is the answer to "what is wrong, where, how bad, how do you know, what do I do".
+Fixes carry machine-applicable `changes` (only node-scope ones are ever applied, and only by
+`netprof fix --apply`) and the human form: commands, YAML, and the reasoning for each number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+Severity = Literal["critical", "warning", "info"]
+Scope = Literal["node", "pod", "app"]
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write `netprof fix --apply` can make and `--rollback` can undo.
+
+    kind: "sysctl" (key = sysctl name; netns = a netns path, None for the node's own) or
+    "file" (key = an absolute /proc or /sys path: IRQ affinity, RPS masks).
+    """
+
+    kind: Literal["sysctl", "file"]
+    key: str
+    value: str
+    netns: str | None = None
+    expected_current: str | None = None  # what the plan saw; apply refuses if it changed
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "key": self.key, "value": self.value, "netns": self.netns,
+                "expected_current": self.expected_current}
+
+
+@dataclass(frozen=True)
+class Fix:
+    scope: Scope
+    title: str
+    rationale: str                      # why this change, why this number (from the evidence)
+    commands: tuple[str, ...] = ()      # what an operator would type
+    changes: tuple[Change, ...] = ()    # applicable by --apply (node scope only)
+    persistence: str = ""               # how to make it survive a reboot / a pod restart
+    snippet: str | None = None          # YAML or a patch, for pod- and app-scope fixes
+
+    def to_json(self) -> dict:
+        return {
+            "scope": self.scope, "title": self.title, "rationale": self.rationale,
+            "commands": list(self.commands), "changes": [c.to_json() for c in self.changes],
+            "persistence": self.persistence, "snippet": self.snippet,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: Severity
+    summary: str
+    evidence: Mapping[str, Any]
+    fixes: tuple[Fix, ...] = ()
+    pod: str | None = None
+    cpu: int | None = None
+    # How bad, comparable across kinds of the same severity (events/s, or a share): ranks.
+    score: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind, "severity": self.severity, "pod": self.pod, "cpu": self.cpu,
+            "summary": self.summary, "evidence": dict(self.evidence), "score": round(self.score, 3),
+            "fixes": [fix.to_json() for fix in self.fixes],
+        }
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], -f.score, f.kind, f.pod or "", f.cpu or -1))
