@@ -41,7 +41,8 @@ class MapReader:
         self._table = table
         self._layout = layout
         key_size = ctypes.sizeof(table.Key)
-        leaf_size = ctypes.sizeof(table.Leaf)
+        # BCC's per-CPU tables replace Leaf with an array of one value per CPU (sLeaf is one).
+        leaf_size = ctypes.sizeof(getattr(table, "sLeaf", table.Leaf) if layout.percpu else table.Leaf)
         if key_size != layout.key.itemsize:
             raise ValueError(f"key layout mismatch: C {key_size} bytes, numpy {layout.key.itemsize}")
         if leaf_size != layout.value.itemsize:

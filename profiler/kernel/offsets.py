@@ -17,12 +17,17 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # TCP keeps its per-skb control block in skb->cb; tcp_gso_segs is tcp_skb_pcount(),
     # the number of MSS segments the skb carries (what RetransSegs adds per retransmit).
     "NETPROF_SKB_TCP_GSO_SEGS_OFFSET": (("sk_buff", "cb"), ("tcp_skb_cb", "tcp_gso_segs")),
-    # A dropped skb with no receiving socket is charged to its device's namespace
-    # (skb->dev->nd_net; nd_net is a possible_net_t holding one struct net pointer).
+    # A dropped skb with no receiving socket is charged to its owning socket's namespace
+    # (skb->sk), else to its device's (skb->dev->nd_net; nd_net is a possible_net_t
+    # holding one struct net pointer).
     "NETPROF_SKB_DEV_OFFSET": (("sk_buff", "dev"),),
+    "NETPROF_SKB_SK_OFFSET": (("sk_buff", "sk"),),
     "NETPROF_NETDEV_NET_OFFSET": (("net_device", "nd_net"),),
     # Local port of a socket, host byte order (a listener's port for listen overflows).
     "NETPROF_SOCK_NUM_OFFSET": (("sock", "__sk_common.skc_num"),),
+    # napi_poll names the device but not its netns, and every pod has an "eth0":
+    # napi->dev, then NETPROF_NETDEV_NET_OFFSET (bpf/napi.bpf.c).
+    "NETPROF_NAPI_DEV_OFFSET": (("napi_struct", "dev"),),
 }
 
 # The same values, expressed for compilation against real kernel headers (no BTF).
@@ -31,8 +36,10 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NET_INUM_OFFSET": "(__builtin_offsetof(struct net, ns) + __builtin_offsetof(struct ns_common, inum))",
     "NETPROF_SKB_TCP_GSO_SEGS_OFFSET": "(__builtin_offsetof(struct sk_buff, cb) + __builtin_offsetof(struct tcp_skb_cb, tcp_gso_segs))",
     "NETPROF_SKB_DEV_OFFSET": "__builtin_offsetof(struct sk_buff, dev)",
+    "NETPROF_SKB_SK_OFFSET": "__builtin_offsetof(struct sk_buff, sk)",
     "NETPROF_NETDEV_NET_OFFSET": "__builtin_offsetof(struct net_device, nd_net)",
     "NETPROF_SOCK_NUM_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_num)",
+    "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
 }
 
 
