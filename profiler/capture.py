@@ -16,6 +16,7 @@ from typing import Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
+from .system.node import NodeContext
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
     Listener, NapiDevice, PodInterval, Snapshot, SoftirqVector,
@@ -127,6 +128,7 @@ class Capture:
     # netns inode → label of every pod known during the capture, quiet ones included.
     known_pods: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
+    node: NodeContext | None = None  # read at the end of the capture
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
@@ -188,6 +190,7 @@ class Capture:
             "interrupted": self.interrupted,
             "intervals": len(self.snapshots),
             "kernel": self.kernel.to_json(),
+            "node": self.node.to_json() if self.node else None,
             "probes": [status.to_json() for status in self.probes],
             "pods": [pod_json(pod) for pod in self.pod_totals()],
             "flows": [flow.to_json() for flow in self.flow_totals()],

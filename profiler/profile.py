@@ -18,6 +18,7 @@ from .kernel.features import probe_kernel, require_capture_ready
 from .kernel.loader import BpfLoader
 from .pods import PodDirectory
 from .sampler import Sampler
+from .system.node import collect_node_context
 from .snapshot import Snapshot
 from .sources.base import Source
 
@@ -82,7 +83,12 @@ def run_profile(
                 capture.interrupted = True
                 # The counts since the last interval are still in the maps: keep them.
                 capture.add(sampler.sample())
-            capture.known_pods.update(pods.known())
+            try:
+                capture.known_pods.update(pods.known())
+                capture.node = collect_node_context(pods.netns_paths(), root)
+            except KeyboardInterrupt:
+                # A second Ctrl-C: the counts are what matter; leave the node section out.
+                capture.interrupted = True
             return capture
         except KeyboardInterrupt:
             raise NetprofError("interrupted before the capture started; nothing was captured") from None

@@ -1,0 +1,120 @@
+"""What a capture records about the node it ran on, so that findings and fixes can be
+worked out later from the JSON alone (`netprof fix --from capture.json`) and `--apply` can
+tell whether it is still the same node, boot and state."""
+from __future__ import annotations
+
+import platform
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .irqs import IrqTopology, format_cpu_list, irqbalance_running, read_cpus_online, read_irq_topology
+from .netns import run_in_netns
+
+# Node-global: set once for the whole node, whatever netns reads them.
+NODE_SYSCTLS = (
+    "net.core.netdev_max_backlog",
+    "net.core.netdev_budget",
+    "net.core.netdev_budget_usecs",
+    "net.core.rmem_max",
+    "net.core.rmem_default",
+    "net.core.wmem_max",
+    "net.core.rps_sock_flow_entries",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_buckets",
+)
+# Per network namespace: each pod has its own value, and a node-wide `sysctl -w` does not
+# reach it (design notes §6).
+POD_SYSCTLS = (
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.udp_rmem_min",
+)
+
+
+def read_sysctls(keys: tuple[str, ...], proc_sys: Path = Path("/proc/sys")) -> dict[str, str]:
+    """Values of the sysctls that exist here (a missing module's keys are just absent)."""
+    values = {}
+    for key in keys:
+        try:
+            values[key] = " ".join((proc_sys / key.replace(".", "/")).read_text().split())
+        except OSError:
+            continue
+    return values
+
+
+def read_pod_sysctls(netns_path: Path) -> dict[str, str]:
+    # /proc/sys/net answers for the calling thread's netns, so read it from inside.
+    return run_in_netns(netns_path, lambda: read_sysctls(POD_SYSCTLS))
+
+
+def topology_to_json(topology: IrqTopology) -> list[dict[str, Any]]:
+    def cpus(value):
+        return None if value is None else format_cpu_list(value)
+
+    return [
+        {
+            "name": nic.name, "driver": nic.driver, "numa_node": nic.numa_node,
+            "device": nic.device, "local_cpus": cpus(nic.local_cpus),
+            "rx_queues": nic.rx_queue_count, "tx_queues": nic.tx_queue_count,
+            "queues": [
+                {"index": q.index, "kind": q.kind, "irq": q.irq, "irq_name": q.irq_name,
+                 "affinity": cpus(q.affinity), "effective_affinity": cpus(q.effective_affinity),
+                 "rps_cpus": cpus(q.rps_cpus), "xps_cpus": cpus(q.xps_cpus),
+                 "interrupts": sum(q.interrupts_per_cpu)}
+                for q in nic.queues
+            ],
+        }
+        for nic in topology.nics
+    ]
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    hostname: str
+    kernel_release: str
+    boot_id: str
+    cpus_online: frozenset[int]
+    sysctls: dict[str, str]
+    pod_sysctls: dict[int, dict[str, str]] = field(default_factory=dict)  # netns inode → values
+    irqbalance_running: bool = False
+    topology: IrqTopology | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "kernel_release": self.kernel_release,
+            "boot_id": self.boot_id,
+            "cpus_online": format_cpu_list(self.cpus_online),
+            "sysctls": dict(self.sysctls),
+            "pod_sysctls": {str(inode): values for inode, values in self.pod_sysctls.items()},
+            "irqbalance_running": self.irqbalance_running,
+            "nics": topology_to_json(self.topology) if self.topology else [],
+        }
+
+
+def collect_node_context(netns_paths: dict[int, Path], root: Path = Path("/")) -> NodeContext:
+    """Read at the end of a capture. Pods that vanished are skipped: that is normal."""
+    pod_sysctls: dict[int, dict[str, str]] = {}
+    for inode, path in netns_paths.items():
+        try:
+            pod_sysctls[inode] = read_pod_sysctls(path)
+        except OSError:
+            continue
+    try:
+        boot_id = (root / "proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = ""
+    return NodeContext(
+        hostname=socket.gethostname(),
+        kernel_release=platform.release(),
+        boot_id=boot_id,
+        cpus_online=read_cpus_online(root),
+        sysctls=read_sysctls(NODE_SYSCTLS, root / "proc/sys"),
+        pod_sysctls=pod_sysctls,
+        irqbalance_running=irqbalance_running(root),
+        topology=read_irq_topology(root),
+    )
