@@ -26,14 +26,19 @@ SCHEMA = "netprof.profile/v1"
 MAX_DROP_SITES = 20
 
 
+LEVEL_SUFFIX = "_now"  # a gauge (conntrack count_now, max_now): the latest value, not a sum
+
+
 def _sum_mappings(a: Mapping[str, int], b: Mapping[str, int]) -> Mapping[str, int]:
     if not b:
         return a
     if not a:
         return b
-    total = Counter(a)
-    total.update(b)
-    return MappingProxyType(dict(total))
+    total = Counter({k: v for k, v in a.items() if not k.endswith(LEVEL_SUFFIX)})
+    total.update({k: v for k, v in b.items() if not k.endswith(LEVEL_SUFFIX)})
+    levels = {k: v for k, v in a.items() if k.endswith(LEVEL_SUFFIX)}
+    levels.update({k: v for k, v in b.items() if k.endswith(LEVEL_SUFFIX)})
+    return MappingProxyType({**total, **levels})
 
 
 def merge_pods(a: PodInterval, b: PodInterval) -> PodInterval:

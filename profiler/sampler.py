@@ -14,9 +14,10 @@ from .sources.base import Source
 def default_sources(pods: PodDirectory) -> list[Source]:
     """Every signal netprof knows. Sources that read per-netns counters get the directory
     to find and enter each pod's netns."""
+    from .sources.conntrack import ConntrackSource
     from .sources.retransmits import RetransmitSource
 
-    return [RetransmitSource()]
+    return [RetransmitSource(), ConntrackSource(pods)]
 
 
 class Sampler:

@@ -14,7 +14,8 @@ from types import FrameType
 from typing import Any
 
 from profiler.lab import LabError
-from profiler.lab.scenarios import SCENARIOS, ScenarioResult
+from profiler.lab.registry import SCENARIOS
+from profiler.lab.scenarios import ScenarioResult
 from profiler.lab.topology import Lab, down_all, list_labs
 
 LAB_HELP = textwrap.dedent("""\
@@ -38,7 +39,7 @@ RUN_HELP = textwrap.dedent("""\
     Start netprof in another terminal while it runs: the pod it should blame is printed
     first. Scenarios:
 """) + "\n".join(
-    textwrap.fill(cls.description, width=88, initial_indent=f"  {name:13}", subsequent_indent=" " * 15)
+    f"  {name}\n" + textwrap.fill(cls.description, width=88, initial_indent=" " * 6, subsequent_indent=" " * 6)
     for name, cls in SCENARIOS.items()
 )
 

@@ -23,6 +23,14 @@ def test_pod_counters_sum_and_listeners_keep_peaks():
     assert by_port[443].accept_queue_limit == 128
 
 
+def test_levels_take_the_latest_value_counters_sum():
+    a = PodInterval("web", 7, conntrack=MappingProxyType({"drop": 3, "count_now": 64, "max_now": 64}))
+    b = PodInterval("web", 7, conntrack=MappingProxyType({"drop": 2, "count_now": 60, "max_now": 64}))
+    c = PodInterval("web", 7, conntrack=MappingProxyType({"drop": 1, "count_now": 12, "max_now": 262144}))
+    total = merge_pods(merge_pods(a, b), c)
+    assert dict(total.conntrack) == {"drop": 6, "count_now": 12, "max_now": 262144}
+
+
 def test_cpu_sections_merge_histograms_and_devices():
     a = CpuInterval(0, softirq=MappingProxyType({"NET_RX": SoftirqVector(2, 100, (1, 1), (2,))}),
                     napi=(NapiDevice("eth0", 3, 30, 1),), softnet=MappingProxyType({"processed": 5}))

@@ -1,0 +1,11 @@
+"""Every lab scenario by name, for `netprof lab run` and the demo.
+
+Scenario modules import the `Scenario` base from scenarios.py, so the list lives here rather
+than there (importing them from scenarios.py would be circular)."""
+from __future__ import annotations
+
+from .scenario_conntrack import SCENARIOS as CONNTRACK_SCENARIOS
+from .scenarios import SCENARIOS as BASE_SCENARIOS
+from .scenarios import Scenario
+
+SCENARIOS: dict[str, type[Scenario]] = {**BASE_SCENARIOS, **CONNTRACK_SCENARIOS}

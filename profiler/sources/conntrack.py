@@ -1,0 +1,166 @@
+"""Conntrack trouble per pod: insert failures, table-full drops, clash resolutions.
+
+No BPF here: the kernel already counts these per netns and per CPU (see
+profiler/system/conntrack.py), so each interval this source enters every pod's netns, reads
+its statistics and writes the deltas summed over CPUs into `PodInterval.conntrack`:
+
+    insert_failed  a new connection lost the race to be inserted (same tuple confirmed on
+                   another CPU first); the packet was dropped
+    drop           packets dropped because conntrack could not track them: table full
+                   (and nothing early-droppable) or a failed insert. Each is an skb drop
+                   with reason NETFILTER_DROP in nf_hook_slow, which the drops probe shows
+                   with its location
+    early_drop     entries evicted to make room in a full table
+    clash_resolve  clashes the kernel resolved (UDP & co.); absent before 5.9
+    chaintoolong   inserts refused for a too-long hash chain; absent before 5.15
+    invalid, search_restart, insert
+
+plus levels, named `_now`, which are not to be summed over intervals: `count_now` (the
+pod netns' tracked connections), `max_now` (the node-global nf_conntrack_max the count is
+held against) and `buckets_now` (the node-global hash table size).
+
+A pod appears only when a counter moved or it tracks connections: a netns without conntrack
+rules stays absent. The first reading of a netns is its baseline, so a pod that appears
+mid-capture contributes from its second interval on.
+
+Where the kernel has kprobes, a probe on `__nf_conntrack_confirm` could name the failing
+tuple; it is reported, with why it is not attached.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+
+from ..errors import NetprofError
+from ..kernel.features import KernelInfo
+from ..kernel.loader import BpfLoader
+from ..pods import PodDirectory
+from ..probes.base import ProbeStatus
+from ..snapshot import SnapshotFrame
+from ..system.conntrack import (
+    ConntrackStats, conntrack_loaded, counter_deltas, procfs_stats_available, read_limits,
+    read_netns_stats,
+)
+
+COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong",
+            "invalid", "search_restart", "insert")
+STATS_PROBE = "conntrack_stats"
+CONFIRM_PROBE = "conntrack_confirm"
+VIA_PROCFS = "procfs:/proc/net/stat/nf_conntrack (per netns)"
+VIA_NETLINK = "netlink:ctnetlink IPCTNL_MSG_CT_GET_STATS_CPU (per netns, pyroute2)"
+VIA_CONFIRM_KPROBE = "kprobe:__nf_conntrack_confirm"
+CONFIRM_SYMBOL = "__nf_conntrack_confirm"
+
+PROCFS = "procfs"
+NETLINK = "netlink"
+
+
+def _netlink_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError:
+        return ()
+    return (NetlinkError,)
+
+
+def choose_stats_reader(root: Path = Path("/")) -> tuple[str | None, str | None]:
+    """(reader, None) with reader "procfs" or "netlink", or (None, why neither works)."""
+    if procfs_stats_available(root):
+        return PROCFS, None
+    if not conntrack_loaded(root):
+        return None, ("nf_conntrack is not loaded (no /proc/sys/net/netfilter/nf_conntrack_max): "
+                      "no traffic is tracked on this node; read as soon as it loads")
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        return None, ("this kernel has no /proc/net/stat/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS off) "
+                      "and pyroute2 is not installed for the netlink fallback (pip install pyroute2)")
+    return NETLINK, None
+
+
+def confirm_probe_status(info: KernelInfo, root: Path = Path("/")) -> ProbeStatus:
+    """The optional kprobe on the confirm path: feature-detected, and honest about why not."""
+    if not info.kprobes:
+        return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
+                           "kprobes not available on this kernel (CONFIG_KPROBES off)")
+    if not _kernel_has_symbol(CONFIRM_SYMBOL, root):
+        return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
+                           f"{CONFIRM_SYMBOL} not in /proc/kallsyms (nf_conntrack not loaded)")
+    return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
+                       "the failing-tuple kprobe is not built in this version (it could not be "
+                       "tested where it was developed); insert_failed per pod comes from the "
+                       "conntrack statistics")
+
+
+def _kernel_has_symbol(symbol: str, root: Path) -> bool:
+    try:
+        with open(root / "proc/kallsyms") as kallsyms:
+            return any(line.split(maxsplit=3)[2:3] == [symbol] for line in kallsyms)
+    except OSError:
+        return False
+
+
+class ConntrackSource:
+    name = "conntrack"
+
+    def __init__(self, pods: PodDirectory, root: Path = Path("/"),
+                 read_stats: Callable[[Path, bool], ConntrackStats] = read_netns_stats):
+        self.pods = pods
+        self.root = root
+        self._read_stats = read_stats  # (netns path, over netlink?) → stats; tests pass fixtures
+        self._reader: str | None = None
+        self._previous: dict[int, ConntrackStats] = {}
+        self._skippable: tuple[type[BaseException], ...] = (OSError, ValueError, NetprofError)
+
+    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
+        reader, why_not = choose_stats_reader(self.root)
+        if reader is not None:
+            self._start(reader)
+        via = VIA_NETLINK if reader == NETLINK else VIA_PROCFS
+        return [ProbeStatus(STATS_PROBE, reader is not None, via, why_not),
+                confirm_probe_status(loader.info, self.root)]
+
+    def _start(self, reader: str) -> None:
+        self._reader = reader
+        if reader == NETLINK:
+            self._skippable = (OSError, ValueError, NetprofError, *_netlink_errors())
+        self._previous = self._read_all()
+
+    def _read_all(self) -> dict[int, ConntrackStats]:
+        readings: dict[int, ConntrackStats] = {}
+        for inode, path in self.pods.netns_paths().items():
+            try:
+                readings[inode] = self._read_stats(path, self._reader == NETLINK)
+            except self._skippable:
+                # The netns vanished between listing and reading (normal on a node where
+                # pods come and go), or nf_conntrack was unloaded meanwhile.
+                continue
+        return readings
+
+    def collect(self, frame: SnapshotFrame) -> None:
+        if self._reader is None:
+            reader, _ = choose_stats_reader(self.root)
+            if reader is not None:
+                self._start(reader)  # nf_conntrack loaded mid-capture: baseline now
+            return
+        limits = read_limits(self.root)
+        readings = self._read_all()
+        previous, self._previous = self._previous, readings
+        for inode, stats in readings.items():
+            before = previous.get(inode)
+            if before is None:
+                continue
+            deltas = counter_deltas(before, stats)
+            values = {name: deltas[name] for name in COUNTERS if name in deltas}
+            if not any(values.values()) and stats.entries == 0:
+                continue
+            values["count_now"] = stats.entries
+            if limits is not None:
+                values["max_now"] = limits.max_entries
+                values["buckets_now"] = limits.buckets
+            frame.pod(inode, conntrack=MappingProxyType(values))
+
+    def detach(self) -> None:
+        self._reader = None
+        self._previous = {}
