@@ -1,71 +1,209 @@
 """The human report of a capture, rendered from its profile JSON (so a saved capture renders
-the same as a live one)."""
+the same as a live one). Sections without data are left out; a quiet node gives a short report."""
 from __future__ import annotations
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 MAX_FLOWS = 10
+MAX_DROP_SITES = 10
+QUIET_PODS_NAMED = 4
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _rate(count: int, duration_s: float) -> str:
+def _rate(count: float, duration_s: float) -> str:
     return f"{count / duration_s:.1f}" if duration_s > 0 else "-"
 
 
-def render(capture: dict) -> Group:
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+
+
+def _top(mapping: dict[str, int], n: int = 2) -> str:
+    items = sorted(((k, v) for k, v in mapping.items() if v), key=lambda i: -i[1])
+    text = ", ".join(f"{k} {v}" for k, v in items[:n])
+    return text + (f" +{len(items) - n}" if len(items) > n else "")
+
+
+def _header(capture: dict) -> Text:
     duration = float(capture.get("duration_s", 0.0))
     kernel = capture.get("kernel", {})
     head = Text()
     head.append("netprof profile", style="bold")
+    node = capture.get("node") or {}
+    if node.get("hostname"):
+        head.append(f"  {node['hostname']}")
     head.append(f"  {duration:.1f}s on kernel {kernel.get('release', '?')}")
     head.append("  BTF" if kernel.get("btf") else "  no BTF")
     head.append("" if kernel.get("kprobes") else ", no kprobes")
     if capture.get("interrupted"):
         head.append("  (interrupted: partial capture)", style="yellow")
+    return head
 
-    probes = Table(title="Probes", title_justify="left", show_edge=False, pad_edge=False)
-    probes.add_column("probe")
-    probes.add_column("status")
-    probes.add_column("via")
+
+def _findings(capture: dict) -> Table | None:
+    findings = capture.get("findings", [])
+    if not findings:
+        return None
+    table = _table("Findings")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("where", overflow="fold")
+    table.add_column("what", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for finding in findings:
+        where = finding.get("pod") or (f"CPU {finding['cpu']}" if finding.get("cpu") is not None else "node")
+        fixes = finding.get("fixes", [])
+        fix = f"[{fixes[0]['scope']}] {fixes[0]['title']}" if fixes else ""
+        table.add_row(Text(finding["severity"], style=SEVERITY_STYLE.get(finding["severity"], "")),
+                      where, finding["summary"], fix)
+    return table
+
+
+def _probes(capture: dict) -> Table:
+    table = _table("Probes")
+    table.add_column("probe", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    table.add_column("via", overflow="fold")
     for probe in capture.get("probes", []):
         status = Text("attached", style="green") if probe["attached"] else Text(
-            f"not attached: {probe['error']}", style="red"
+            f"not attached: {probe['error']}", style="red")
+        table.add_row(probe["name"], status, probe["via"])
+    return table
+
+
+def _listen_overflows(pod: dict) -> int:
+    netstat = pod.get("netstat", {})
+    return netstat.get("TcpExt.ListenOverflows", 0) or sum(l.get("overflow_drops", 0) for l in pod.get("listen", []))
+
+
+def _pods(capture: dict) -> Table:
+    duration = float(capture.get("duration_s", 0.0))
+    table = _table("Pods")
+    table.add_column("pod", overflow="fold")
+    table.add_column("retrans/s", justify="right")
+    table.add_column("drops (top reasons)", overflow="fold")
+    table.add_column("listen ovf", justify="right")
+    table.add_column("conntrack", overflow="fold")
+    pods = capture.get("pods", [])
+    quiet = []
+    for pod in pods:
+        conntrack = {k: v for k, v in pod.get("conntrack", {}).items()
+                     if k in ("insert_failed", "drop", "early_drop") and v}
+        overflows = _listen_overflows(pod)
+        if not (pod["retransmits"] or pod.get("drops") or overflows or conntrack):
+            quiet.append(pod["pod"])
+            continue
+        table.add_row(
+            pod["pod"],
+            _rate(pod["retransmits"], duration) if pod["retransmits"] else "0",
+            _top(pod.get("drops", {})),
+            str(overflows) if overflows else "",
+            _top(conntrack, 3),
         )
-        probes.add_row(probe["name"], status, probe["via"])
+    if quiet:
+        # The JSON lists every pod; the report names a few quiet ones and counts the rest.
+        shown = ", ".join(sorted(quiet)[:QUIET_PODS_NAMED])
+        more = f" and {len(quiet) - QUIET_PODS_NAMED} more" if len(quiet) > QUIET_PODS_NAMED else ""
+        table.add_row(Text(f"quiet: {shown}{more}", style="dim"), "0", "", "", "")
+    if not pods:
+        table.add_row("(no pods seen)", "", "", "", "")
+    return table
 
-    pods = Table(title="Pods", title_justify="left", show_edge=False, pad_edge=False)
-    pods.add_column("pod")
-    pods.add_column("netns", justify="right")
-    pods.add_column("retransmits", justify="right")
-    pods.add_column("per s", justify="right")
-    pods.add_column("segments", justify="right")
-    for pod in capture.get("pods", []):
-        style = "bold red" if pod["retransmits"] else ""
-        pods.add_row(pod["pod"], str(pod["netns"]), str(pod["retransmits"]),
-                     _rate(pod["retransmits"], duration), str(pod.get("retransmitted_segments", "")),
-                     style=style)
-    if not capture.get("pods"):
-        pods.add_row("(no pods seen)", "", "", "", "")
 
-    flows = Table(title=f"Top flows by retransmits (of {len(capture.get('flows', []))})",
-                  title_justify="left", show_edge=False, pad_edge=False)
-    flows.add_column("pod", overflow="fold")
-    flows.add_column("source → destination", no_wrap=True)
-    flows.add_column("retransmits", justify="right")
-    flows.add_column("states", overflow="fold")
-    for flow in capture.get("flows", [])[:MAX_FLOWS]:
-        states = ", ".join(f"{s} {n}" for s, n in sorted(flow.get("states", {}).items(), key=lambda i: -i[1]))
-        flows.add_row(flow["pod"], f"{flow['saddr']}:{flow['sport']} → {flow['daddr']}:{flow['dport']}",
-                      str(flow["retransmits"]), states)
-    if not capture.get("flows"):
-        flows.add_row("(no retransmits)", "", "", "")
+def _flows(capture: dict) -> Table | None:
+    flows = capture.get("flows", [])
+    if not flows:
+        return None
+    table = _table(f"Top flows by retransmits (of {len(flows)})")
+    table.add_column("pod", overflow="fold")
+    table.add_column("source → destination", no_wrap=True)
+    table.add_column("retransmits", justify="right")
+    table.add_column("states", overflow="fold")
+    for flow in flows[:MAX_FLOWS]:
+        table.add_row(flow["pod"], f"{flow['saddr']}:{flow['sport']} → {flow['daddr']}:{flow['dport']}",
+                      str(flow["retransmits"]), _top(flow.get("states", {}), 2))
+    return table
 
-    parts = [head, Text(""), probes, Text(""), pods, Text(""), flows]
+
+def _listeners(capture: dict) -> Table | None:
+    rows = [(pod["pod"], listener) for pod in capture.get("pods", []) for listener in pod.get("listen", [])
+            if listener.get("overflow_drops") or listener.get("samples_full")
+            or listener.get("accept_queue_peak", 0) >= max(1, listener.get("accept_queue_limit", 0))]
+    if not rows:
+        return None
+    table = _table("Listeners under pressure")
+    table.add_column("pod", overflow="fold")
+    table.add_column("listener", no_wrap=True)
+    table.add_column("queue peak/limit", justify="right")
+    table.add_column("backlog asked", justify="right")
+    table.add_column("somaxconn", justify="right")
+    table.add_column("overflow drops", justify="right")
+    for pod, listener in rows:
+        asked = listener.get("requested_backlog")
+        somaxconn = listener.get("somaxconn")
+        table.add_row(pod, f"{listener['address']}:{listener['port']}",
+                      f"{listener.get('accept_queue_peak', 0)}/{listener.get('accept_queue_limit', 0)}",
+                      "?" if asked is None else str(asked), "?" if somaxconn is None else str(somaxconn),
+                      str(listener.get("overflow_drops", 0)))
+    return table
+
+
+def _cpus(capture: dict) -> Table | None:
+    cpus = capture.get("cpus", [])
+    if not cpus:
+        return None
+    duration_ns = float(capture.get("duration_s", 0.0)) * 1e9
+    table = _table("CPUs")
+    table.add_column("cpu", justify="right")
+    table.add_column("NET_RX", justify="right")
+    table.add_column("NET_TX", justify="right")
+    table.add_column("NAPI polls", justify="right")
+    table.add_column("budget out", justify="right")
+    table.add_column("backlog drops", justify="right")
+    table.add_column("squeezed", justify="right")
+    for cpu in cpus:
+        softirq = cpu.get("softirq", {})
+
+        def share(vector: str) -> str:
+            time_ns = softirq.get(vector, {}).get("time_ns", 0)
+            return f"{100 * time_ns / duration_ns:.1f}%" if duration_ns else "-"
+
+        napi = cpu.get("napi", [])
+        softnet = cpu.get("softnet", {})
+        table.add_row(str(cpu["cpu"]), share("NET_RX"), share("NET_TX"),
+                      str(sum(d["polls"] for d in napi)), str(sum(d["budget_exhausted"] for d in napi)),
+                      str(softnet.get("dropped", cpu.get("drops", {}).get("CPU_BACKLOG", 0))),
+                      str(softnet.get("time_squeeze", 0)))
+    return table
+
+
+def _drop_sites(capture: dict) -> Table | None:
+    sites = capture.get("drop_sites", [])
+    if not sites:
+        return None
+    table = _table("Where the kernel dropped")
+    table.add_column("reason", no_wrap=True)
+    table.add_column("kernel function", overflow="fold")
+    table.add_column("drops", justify="right")
+    for site in sites[:MAX_DROP_SITES]:
+        table.add_row(site["reason"], site["symbol"], str(site["count"]))
+    return table
+
+
+def render(capture: dict) -> Group:
+    sections: list[RenderableType | None] = [
+        _header(capture), _findings(capture), _pods(capture), _listeners(capture), _flows(capture),
+        _cpus(capture), _drop_sites(capture), _probes(capture),
+    ]
+    parts: list[RenderableType] = []
+    for section in sections:
+        if section is not None:
+            parts += [section, Text("")]
     lost = {k: v for k, v in capture.get("lost_events", {}).items() if v}
     if lost:
-        parts += [Text(""), Text("events not counted (kernel map full): " +
-                                 ", ".join(f"{k} {v}" for k, v in lost.items()), style="yellow")]
+        parts.append(Text("events not counted (kernel map full): " +
+                          ", ".join(f"{k} {v}" for k, v in lost.items()), style="yellow"))
     return Group(*parts)
 
 
