@@ -5,7 +5,12 @@ than there (importing them from scenarios.py would be circular)."""
 from __future__ import annotations
 
 from .scenario_conntrack import SCENARIOS as CONNTRACK_SCENARIOS
+from .scenario_cpu import NetRxOneCpuScenario
 from .scenarios import SCENARIOS as BASE_SCENARIOS
 from .scenarios import Scenario
 
-SCENARIOS: dict[str, type[Scenario]] = {**BASE_SCENARIOS, **CONNTRACK_SCENARIOS}
+SCENARIOS: dict[str, type[Scenario]] = {
+    **BASE_SCENARIOS,
+    NetRxOneCpuScenario.name: NetRxOneCpuScenario,
+    **CONNTRACK_SCENARIOS,
+}

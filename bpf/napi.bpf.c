@@ -1,0 +1,70 @@
+/* NAPI polls per CPU and per device.
+ *
+ * Hook: tracepoint napi:napi_poll (fields napi, dev_name, work, budget), fired after every
+ * poll of a NAPI instance, in NET_RX softirq or in a threaded-NAPI kthread alike. The
+ * per-CPU backlog that netif_rx() and RPS feed (veth without GRO/XDP, loopback, tunnels)
+ * has no device: the tracepoint names it "(no_device)".
+ *
+ * Key: device name plus the device's network namespace. Every pod has an "eth0", so the
+ * name alone would merge pods; the netns inode comes from napi->dev->nd_net->ns.inum at
+ * BTF offsets (NETPROF_NAPI_DEV_OFFSET, NETPROF_NETDEV_NET_OFFSET, NETPROF_NET_INUM_OFFSET).
+ *
+ * The map is a per-CPU hash: each CPU adds to its own copy of the entry, so the only shared
+ * write is creating an entry, once per device.
+ */
+#include "napi.h"
+
+#if !defined(NETPROF_NAPI_DEV_OFFSET) || !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_NET_INUM_OFFSET)
+#error "napi offsets must come from BTF (-DNETPROF_NAPI_DEV_OFFSET, -DNETPROF_NETDEV_NET_OFFSET)"
+#endif
+
+BPF_PERCPU_HASH(napi_by_device, struct napi_device_key, struct napi_counts, NETPROF_NAPI_MAX_DEVICES);
+/* [0]: polls not counted because napi_by_device was full. */
+BPF_PERCPU_ARRAY(napi_map_full, u64, 1);
+
+static __always_inline u32 netns_inode_of_napi(const void *napi)
+{
+    void *dev = 0;
+    void *net = 0;
+    u32 inode = 0;
+
+    if (!napi)
+        return 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)napi + NETPROF_NAPI_DEV_OFFSET);
+    if (!dev)
+        return 0;
+    /* nd_net is a possible_net_t: a struct holding one struct net pointer. */
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + NETPROF_NETDEV_NET_OFFSET);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&inode, sizeof(inode), (const char *)net + NETPROF_NET_INUM_OFFSET);
+    return inode;
+}
+
+TRACEPOINT_PROBE(napi, napi_poll)
+{
+    struct napi_device_key key = {};
+    /* __data_loc: the low 16 bits are the string's offset from the start of the record. */
+    u16 name_offset = args->data_loc_dev_name & 0xFFFF;
+    bpf_probe_read_kernel_str(key.name, sizeof(key.name), (const char *)args + name_offset);
+    key.netns_inode = netns_inode_of_napi(args->napi);
+
+    struct napi_counts zero = {};
+    struct napi_counts *counts = napi_by_device.lookup_or_try_init(&key, &zero);
+    if (!counts) {
+        int slot = 0;
+        u64 *full = napi_map_full.lookup(&slot);
+        if (full)
+            *full += 1;
+        return 0;
+    }
+    int work = args->work;
+    int budget = args->budget;
+    counts->polls += 1;
+    if (work > 0)
+        counts->packets += work;
+    /* budget 0 is netpoll cleaning TX only: not a receive poll that ran out of budget. */
+    if (budget > 0 && work >= budget)
+        counts->budget_exhausted += 1;
+    return 0;
+}

@@ -1,0 +1,87 @@
+"""NAPI polls per CPU and per device (bpf/napi.bpf.c)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import NetprofError
+from ..kernel.loader import BpfLoader
+from ..kernel.maps import MapLayout, MapReader
+from .base import ProbeStatus
+
+TRACEPOINT = "napi:napi_poll"
+MAX_DEVICES = 4096
+IFNAMSIZ = 16
+# What the tracepoint says for a NAPI instance without a device: the per-CPU backlog that
+# netif_rx() and RPS feed.
+BACKLOG_DEVICE = "(no_device)"
+
+# Mirrors struct napi_device_key in bpf/napi.h.
+DEVICE_KEY = np.dtype([("netns_inode", "<u4"), ("name", f"S{IFNAMSIZ}")])
+# Mirrors struct napi_counts (C pads the key to 20 bytes, the value is three u64).
+NAPI_COUNTS = np.dtype([("polls", "<u8"), ("packets", "<u8"), ("budget_exhausted", "<u8")])
+SLOT_KEY = np.dtype([("index", "<u4")])
+COUNT = np.dtype([("count", "<u8")])
+# One row per (CPU, device): what the per-CPU map becomes once flattened.
+CPU_DEVICE_KEY = np.dtype([("cpu", "<u4"), ("netns_inode", "<u4"), ("name", f"S{IFNAMSIZ}")])
+
+
+@dataclass(frozen=True)
+class NapiCounts:
+    """Cumulative counts since attach, one row per (CPU, device) that was ever polled."""
+
+    devices: np.ndarray   # CPU_DEVICE_KEY
+    counts: np.ndarray    # NAPI_COUNTS, aligned with devices
+    map_full: int         # polls not counted because the device map was full
+
+
+def device_name(raw: bytes) -> str:
+    """A device name from the kernel: bytes up to the first NUL, never trusted as text."""
+    text = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def flatten_per_cpu(keys: np.ndarray, values: np.ndarray, cpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(device, cpu) values of a per-CPU hash → one row per CPU and device, idle rows dropped."""
+    rows = np.zeros(len(keys) * len(cpus), dtype=CPU_DEVICE_KEY)
+    rows["cpu"] = np.tile(cpus, len(keys))
+    rows["netns_inode"] = np.repeat(keys["netns_inode"], len(cpus))
+    rows["name"] = np.repeat(keys["name"], len(cpus))
+    flat = values.reshape(-1) if len(keys) else np.zeros(0, NAPI_COUNTS)
+    polled = flat["polls"] > 0
+    return rows[polled], flat[polled].copy()
+
+
+class NapiProbe:
+    name = "napi"
+
+    def __init__(self) -> None:
+        self._bpf = None
+        self._by_device: MapReader | None = None
+        self._full: MapReader | None = None
+        self._cpus = np.zeros(0, dtype=np.uint32)
+
+    def attach(self, loader: BpfLoader) -> ProbeStatus:
+        try:
+            self._bpf = loader.compile("napi", [f"-DNETPROF_NAPI_MAX_DEVICES={MAX_DEVICES}"])
+        except NetprofError as exc:
+            return ProbeStatus(self.name, False, f"tracepoint:{TRACEPOINT}", str(exc))
+        from bcc.utils import get_possible_cpus
+
+        self._cpus = np.array(get_possible_cpus(), dtype=np.uint32)
+        self._by_device = MapReader(self._bpf[b"napi_by_device"], MapLayout(DEVICE_KEY, NAPI_COUNTS, percpu=True))
+        self._full = MapReader(self._bpf[b"napi_map_full"], MapLayout(SLOT_KEY, COUNT, percpu=True))
+        return ProbeStatus(self.name, True, f"tracepoint:{TRACEPOINT}")
+
+    def read(self) -> NapiCounts:
+        if self._bpf is None:
+            raise RuntimeError("read() before a successful attach()")
+        devices, counts = flatten_per_cpu(*self._by_device.read(), self._cpus)
+        _, full = self._full.read()
+        return NapiCounts(devices, counts, int(full["count"].sum()))
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
