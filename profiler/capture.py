@@ -187,6 +187,12 @@ class Capture:
             total.update(snapshot.lost)
         return dict(total)
 
+    def ignored(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for snapshot in self.snapshots:
+            total.update(snapshot.ignored)
+        return dict(total)
+
     def to_json(self) -> dict:
         return {
             "schema": SCHEMA,
@@ -204,4 +210,5 @@ class Capture:
                            for s in self.drop_site_totals()],
             "findings": [],
             "lost_events": self.lost(),
+            "ignored_events": self.ignored(),
         }

@@ -15,12 +15,14 @@ def default_sources(pods: PodDirectory) -> list[Source]:
     """Every signal netprof knows. Sources that read per-netns counters get the directory
     to find and enter each pod's netns."""
     from .sources.conntrack import ConntrackSource
+    from .sources.drops import DropSource
     from .sources.napi import NapiSource
     from .sources.retransmits import RetransmitSource
     from .sources.softirq import SoftirqSource
     from .sources.softnet import SoftnetSource
 
-    return [RetransmitSource(), SoftirqSource(), NapiSource(), SoftnetSource(), ConntrackSource(pods)]
+    drops = DropSource()
+    return [RetransmitSource(), drops, SoftirqSource(), NapiSource(), SoftnetSource(), ConntrackSource(pods)]
 
 
 class Sampler:

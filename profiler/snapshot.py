@@ -148,6 +148,8 @@ class Snapshot:
     drop_sites: tuple[DropSite, ...] = ()
     # Events the kernel side could not count in full (a map was full), by map.
     lost: Mapping[str, int] = field(default_factory=lambda: EMPTY)
+    # Events seen and deliberately not counted (frees that are not drops), by kind.
+    ignored: Mapping[str, int] = field(default_factory=lambda: EMPTY)
 
     @property
     def interval_s(self) -> float:
@@ -169,6 +171,7 @@ class SnapshotFrame:
         self.flows: list[FlowRetransmits] = []
         self.drop_sites: list[DropSite] = []
         self.lost: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
 
     def label(self, netns: int) -> str:
         return self._label(netns)
@@ -190,6 +193,7 @@ class SnapshotFrame:
             cpus=tuple(CpuInterval(**v) for _, v in sorted(self._cpus.items())),
             drop_sites=tuple(self.drop_sites),
             lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
+            ignored=MappingProxyType({k: v for k, v in self.ignored.items() if v}),
         )
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from .scenario_conntrack import SCENARIOS as CONNTRACK_SCENARIOS
 from .scenario_cpu import NetRxOneCpuScenario
+from .scenario_drops import CpuBacklogScenario, RcvbufDropScenario
 from .scenarios import SCENARIOS as BASE_SCENARIOS
 from .scenarios import Scenario
 
 SCENARIOS: dict[str, type[Scenario]] = {
     **BASE_SCENARIOS,
     NetRxOneCpuScenario.name: NetRxOneCpuScenario,
+    RcvbufDropScenario.name: RcvbufDropScenario,
+    CpuBacklogScenario.name: CpuBacklogScenario,
     **CONNTRACK_SCENARIOS,
 }

@@ -1,0 +1,217 @@
+/* skb drops by kernel drop reason: per network namespace, per CPU, per call site; plus
+ * socket receive-queue-full events per namespace.
+ *
+ * Hook: tracepoint skb:kfree_skb (stable ABI; `reason` since 5.17, `rx_sk` since 6.11). It
+ * fires for every kfree_skb_reason(), including the generic kfree_skb() calls that free
+ * packets for ordinary reasons with reason NOT_SPECIFIED: those are not counted as drops,
+ * only tallied in one per-CPU slot so the capture can say how many were ignored. Reason
+ * values are never written here: the probe reads them from this kernel's BTF and passes
+ * them in as -D macros.
+ *
+ * The namespace of a drop is the receiving socket's (rx_sk, set by sk_skb_reason_drop) when
+ * there is one; else the owning socket's (skb->sk: a packet purged from a receive queue at
+ * close, or dropped on its way out); else the namespace of the skb's device
+ * (skb->dev->nd_net: packets dropped before any socket, e.g. CPU_BACKLOG); else 0. The CPU
+ * is the one that called kfree_skb: for CPU_BACKLOG that is the CPU enqueuing the packet,
+ * not the CPU whose backlog was full (softnet_stat's `dropped` charges that one).
+ *
+ * Hook: raw tracepoint sock_rcvqueue_full (only with -DNETPROF_DROPS_RCVQUEUE_FULL). Its
+ * tracefs record holds rmem_alloc, truesize and sk_rcvbuf but no socket, so the raw
+ * tracepoint's first argument (struct sock *) gives the namespace. It fires in
+ * __sock_queue_rcv_skb (raw, ICMP ping, and other sockets using sock_queue_rcv_skb), not
+ * for UDP or TCP, which check their receive buffers in their own code.
+ *
+ * Cost per drop: a few map updates, no ring buffer, no user-space work.
+ */
+#include "netns.h"
+#include "drops.h"
+
+#if !defined(NETPROF_SKB_DEV_OFFSET) || !defined(NETPROF_SKB_SK_OFFSET) || \
+    !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_SOCK_NUM_OFFSET)
+#error "skb/net_device/sock offsets must come from BTF (see profiler/kernel/offsets.py)"
+#endif
+#if !defined(NETPROF_DROP_REASON_NOT_SPECIFIED) || !defined(NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW)
+#error "drop reason values must come from BTF (see profiler/probes/drops.py)"
+#endif
+
+/* BCC's generated struct for skb:kfree_skb declares `enum skb_drop_reason reason;`, and the
+ * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. */
+enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
+
+BPF_HASH(drops_by_netns, struct drop_netns_key, u64, NETPROF_DROPS_MAX_NETNS_REASONS);
+/* Per-CPU values: the CPU that drops only ever touches its own counter. */
+BPF_PERCPU_HASH(drops_by_cpu, u32, u64, NETPROF_DROPS_MAX_REASONS);
+/* Bounded: a site that finds it full is counted in UNCOUNTED_SITE_MAP_FULL instead. */
+BPF_HASH(drops_by_site, struct drop_site_key, u64, NETPROF_DROPS_MAX_SITES);
+BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
+BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
+BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);
+
+static __always_inline void count_uncounted(int slot)
+{
+    u64 *count = drops_uncounted.lookup(&slot);
+    if (count)
+        *count += 1;
+}
+
+static __always_inline u32 netns_inode_of_skb_dev(const void *skb)
+{
+    void *dev = 0;
+    void *net = 0;
+    u32 inode = 0;
+
+    /* skb->dev shares a union with dev_scratch (UDP keeps sizes there while an skb sits in
+     * a receive queue); a scratch value is not a kernel address and the reads below fail. */
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)skb + NETPROF_SKB_DEV_OFFSET) || !dev)
+        return 0;
+    /* nd_net is a possible_net_t: a struct holding one struct net pointer. */
+    if (bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + NETPROF_NETDEV_NET_OFFSET) || !net)
+        return 0;
+    if (bpf_probe_read_kernel(&inode, sizeof(inode), (const char *)net + NETPROF_NET_INUM_OFFSET))
+        return 0;
+    return inode;
+}
+
+static __always_inline u32 netns_inode_of_skb_owner(const void *skb)
+{
+    void *sk = 0;
+
+    /* skb->sk shares a union with ip_defrag_offset (IP fragments being reassembled): such
+     * an offset is no kernel address, the read in netns_inode_of_sock fails and gives 0. */
+    if (bpf_probe_read_kernel(&sk, sizeof(sk), (const char *)skb + NETPROF_SKB_SK_OFFSET) || !sk)
+        return 0;
+    return netns_inode_of_sock(sk);
+}
+
+static __always_inline void count_by_netns(struct drop_netns_key *key)
+{
+    u64 one = 1;
+    u64 *count = drops_by_netns.lookup(key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return;
+    }
+    /* -EEXIST: another CPU inserted it first; anything else: the map is full. */
+    if (drops_by_netns.insert(key, &one) == 0)
+        return;
+    count = drops_by_netns.lookup(key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_uncounted(UNCOUNTED_NETNS_MAP_FULL);
+}
+
+static __always_inline void count_by_cpu(u32 reason)
+{
+    u64 one = 1;
+    u64 *count = drops_by_cpu.lookup(&reason);
+    if (count) {
+        *count += 1;
+        return;
+    }
+    /* A new key gets this CPU's value set to 1 and every other CPU's to 0. */
+    if (drops_by_cpu.insert(&reason, &one) == 0)
+        return;
+    count = drops_by_cpu.lookup(&reason);
+    if (count)
+        *count += 1;
+    else
+        count_uncounted(UNCOUNTED_CPU_MAP_FULL);
+}
+
+static __always_inline void count_by_site(struct drop_site_key *key)
+{
+    u64 one = 1;
+    u64 *count = drops_by_site.lookup(key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return;
+    }
+    if (drops_by_site.insert(key, &one) == 0)
+        return;
+    count = drops_by_site.lookup(key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_uncounted(UNCOUNTED_SITE_MAP_FULL);
+}
+
+static __always_inline void count_listen_overflow(const void *listener, u32 netns)
+{
+    struct listen_overflow_key key = {};
+    u64 one = 1;
+
+    key.netns_inode = netns;
+    bpf_probe_read_kernel(&key.port, sizeof(key.port), (const char *)listener + NETPROF_SOCK_NUM_OFFSET);
+    u64 *count = listen_overflows_by_port.lookup(&key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return;
+    }
+    if (listen_overflows_by_port.insert(&key, &one) == 0)
+        return;
+    count = listen_overflows_by_port.lookup(&key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_uncounted(UNCOUNTED_LISTEN_MAP_FULL);
+}
+
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    u32 reason = (u32)args->reason;
+
+    if (reason == (u32)NETPROF_DROP_REASON_NOT_SPECIFIED) {
+        count_uncounted(UNCOUNTED_NOT_SPECIFIED);
+        return 0;
+    }
+    if (reason == (u32)NETPROF_DROP_REASON_NOT_DROPPED_YET || reason == (u32)NETPROF_DROP_REASON_CONSUMED) {
+        count_uncounted(UNCOUNTED_NOT_A_DROP);
+        return 0;
+    }
+
+#ifdef NETPROF_KFREE_SKB_HAS_RX_SK
+    const void *rx_sk = args->rx_sk;
+#else
+    const void *rx_sk = 0;  /* the tracepoint gained rx_sk in Linux 6.11 */
+#endif
+    u32 netns = rx_sk ? netns_inode_of_sock(rx_sk) : 0;
+    if (!netns)
+        netns = netns_inode_of_skb_owner(args->skbaddr);
+    if (!netns)
+        netns = netns_inode_of_skb_dev(args->skbaddr);
+
+    struct drop_netns_key netns_key = {.netns_inode = netns, .reason = reason};
+    count_by_netns(&netns_key);
+    count_by_cpu(reason);
+    struct drop_site_key site_key = {};
+    site_key.location = (u64)args->location;
+    site_key.reason = reason;
+    count_by_site(&site_key);
+    /* rx_sk of a listen overflow is the listener: the final ACK found its accept queue full. */
+    if (reason == (u32)NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW && rx_sk)
+        count_listen_overflow(rx_sk, netns);
+    return 0;
+}
+
+#ifdef NETPROF_DROPS_RCVQUEUE_FULL
+RAW_TRACEPOINT_PROBE(sock_rcvqueue_full)
+{
+    /* TP_PROTO(struct sock *sk, struct sk_buff *skb) */
+    u32 netns = netns_inode_of_sock((const void *)ctx->args[0]);
+    u64 one = 1;
+    u64 *count = rcvqueue_full_by_netns.lookup(&netns);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return 0;
+    }
+    if (rcvqueue_full_by_netns.insert(&netns, &one) == 0)
+        return 0;
+    count = rcvqueue_full_by_netns.lookup(&netns);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_uncounted(UNCOUNTED_RCVQUEUE_MAP_FULL);
+    return 0;
+}
+#endif

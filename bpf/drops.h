@@ -1,0 +1,37 @@
+/* Shared by drops.bpf.c and profiler/probes/drops.py (the *_KEY dtypes and the
+ * UNCOUNTED_* slots); tests/unit/test_drops_layout.py checks the two agree. */
+#ifndef NETPROF_DROPS_H
+#define NETPROF_DROPS_H
+
+struct drop_netns_key {
+    u32 netns_inode;  /* 0 when neither rx_sk nor skb->dev named a namespace */
+    u32 reason;       /* enum skb_drop_reason value, subsystem bits included */
+};
+
+struct drop_site_key {
+    u64 location;     /* kernel text address the tracepoint reports (the dropping call site) */
+    u32 reason;
+    u32 _pad;
+};
+
+/* TCP_LISTEN_OVERFLOW drops by the listening socket (rx_sk) they were charged to. */
+struct listen_overflow_key {
+    u32 netns_inode;
+    u16 port;         /* skc_num: local port, host byte order */
+    u16 _pad;
+};
+
+/* Slots of the per-CPU `drops_uncounted` array: frees that are not drops, and drops a full
+ * map could not hold. */
+enum drops_uncounted_slot {
+    UNCOUNTED_NOT_SPECIFIED = 0,  /* reason NOT_SPECIFIED: generic kfree_skb() callers */
+    UNCOUNTED_NOT_A_DROP = 1,     /* NOT_DROPPED_YET / CONSUMED reach kfree_skb on no 6.x path; counted if they ever do */
+    UNCOUNTED_NETNS_MAP_FULL = 2,
+    UNCOUNTED_CPU_MAP_FULL = 3,
+    UNCOUNTED_SITE_MAP_FULL = 4,
+    UNCOUNTED_LISTEN_MAP_FULL = 5,
+    UNCOUNTED_RCVQUEUE_MAP_FULL = 6,
+    UNCOUNTED_SLOTS = 7,
+};
+
+#endif

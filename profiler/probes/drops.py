@@ -1,0 +1,201 @@
+"""skb drops by reason per netns / CPU / call site, and receive-queue-full events
+(bpf/drops.bpf.c)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..errors import NetprofError
+from ..kernel.loader import BpfLoader
+from ..kernel.maps import MapLayout, MapReader
+from .base import ProbeStatus
+
+TRACEPOINT = "skb:kfree_skb"
+RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
+MAX_NETNS = 4096
+MAX_NETNS_REASONS = 16384   # (netns, reason) pairs: a pod rarely drops for more than a few reasons
+MAX_REASONS = 1024          # distinct reason values, subsystem-coded ones included
+MAX_SITES = 2048            # (reason, call site) pairs
+MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
+
+# Mirrors bpf/drops.h.
+NETNS_REASON_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4")])
+SITE_KEY = np.dtype([("location", "<u8"), ("reason", "<u4"), ("_pad", "<u4")])
+LISTEN_KEY = np.dtype([("netns_inode", "<u4"), ("port", "<u2"), ("_pad", "<u2")])
+REASON_KEY = np.dtype([("reason", "<u4")])
+NETNS_KEY = np.dtype([("netns_inode", "<u4")])
+SLOT_KEY = np.dtype([("slot", "<u4")])
+COUNT = np.dtype([("count", "<u8")])
+
+# enum drops_uncounted_slot in bpf/drops.h, in order.
+UNCOUNTED_SLOTS = (
+    "not_specified",        # reason NOT_SPECIFIED: generic frees, not drops
+    "not_a_drop",           # NOT_DROPPED_YET / CONSUMED
+    "drops_by_netns",       # the rest: drops a full map could not count, by map
+    "drops_by_cpu",
+    "drops_by_site",
+    "listen_overflows_by_port",
+    "rcvqueue_full_by_netns",
+)
+IGNORED_SLOTS = ("not_specified", "not_a_drop")
+
+# Reasons with special meaning to the program; absent ones (older kernels) never match.
+_NO_SUCH_REASON = 0xFFFFFFFF
+SUBSYSTEM_SHIFT = 16  # SKB_DROP_REASON_SUBSYS_SHIFT: reasons of other subsystems set high bits
+
+
+@dataclass(frozen=True)
+class DropCounts:
+    """Cumulative counts since attach."""
+
+    netns_reasons: np.ndarray   # NETNS_REASON_KEY
+    per_netns_reason: np.ndarray  # COUNT, aligned with netns_reasons
+    cpu_reasons: np.ndarray     # REASON_KEY
+    per_cpu_reason: np.ndarray  # COUNT, shape (len(cpu_reasons), possible CPUs)
+    sites: np.ndarray           # SITE_KEY
+    per_site: np.ndarray        # COUNT
+    listeners: np.ndarray       # LISTEN_KEY: (netns, local port) of overflowing listeners
+    per_listener: np.ndarray    # COUNT: TCP_LISTEN_OVERFLOW drops charged to that listener
+    rcvqueue_netns: np.ndarray  # NETNS_KEY
+    per_rcvqueue_netns: np.ndarray  # COUNT: sock_rcvqueue_full events
+    uncounted: Mapping[str, int]  # UNCOUNTED_SLOTS → count, summed over CPUs
+
+    @property
+    def listen_overflows_by_port(self) -> dict[tuple[int, int], int]:
+        """(netns inode, local port) → cumulative TCP_LISTEN_OVERFLOW drops."""
+        return {
+            (int(key["netns_inode"]), int(key["port"])): int(count)
+            for key, count in zip(self.listeners, self.per_listener["count"])
+        }
+
+
+def reason_name(reason: int, names: Mapping[int, str]) -> str:
+    """Name of a drop reason value, e.g. 6 → "SOCKET_RCVBUFF" on 6.18."""
+    name = names.get(reason)
+    if name is not None:
+        return name
+    subsystem = reason >> SUBSYSTEM_SHIFT
+    if subsystem:
+        return f"SUBSYSTEM_{subsystem}_{reason & ((1 << SUBSYSTEM_SHIFT) - 1)}"
+    return f"REASON_{reason}"
+
+
+def reason_value(names: Mapping[int, str], wanted: str) -> int | None:
+    for value, name in names.items():
+        if name == wanted:
+            return value
+    return None
+
+
+def reason_cflags(names: Mapping[int, str]) -> list[str]:
+    """-D macros for the reasons the program treats specially, from this kernel's enum."""
+    flags = []
+    for macro, name in (
+        ("NETPROF_DROP_REASON_NOT_SPECIFIED", "NOT_SPECIFIED"),
+        ("NETPROF_DROP_REASON_NOT_DROPPED_YET", "SKB_NOT_DROPPED_YET"),
+        ("NETPROF_DROP_REASON_CONSUMED", "SKB_CONSUMED"),
+        ("NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW", "TCP_LISTEN_OVERFLOW"),
+    ):
+        value = reason_value(names, name)
+        flags.append(f"-D{macro}={_NO_SUCH_REASON if value is None else value}U")
+    return flags
+
+
+def tracepoint_fields(tracefs: str | None, event: str) -> set[str]:
+    """Field names of a tracepoint, from its tracefs format file (empty if unreadable)."""
+    if not tracefs:
+        return set()
+    try:
+        text = (Path(tracefs) / "events" / event / "format").read_text()
+    except OSError:
+        return set()
+    fields = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("field:"):
+            declaration = line.split(";", 1)[0]
+            fields.add(declaration.split()[-1].split("[")[0])
+    return fields
+
+
+class DropProbe:
+    name = "skb_drops"
+    rcvqueue_name = "rcvqueue_full"
+
+    def __init__(self) -> None:
+        self._bpf = None
+        self._readers: dict[str, MapReader] = {}
+        self.rcvqueue_status: ProbeStatus | None = None
+
+    def attach(self, loader: BpfLoader) -> ProbeStatus:
+        """Attach skb:kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
+        receive-queue probe's own status is left in `rcvqueue_status`."""
+        via = f"tracepoint:{TRACEPOINT}"
+        rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
+        fields = tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
+        if fields and "reason" not in fields:
+            why = "skb:kfree_skb has no `reason` field on this kernel (added in Linux 5.17)"
+            self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
+            return ProbeStatus(self.name, False, via, why)
+        cflags = [
+            f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
+            f"-DNETPROF_DROPS_MAX_NETNS_REASONS={MAX_NETNS_REASONS}",
+            f"-DNETPROF_DROPS_MAX_REASONS={MAX_REASONS}",
+            f"-DNETPROF_DROPS_MAX_SITES={MAX_SITES}",
+            f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
+            *reason_cflags(loader.layout.drop_reasons),
+        ]
+        # An unreadable format file is taken to be a current kernel: if it is not, the
+        # compile fails and the status says so.
+        if "rx_sk" in fields or not fields:
+            cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
+        rcvqueue_error = None
+        try:
+            # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE attach at load time.
+            self._bpf = loader.compile("drops", [*cflags, "-DNETPROF_DROPS_RCVQUEUE_FULL"])
+        except NetprofError as exc:
+            rcvqueue_error = str(exc)
+            try:
+                self._bpf = loader.compile("drops", cflags)
+            except NetprofError as exc_without:
+                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, rcvqueue_error)
+                return ProbeStatus(self.name, False, via, str(exc_without))
+        self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, rcvqueue_error is None, rcvqueue_via,
+                                           rcvqueue_error)
+        table = self._bpf.get_table
+        self._readers = {
+            "netns": MapReader(table(b"drops_by_netns"), MapLayout(NETNS_REASON_KEY, COUNT)),
+            "cpu": MapReader(table(b"drops_by_cpu"), MapLayout(REASON_KEY, COUNT, percpu=True)),
+            "site": MapReader(table(b"drops_by_site"), MapLayout(SITE_KEY, COUNT)),
+            "listen": MapReader(table(b"listen_overflows_by_port"), MapLayout(LISTEN_KEY, COUNT)),
+            "rcvqueue": MapReader(table(b"rcvqueue_full_by_netns"), MapLayout(NETNS_KEY, COUNT)),
+            "uncounted": MapReader(table(b"drops_uncounted"), MapLayout(SLOT_KEY, COUNT, percpu=True)),
+        }
+        return ProbeStatus(self.name, True, via)
+
+    def read(self) -> DropCounts:
+        if self._bpf is None:
+            raise RuntimeError("read() before a successful attach()")
+        netns_reasons, per_netns_reason = self._readers["netns"].read()
+        cpu_reasons, per_cpu_reason = self._readers["cpu"].read()
+        sites, per_site = self._readers["site"].read()
+        listeners, per_listener = self._readers["listen"].read()
+        rcvqueue_netns, per_rcvqueue_netns = self._readers["rcvqueue"].read()
+        slots, per_slot = self._readers["uncounted"].read()
+        uncounted = dict.fromkeys(UNCOUNTED_SLOTS, 0)
+        for slot, counts in zip(slots["slot"], per_slot["count"]):
+            if slot < len(UNCOUNTED_SLOTS):
+                uncounted[UNCOUNTED_SLOTS[slot]] = int(counts.sum())
+        return DropCounts(
+            netns_reasons, per_netns_reason, cpu_reasons, per_cpu_reason, sites, per_site,
+            listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
+        )
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        self._readers = {}

@@ -1,0 +1,138 @@
+"""skb drops by reason per pod, per CPU and per kernel call site; receive-queue-full events.
+
+Per interval this writes `drops` and `rcvqueue_full` of each pod that had any, `drops` of each
+CPU that dropped, the busiest drop sites, and map overflows into `frame.lost`. It also keeps
+the interval's TCP_LISTEN_OVERFLOW drops per (netns, listening port) in
+`listen_overflows_by_port`, for the source that reports listeners (it writes them into the
+frame; this one does not).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+from ..kernel.kallsyms import Kallsyms
+from ..kernel.loader import BpfLoader
+from ..kernel.maps import counter_deltas
+from ..probes.base import ProbeStatus
+from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
+from ..snapshot import DropSite, SnapshotFrame
+
+# Drop sites written per interval, busiest first; the capture keeps its own top list.
+MAX_SITES_PER_INTERVAL = 50
+
+
+class DropSource:
+    name = "drops"
+
+    def __init__(self, probe: DropProbe | None = None, kallsyms: Kallsyms | None = None):
+        self.probe = probe or DropProbe()
+        self._kallsyms = kallsyms
+        self._symbols: dict[int, str] = {}
+        self._reason_names: Mapping[int, str] = {}
+        self._attached = False
+        self._previous: DropCounts | None = None
+        self.listen_overflows_by_port: Mapping[tuple[int, int], int] = MappingProxyType({})
+        # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
+        self.ignored_totals: Mapping[str, int] = MappingProxyType({})
+
+    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
+        status = self.probe.attach(loader)
+        self._attached = status.attached
+        self._reason_names = dict(loader.layout.drop_reasons)
+        statuses = [status]
+        if self.probe.rcvqueue_status is not None:
+            statuses.append(self.probe.rcvqueue_status)
+        return statuses
+
+    def collect(self, frame: SnapshotFrame) -> None:
+        if not self._attached:
+            return
+        counts = self.probe.read()
+        previous, self._previous = self._previous, counts
+        self._collect_pods(frame, previous, counts)
+        self._collect_cpus(frame, previous, counts)
+        self._collect_sites(frame, previous, counts)
+        self._collect_listeners(previous, counts)
+        for slot in UNCOUNTED_SLOTS:
+            increase = counts.uncounted[slot] - (previous.uncounted[slot] if previous else 0)
+            # Ignored frees are a deliberate choice (not drops); a full map is a loss.
+            (frame.ignored if slot in IGNORED_SLOTS else frame.lost)[slot] += increase
+        self.ignored_totals = MappingProxyType({slot: counts.uncounted[slot] for slot in IGNORED_SLOTS})
+
+    def _name(self, reason: int) -> str:
+        return reason_name(reason, self._reason_names)
+
+    def _collect_pods(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
+        drops: dict[int, Counter[str]] = {}
+        delta = counter_deltas(previous.netns_reasons if previous else None,
+                               previous.per_netns_reason if previous else None,
+                               counts.netns_reasons, counts.per_netns_reason)["count"]
+        for index in np.flatnonzero(delta > 0):
+            key = counts.netns_reasons[index]
+            drops.setdefault(int(key["netns_inode"]), Counter())[self._name(int(key["reason"]))] += int(delta[index])
+        rcvqueue: dict[int, int] = {}
+        delta = counter_deltas(previous.rcvqueue_netns if previous else None,
+                               previous.per_rcvqueue_netns if previous else None,
+                               counts.rcvqueue_netns, counts.per_rcvqueue_netns)["count"]
+        for index in np.flatnonzero(delta > 0):
+            rcvqueue[int(counts.rcvqueue_netns[index]["netns_inode"])] = int(delta[index])
+        for netns in sorted(drops.keys() | rcvqueue.keys()):
+            values = {}
+            if netns in drops:
+                values["drops"] = MappingProxyType(dict(drops[netns]))
+            if netns in rcvqueue:
+                values["rcvqueue_full"] = rcvqueue[netns]
+            frame.pod(netns, **values)
+
+    def _collect_cpus(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
+        cpus = counts.per_cpu_reason.shape[1] if counts.per_cpu_reason.ndim == 2 else 0
+        for cpu in range(cpus):
+            delta = counter_deltas(previous.cpu_reasons if previous else None,
+                                   previous.per_cpu_reason[:, cpu] if previous else None,
+                                   counts.cpu_reasons, counts.per_cpu_reason[:, cpu])["count"]
+            dropped = {
+                self._name(int(counts.cpu_reasons[index]["reason"])): int(delta[index])
+                for index in np.flatnonzero(delta > 0)
+            }
+            if dropped:
+                frame.cpu(cpu, drops=MappingProxyType(dropped))
+
+    def _collect_sites(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
+        delta = counter_deltas(previous.sites if previous else None,
+                               previous.per_site if previous else None,
+                               counts.sites, counts.per_site)["count"]
+        busy = np.flatnonzero(delta > 0)
+        busy = busy[np.argsort(-delta[busy], kind="stable")][:MAX_SITES_PER_INTERVAL]
+        for index in busy:
+            key = counts.sites[index]
+            frame.drop_sites.append(DropSite(
+                reason=self._name(int(key["reason"])),
+                symbol=self._symbolize(int(key["location"])),
+                count=int(delta[index]),
+            ))
+
+    def _collect_listeners(self, previous: DropCounts | None, counts: DropCounts) -> None:
+        delta = counter_deltas(previous.listeners if previous else None,
+                               previous.per_listener if previous else None,
+                               counts.listeners, counts.per_listener)["count"]
+        self.listen_overflows_by_port = MappingProxyType({
+            (int(counts.listeners[index]["netns_inode"]), int(counts.listeners[index]["port"])): int(delta[index])
+            for index in np.flatnonzero(delta > 0)
+        })
+
+    def _symbolize(self, address: int) -> str:
+        symbol = self._symbols.get(address)
+        if symbol is None:
+            if self._kallsyms is None:
+                # Parsed on the first drop site, not at attach: most intervals have none.
+                self._kallsyms = Kallsyms.load()
+            symbol = self._symbols[address] = self._kallsyms.symbolize(address)
+        return symbol
+
+    def detach(self) -> None:
+        self.probe.detach()
+        self._attached = False

@@ -1,0 +1,208 @@
+"""skb drops on the real kernel: each lab scenario makes the kernel drop packets for a known
+reason in a known pod, and the real profiler must charge them to that pod (by netns inode),
+to the right CPU and kernel function, and nowhere else."""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from profiler.capture import Capture
+from profiler.lab.scenario_drops import CpuBacklogScenario, RcvbufDropScenario, cpu_backlog_unavailable
+from profiler.lab.scenarios import Scenario, ScenarioResult
+from profiler.kernel.maps import possible_cpus
+from profiler.lab.sysctl import read_sysctl
+from profiler.probes.drops import (
+    COUNT, LISTEN_KEY, NETNS_KEY, NETNS_REASON_KEY, REASON_KEY, SITE_KEY, SLOT_KEY, DropProbe,
+)
+from profiler.profile import ProfileOptions, run_profile
+from profiler.snapshot import PodInterval
+from profiler.sources.drops import DropSource
+
+pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
+
+NOT_DROPS = ("NOT_SPECIFIED", "SKB_NOT_DROPPED_YET", "SKB_CONSUMED")
+
+
+@dataclass(frozen=True)
+class DropRun:
+    capture: Capture
+    result: ScenarioResult
+    inodes: dict[str, int]       # pod name → netns inode, taken while the pod existed
+    ignored: dict[str, int]      # frees the probe saw and did not count
+
+    def pod(self, name: str) -> PodInterval:
+        inode = self.inodes[name]
+        for pod in self.capture.pod_totals():
+            if pod.netns == inode:
+                return pod
+        return PodInterval(name, inode)
+
+    def summary(self, role: str) -> dict:
+        return next(w.summary for w in self.result.workloads if w.role == role)
+
+
+def softnet_dropped() -> dict[int, int]:
+    """CPU → the `dropped` column of /proc/net/softnet_stat (backlog overflows it charged)."""
+    dropped = {}
+    for row, line in enumerate(Path("/proc/net/softnet_stat").read_text().splitlines()):
+        columns = line.split()
+        if columns:
+            # Column 13 is the CPU id since 5.10; rows of offline CPUs are skipped.
+            cpu = int(columns[12], 16) if len(columns) > 12 else row
+            dropped[cpu] = int(columns[1], 16)
+    return dropped
+
+
+def capture_scenario(scenario: Scenario, run_s: float) -> DropRun:
+    from tests.conftest import missing_for_bpf, missing_for_lab, skip_or_fail
+
+    reason = missing_for_bpf() or missing_for_lab()
+    if reason:
+        skip_or_fail(reason)
+    with scenario:
+        results: list[ScenarioResult] = []
+        source = DropSource()
+
+        def whole_scenario() -> None:
+            # The pods' own counters are read at start() and after wait(): running the whole
+            # scenario inside the capture makes the capture's window cover theirs.
+            scenario.start(run_s)
+            results.append(scenario.wait())
+
+        capture = run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_scenario,
+                              log=lambda msg: None, sources=[source])
+        inodes = {name: pod.netns_inode for name, pod in scenario.lab.pods.items()}
+    run = DropRun(capture, results[0], inodes, dict(source.ignored_totals))
+    print(f"\n{scenario.name}: " + "; ".join(
+        f"{name} {dict(run.pod(name).drops)} rcvqueue_full={run.pod(name).rcvqueue_full}" for name in inodes)
+        + f"; cpus {[(c.cpu, dict(c.drops)) for c in capture.cpu_totals()]}; ignored {run.ignored}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def rcvbuf_run() -> DropRun:
+    return capture_scenario(RcvbufDropScenario(), run_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def backlog_run() -> tuple[DropRun, int, dict[int, int], dict[int, int]]:
+    reason = cpu_backlog_unavailable()
+    if reason:
+        pytest.skip(reason)
+    scenario = CpuBacklogScenario()
+    max_backlog_before = read_sysctl("net.core.netdev_max_backlog")
+    softnet_before = softnet_dropped()
+    run = capture_scenario(scenario, run_s=2.0)
+    softnet_after = softnet_dropped()
+    assert read_sysctl("net.core.netdev_max_backlog") == max_backlog_before, "sysctl not restored"
+    return run, scenario.sender_cpu, softnet_before, softnet_after
+
+
+def test_rcvbuf_drops_equal_the_receivers_own_counter(rcvbuf_run):
+    receiver = rcvbuf_run.pod("receiver")
+    kernel = rcvbuf_run.result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
+    # design.md §8: 1000 datagrams into a 4 KiB buffer that is never read → 991 every run.
+    assert kernel > 900
+    assert receiver.drops.get("SOCKET_RCVBUFF", 0) == kernel
+    assert rcvbuf_run.summary("udp-sink")["socket_drops"] == kernel
+
+
+def test_sender_has_no_receive_buffer_drops(rcvbuf_run):
+    sender = rcvbuf_run.pod("sender")
+    assert sender.drops.get("SOCKET_RCVBUFF", 0) == 0, dict(sender.drops)
+    assert sender.rcvqueue_full == 0
+
+
+def test_rcvqueue_full_is_charged_to_the_ping_sockets_pod(rcvbuf_run):
+    # UDP checks its buffer in its own code (no sock_rcvqueue_full); the ping socket goes
+    # through __sock_queue_rcv_skb, which fires it once per packet it refuses.
+    pinger, receiver = rcvbuf_run.pod("pinger"), rcvbuf_run.pod("receiver")
+    refused = rcvbuf_run.summary("ping-flood")["socket_drops"]
+    assert refused > 200
+    assert pinger.rcvqueue_full == refused
+    assert pinger.drops.get("SOCKET_RCVBUFF", 0) == refused
+    assert receiver.rcvqueue_full == 0
+
+
+def test_top_receive_buffer_drop_site_is_a_kernel_function(rcvbuf_run):
+    sites = [s for s in rcvbuf_run.capture.drop_site_totals() if s.reason == "SOCKET_RCVBUFF"]
+    assert sites, rcvbuf_run.capture.drop_site_totals()
+    top = sites[0]
+    assert top.count >= rcvbuf_run.result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
+    assert "udp" in top.symbol or "sock_queue_rcv" in top.symbol, top.symbol
+    assert not top.symbol.startswith("0x")
+
+
+def test_not_specified_is_never_a_drop(rcvbuf_run):
+    capture = rcvbuf_run.capture
+    for pod in capture.pod_totals():
+        assert not set(pod.drops) & set(NOT_DROPS), (pod.pod, dict(pod.drops))
+    for cpu in capture.cpu_totals():
+        assert not set(cpu.drops) & set(NOT_DROPS), (cpu.cpu, dict(cpu.drops))
+    assert all(site.reason not in NOT_DROPS for site in capture.drop_site_totals())
+    assert set(rcvbuf_run.ignored) == {"not_specified", "not_a_drop"}
+
+
+def test_profile_json_carries_the_drops(rcvbuf_run):
+    doc = rcvbuf_run.capture.to_json()
+    probes = {p["name"]: p for p in doc["probes"]}
+    assert probes["skb_drops"]["attached"] and probes["skb_drops"]["via"] == "tracepoint:skb:kfree_skb"
+    assert probes["rcvqueue_full"]["attached"], probes["rcvqueue_full"]
+    pods = {p["netns"]: p for p in doc["pods"]}
+    receiver = pods[rcvbuf_run.inodes["receiver"]]
+    assert receiver["drops"]["SOCKET_RCVBUFF"] == rcvbuf_run.result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
+    assert pods[rcvbuf_run.inodes["pinger"]]["rcvqueue_full"] > 0
+    assert any(site["reason"] == "SOCKET_RCVBUFF" for site in doc["drop_sites"])
+    assert not doc["lost_events"]
+
+
+def test_cpu_backlog_drops_are_charged_to_the_receiving_pod(backlog_run):
+    run, _, _, _ = backlog_run
+    receiver = run.pod("receiver").drops.get("CPU_BACKLOG", 0)
+    # design.md §8 measured 1.7k-4.9k for 3 s; the count varies, so only its shape is asserted.
+    assert receiver > 0, {name: dict(run.pod(name).drops) for name in run.inodes}
+    assert run.pod("quiet").drops.get("CPU_BACKLOG", 0) == 0
+    # The sender only gets the odd ARP reply or ICMP error through a full backlog.
+    assert run.pod("sender").drops.get("CPU_BACKLOG", 0) * 10 <= receiver
+
+
+def test_cpu_backlog_drops_are_seen_on_the_enqueuing_cpu(backlog_run):
+    run, sender_cpu, softnet_before, softnet_after = backlog_run
+    receiver = run.pod("receiver").drops.get("CPU_BACKLOG", 0)
+    cpus = {cpu.cpu: cpu.drops.get("CPU_BACKLOG", 0) for cpu in run.capture.cpu_totals()}
+    # The sender's CPU runs the whole path up to the enqueue onto the other CPU's backlog,
+    # so the tracepoint fires there for nearly all of them (the odd packet toward the
+    # receiver starts on the other CPU; other labs on the node may add to either total).
+    assert cpus.get(sender_cpu, 0) >= 0.9 * receiver, cpus
+    # softnet_stat charges the CPU whose backlog was full instead.
+    backlog_cpu = CpuBacklogScenario().backlog_cpu
+    assert softnet_after[backlog_cpu] - softnet_before[backlog_cpu] >= receiver
+
+
+def test_numpy_layouts_match_the_loaded_programs_structs(loader):
+    probe = DropProbe()
+    status = probe.attach(loader)
+    try:
+        assert status.attached, status.error
+        bpf = probe._bpf
+        expected = {
+            b"drops_by_netns": (NETNS_REASON_KEY, COUNT),
+            b"drops_by_cpu": (REASON_KEY, COUNT),
+            b"drops_by_site": (SITE_KEY, COUNT),
+            b"listen_overflows_by_port": (LISTEN_KEY, COUNT),
+            b"rcvqueue_full_by_netns": (NETNS_KEY, COUNT),
+            b"drops_uncounted": (SLOT_KEY, COUNT),
+        }
+        for name, (key, value) in expected.items():
+            table = bpf[name]
+            one_cpu_leaf = getattr(table, "sLeaf", table.Leaf)
+            assert ctypes.sizeof(table.Key) == key.itemsize, name
+            assert ctypes.sizeof(one_cpu_leaf) == value.itemsize, name
+        counts = probe.read()
+        assert counts.per_cpu_reason.ndim == 2 and counts.per_cpu_reason.shape[1] == possible_cpus()
+    finally:
+        probe.detach()
+    probe.detach()  # twice is safe

@@ -1,0 +1,94 @@
+"""The drop probe's kernel-independent parts: reason names and macros, tracepoint fields,
+and the agreement of bpf/drops.h with the Python side."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from profiler.kernel.offsets import parse_print_symbolic
+from profiler.probes.drops import (
+    LISTEN_KEY, NETNS_REASON_KEY, SITE_KEY, UNCOUNTED_SLOTS, reason_cflags, reason_name, tracepoint_fields,
+)
+
+DROPS_H = Path(__file__).resolve().parents[2] / "bpf" / "drops.h"
+
+# 6.18's format file, abridged.
+KFREE_SKB_FORMAT = """\
+name: kfree_skb
+ID: 2310
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+
+print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" }, { 6, "SOCKET_RCVBUFF" }, { 40, "TCP_LISTEN_OVERFLOW" }, { 71, "CPU_BACKLOG" })
+"""
+
+
+def test_reason_names_come_from_the_kernels_table():
+    names = {6: "SOCKET_RCVBUFF", 71: "CPU_BACKLOG"}
+    assert reason_name(6, names) == "SOCKET_RCVBUFF"
+    assert reason_name(300, names) == "REASON_300"
+    # Other subsystems (mac80211, openvswitch) code their reasons in the high 16 bits.
+    assert reason_name((2 << 16) | 5, names) == "SUBSYSTEM_2_5"
+
+
+def test_reason_macros_use_this_kernels_values():
+    flags = reason_cflags({0: "SKB_NOT_DROPPED_YET", 1: "SKB_CONSUMED", 2: "NOT_SPECIFIED", 40: "TCP_LISTEN_OVERFLOW"})
+    assert "-DNETPROF_DROP_REASON_NOT_SPECIFIED=2U" in flags
+    assert "-DNETPROF_DROP_REASON_CONSUMED=1U" in flags
+    assert "-DNETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW=40U" in flags
+    # A kernel renumbered (values differ between versions): the macros follow.
+    shifted = reason_cflags({3: "NOT_SPECIFIED", 41: "TCP_LISTEN_OVERFLOW"})
+    assert "-DNETPROF_DROP_REASON_NOT_SPECIFIED=3U" in shifted
+
+
+def test_reasons_missing_from_an_older_kernel_never_match():
+    # Kernels before 6.0 have no SKB_NOT_DROPPED_YET/SKB_CONSUMED; tracefs formats never list them.
+    flags = reason_cflags(parse_print_symbolic(KFREE_SKB_FORMAT, "reason"))
+    assert "-DNETPROF_DROP_REASON_CONSUMED=4294967295U" in flags
+    assert "-DNETPROF_DROP_REASON_NOT_SPECIFIED=2U" in flags
+
+
+def test_tracepoint_fields_from_the_format_file(tmp_path: Path):
+    event = tmp_path / "events/skb/kfree_skb"
+    event.mkdir(parents=True)
+    (event / "format").write_text(KFREE_SKB_FORMAT)
+    fields = tracepoint_fields(str(tmp_path), "skb/kfree_skb")
+    assert {"skbaddr", "location", "rx_sk", "protocol", "reason"} <= fields
+    assert tracepoint_fields(str(tmp_path), "sock/sock_rcvqueue_full") == set()
+    assert tracepoint_fields(None, "skb/kfree_skb") == set()
+
+
+def _c_struct_fields(name: str) -> list[str]:
+    text = DROPS_H.read_text()
+    body = re.search(rf"struct {name} \{{(.*?)\}};", text, re.S).group(1)
+    return re.findall(r"^\s*u\d+ (\w+);", body, re.M)
+
+
+def test_key_dtypes_follow_the_c_structs_field_for_field():
+    # Sizes are checked against the loaded program in tests/integration/test_drops.py.
+    assert list(NETNS_REASON_KEY.names) == _c_struct_fields("drop_netns_key")
+    assert list(SITE_KEY.names) == _c_struct_fields("drop_site_key")
+    assert list(LISTEN_KEY.names) == _c_struct_fields("listen_overflow_key")
+    assert (NETNS_REASON_KEY.itemsize, SITE_KEY.itemsize, LISTEN_KEY.itemsize) == (8, 16, 8)
+    assert SITE_KEY.fields["location"][1] == 0 and SITE_KEY.alignment <= 8
+    assert np.dtype(LISTEN_KEY).fields["port"][0] == np.dtype("<u2")
+
+
+def test_uncounted_slots_in_the_headers_order():
+    text = DROPS_H.read_text()
+    slots = dict((name, int(value)) for name, value in re.findall(r"UNCOUNTED_(\w+) = (\d+)", text))
+    total = slots.pop("SLOTS")
+    assert total == len(UNCOUNTED_SLOTS)
+    by_value = [name for name, _ in sorted(slots.items(), key=lambda item: item[1])]
+    expected = ["NOT_SPECIFIED", "NOT_A_DROP", "NETNS_MAP_FULL", "CPU_MAP_FULL", "SITE_MAP_FULL",
+                "LISTEN_MAP_FULL", "RCVQUEUE_MAP_FULL"]
+    assert by_value == expected
+    assert UNCOUNTED_SLOTS == ("not_specified", "not_a_drop", "drops_by_netns", "drops_by_cpu",
+                               "drops_by_site", "listen_overflows_by_port", "rcvqueue_full_by_netns")
