@@ -16,6 +16,7 @@ from typing import Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
+from .analysis.findings import Finding
 from .system.node import NodeContext
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
@@ -134,6 +135,7 @@ class Capture:
     known_pods: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
     node: NodeContext | None = None  # read at the end of the capture
+    findings: list[Finding] = field(default_factory=list)  # ranked, from profiler.analysis
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
@@ -208,7 +210,7 @@ class Capture:
             "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
             "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
                            for s in self.drop_site_totals()],
-            "findings": [],
+            "findings": [finding.to_json() for finding in self.findings],
             "lost_events": self.lost(),
             "ignored_events": self.ignored(),
         }

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
 from .errors import NetprofError
 from .kernel.features import probe_kernel, require_capture_ready
@@ -85,7 +86,14 @@ def run_profile(
                 capture.add(sampler.sample())
             try:
                 capture.known_pods.update(pods.known())
-                capture.node = collect_node_context(pods.netns_paths(), root)
+                netns_paths = pods.netns_paths()
+                capture.node = collect_node_context(netns_paths, root)
+                capture.findings = analyze(capture.to_json(), AnalysisContext(
+                    netns_paths={inode: str(path) for inode, path in netns_paths.items()},
+                    topology=capture.node.topology,
+                    irqbalance_running=capture.node.irqbalance_running,
+                    root=root,
+                ))
             except KeyboardInterrupt:
                 # A second Ctrl-C: the counts are what matter; leave the node section out.
                 capture.interrupted = True
