@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import NetprofError
@@ -19,6 +20,9 @@ EPILOG = """\
 examples:
   netprof profile --duration 10            capture 10 s, print a report
   netprof profile --duration 5 --json      the same as one JSON document on stdout
+  netprof fix                              a short capture, then the fixes for what it found (dry run)
+  netprof fix --from capture.json --apply  apply the node-scope fixes of a saved capture
+  netprof fix --rollback                   undo the last --apply
   netprof lab up                           bring up fake pods to try things on
   netprof lab run retransmits              a lossy pod among healthy ones
 """
@@ -69,6 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print one JSON document (schema netprof.profile/v1) instead of the report")
     profile.set_defaults(func=_cmd_profile)
 
+    fix = sub.add_parser(
+        "fix",
+        help="the fixes for what a capture found: dry run, --apply, --rollback",
+        description="Show the fixes for this node's findings (from a short capture, or --from a saved "
+                    "one) as a dry run: every change, the value it expects to find, and why. --apply makes "
+                    "the node-scope changes (sysctls, also inside a pod's netns; IRQ affinity; RPS/XPS "
+                    "masks) after journaling the old values, and refuses if the node rebooted or any "
+                    "value changed since the capture. --rollback restores the journaled values. "
+                    "Pod- and app-scope fixes (pod spec YAML, listen() backlogs) are printed, never applied.",
+    )
+    fix.add_argument("--from", dest="from_file", metavar="CAPTURE.json",
+                     help="plan from a saved capture (`netprof profile --json > capture.json`)")
+    fix.add_argument("--duration", "-d", type=_duration, default=10.0, metavar="SECONDS",
+                     help="without --from: how long to capture first (default 10)")
+    action = fix.add_mutually_exclusive_group()
+    action.add_argument("--apply", action="store_true", help="make the node-scope changes")
+    action.add_argument("--rollback", action="store_true", help="restore what the last --apply changed")
+    fix.add_argument("--only", metavar="KIND,…", help="only these finding kinds (e.g. listen-overflow)")
+    fix.add_argument("--out", type=Path, metavar="DIR",
+                     help="also write each fix's YAML / code / script snippet into DIR")
+    fix.add_argument("--journal-dir", type=Path, default=Path("/var/lib/netprof"), metavar="DIR",
+                     help="where --apply journals old values for --rollback (default /var/lib/netprof)")
+    fix.set_defaults(func=_cmd_fix)
+
     from .lab.commands import add_lab_parser
 
     add_lab_parser(sub)
@@ -87,6 +115,26 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     else:
         print_report(document)
     return 130 if capture.interrupted else 0
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .fix.command import load_capture, run_fix
+
+    if args.rollback and args.from_file:
+        raise NetprofError("--rollback undoes the last --apply; it takes no --from")
+    capture = None
+    if not args.rollback:
+        if args.from_file:
+            capture = load_capture(Path(args.from_file))
+        else:
+            from .profile import ProfileOptions, run_profile
+
+            capture = run_profile(ProfileOptions(duration_s=args.duration)).to_json()
+    only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
+    return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
+                   out_dir=args.out, only=only, console=Console())
 
 
 def main(argv: list[str] | None = None) -> int:

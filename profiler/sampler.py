@@ -16,13 +16,17 @@ def default_sources(pods: PodDirectory) -> list[Source]:
     to find and enter each pod's netns."""
     from .sources.conntrack import ConntrackSource
     from .sources.drops import DropSource
+    from .sources.listen import ListenSource
     from .sources.napi import NapiSource
     from .sources.retransmits import RetransmitSource
     from .sources.softirq import SoftirqSource
     from .sources.softnet import SoftnetSource
 
     drops = DropSource()
-    return [RetransmitSource(), drops, SoftirqSource(), NapiSource(), SoftnetSource(), ConntrackSource(pods)]
+    # The listen source reads the drop source's TCP_LISTEN_OVERFLOW counts of the same
+    # interval, so it must come after it.
+    return [RetransmitSource(), drops, ListenSource(pods, drops=drops), SoftirqSource(), NapiSource(),
+            SoftnetSource(), ConntrackSource(pods)]
 
 
 class Sampler:

@@ -332,15 +332,22 @@ def detect_napi_budget(cap: Capture, ctx: AnalysisContext) -> list[Finding]:
 
 
 def detect_cpu_backlog_drops(cap: Capture, ctx: AnalysisContext) -> list[Finding]:
-    by_cpu = {cpu["cpu"]: max(cpu.get("softnet", {}).get("dropped", 0), cpu.get("drops", {}).get("CPU_BACKLOG", 0))
-              for cpu in cap.cpus}
-    total = max(sum(by_cpu.values()), sum(p.get("drops", {}).get("CPU_BACKLOG", 0) for p in cap.pods))
+    # softnet_stat charges the CPU whose backlog was full; the tracepoint fires on the CPU
+    # that tried to enqueue. The full backlog is what the fix is about: prefer softnet.
+    full_backlog = {cpu["cpu"]: cpu.get("softnet", {}).get("dropped", 0) for cpu in cap.cpus}
+    enqueuing = {cpu["cpu"]: cpu.get("drops", {}).get("CPU_BACKLOG", 0) for cpu in cap.cpus}
+    by_cpu = full_backlog if any(full_backlog.values()) else enqueuing
+    total = max(sum(full_backlog.values()), sum(enqueuing.values()),
+                sum(p.get("drops", {}).get("CPU_BACKLOG", 0) for p in cap.pods))
     if total <= 0:
         return []
     rate = cap.per_s(total)
     current = cap.node_sysctl_int("net.core.netdev_max_backlog") or 1000
     target = min(T.NETDEV_MAX_BACKLOG_MAX, round_up_pow2(max(2 * current, current + rate)))
     pods = {p["pod"]: p["drops"]["CPU_BACKLOG"] for p in cap.pods if p.get("drops", {}).get("CPU_BACKLOG")}
+    # The backlog is per CPU, not per pod, but when one pod's traffic is most of the drops,
+    # that is the pod that suffers (and likely the one sending the burst).
+    victim = max(pods, key=pods.get) if pods and 2 * max(pods.values()) > sum(pods.values()) else None
     evidence = {"backlog_drops": total, "backlog_drops_per_s": round(rate, 2),
                 "drops_by_cpu": {str(c): n for c, n in sorted(by_cpu.items()) if n},
                 "drops_by_pod": pods, "netdev_max_backlog": current}
@@ -355,6 +362,7 @@ def detect_cpu_backlog_drops(cap: Capture, ctx: AnalysisContext) -> list[Finding
         fixes=tuple(node_sysctl_fixes("net.core.netdev_max_backlog", str(current), str(target),
                                           f"raise netdev_max_backlog to {target}", why)),
         cpu=max(by_cpu, key=by_cpu.get) if any(by_cpu.values()) else None,
+        pod=victim,
     )]
 
 

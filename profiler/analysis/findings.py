@@ -32,6 +32,13 @@ class Change:
         return {"kind": self.kind, "key": self.key, "value": self.value, "netns": self.netns,
                 "expected_current": self.expected_current}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Change":
+        if data.get("kind") not in ("sysctl", "file"):
+            raise ValueError(f"unknown change kind {data.get('kind')!r}")
+        return cls(data["kind"], str(data["key"]), str(data["value"]), data.get("netns"),
+                   data.get("expected_current"))
+
 
 @dataclass(frozen=True)
 class Fix:
@@ -49,6 +56,15 @@ class Fix:
             "commands": list(self.commands), "changes": [c.to_json() for c in self.changes],
             "persistence": self.persistence, "snippet": self.snippet,
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Fix":
+        if data.get("scope") not in ("node", "pod", "app"):
+            raise ValueError(f"unknown fix scope {data.get('scope')!r}")
+        return cls(scope=data["scope"], title=str(data["title"]), rationale=str(data.get("rationale", "")),
+                   commands=tuple(data.get("commands", ())),
+                   changes=tuple(Change.from_json(c) for c in data.get("changes", ())),
+                   persistence=str(data.get("persistence", "")), snippet=data.get("snippet"))
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,15 @@ class Finding:
             "summary": self.summary, "evidence": dict(self.evidence), "score": round(self.score, 3),
             "fixes": [fix.to_json() for fix in self.fixes],
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Finding":
+        if data.get("severity") not in SEVERITY_RANK:
+            raise ValueError(f"unknown severity {data.get('severity')!r}")
+        return cls(kind=str(data["kind"]), severity=data["severity"], summary=str(data["summary"]),
+                   evidence=dict(data.get("evidence", {})),
+                   fixes=tuple(Fix.from_json(f) for f in data.get("fixes", ())),
+                   pod=data.get("pod"), cpu=data.get("cpu"), score=float(data.get("score", 0.0)))
 
 
 def rank(findings: list[Finding]) -> list[Finding]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .scenario_conntrack import SCENARIOS as CONNTRACK_SCENARIOS
 from .scenario_cpu import NetRxOneCpuScenario
 from .scenario_drops import CpuBacklogScenario, RcvbufDropScenario
+from .scenario_listen import LISTEN_SCENARIOS
 from .scenarios import SCENARIOS as BASE_SCENARIOS
 from .scenarios import Scenario
 
@@ -15,5 +16,6 @@ SCENARIOS: dict[str, type[Scenario]] = {
     NetRxOneCpuScenario.name: NetRxOneCpuScenario,
     RcvbufDropScenario.name: RcvbufDropScenario,
     CpuBacklogScenario.name: CpuBacklogScenario,
+    **LISTEN_SCENARIOS,
     **CONNTRACK_SCENARIOS,
 }

@@ -137,6 +137,17 @@ class NetRxOneCpuScenario(Scenario):
 
     def prepare(self, lab: Lab) -> None:
         self._steer(lab, self.target_cpu)
+        # The receiver drops the blast at its input hook, after all the NET_RX work the
+        # scenario is about (both backlog hops, bridging, IP input). A socket would be the
+        # next bottleneck: no reader keeps up with a flood, and socket-buffer drops would
+        # then stand in front of the CPU imbalance this scenario demonstrates.
+        lab.run("receiver", ["nft", "-f", "-"], input=(
+            "table inet netprof_blackhole {\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0;\n"
+            f"    udp dport {self.port} drop\n"
+            "  }\n"
+            "}\n"))
 
     def retarget(self, target_cpu: int, sender_cpu: int | None = None) -> None:
         """Move the RPS target (and the sender) for the next start(), in the same lab."""

@@ -64,10 +64,18 @@ def socket_drops(sock: socket.socket) -> int | None:
     return struct.unpack(f"{SK_MEMINFO_VARS}I", raw)[SK_MEMINFO_DROPS]
 
 
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module does not export it
+
+
 def run_udp_sink(port: int, rcvbuf: int | None, read: bool, duration_s: float) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            # As root (the lab always is), SO_RCVBUFFORCE is not capped at net.core.rmem_max,
+            # so a sink can be made large enough never to be the bottleneck. Same doubling.
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind(("0.0.0.0", port))
     sock.settimeout(POLL_S)
     effective_rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)

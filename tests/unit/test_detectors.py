@@ -108,6 +108,7 @@ def test_cpu_backlog_drops():
     doc["cpus"][0]["softnet"] = {"dropped": 880}
     top = analyze(doc, CTX)[0]
     assert top.kind == "cpu-backlog-drops" and top.severity == "critical"
+    assert top.pod == "web" and top.cpu == 0  # the CPU whose backlog was full (softnet)
     assert top.evidence["drops_by_pod"] == {"web": 900}
     assert top.fixes[0].changes[0].value == "2048" and top.fixes[0].scope == "node"
 

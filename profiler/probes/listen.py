@@ -1,0 +1,99 @@
+"""The backlog each application asked for in listen(2) (bpf/listen.bpf.c), and the status of
+the SYN-path probe this kernel cannot have.
+
+The kernel keeps min(backlog, net.core.somaxconn) as the accept-queue limit and forgets the
+request; this probe remembers it per (process, fd). Python names the socket with
+readlink(/proc/<pid>/fd/<fd>) → `socket:[inode]`, the same inode inet_diag reports, so the
+request joins the listener it was made for.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NetprofError
+from ..kernel.features import KernelInfo
+from ..kernel.loader import BpfLoader
+from ..kernel.maps import MapLayout, MapReader
+from .base import ProbeStatus
+
+TRACEPOINT = "syscalls:sys_enter_listen"
+MAX_LISTEN_CALLS = 4096
+
+# Mirrors struct listen_call_key / struct listen_call in bpf/listen.h.
+LISTEN_CALL_KEY = np.dtype([("tgid", "<u4"), ("fd", "<u4")])
+LISTEN_CALL = np.dtype([("backlog", "<i4"), ("calls", "<u4"), ("called_ns", "<u8")])
+
+SYN_PATH_PROBE = "listen_syn_path"
+SYN_PATH_VIA = "kprobe:tcp_conn_request"
+
+
+@dataclass(frozen=True)
+class ListenCalls:
+    """The latest listen() call per (tgid, fd) still in the map (LRU: old ones age out)."""
+
+    keys: np.ndarray    # LISTEN_CALL_KEY
+    calls: np.ndarray   # LISTEN_CALL, aligned with keys
+
+
+class ListenBacklogProbe:
+    name = "listen_backlog"
+
+    def __init__(self) -> None:
+        self._bpf = None
+        self._calls: MapReader | None = None
+
+    def attach(self, loader: BpfLoader) -> ProbeStatus:
+        try:
+            self._bpf = loader.compile("listen", [f"-DNETPROF_MAX_LISTEN_CALLS={MAX_LISTEN_CALLS}"])
+        except NetprofError as exc:
+            return ProbeStatus(self.name, False, f"tracepoint:{TRACEPOINT}", str(exc))
+        self._calls = MapReader(self._bpf[b"listen_calls"], MapLayout(LISTEN_CALL_KEY, LISTEN_CALL))
+        return ProbeStatus(self.name, True, f"tracepoint:{TRACEPOINT}")
+
+    def read(self) -> ListenCalls:
+        if self._calls is None:
+            raise RuntimeError("read() before a successful attach()")
+        keys, calls = self._calls.read()
+        return ListenCalls(keys, calls)
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+            self._calls = None
+
+
+def syn_path_status(info: KernelInfo) -> ProbeStatus:
+    """The exact per-listener SYN-path count needs a kprobe on tcp_conn_request: a SYN refused
+    for a full accept queue is freed with consume_skb, so no tracepoint sees it. Not built:
+    there is no kprobe-capable kernel here to test it on, and an untested probe would be
+    worse than the honest counters-plus-sampling path that covers the signal."""
+    if not info.kprobes:
+        return ProbeStatus(SYN_PATH_PROBE, False, SYN_PATH_VIA,
+                           "kprobes not available on this kernel (CONFIG_KPROBES off)")
+    return ProbeStatus(SYN_PATH_PROBE, False, SYN_PATH_VIA,
+                       "not implemented yet: per-listener SYN-path counts come from "
+                       "ListenOverflows and inet_diag sampling instead")
+
+
+def parse_socket_link(target: str) -> int | None:
+    """The inode in a /proc/<pid>/fd link target `socket:[12345]`, or None for anything else."""
+    if target.startswith("socket:[") and target.endswith("]"):
+        digits = target[8:-1]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def socket_inode(pid: int, fd: int, proc: Path = Path("/proc")) -> int | None:
+    """The socket inode behind a process's fd. readlink only: the link is never opened or
+    followed, so nothing of the pod's filesystem is touched. None when the process or the fd
+    is gone (a short-lived process: normal) or the fd is not a socket."""
+    try:
+        return parse_socket_link(os.readlink(proc / str(pid) / "fd" / str(fd)))
+    except OSError:
+        return None

@@ -1,0 +1,281 @@
+"""Listen-queue overflows per pod and per listening socket.
+
+No single hook sees them all (measured on 6.18): a SYN refused because the accept queue
+is full is released with consume_skb, so `skb:kfree_skb` never reports it — a listen(2)
+server that never accepts drove TcpExtListenOverflows to 1141 in 6 s with zero
+TCP_LISTEN_OVERFLOW drops. The drop reason only covers the final-ACK path. So this source
+combines, per pod (network namespace):
+
+- the pod's own counters (/proc/net/netstat, /proc/net/snmp read inside its netns):
+  ListenOverflows, ListenDrops, TCPReqQFullDrop, … — exact, but per pod, not per socket;
+- inet_diag, sampled in the pod's netns every 100 ms while its queues are busy or its
+  overflow counters move (every second otherwise): each listener's accept-queue depth
+  (peak) and limit, and the samples in which it was full — names the socket;
+- syscalls:sys_enter_listen: the backlog the application asked for, joined to the
+  listener by socket inode; and the pod's net.core.somaxconn: which of the two is the limit;
+- optionally, TCP_LISTEN_OVERFLOW drops per (netns, port) from the drops source, which
+  charges each such drop to the listener in the tracepoint's rx_sk. Register this source
+  after that one: it reads the drops source's numbers for the interval just collected.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from ..errors import NetprofError
+from ..kernel.loader import BpfLoader
+from ..pods import PodDirectory
+from ..probes.base import ProbeStatus
+from ..probes.listen import ListenBacklogProbe, ListenCalls, socket_inode, syn_path_status
+from ..snapshot import Listener, SnapshotFrame
+from ..system.listeners import ListenerQueue, ListenerSampler, NetnsListeners, NetnsQueues, open_diag_socket
+from ..system.netstat import read_netns_counters
+
+if TYPE_CHECKING:
+    from .drops import DropSource
+
+# The pod counters this source reports. The listen ones are its own signal; the others
+# (segments sent and retransmitted, UDP receive-buffer and TCP socket-backlog drops) come
+# along because they are read in the same pass and other detectors want them per pod
+# (the retransmit detector's ratio is RetransSegs / OutSegs).
+NETSTAT_COUNTERS = (
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "TcpExt.SyncookiesSent",
+    "Tcp.OutSegs",
+    "Tcp.RetransSegs",
+    "Udp.RcvbufErrors",
+    "TcpExt.TCPBacklogDrop",
+)
+# Any of these moving makes every listener of the pod worth reporting, quiet ones included:
+# the counter says the pod overflowed, the listener list says which sockets could have.
+LISTEN_PRESSURE_COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDrop")
+DEFAULT_SAMPLE_PERIOD_S = 0.1        # pods whose queues are busy or whose counters moved
+DEFAULT_IDLE_SAMPLE_PERIOD_S = 1.0   # every other pod
+# A resolved backlog is forgotten once its socket has not been seen listening for this
+# long: longer than the idle sampling period, so a quiet listener keeps it.
+BACKLOG_GRACE_S = 30.0
+UNKNOWN_ADDRESS = "*"
+
+
+class NetnsCounterDeltas:
+    """Per-netns counter deltas between calls; the first sight of a netns is its baseline."""
+
+    def __init__(self, names: tuple[str, ...] = NETSTAT_COUNTERS,
+                 read_counters: Callable[[Path], Mapping[str, int]] = read_netns_counters):
+        self.names = names
+        self._read = read_counters
+        self._previous: dict[int, dict[str, int]] = {}
+        self.read_s = 0.0      # wall time spent reading, cumulative
+        self.reads = 0
+
+    def update(self, paths: Mapping[int, Path]) -> dict[int, dict[str, int]]:
+        """Deltas since the previous update for every netns whose tracked counters changed."""
+        changed: dict[int, dict[str, int]] = {}
+        current: dict[int, dict[str, int]] = {}
+        started = time.perf_counter()
+        for inode, path in paths.items():
+            try:
+                counters = self._read(path)
+            except (OSError, NetprofError):
+                continue  # the pod went away between listing and reading (normal), or hung
+            self.reads += 1
+            now = {name: counters[name] for name in self.names if name in counters}
+            current[inode] = now
+            before = self._previous.get(inode)
+            if before is None:
+                continue
+            deltas = {}
+            for name, value in now.items():
+                # A counter that went down belongs to a new netns that reused the inode.
+                delta = value - before.get(name, 0)
+                delta = value if delta < 0 else delta
+                if delta:
+                    deltas[name] = delta
+            if deltas:
+                changed[inode] = deltas
+        self.read_s += time.perf_counter() - started
+        self._previous = current
+        return changed
+
+
+class RequestedBacklogs:
+    """Socket inode → the backlog its application passed to listen()."""
+
+    def __init__(self, proc: Path = Path("/proc")):
+        self._proc = proc
+        self._resolved: dict[tuple[int, int], int] = {}   # (tgid, fd) → called_ns handled
+        self._by_inode: dict[int, int] = {}
+        self._live_at: dict[int, float] = {}              # inode → last seen listening (monotonic s)
+
+    def update(self, calls: ListenCalls, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        resolved: dict[tuple[int, int], int] = {}
+        for key, call in zip(calls.keys.tolist(), calls.calls.tolist()):
+            tgid, fd = key
+            backlog, _calls, called_ns = call
+            resolved[(tgid, fd)] = called_ns
+            if self._resolved.get((tgid, fd)) == called_ns:
+                continue
+            inode = socket_inode(tgid, fd, self._proc)
+            if inode is not None:
+                self._by_inode[inode] = backlog
+                self._live_at[inode] = now
+        self._resolved = resolved
+
+    def backlog_of(self, inodes: frozenset[int]) -> int | None:
+        found = [self._by_inode[i] for i in inodes if i in self._by_inode]
+        return max(found) if found else None
+
+    def keep_live(self, live_inodes: set[int], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for inode in list(self._by_inode):
+            if inode in live_inodes:
+                self._live_at[inode] = now
+            elif now - self._live_at[inode] > BACKLOG_GRACE_S:
+                del self._by_inode[inode], self._live_at[inode]
+
+
+class ListenSource:
+    name = "listen"
+
+    def __init__(self, pods: PodDirectory, drops: "DropSource | None" = None,
+                 sample_period_s: float = DEFAULT_SAMPLE_PERIOD_S,
+                 idle_sample_period_s: float = DEFAULT_IDLE_SAMPLE_PERIOD_S,
+                 backlog_probe: ListenBacklogProbe | None = None,
+                 open_netns: Callable[[Path], NetnsListeners] = NetnsListeners.open,
+                 read_counters: Callable[[Path], Mapping[str, int]] = read_netns_counters,
+                 proc: Path = Path("/proc")):
+        """`drops`: the drops source, whose `listen_overflows_by_port` holds each interval's
+        TCP_LISTEN_OVERFLOW drops by (netns inode, local port of the listener)."""
+        self.pods = pods
+        self.drops = drops
+        self.backlog_probe = backlog_probe or ListenBacklogProbe()
+        self.sampler = ListenerSampler(sample_period_s, idle_sample_period_s, open_netns)
+        self.counters = NetnsCounterDeltas(read_counters=read_counters)
+        self.backlogs = RequestedBacklogs(proc)
+        self._backlog_attached = False
+        self._consumed_drops: object | None = None
+        # The listeners each pod had when last sampled: an idle pod is sampled once a
+        # second, so an interval can end without a sample of a pod whose counters moved.
+        self._known: dict[int, NetnsQueues] = {}
+
+    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
+        status = self.backlog_probe.attach(loader)
+        self._backlog_attached = status.attached
+        paths = self.pods.netns_paths()
+        statuses = [status, syn_path_status(loader.info), self._start_sampling(paths)]
+        self.counters.update(paths)  # baselines: the first interval reports its own deltas
+        statuses.append(ProbeStatus("netns_counters", True, "/proc/net/netstat+snmp in each pod netns"))
+        return statuses
+
+    def _start_sampling(self, paths: Mapping[int, Path]) -> ProbeStatus:
+        via = (f"netlink inet_diag in each pod netns, every {self.sampler.period_s * 1000:g} ms "
+               f"(idle pods every {self.sampler.idle_period_s * 1000:g} ms)")
+        try:
+            open_diag_socket().close()
+        except OSError as exc:
+            return ProbeStatus("listen_queues", False, via, f"cannot open a sock_diag netlink socket: {exc}")
+        self.sampler.track(paths)
+        self.sampler.start()
+        return ProbeStatus("listen_queues", True, via)
+
+    def collect(self, frame: SnapshotFrame) -> None:
+        paths = self.pods.netns_paths()
+        queues = self.sampler.drain()
+        self.sampler.track(paths)
+        self._known = {netns: known for netns, known in self._known.items() if netns in paths}
+        self._known.update(queues)
+        netstat = self.counters.update(paths)
+        self.sampler.heat(netns for netns, deltas in netstat.items()
+                          if any(deltas.get(name) for name in LISTEN_PRESSURE_COUNTERS))
+        if self._backlog_attached:
+            self.backlogs.update(self.backlog_probe.read())
+        self.backlogs.keep_live({i for q in queues.values() for l in q.listeners for i in l.inodes})
+        drops = self._overflow_drop_deltas()
+
+        for netns in sorted(set(netstat) | set(queues) | {n for n, _ in drops}):
+            sampled = queues.get(netns) or _unsampled(self._known.get(netns))
+            listeners = self._listeners(netns, sampled, netstat.get(netns, {}), drops)
+            fields: dict = {}
+            if netns in netstat:
+                fields["netstat"] = MappingProxyType(netstat[netns])
+            if listeners:
+                fields["listeners"] = listeners
+            if fields:
+                frame.pod(netns, **fields)
+
+    def _overflow_drop_deltas(self) -> Mapping[tuple[int, int], int]:
+        if self.drops is None:
+            return {}
+        # The drops source replaces the mapping every interval: one it already handed over
+        # (this source collected first this time) is not counted twice.
+        interval = self.drops.listen_overflows_by_port
+        if interval is self._consumed_drops:
+            return {}
+        self._consumed_drops = interval
+        return interval
+
+    def _listeners(self, netns: int, queues: NetnsQueues | None, netstat: Mapping[str, int],
+                   drops: Mapping[tuple[int, int], int]) -> tuple[Listener, ...]:
+        pressured = any(netstat.get(name, 0) for name in LISTEN_PRESSURE_COUNTERS)
+        rows = list(queues.listeners) if queues else []
+        drops_by_listener = _assign_drops(rows, {port: n for (ns, port), n in drops.items() if ns == netns})
+        listeners = []
+        for index, row in enumerate(rows):
+            dropped = drops_by_listener.get(index, 0)
+            if not (pressured or row.accept_queue_peak or row.samples_full or dropped):
+                continue
+            listeners.append(Listener(
+                address=row.address,
+                port=row.port,
+                accept_queue_peak=row.accept_queue_peak,
+                accept_queue_limit=row.accept_queue_limit,
+                requested_backlog=self.backlogs.backlog_of(row.inodes),
+                somaxconn=queues.somaxconn if queues else None,
+                overflow_drops=dropped,
+                samples_full=row.samples_full,
+            ))
+        for port, dropped in drops_by_listener.get(None, {}).items():
+            # Drops charged to a listener the sampler never saw (it closed in between).
+            listeners.append(Listener(address=UNKNOWN_ADDRESS, port=port, overflow_drops=dropped))
+        return tuple(listeners)
+
+    def detach(self) -> None:
+        self.sampler.stop()
+        self.backlog_probe.detach()
+        self._backlog_attached = False
+
+
+def _unsampled(known: NetnsQueues | None) -> NetnsQueues | None:
+    """A pod's last known listeners, with nothing claimed about this interval's queues."""
+    if known is None:
+        return None
+    return NetnsQueues(known.somaxconn, tuple(
+        replace(row, accept_queue_peak=0, samples=0, samples_full=0) for row in known.listeners))
+
+
+def _assign_drops(rows: list[ListenerQueue], drops_by_port: Mapping[int, int]) -> dict:
+    """Listener index → its TCP_LISTEN_OVERFLOW drops; None → {port: drops} nobody matched.
+
+    Drops arrive per port; when several listeners share it (0.0.0.0 and ::), they go to the
+    one seen full most often, then the one with the deepest queue.
+    """
+    assigned: dict = {}
+    unmatched: dict[int, int] = {}
+    for port, dropped in drops_by_port.items():
+        candidates = [i for i, row in enumerate(rows) if row.port == port]
+        if not candidates:
+            unmatched[port] = dropped
+            continue
+        best = max(candidates, key=lambda i: (rows[i].samples_full, rows[i].accept_queue_peak, -i))
+        assigned[best] = dropped
+    if unmatched:
+        assigned[None] = unmatched
+    return assigned

@@ -1,0 +1,93 @@
+"""Issue 4's contract on the real kernel: for each lab scenario, the real profiler's top finding
+has the expected kind and names the right pod or CPU; a healthy lab has no critical finding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+from profiler.capture import Capture
+from profiler.lab.scenario_conntrack import ConntrackFullScenario, ConntrackRaceScenario
+from profiler.lab.scenario_cpu import NetRxOneCpuScenario
+from profiler.lab.scenario_drops import CpuBacklogScenario, RcvbufDropScenario
+from profiler.lab.scenario_listen import ListenOverflowScenario, ListenSomaxconnScenario
+from profiler.lab.scenarios import RetransmitScenario, Scenario
+from profiler.lab.topology import Lab
+from profiler.profile import ProfileOptions, run_profile
+
+pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
+
+
+@dataclass(frozen=True)
+class Case:
+    make: Callable[[], Scenario]
+    kind: str
+    duration_s: float = 2.0
+
+
+CASES = {
+    "retransmits": Case(RetransmitScenario, "tcp-retransmits", 3.0),
+    "rcvbuf": Case(RcvbufDropScenario, "socket-rcvbuf-drops"),
+    "cpu-backlog": Case(CpuBacklogScenario, "cpu-backlog-drops"),
+    "net-rx-one-cpu": Case(NetRxOneCpuScenario, "softirq-imbalance", 3.0),
+    "conntrack-full": Case(ConntrackFullScenario, "conntrack-table-full"),
+    "conntrack-race": Case(ConntrackRaceScenario, "conntrack-insert-failed"),
+    "listen-overflow": Case(ListenOverflowScenario, "listen-overflow"),
+    "listen-somaxconn": Case(ListenSomaxconnScenario, "listen-overflow"),
+}
+
+
+def capture_scenario(scenario: Scenario, duration_s: float) -> tuple[Capture, dict[str, str]]:
+    with scenario:
+        def whole_run() -> None:
+            scenario.start(duration_s)
+            scenario.wait()
+
+        capture = run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_run,
+                              log=lambda msg: None)
+        labels = {name: pod.netns for name, pod in scenario.lab.pods.items()}
+    return capture, labels
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_top_finding_names_the_trouble(name):
+    case = CASES[name]
+    scenario = case.make()
+    missing = getattr(scenario, "missing", None)
+    if callable(missing) and missing():
+        pytest.skip(missing())
+    capture, labels = capture_scenario(scenario, case.duration_s)
+    findings = capture.findings
+    summary = [(f.severity, f.kind, f.pod, f.cpu) for f in findings]
+    assert findings, f"no finding for {name}"
+    top = findings[0]
+    assert top.kind == case.kind, summary
+    if scenario.expected_pod is not None:
+        assert top.pod == labels[scenario.expected_pod], summary
+    else:
+        assert top.cpu == scenario.expected_cpu, summary
+    assert top.evidence and top.fixes, top
+    # The JSON carries the same findings, first one first.
+    doc = capture.to_json()
+    assert doc["findings"][0]["kind"] == case.kind
+
+
+def test_healthy_lab_has_no_critical_finding():
+    """Pods talking without faults: nothing critical may be reported."""
+    with Lab.up(["a", "b"]) as lab:
+        from profiler.lab import traffic
+
+        def talk() -> None:
+            server = lab.popen("b", traffic.server_argv(5300, 10))
+            try:
+                client = lab.run("a", traffic.client_argv(lab.pods["b"].ip, 5300, 200, 500, 1.5), check=False)
+                assert client.returncode == 0, client.stderr
+            finally:
+                server.terminate()
+                server.wait(5)
+
+        capture = run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=talk,
+                              log=lambda msg: None)
+    critical = [(f.kind, f.pod, f.summary) for f in capture.findings if f.severity == "critical"]
+    assert critical == []
