@@ -98,7 +98,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     if do_rollback:
         report = rollback(journal_dir)
         for line in format_report(report):
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return 0 if report.ok else 1
     assert capture is not None
     findings = findings_of(capture)
@@ -107,7 +107,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     print_plan(findings, console)
     if out_dir is not None:
         for path in write_snippets(findings, out_dir):
-            console.print(f"wrote {path}", markup=False, highlight=False)
+            console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     changes = node_scope_changes([fix for finding in findings for fix in finding.fixes])
     if not changes:
         console.print("Nothing netprof can apply: the fixes above are pod- or app-scope (see the snippets).")
@@ -115,7 +115,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     identity = identity_of(capture)
     report = apply_changes(changes, identity, journal_dir, dry_run=not apply)
     for line in format_report(report):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not apply:
         console.print(f"dry run: nothing was changed. `netprof fix --apply` makes the {len(changes)} "
                       "node-scope change(s) above and journals the old values for --rollback.")
