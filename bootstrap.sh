@@ -51,7 +51,8 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import bcc" 2>/dev/nu
 fi
 stamp="$venv/.netprof-installed"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-  "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+  # -qq: errors only (a machine-wide pip.conf may add noisy find-links warnings).
+  "$venv/bin/pip" install -qq --disable-pip-version-check -e "$here[test]"
   touch "$stamp"
 fi
 "$venv/bin/python" -c "import bcc, pyroute2, numpy, rich, textual" \

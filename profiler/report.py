@@ -54,22 +54,25 @@ def _findings(capture: dict) -> Table | None:
     for finding in findings:
         where = finding.get("pod") or (f"CPU {finding['cpu']}" if finding.get("cpu") is not None else "node")
         fixes = finding.get("fixes", [])
-        fix = f"[{fixes[0]['scope']}] {fixes[0]['title']}" if fixes else ""
+        # Text, not a markup string: "[app]" would be taken for a style tag.
+        fix = Text(f"[{fixes[0]['scope']}] {fixes[0]['title']}" if fixes else "")
         table.add_row(Text(finding["severity"], style=SEVERITY_STYLE.get(finding["severity"], "")),
-                      where, finding["summary"], fix)
+                      Text(where), Text(finding["summary"]), fix)
     return table
 
 
-def _probes(capture: dict) -> Table:
-    table = _table("Probes")
-    table.add_column("probe", no_wrap=True)
-    table.add_column("status", overflow="fold")
-    table.add_column("via", overflow="fold")
-    for probe in capture.get("probes", []):
-        status = Text("attached", style="green") if probe["attached"] else Text(
-            f"not attached: {probe['error']}", style="red")
-        table.add_row(probe["name"], status, probe["via"])
-    return table
+def _probes(capture: dict) -> Text:
+    """One line for what is attached, one per probe that is not, with why: the operator
+    needs to know what this capture could not see, not to read a table of successes."""
+    probes = capture.get("probes", [])
+    attached = [p["name"] for p in probes if p["attached"]]
+    text = Text()
+    text.append(f"probes attached ({len(attached)}/{len(probes)}): ", style="bold")
+    text.append(", ".join(attached) or "none")
+    for probe in probes:
+        if not probe["attached"]:
+            text.append(f"\nnot attached: {probe['name']} ({probe['via']}): {probe['error']}", style="yellow")
+    return text
 
 
 def _listen_overflows(pod: dict) -> int:

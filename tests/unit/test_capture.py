@@ -70,5 +70,6 @@ def test_empty_capture_report():
     cap = Capture(KERNEL, [ProbeStatus("tcp_retransmits", False, "tracepoint:tcp:tcp_retransmit_skb", "boom")])
     print_report(cap.to_json(), console)
     text = console.export_text()
-    assert "not attached: boom" in text and "(no pods seen)" in text
+    assert "not attached: tcp_retransmits (tracepoint:tcp:tcp_retransmit_skb): boom" in text
+    assert "(no pods seen)" in text and "probes attached (0/1): none" in text
     assert "Top flows" not in text  # sections without data are left out
