@@ -7,8 +7,6 @@ fixes are printed and can be written out as files (--out) for the pod spec or th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +14,7 @@ from rich.text import Text
 
 from ..analysis.findings import Finding, rank
 from ..errors import NetprofError
+from ..exports import atomic_write_text
 from .apply import PlanIdentity, apply_changes, format_report, node_scope_changes, rollback
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -81,16 +80,9 @@ def write_snippets(findings: list[Finding], out_dir: Path) -> list[Path]:
                 continue
             suffix = {"pod": "yaml", "node": "sh"}.get(fix.scope, "txt")
             path = out_dir / f"{number:02d}-{finding.kind}-{index}-{fix.scope}.{suffix}"
-            _atomic_write(path, fix.snippet)
+            atomic_write_text(path, fix.snippet)
             written.append(path)
     return written
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir: Path,
