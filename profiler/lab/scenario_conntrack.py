@@ -170,7 +170,24 @@ class ConntrackFullScenario(ConntrackScenario):
             restore_sysctls(lab.prefix)
 
 
-class ConntrackRaceScenario(ConntrackScenario):
+class TwoCpuRaceScenario(ConntrackScenario):
+    """Common part of the two-CPU races: the ct_race helper and the two CPUs it runs on."""
+
+    def __init__(self, prefix: str | None = None, rounds: int = 20000) -> None:
+        super().__init__(prefix)
+        self.rounds = rounds
+        self.cpus = (0, 1)
+        self.helper: Path | None = None
+
+    def setup(self) -> Lab:
+        # Before any namespace exists: a machine that cannot run the race says so up front.
+        if self.helper is None:
+            self.cpus = race_cpus()
+            self.helper = ensure_race_helper()
+        return super().setup()
+
+
+class ConntrackRaceScenario(TwoCpuRaceScenario):
     name = "conntrack-race"
     description = (
         "`client` sends the same TCP SYN from two threads pinned to two CPUs, released "
@@ -182,18 +199,8 @@ class ConntrackRaceScenario(ConntrackScenario):
     expected_pod = "client"
 
     def __init__(self, prefix: str | None = None, rounds: int = 20000, port: int = 7777) -> None:
-        super().__init__(prefix)
-        self.rounds = rounds
+        super().__init__(prefix, rounds)
         self.port = port
-        self.cpus = (0, 1)
-        self.helper: Path | None = None
-
-    def setup(self) -> Lab:
-        # Before any namespace exists: a machine that cannot run the race says so up front.
-        if self.helper is None:
-            self.cpus = race_cpus()
-            self.helper = ensure_race_helper()
-        return super().setup()
 
     def prepare(self, lab: Lab) -> None:
         enable_conntrack(lab, "client")
@@ -209,7 +216,7 @@ class ConntrackRaceScenario(ConntrackScenario):
                                        str(self.cpus[1])])
 
 
-class ConntrackDnsRaceScenario(ConntrackScenario):
+class ConntrackDnsRaceScenario(TwoCpuRaceScenario):
     name = "conntrack-dns-race"
     description = (
         "A resolver's A/AAAA race: `client` sends two datagrams at once from one socket (two "
@@ -223,18 +230,6 @@ class ConntrackDnsRaceScenario(ConntrackScenario):
     backends = ("dns1", "dns2", "dns3")
     service_ip = f"{SUBNET_PREFIX}250"  # in the lab subnet, owned by no pod: DNAT only
     port = 53
-
-    def __init__(self, prefix: str | None = None, rounds: int = 20000) -> None:
-        super().__init__(prefix)
-        self.rounds = rounds
-        self.cpus = (0, 1)
-        self.helper: Path | None = None
-
-    def setup(self) -> Lab:
-        if self.helper is None:
-            self.cpus = race_cpus()
-            self.helper = ensure_race_helper()
-        return super().setup()
 
     def prepare(self, lab: Lab) -> None:
         table = lab.prefix

@@ -12,8 +12,8 @@ Every workload stops by itself after --duration (capped at MAX_DURATION_S so a f
 process cannot run for ever) and on SIGTERM/SIGINT, and prints JSON lines on stdout: a
 `listening` event when a server is ready, then one `summary` line with what it moved.
 
-Standard library only and nothing imported at module level beyond it: this starts once per
-pod, often several at the same instant.
+Standard library only and nothing imported at module level beyond it (and workload_common,
+which is the same): this starts once per pod, often several at the same instant.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import selectors
-import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
+
+from profiler.lab.workload_common import StopFlag, duration_type, emit
 
 MAX_DURATION_S = 3600.0
 DEFAULT_SERVER_DURATION_S = 60.0
@@ -35,23 +35,8 @@ DEFAULT_SERVER_DURATION_S = 60.0
 # stopped reading cannot hold the client past its duration.
 SEND_POLL_S = 0.2
 
-_stop_requested = False
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, sort_keys=True), flush=True)
-
-
-def _bounded_duration(value: str) -> float:
-    duration = float(value)
-    if not 0 < duration <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"duration must be within (0, {MAX_DURATION_S:g}] seconds")
-    return duration
+_stop = StopFlag()
+_duration = duration_type(MAX_DURATION_S)
 
 
 def run_server(port: int, bind: str, duration_s: float, backlog: int) -> int:
@@ -62,7 +47,7 @@ def run_server(port: int, bind: str, duration_s: float, backlog: int) -> int:
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, data=None)
-    _emit({"event": "listening", "role": "tcp-server", "bind": bind, "port": port})
+    emit({"event": "listening", "role": "tcp-server", "bind": bind, "port": port})
 
     start = time.monotonic()
     deadline = start + duration_s
@@ -70,7 +55,7 @@ def run_server(port: int, bind: str, duration_s: float, backlog: int) -> int:
     accepted = 0
     buffer = bytearray(1 << 16)
     try:
-        while not _stop_requested:
+        while not _stop.requested:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -100,10 +85,10 @@ def run_server(port: int, bind: str, duration_s: float, backlog: int) -> int:
         for key in list(selector.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         selector.close()
-    _emit({
+    emit({
         "event": "summary", "role": "tcp-server", "port": port, "bytes": received,
         "connections": accepted, "elapsed_s": round(time.monotonic() - start, 3),
-        "stopped_by_signal": _stop_requested,
+        "stopped_by_signal": _stop.requested,
     })
     return 0
 
@@ -112,7 +97,7 @@ def _connect(host: str, port: int, timeout_s: float) -> socket.socket | None:
     # Retried because the server is usually started a moment earlier in another pod and may
     # not be listening yet; a refused connect costs nothing on a local bridge.
     deadline = time.monotonic() + timeout_s
-    while not _stop_requested:
+    while not _stop.requested:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
@@ -133,7 +118,7 @@ def _send_paced_write(sock: socket.socket, payload: memoryview, give_up_at: floa
         try:
             sent += sock.send(payload[sent:])
         except TimeoutError:
-            if _stop_requested or time.monotonic() >= give_up_at:
+            if _stop.requested or time.monotonic() >= give_up_at:
                 break
     return sent
 
@@ -141,8 +126,8 @@ def _send_paced_write(sock: socket.socket, payload: memoryview, give_up_at: floa
 def run_client(host: str, port: int, rate: float, size: int, duration_s: float, connect_timeout_s: float) -> int:
     sock = _connect(host, port, connect_timeout_s)
     if sock is None:
-        _emit({"event": "summary", "role": "tcp-client", "to": f"{host}:{port}", "connected": False,
-               "bytes": 0, "writes": 0, "stopped_by_signal": _stop_requested})
+        emit({"event": "summary", "role": "tcp-client", "to": f"{host}:{port}", "connected": False,
+              "bytes": 0, "writes": 0, "stopped_by_signal": _stop.requested})
         return 2
     sock.settimeout(SEND_POLL_S)
     payload = memoryview(b"x" * size)
@@ -154,7 +139,7 @@ def run_client(host: str, port: int, rate: float, size: int, duration_s: float, 
     writes = 0
     skipped = 0
     try:
-        while not _stop_requested:
+        while not _stop.requested:
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -172,13 +157,13 @@ def run_client(host: str, port: int, rate: float, size: int, duration_s: float, 
                 skipped += missed
                 next_write += missed * interval
     except OSError as exc:
-        _emit({"event": "error", "role": "tcp-client", "error": str(exc)})
+        emit({"event": "error", "role": "tcp-client", "error": str(exc)})
     finally:
         sock.close()
-    _emit({
+    emit({
         "event": "summary", "role": "tcp-client", "to": f"{host}:{port}", "connected": True,
         "bytes": sent_bytes, "writes": writes, "skipped_writes": skipped,
-        "elapsed_s": round(time.monotonic() - start, 3), "stopped_by_signal": _stop_requested,
+        "elapsed_s": round(time.monotonic() - start, 3), "stopped_by_signal": _stop.requested,
     })
     return 0
 
@@ -215,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser("tcp-server", help="accept connections and read everything")
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--bind", default="0.0.0.0")
-    server.add_argument("--duration", type=_bounded_duration, default=DEFAULT_SERVER_DURATION_S,
+    server.add_argument("--duration", type=_duration, default=DEFAULT_SERVER_DURATION_S,
                         help=f"seconds before exiting (default {DEFAULT_SERVER_DURATION_S:g})")
     server.add_argument("--backlog", type=int, default=128, help="listen(2) backlog")
     client = sub.add_parser("tcp-client", help="one connection, paced writes")
@@ -223,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--rate", type=float, default=1000.0, help="writes per second (default 1000)")
     client.add_argument("--size", type=int, default=1000, help="bytes per write (default 1000)")
-    client.add_argument("--duration", type=_bounded_duration, default=3.0, help="seconds (default 3)")
+    client.add_argument("--duration", type=_duration, default=3.0, help="seconds (default 3)")
     client.add_argument("--connect-timeout", type=float, default=5.0,
                         help="seconds to keep retrying the connect (default 5)")
     return parser
@@ -231,8 +216,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    _stop.install_handlers()
     if args.mode == "tcp-server":
         return run_server(args.port, args.bind, args.duration, args.backlog)
     if args.rate <= 0 or args.size <= 0:

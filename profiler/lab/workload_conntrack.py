@@ -18,36 +18,25 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
-import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
-from typing import Any
+
+from profiler.lab.workload_common import StopFlag, emit
 
 MAX_DURATION_S = 3600.0
 MAX_FLOWS = 50_000
 SINK_POLL_S = 0.2
 
-_stop_requested = False
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, sort_keys=True), flush=True)
+_stop = StopFlag()
 
 
 def run_burst(to: str, port: int, first_source_port: int, flows: int) -> int:
     sent = refused = other_errors = 0
     start = time.monotonic()
     for source_port in range(first_source_port, first_source_port + flows):
-        if _stop_requested:
+        if _stop.requested:
             break
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("0.0.0.0", source_port))
@@ -62,9 +51,9 @@ def run_burst(to: str, port: int, first_source_port: int, flows: int) -> int:
                     other_errors += 1
     record = {"role": "udp-burst", "to": f"{to}:{port}", "flows": flows, "sent": sent,
               "refused_eperm": refused, "other_errors": other_errors,
-              "elapsed_s": round(time.monotonic() - start, 4), "stopped_by_signal": _stop_requested}
-    _emit({"event": "sent", **record})
-    _emit({"event": "summary", **record})
+              "elapsed_s": round(time.monotonic() - start, 4), "stopped_by_signal": _stop.requested}
+    emit({"event": "sent", **record})
+    emit({"event": "summary", **record})
     return 0
 
 
@@ -73,9 +62,9 @@ def run_sink(port: int, duration_s: float) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("0.0.0.0", port))
         sock.settimeout(SINK_POLL_S)
-        _emit({"event": "listening", "role": "udp-sink", "port": port})
+        emit({"event": "listening", "role": "udp-sink", "port": port})
         start = time.monotonic()
-        while not _stop_requested and time.monotonic() - start < duration_s:
+        while not _stop.requested and time.monotonic() - start < duration_s:
             try:
                 sock.recv(2048)
                 received += 1
@@ -83,8 +72,8 @@ def run_sink(port: int, duration_s: float) -> int:
                 continue
             except InterruptedError:
                 continue
-    _emit({"event": "summary", "role": "udp-sink", "port": port, "datagrams": received,
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "udp-sink", "port": port, "datagrams": received,
+          "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -131,8 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    _stop.install_handlers()
     if args.mode == "udp-burst":
         if args.first_source_port + args.flows > 65536:
             print("--first-source-port + --flows must stay within 65535", file=sys.stderr)

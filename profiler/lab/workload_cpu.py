@@ -16,38 +16,21 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
-import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
-from typing import Any
+
+from profiler.lab.workload_common import StopFlag, duration_type, emit
 
 MAX_DURATION_S = 600.0
 RECEIVE_POLL_S = 0.2
 # A datagram larger than the veth MTU would be fragmented: keep one datagram one packet.
 MAX_DATAGRAM = 1472
 
-_stop_requested = False
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, sort_keys=True), flush=True)
-
-
-def _bounded_duration(value: str) -> float:
-    duration = float(value)
-    if not 0 < duration <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"duration must be within (0, {MAX_DURATION_S:g}] seconds")
-    return duration
+_stop = StopFlag()
+_duration = duration_type(MAX_DURATION_S)
 
 
 def pin_to_cpu(cpu: int | None) -> None:
@@ -59,14 +42,14 @@ def run_sink(port: int, duration_s: float) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
     sock.settimeout(RECEIVE_POLL_S)
-    _emit({"event": "listening", "role": "udp-sink", "port": port, "cpu": sorted(os.sched_getaffinity(0))})
+    emit({"event": "listening", "role": "udp-sink", "port": port, "cpu": sorted(os.sched_getaffinity(0))})
     buffer = bytearray(65536)
     datagrams = 0
     received = 0
     start = time.monotonic()
     deadline = start + duration_s
     try:
-        while not _stop_requested and time.monotonic() < deadline:
+        while not _stop.requested and time.monotonic() < deadline:
             try:
                 received += sock.recv_into(buffer)
                 datagrams += 1
@@ -74,9 +57,9 @@ def run_sink(port: int, duration_s: float) -> int:
                 continue
     finally:
         sock.close()
-    _emit({"event": "summary", "role": "udp-sink", "port": port, "datagrams": datagrams,
-           "bytes": received, "elapsed_s": round(time.monotonic() - start, 3),
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "udp-sink", "port": port, "datagrams": datagrams,
+          "bytes": received, "elapsed_s": round(time.monotonic() - start, 3),
+          "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -90,7 +73,7 @@ def run_blast(host: str, port: int, size: int, duration_s: float) -> int:
     start = time.monotonic()
     deadline = start + duration_s
     try:
-        while not _stop_requested:
+        while not _stop.requested:
             # Checking the clock every datagram would cost as much as sending one.
             for _ in range(256):
                 try:
@@ -106,10 +89,10 @@ def run_blast(host: str, port: int, size: int, duration_s: float) -> int:
                 break
     finally:
         sock.close()
-    _emit({"event": "summary", "role": "udp-blast", "to": f"{host}:{port}", "datagrams": sent,
-           "bytes": sent * size, "refused": refused, "no_buffer": no_buffer,
-           "cpu": sorted(os.sched_getaffinity(0)), "elapsed_s": round(time.monotonic() - start, 3),
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "udp-blast", "to": f"{host}:{port}", "datagrams": sent,
+          "bytes": sent * size, "refused": refused, "no_buffer": no_buffer,
+          "cpu": sorted(os.sched_getaffinity(0)), "elapsed_s": round(time.monotonic() - start, 3),
+          "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -133,20 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     sink = sub.add_parser("udp-sink", help="read every datagram sent to a port")
     sink.add_argument("--port", type=int, required=True)
     sink.add_argument("--cpu", type=int, help="pin to this CPU")
-    sink.add_argument("--duration", type=_bounded_duration, default=60.0)
+    sink.add_argument("--duration", type=_duration, default=60.0)
     blast = sub.add_parser("udp-blast", help="send datagrams as fast as possible from one CPU")
     blast.add_argument("--to", required=True, help="sink IPv4 address")
     blast.add_argument("--port", type=int, required=True)
     blast.add_argument("--cpu", type=int, required=True, help="pin to this CPU")
     blast.add_argument("--size", type=int, default=64, help=f"payload bytes (1..{MAX_DATAGRAM})")
-    blast.add_argument("--duration", type=_bounded_duration, default=3.0)
+    blast.add_argument("--duration", type=_duration, default=3.0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    _stop.install_handlers()
     try:
         pin_to_cpu(args.cpu)
     except OSError as exc:

@@ -22,18 +22,16 @@ library only: it starts once per pod.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
+
+from profiler.lab.workload_common import StopFlag, duration_type, emit
 
 MAX_DURATION_S = 600.0
 MAX_COUNT = 10_000_000
@@ -43,16 +41,8 @@ SK_MEMINFO_DROPS = 8      # index of sk_drops in the SO_MEMINFO array
 ICMP_ECHO_REQUEST = 8
 POLL_S = 0.1
 
-_stop_requested = False
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, sort_keys=True), flush=True)
+_stop = StopFlag()
+_duration = duration_type(MAX_DURATION_S)
 
 
 def socket_drops(sock: socket.socket) -> int | None:
@@ -79,11 +69,11 @@ def run_udp_sink(port: int, rcvbuf: int | None, read: bool, duration_s: float) -
     sock.bind(("0.0.0.0", port))
     sock.settimeout(POLL_S)
     effective_rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    _emit({"event": "listening", "role": "udp-sink", "port": port, "rcvbuf": effective_rcvbuf})
+    emit({"event": "listening", "role": "udp-sink", "port": port, "rcvbuf": effective_rcvbuf})
     start = time.monotonic()
     received = 0
     try:
-        while not _stop_requested and time.monotonic() - start < duration_s:
+        while not _stop.requested and time.monotonic() - start < duration_s:
             if not read:
                 time.sleep(POLL_S)
                 continue
@@ -95,9 +85,9 @@ def run_udp_sink(port: int, rcvbuf: int | None, read: bool, duration_s: float) -
         drops = socket_drops(sock)
     finally:
         sock.close()
-    _emit({"event": "summary", "role": "udp-sink", "port": port, "received": received,
-           "socket_drops": drops, "rcvbuf": effective_rcvbuf,
-           "elapsed_s": round(time.monotonic() - start, 3), "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "udp-sink", "port": port, "received": received,
+          "socket_drops": drops, "rcvbuf": effective_rcvbuf,
+          "elapsed_s": round(time.monotonic() - start, 3), "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -112,7 +102,7 @@ def run_udp_blast(to: str, port: int, count: int, size: int, duration_s: float, 
     start = time.monotonic()
     deadline = start + duration_s
     try:
-        while not _stop_requested and (count == 0 or sent + errors < count):
+        while not _stop.requested and (count == 0 or sent + errors < count):
             # The clock is read every 256 sends: the point is to send as fast as possible.
             if (sent + errors) & 0xFF == 0 and time.monotonic() >= deadline:
                 break
@@ -123,9 +113,9 @@ def run_udp_blast(to: str, port: int, count: int, size: int, duration_s: float, 
                 errors += 1
     finally:
         sock.close()
-    _emit({"event": "summary", "role": "udp-blast", "to": f"{to}:{port}", "sent": sent,
-           "send_errors": errors, "cpu": cpu, "elapsed_s": round(time.monotonic() - start, 3),
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "udp-blast", "to": f"{to}:{port}", "sent": sent,
+          "send_errors": errors, "cpu": cpu, "elapsed_s": round(time.monotonic() - start, 3),
+          "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -144,7 +134,7 @@ def run_ping_flood(to: str, count: int, rcvbuf: int, settle_s: float) -> int:
     sent = 0
     try:
         for sequence in range(count):
-            if _stop_requested:
+            if _stop.requested:
                 break
             # Ping sockets fill in the identifier and checksum, but a valid checksum costs nothing.
             header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, 0, sequence & 0xFFFF)
@@ -158,8 +148,8 @@ def run_ping_flood(to: str, count: int, rcvbuf: int, settle_s: float) -> int:
         drops = socket_drops(sock)
     finally:
         sock.close()
-    _emit({"event": "summary", "role": "ping-flood", "to": to, "sent": sent, "socket_drops": drops,
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "ping-flood", "to": to, "sent": sent, "socket_drops": drops,
+          "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -176,16 +166,9 @@ def run_rps(device: str, cpus: str, sys_root: Path = Path("/sys")) -> int:
         return 1
     for queue in queues:
         (queue / "rps_cpus").write_text(f"{cpus}\n")
-    _emit({"event": "summary", "role": "rps", "device": device, "cpus": cpus,
-           "queues": [queue.name for queue in queues]})
+    emit({"event": "summary", "role": "rps", "device": device, "cpus": cpus,
+          "queues": [queue.name for queue in queues]})
     return 0
-
-
-def _duration(value: str) -> float:
-    duration = float(value)
-    if not 0 < duration <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"duration must be within (0, {MAX_DURATION_S:g}] seconds")
-    return duration
 
 
 def _count(value: str) -> int:
@@ -224,8 +207,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    _stop.install_handlers()
     if args.mode == "udp-sink":
         return run_udp_sink(args.port, args.rcvbuf, args.read, args.duration)
     if args.mode == "udp-blast":

@@ -19,36 +19,26 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import select
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
-from typing import Any
+
+from profiler.lab.workload_common import StopFlag, duration_type, emit
 
 MAX_DURATION_S = 600.0
 MAX_CONNECTIONS = 900   # stays under the usual 1024 open-files limit
 POLL_S = 0.05
 
-_stop_requested = False
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, sort_keys=True), flush=True)
+_stop = StopFlag()
+_duration = duration_type(MAX_DURATION_S)
 
 
 def _sleep_until(deadline: float) -> None:
-    while not _stop_requested:
+    while not _stop.requested:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
@@ -61,12 +51,12 @@ def run_listen_server(port: int, bind: str, backlog: int, accept: bool, duration
     listener.bind((bind, port))
     listener.listen(backlog)
     listener.setblocking(False)
-    _emit({"event": "ready", "role": "listen-server", "port": port, "backlog": backlog,
-           "pid": os.getpid(), "fd": listener.fileno()})
+    emit({"event": "ready", "role": "listen-server", "port": port, "backlog": backlog,
+          "pid": os.getpid(), "fd": listener.fileno()})
     deadline = time.monotonic() + duration_s
     accepted = 0
     try:
-        while not _stop_requested and time.monotonic() < deadline:
+        while not _stop.requested and time.monotonic() < deadline:
             if not accept:
                 time.sleep(POLL_S)
                 continue
@@ -81,8 +71,8 @@ def run_listen_server(port: int, bind: str, backlog: int, accept: bool, duration
             accepted += 1
     finally:
         listener.close()
-    _emit({"event": "summary", "role": "listen-server", "port": port, "backlog": backlog,
-           "accepted": accepted, "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "listen-server", "port": port, "backlog": backlog,
+          "accepted": accepted, "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -102,7 +92,7 @@ def run_connect_flood(host: str, port: int, count: int, rate: float, duration_s:
     failed = 0
     try:
         for index in range(count):
-            if _stop_requested or time.monotonic() >= deadline:
+            if _stop.requested or time.monotonic() >= deadline:
                 break
             _sleep_until(start + index * interval)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -117,14 +107,14 @@ def run_connect_flood(host: str, port: int, count: int, rate: float, duration_s:
                 sock.close()
                 continue
             sockets.append(sock)
-        _emit({"event": "ready", "role": "connect-flood", "fired": len(sockets), "failed": failed})
+        emit({"event": "ready", "role": "connect-flood", "fired": len(sockets), "failed": failed})
         _sleep_until(deadline)
         established = sum(_established(sock) for sock in sockets)
     finally:
         for sock in sockets:
             sock.close()
-    _emit({"event": "summary", "role": "connect-flood", "to": f"{host}:{port}", "fired": len(sockets),
-           "failed": failed, "established": established, "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "connect-flood", "to": f"{host}:{port}", "fired": len(sockets),
+          "failed": failed, "established": established, "stopped_by_signal": _stop.requested})
     return 0
 
 
@@ -133,25 +123,18 @@ def run_connect_fill(host: str, port: int, count: int, duration_s: float, connec
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            if _stop_requested:
+            if _stop.requested:
                 break
             sock = socket.create_connection((host, port), timeout=connect_timeout_s)
             sockets.append(sock)
-        _emit({"event": "ready", "role": "connect-fill", "connected": len(sockets)})
+        emit({"event": "ready", "role": "connect-fill", "connected": len(sockets)})
         _sleep_until(deadline)
     finally:
         for sock in sockets:
             sock.close()
-    _emit({"event": "summary", "role": "connect-fill", "to": f"{host}:{port}", "connected": len(sockets),
-           "stopped_by_signal": _stop_requested})
+    emit({"event": "summary", "role": "connect-fill", "to": f"{host}:{port}", "connected": len(sockets),
+          "stopped_by_signal": _stop.requested})
     return 0
-
-
-def _duration(value: str) -> float:
-    duration = float(value)
-    if not 0 < duration <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"duration must be within (0, {MAX_DURATION_S:g}] seconds")
-    return duration
 
 
 def _connections(value: str) -> int:
@@ -206,8 +189,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    _stop.install_handlers()
     if args.mode == "listen-server":
         return run_listen_server(args.port, args.bind, args.backlog, args.accept, args.duration)
     if args.mode == "connect-flood":

@@ -20,39 +20,33 @@ from ..kernel.maps import counter_deltas
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
 from ..snapshot import DropSite, SnapshotFrame
+from .base import ProbeSource
 
 # Drop sites written per interval, busiest first; the capture keeps its own top list.
 MAX_SITES_PER_INTERVAL = 50
 
 
-class DropSource:
+class DropSource(ProbeSource[DropCounts]):
     name = "drops"
+    probe: DropProbe
 
     def __init__(self, probe: DropProbe | None = None, kallsyms: Kallsyms | None = None):
-        self.probe = probe or DropProbe()
+        super().__init__(probe or DropProbe())
         self._kallsyms = kallsyms
         self._symbols: dict[int, str] = {}
         self._reason_names: Mapping[int, str] = {}
-        self._attached = False
-        self._previous: DropCounts | None = None
         self.listen_overflows_by_port: Mapping[tuple[int, int], int] = MappingProxyType({})
         # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
         self.ignored_totals: Mapping[str, int] = MappingProxyType({})
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
-        status = self.probe.attach(loader)
-        self._attached = status.attached
+        statuses = super().attach(loader)
         self._reason_names = dict(loader.layout.drop_reasons)
-        statuses = [status]
         if self.probe.rcvqueue_status is not None:
             statuses.append(self.probe.rcvqueue_status)
         return statuses
 
-    def collect(self, frame: SnapshotFrame) -> None:
-        if not self._attached:
-            return
-        counts = self.probe.read()
-        previous, self._previous = self._previous, counts
+    def write_interval(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
         self._collect_pods(frame, previous, counts)
         self._collect_cpus(frame, previous, counts)
         self._collect_sites(frame, previous, counts)
@@ -132,7 +126,3 @@ class DropSource:
                 self._kallsyms = Kallsyms.load()
             symbol = self._symbols[address] = self._kallsyms.symbolize(address)
         return symbol
-
-    def detach(self) -> None:
-        self.probe.detach()
-        self._attached = False

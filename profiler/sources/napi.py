@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
 from ..pods import HOST_LABEL
-from ..probes.base import ProbeStatus
 from ..probes.napi import NapiCounts, NapiProbe, device_name
 from ..snapshot import NapiDevice, SnapshotFrame
+from .base import ProbeSource
 
 
 def device_label(name: str, netns_inode: int, label: Callable[[int], str]) -> str:
@@ -44,29 +43,13 @@ def napi_deltas(previous: NapiCounts | None, counts: NapiCounts,
     }
 
 
-class NapiSource:
+class NapiSource(ProbeSource[NapiCounts]):
     name = "napi"
 
     def __init__(self, probe: NapiProbe | None = None):
-        self.probe = probe or NapiProbe()
-        self._attached = False
-        self._previous: NapiCounts | None = None
+        super().__init__(probe or NapiProbe())
 
-    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
-        status = self.probe.attach(loader)
-        self._attached = status.attached
-        self._previous = None
-        return [status]
-
-    def collect(self, frame: SnapshotFrame) -> None:
-        if not self._attached:
-            return
-        counts = self.probe.read()
-        previous, self._previous = self._previous, counts
+    def write_interval(self, frame: SnapshotFrame, previous: NapiCounts | None, counts: NapiCounts) -> None:
         for cpu, devices in napi_deltas(previous, counts, frame.label).items():
             frame.cpu(cpu, napi=devices)
         frame.lost["napi_by_device"] += counts.map_full - (previous.map_full if previous else 0)
-
-    def detach(self) -> None:
-        self.probe.detach()
-        self._attached = False

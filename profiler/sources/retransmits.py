@@ -2,32 +2,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..probes.base import ProbeStatus
 from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe, format_address
 from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame
+from .base import ProbeSource
 
 
-class RetransmitSource:
+class RetransmitSource(ProbeSource[RetransmitCounts]):
     name = "retransmits"
 
     def __init__(self, probe: RetransmitProbe | None = None):
-        self.probe = probe or RetransmitProbe()
-        self._attached = False
-        self._previous: RetransmitCounts | None = None
+        super().__init__(probe or RetransmitProbe())
 
-    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
-        status = self.probe.attach(loader)
-        self._attached = status.attached
-        return [status]
-
-    def collect(self, frame: SnapshotFrame) -> None:
-        if not self._attached:
-            return
-        counts = self.probe.read()
-        previous, self._previous = self._previous, counts
-
+    def write_interval(self, frame: SnapshotFrame, previous: RetransmitCounts | None,
+                       counts: RetransmitCounts) -> None:
         netns_delta = counter_deltas(previous.netns if previous else None,
                                      previous.per_netns if previous else None,
                                      counts.netns, counts.per_netns)
@@ -59,7 +47,3 @@ class RetransmitSource:
             ))
         lost_now = counts.netns_map_full - (previous.netns_map_full if previous else 0)
         frame.lost["retransmits_by_netns"] += lost_now
-
-    def detach(self) -> None:
-        self.probe.detach()
-        self._attached = False

@@ -5,10 +5,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ..kernel.loader import BpfLoader
-from ..probes.base import ProbeStatus
 from ..probes.softirq import SoftirqCounts, SoftirqProbe, trimmed
 from ..snapshot import SnapshotFrame, SoftirqVector
+from .base import ProbeSource
 
 
 def _delta(now: np.ndarray, before: np.ndarray | None) -> np.ndarray:
@@ -37,28 +36,12 @@ def softirq_deltas(previous: SoftirqCounts | None, counts: SoftirqCounts) -> dic
     return per_cpu
 
 
-class SoftirqSource:
+class SoftirqSource(ProbeSource[SoftirqCounts]):
     name = "softirq"
 
     def __init__(self, probe: SoftirqProbe | None = None):
-        self.probe = probe or SoftirqProbe()
-        self._attached = False
-        self._previous: SoftirqCounts | None = None
+        super().__init__(probe or SoftirqProbe())
 
-    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
-        status = self.probe.attach(loader)
-        self._attached = status.attached
-        self._previous = None
-        return [status]
-
-    def collect(self, frame: SnapshotFrame) -> None:
-        if not self._attached:
-            return
-        counts = self.probe.read()
-        previous, self._previous = self._previous, counts
+    def write_interval(self, frame: SnapshotFrame, previous: SoftirqCounts | None, counts: SoftirqCounts) -> None:
         for cpu, vectors in softirq_deltas(previous, counts).items():
             frame.cpu(cpu, softirq=MappingProxyType(vectors))
-
-    def detach(self) -> None:
-        self.probe.detach()
-        self._attached = False
