@@ -66,3 +66,59 @@ def loader(bpf_ready):
     from profiler.kernel.loader import BpfLoader
 
     return BpfLoader(probe_kernel())
+
+
+# Node-global settings tests and scenarios change; each must be back when the session ends.
+GUARDED_SYSCTLS = (
+    "net/core/netdev_max_backlog",
+    "net/core/netdev_budget",
+    "net/core/netdev_budget_usecs",
+    "net/core/somaxconn",
+    "net/core/rmem_max",
+    "net/netfilter/nf_conntrack_max",
+    "kernel/bpf_stats_enabled",
+)
+
+
+def _read_guarded() -> dict[str, str]:
+    values = {}
+    for key in GUARDED_SYSCTLS:
+        try:
+            values[key] = Path("/proc/sys", key).read_text().strip()
+        except OSError:
+            continue
+    return values
+
+
+def _lab_prefixes() -> set[str]:
+    from profiler.lab.topology import list_labs
+
+    return {lab.prefix for lab in list_labs()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_left_as_found():
+    """Fails the run if any test leaked a lab namespace or left a node sysctl changed —
+    after putting things back, so one leak does not cascade into other tests or the node."""
+    if os.geteuid() != 0:
+        yield
+        return
+    labs_before = _lab_prefixes()
+    sysctls_before = _read_guarded()
+    yield
+    problems = []
+    leaked = _lab_prefixes() - labs_before
+    if leaked:
+        from profiler.lab.topology import down_all
+
+        for prefix in sorted(leaked):
+            down_all(prefix)
+        problems.append(f"labs left behind: {sorted(leaked)}")
+    # Modules can load mid-run (nf_conntrack): compare only what existed before.
+    changed = {k: (v, _read_guarded().get(k)) for k, v in sysctls_before.items() if _read_guarded().get(k) != v}
+    for key, (before, after) in changed.items():
+        if after is not None:
+            Path("/proc/sys", key).write_text(before)
+        problems.append(f"{key.replace('/', '.')} was {before}, left at {after}")
+    if problems:
+        pytest.fail("the suite did not leave the node as it found it: " + "; ".join(problems), pytrace=False)
