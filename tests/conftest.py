@@ -91,9 +91,11 @@ def _read_guarded() -> dict[str, str]:
 
 
 def _lab_prefixes() -> set[str]:
+    """Labs that are this run's responsibility: owned by this process, or by nobody alive
+    (a crashed workload). Another live process's lab is its own business."""
     from profiler.lab.topology import list_labs
 
-    return {lab.prefix for lab in list_labs()}
+    return {lab.prefix for lab in list_labs() if lab.owner_pid in (None, os.getpid()) or not lab.owner_alive}
 
 
 @pytest.fixture(scope="session", autouse=True)
