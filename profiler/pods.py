@@ -13,7 +13,10 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .k8s.base import PodIdentity
 
 HOST_LABEL = "host"
 MAX_LABEL_LEN = 253  # a Kubernetes name's limit; longer text is not a label anyone typed
@@ -82,7 +85,7 @@ def _proc_ns_inode(link: Path) -> int | None:
         target = os.readlink(link)
     except OSError:
         return None
-    if target.startswith("net:[") and target.endswith("]"):
+    if target.startswith("net:[") and target.endswith("]") and target[5:-1].isdecimal():
         return int(target[5:-1])
     return None
 
@@ -132,19 +135,37 @@ class PodDirectory:
     def __init__(self, resolvers: list[NetnsResolver]):
         self._resolvers = resolvers
         self._labels: dict[int, str] = {}
+        # Which resolver gave each label (its index; len(resolvers) for netns:<inode>). A
+        # label from a worse resolver is replaced when a better one learns the netns: a new
+        # pod's /run/netns/cni-<uuid> name exists before its runtime record does.
+        self._rank: dict[int, int] = {}
 
     @classmethod
     def default(cls, root: Path = Path("/")) -> "PodDirectory":
-        # Kubernetes resolvers (containerd, CRI-O, kubepods cgroups) go first once they exist.
-        return cls([HostResolver(root), NamedNetnsResolver(root)])
+        from .k8s import kubernetes_resolvers
+
+        # The node's netns first: hostNetwork pods' processes live in it, yet it is no one
+        # pod's. Then the Kubernetes resolvers (containerd, CRI-O, kubepods cgroups), which
+        # name a CNI netns better than its /run/netns/cni-<uuid> name.
+        return cls([HostResolver(root), *kubernetes_resolvers(root), NamedNetnsResolver(root)])
+
+    def identity(self, inode: int) -> PodIdentity | None:
+        """The Kubernetes pod (namespace, name, UID, containers) of a netns, if a Kubernetes
+        resolver knows it (`profiler.k8s.PodIdentity`), else None."""
+        for resolver in self._resolvers:
+            identity = getattr(resolver, "identity", None)
+            found = identity(inode) if identity is not None else None
+            if found is not None:
+                return found
+        return None
 
     def known(self) -> dict[int, str]:
         """Every pod the resolvers can name now, merged with every label handed out so far."""
-        found: dict[int, str] = {}
-        for resolver in reversed(self._resolvers):  # better resolvers overwrite worse ones
-            found.update(resolver.known())
-        for inode, label in found.items():
-            self._labels.setdefault(inode, label)
+        for rank, resolver in enumerate(self._resolvers):
+            for inode, label in resolver.known().items():
+                if rank < self._rank.get(inode, len(self._resolvers)):
+                    self._labels[inode] = label
+                    self._rank[inode] = rank
         return {**self._labels}
 
     def netns_paths(self) -> dict[int, Path]:
@@ -155,16 +176,20 @@ class PodDirectory:
         return found
 
     def label(self, inode: int) -> str:
-        known = self._labels.get(inode)
-        if known is not None and not known.startswith("netns:"):
-            return known
-        for resolver in self._resolvers:
+        # Only resolvers better than the one that named it are asked again; a vanished pod
+        # keeps the label it had.
+        rank = self._rank.get(inode, len(self._resolvers))
+        for better, resolver in enumerate(self._resolvers[:rank]):
             name = resolver.lookup(inode)
             if name:
                 self._labels[inode] = name
+                self._rank[inode] = better
                 return name
+        if inode in self._labels:
+            return self._labels[inode]
         if inode == 0:
             # The probe could not read the socket's namespace (no socket on the event).
             return "unknown"
         self._labels[inode] = f"netns:{inode}"
+        self._rank[inode] = len(self._resolvers)
         return self._labels[inode]
