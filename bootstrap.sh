@@ -26,7 +26,8 @@ esac
 # What the OS must provide. BCC comes from the OS: the PyPI package named "bcc" is another
 # project. python3-bpfcc is pure Python over libbcc, seen by the venv through
 # --system-site-packages.
-os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps)
+# ruby: only to syntax-check vagrant/Vagrantfile in the tests.
+os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
 missing=()
 for pkg in "${os_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -21,10 +21,18 @@
  * __sock_queue_rcv_skb (raw, ICMP ping, and other sockets using sock_queue_rcv_skb), not
  * for UDP or TCP, which check their receive buffers in their own code.
  *
- * Cost per drop: a few map updates, no ring buffer, no user-space work.
+ * Kernel stacks (only with -DNETPROF_DROPS_STACKS): each drop's stack is taken with
+ * bpf_get_stackid into drop_stack_traces and counted per (netns, reason, stack id) in
+ * drops_by_stack, for flame graphs, up to NETPROF_STACKS_PER_S stacks per CPU per second
+ * (bpf/stacks.h says why). Both maps are bounded; a drop past the budget or whose stack
+ * finds no room is counted in drop_stacks_lost, never silently missing.
+ *
+ * Cost per drop: a few map updates (plus one stack walk with stacks), no ring buffer, no
+ * user-space work.
  */
 #include "netns.h"
 #include "drops.h"
+#include "stacks.h"
 
 #if !defined(NETPROF_SKB_DEV_OFFSET) || !defined(NETPROF_SKB_SK_OFFSET) || \
     !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_SOCK_NUM_OFFSET)
@@ -46,6 +54,42 @@ BPF_HASH(drops_by_site, struct drop_site_key, u64, NETPROF_DROPS_MAX_SITES);
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
 BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);
+
+#ifdef NETPROF_DROPS_STACKS
+BPF_STACK_TRACE(drop_stack_traces, NETPROF_DROPS_MAX_STACKS);
+BPF_HASH(drops_by_stack, struct drop_stack_key, u64, NETPROF_DROPS_MAX_STACK_KEYS);
+BPF_PERCPU_ARRAY(drop_stacks_lost, u64, STACK_LOST_SLOTS);
+BPF_PERCPU_ARRAY(drop_stack_budget, struct stack_budget, 1);
+
+static __always_inline void count_stack_lost(int slot)
+{
+    u64 *count = drop_stacks_lost.lookup(&slot);
+    if (count)
+        *count += 1;
+}
+
+static __always_inline void count_by_stack(int stack_id, u32 netns, u32 reason)
+{
+    if (stack_id < 0) {
+        count_stack_lost(STACK_LOST_NO_STACK_ID);
+        return;
+    }
+    struct drop_stack_key key = {.netns_inode = netns, .reason = reason, .stack_id = (u32)stack_id};
+    u64 one = 1;
+    u64 *count = drops_by_stack.lookup(&key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return;
+    }
+    if (drops_by_stack.insert(&key, &one) == 0)
+        return;
+    count = drops_by_stack.lookup(&key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL);
+}
+#endif
 
 static __always_inline void count_uncounted(int slot)
 {
@@ -188,6 +232,16 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     site_key.location = (u64)args->location;
     site_key.reason = reason;
     count_by_site(&site_key);
+#ifdef NETPROF_DROPS_STACKS
+    int zero = 0;
+    struct stack_budget *budget = drop_stack_budget.lookup(&zero);
+    if (budget && stack_budget_take(budget, NETPROF_STACKS_PER_S))
+        /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST)
+         * rather than replacing it, so an id read earlier never starts meaning another. */
+        count_by_stack(drop_stack_traces.get_stackid(args, 0), netns, reason);
+    else
+        count_stack_lost(STACK_LOST_RATE_LIMITED);
+#endif
     /* rx_sk of a listen overflow is the listener: the final ACK found its accept queue full. */
     if (reason == (u32)NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW && rx_sk)
         count_listen_overflow(rx_sk, netns);

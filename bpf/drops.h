@@ -21,6 +21,13 @@ struct listen_overflow_key {
     u16 _pad;
 };
 
+/* Drops per kernel stack (with -DNETPROF_DROPS_STACKS): stack_id indexes drop_stack_traces. */
+struct drop_stack_key {
+    u32 netns_inode;
+    u32 reason;
+    u32 stack_id;
+};
+
 /* Slots of the per-CPU `drops_uncounted` array: frees that are not drops, and drops a full
  * map could not hold. */
 enum drops_uncounted_slot {

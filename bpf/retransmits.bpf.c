@@ -8,10 +8,14 @@
  * No kprobe is needed, so this runs on kernels without CONFIG_KPROBES.
  *
  * Everything is counted in the kernel; Python reads the maps once per interval, so the cost
- * per retransmit is two map updates whatever the event rate.
+ * per retransmit is two map updates whatever the event rate (with -DNETPROF_RETRANSMIT_STACKS,
+ * plus one stack walk and one update of retransmits_by_stack, keyed by (netns, stack id), for
+ * flame graphs, up to NETPROF_STACKS_PER_S stacks per CPU per second, see bpf/stacks.h; what
+ * is past the budget or the bounded maps is counted in retransmit_stacks_lost).
  */
 #include "netns.h"
 #include "retransmits.h"
+#include "stacks.h"
 
 #define NETPROF_AF_INET 2
 #define NETPROF_AF_INET6 10
@@ -24,6 +28,42 @@ BPF_TABLE("lru_hash", struct retransmit_flow_key, struct retransmit_counts, retr
           NETPROF_MAX_FLOWS);
 /* [0]: retransmits not counted per netns because that map was full. */
 BPF_ARRAY(retransmit_map_full, u64, 1);
+
+#ifdef NETPROF_RETRANSMIT_STACKS
+BPF_STACK_TRACE(retransmit_stack_traces, NETPROF_RETRANSMIT_MAX_STACKS);
+BPF_HASH(retransmits_by_stack, struct retransmit_stack_key, u64, NETPROF_RETRANSMIT_MAX_STACK_KEYS);
+BPF_PERCPU_ARRAY(retransmit_stacks_lost, u64, STACK_LOST_SLOTS);
+BPF_PERCPU_ARRAY(retransmit_stack_budget, struct stack_budget, 1);
+
+static __always_inline void count_stack_lost(int slot)
+{
+    u64 *count = retransmit_stacks_lost.lookup(&slot);
+    if (count)
+        *count += 1;
+}
+
+static __always_inline void count_by_stack(int stack_id, u32 netns)
+{
+    if (stack_id < 0) {
+        count_stack_lost(STACK_LOST_NO_STACK_ID);
+        return;
+    }
+    struct retransmit_stack_key key = {.netns_inode = netns, .stack_id = (u32)stack_id};
+    u64 one = 1;
+    u64 *count = retransmits_by_stack.lookup(&key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+        return;
+    }
+    if (retransmits_by_stack.insert(&key, &one) == 0)
+        return;
+    count = retransmits_by_stack.lookup(&key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL);
+}
+#endif
 
 static __always_inline void add_counts(struct retransmit_counts *counts, u64 segments)
 {
@@ -55,6 +95,17 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
                 __sync_fetch_and_add(full, 1);
         }
     }
+
+#ifdef NETPROF_RETRANSMIT_STACKS
+    int zero = 0;
+    struct stack_budget *budget = retransmit_stack_budget.lookup(&zero);
+    if (budget && stack_budget_take(budget, NETPROF_STACKS_PER_S))
+        /* Flags 0: a bucket held by another stack refuses this one (-EEXIST, counted as
+         * lost) instead of replacing it, so stack ids already counted keep their meaning. */
+        count_by_stack(retransmit_stack_traces.get_stackid(args, 0), netns);
+    else
+        count_stack_lost(STACK_LOST_RATE_LIMITED);
+#endif
 
     struct retransmit_flow_key key = {};
     key.netns_inode = netns;

@@ -14,6 +14,12 @@ struct retransmit_flow_key {
     u8 daddr[16];
 };
 
+/* Retransmits per kernel stack (with -DNETPROF_RETRANSMIT_STACKS). */
+struct retransmit_stack_key {
+    u32 netns_inode;
+    u32 stack_id;    /* index into retransmit_stack_traces */
+};
+
 /* Value of both maps. */
 struct retransmit_counts {
     u64 retransmits;  /* retransmitted skbs: one per tracepoint hit */

@@ -17,10 +17,11 @@ from typing import Mapping
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
 from .analysis.findings import Finding
+from .cost import Cost
 from .system.node import NodeContext
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
-    Listener, NapiDevice, PodInterval, Snapshot, SoftirqVector,
+    Listener, NapiDevice, PodInterval, Snapshot, SoftirqVector, StackSample,
 )
 
 SCHEMA = "netprof.profile/v1"
@@ -136,6 +137,7 @@ class Capture:
     interrupted: bool = False
     node: NodeContext | None = None  # read at the end of the capture
     findings: list[Finding] = field(default_factory=list)  # ranked, from profiler.analysis
+    cost: Cost | None = None  # what netprof cost the node over these snapshots (profiler.cost)
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
@@ -183,6 +185,18 @@ class Capture:
                 counts[(site.reason, site.symbol)] += site.count
         return [DropSite(r, s, n) for (r, s), n in counts.most_common(MAX_DROP_SITES)]
 
+    def stack_totals(self) -> list[StackSample]:
+        """Events per (pod, reason, kernel stack) over the capture, busiest first. Not capped:
+        the kernel's maps bound how many there can be, and exports must add up."""
+        counts: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
+        pods: dict[int, str] = {}
+        for snapshot in self.snapshots:
+            for stack in snapshot.stacks:
+                counts[(stack.netns, stack.reason, stack.frames)] += stack.count
+                pods[stack.netns] = stack.pod
+        stacks = [StackSample(pods[netns], netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
+        return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
+
     def lost(self) -> dict[str, int]:
         total: Counter[str] = Counter()
         for snapshot in self.snapshots:
@@ -210,7 +224,10 @@ class Capture:
             "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
             "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
                            for s in self.drop_site_totals()],
+            "stacks": [{"pod": s.pod, "netns": s.netns, "reason": s.reason, "frames": list(s.frames),
+                        "count": s.count} for s in self.stack_totals()],
             "findings": [finding.to_json() for finding in self.findings],
             "lost_events": self.lost(),
             "ignored_events": self.ignored(),
+            "cost": self.cost.to_json() if self.cost else None,
         }

@@ -18,8 +18,13 @@ Runs as root; loads BPF programs with BCC, without kernel headers (BTF is enough
 
 EPILOG = """\
 examples:
+  netprof                                  the live dashboard (`netprof tui`): findings, pods, CPUs
+  netprof tui --replay capture.json        the same dashboard over a saved capture (no kernel needed)
   netprof profile --duration 10            capture 10 s, print a report
   netprof profile --duration 5 --json      the same as one JSON document on stdout
+  netprof profile --output DIR             also write capture.json, flame graph stacks, histograms
+  netprof export capture.json --format folded   convert a saved capture (folded, speedscope, …)
+  netprof serve                            Prometheus metrics on 127.0.0.1:9464 until stopped
   netprof fix                              a short capture, then the fixes for what it found (dry run)
   netprof fix --from capture.json --apply  apply the node-scope fixes of a saved capture
   netprof fix --rollback                   undo the last --apply
@@ -71,7 +76,42 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how often the kernel counters are read (default 1)")
     profile.add_argument("--json", action="store_true",
                          help="print one JSON document (schema netprof.profile/v1) instead of the report")
+    profile.add_argument("--output", "-o", type=Path, metavar="DIR",
+                         help="also write capture.json, stacks.folded, speedscope.json, histograms.json, "
+                              "histograms.csv and metrics.prom into DIR (each atomically)")
     profile.set_defaults(func=_cmd_profile)
+
+    from .exports import EXPORT_FORMATS
+
+    export = sub.add_parser(
+        "export",
+        help="convert a saved capture: folded stacks, speedscope, histograms, Prometheus text",
+        description="Convert a capture (capture.json from `netprof profile --output`, or `--json` output) "
+                    "into one export format, on stdout or into --output FILE (written atomically). "
+                    "See docs/exports.md for each format and how to view it.",
+    )
+    export.add_argument("capture", type=Path, metavar="CAPTURE.json")
+    export.add_argument("--format", "-f", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(func=_cmd_export)
+
+    from .serve import DEFAULT_INTERVAL_S, DEFAULT_LISTEN
+
+    serve = sub.add_parser(
+        "serve",
+        help="live counters and histograms for Prometheus (HTTP and/or node_exporter textfile)",
+        description="Attach the probes and keep sampling until SIGINT/SIGTERM; expose the totals since start "
+                    "(counters, histograms; pods as pod/netns labels, CPUs as cpu) in Prometheus format.",
+    )
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                       help=f"where to serve /metrics (default {DEFAULT_LISTEN}; [::1]:PORT for IPv6; port 0 picks one)")
+    serve.add_argument("--no-listen", action="store_true", help="no HTTP endpoint (with --textfile)")
+    serve.add_argument("--textfile", type=Path, metavar="PATH",
+                       help="also write the metrics to PATH (*.prom) every interval, for node_exporter's "
+                            "textfile collector; removed on exit")
+    serve.add_argument("--interval", "-i", type=_interval, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                       help=f"how often the kernel counters are read (default {DEFAULT_INTERVAL_S:g})")
+    serve.set_defaults(func=_cmd_serve)
 
     fix = sub.add_parser(
         "fix",
@@ -97,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where --apply journals old values for --rollback (default /var/lib/netprof)")
     fix.set_defaults(func=_cmd_fix)
 
+    tui = sub.add_parser(
+        "tui",
+        help="the live dashboard (what bare `netprof` runs): findings, pods, CPUs, fixes",
+        description="A live view of this node, refreshed every --interval: findings ranked by severity (Enter "
+                    "opens their evidence and fixes), pods (retransmits, drops, listen overflows, conntrack "
+                    "failures per second; sortable, filterable) and CPUs (network softirq share, NAPI squeeze, "
+                    "NIC IRQs). Findings cover the last --window seconds. `e` exports the capture, `?` lists "
+                    "the keys, `q` quits. --replay opens a saved capture in the same view, without the kernel.",
+    )
+    tui.add_argument("--replay", type=Path, metavar="CAPTURE.json",
+                     help="show a saved capture (`netprof profile --json`, or an export's capture.json)")
+    tui.add_argument("--interval", "-i", type=_interval, default=1.0, metavar="SECONDS",
+                     help="how often the kernel counters are read (default 1)")
+    tui.add_argument("--window", "-w", type=_duration, default=60.0, metavar="SECONDS",
+                     help="how much history the findings and details cover (default 60)")
+    tui.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
+                     help="where `e` writes its netprof-<host>-<time>/ directories (default: the current directory)")
+    tui.set_defaults(func=_cmd_tui)
+
     from .lab.commands import add_lab_parser
 
     add_lab_parser(sub)
@@ -114,7 +173,46 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_report(document)
+    if args.output is not None:
+        _write_exports(document, args.output, sys.stderr if args.json else sys.stdout)
     return 130 if capture.interrupted else 0
+
+
+def _write_exports(document: dict, out_dir: Path, stream) -> None:
+    from .exports import write_all
+
+    try:
+        written = write_all(document, out_dir)
+    except OSError as exc:
+        raise NetprofError(f"cannot write the exports into {out_dir}: {exc.strerror or exc}") from None
+    for path in written:
+        print(f"wrote {path}", file=stream)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exports import atomic_write_text, render
+    from .fix.command import load_capture
+
+    text = render(load_capture(args.capture), args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        atomic_write_text(args.output, text)
+    except OSError as exc:
+        raise NetprofError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeOptions, parse_listen, run_serve
+
+    if args.no_listen and args.textfile is None:
+        raise NetprofError("--no-listen without --textfile would expose nothing")
+    options = ServeOptions(listen=None if args.no_listen else parse_listen(args.listen),
+                           textfile=args.textfile, interval_s=args.interval)
+    return run_serve(options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def _cmd_fix(args: argparse.Namespace) -> int:
@@ -137,9 +235,19 @@ def _cmd_fix(args: argparse.Namespace) -> int:
                    out_dir=args.out, only=only, console=Console())
 
 
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from tui.run import run_tui
+
+    return run_tui(replay=args.replay, interval_s=args.interval, window_s=args.window, export_dir=args.export_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None and sys.stdin.isatty() and sys.stdout.isatty() and sys.stderr.isatty():
+        # Bare `netprof` at a terminal is the dashboard, what an operator runs first;
+        # without a terminal (a script, a pipe) it still prints the help.
+        args = parser.parse_args(["tui"])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

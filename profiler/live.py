@@ -15,6 +15,7 @@ from typing import Callable
 
 from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
+from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, CostMeter, CostReading, MeteredLoader, cost_of_span
 from .errors import NetprofError
 from .kernel.features import KernelInfo, probe_kernel, require_capture_ready
 from .kernel.loader import BpfLoader
@@ -28,8 +29,11 @@ from .system.node import collect_node_context
 
 class LiveSession:
     def __init__(self, root: Path = Path("/"), sources: list[Source] | None = None,
-                 window_s: float | None = None):
-        """window_s: how much history to keep (None: everything, for a fixed-length capture)."""
+                 window_s: float | None = None, measure_cost: bool = True,
+                 cost_sample_every: int = COST_SAMPLE_EVERY):
+        """window_s: how much history to keep (None: everything, for a fixed-length capture).
+        measure_cost: give captures a `cost` section (profiler/cost.py), timing the BPF
+        programs during the first interval and one in every `cost_sample_every` after it."""
         self.root = root
         self.window_s = window_s
         self.info: KernelInfo = probe_kernel(root)
@@ -40,26 +44,45 @@ class LiveSession:
         self.statuses: list[ProbeStatus] = []
         self.started_at = time.time()
         self._snapshots: collections.deque[Snapshot] = collections.deque()
+        # The cost counters read at the end of each kept snapshot, with whether its interval
+        # was timed (BPF statistics on throughout), and the reading just before the first.
+        self._readings: collections.deque[tuple[CostReading, bool]] = collections.deque()
+        self._window_start_reading: CostReading | None = None
+        self._stats = BpfStatsSwitch() if measure_cost else None
+        self._cost_sample_every = max(1, cost_sample_every)
+        self._intervals = 0
+        self._meter: CostMeter | None = None
+        self._stats_state: dict = {}
         # sample() runs on a worker thread while views ask for captures: one lock for both.
         self._lock = threading.Lock()
 
     def start(self, log: Callable[[str], None] = lambda msg: None) -> list[ProbeStatus]:
         """Check the kernel, compile and attach every source. Raises NetprofError."""
         require_capture_ready(self.info)
-        self.loader = BpfLoader(self.info)
+        loader = MeteredLoader(self.info)
+        self.loader = loader
         self._sampler = Sampler(self.pods, self._sources)
+        if self._stats is not None:
+            # Before attach, so the first interval is timed like every other.
+            self._stats.enable()
         try:
             self.statuses = self._sampler.attach(self.loader)
         except BaseException:
             self._sampler.detach()
+            self._disable_stats()
             raise
         for status in self.statuses:
             if not status.attached:
                 log(f"probe {status.name} not attached: {status.error}")
         if not self._sampler.any_attached:
             self._sampler.detach()
+            self._disable_stats()
             raise NetprofError("no probe could be attached; nothing to capture (see above)")
         self.started_at = time.time()
+        if self._stats is not None:
+            self._stats_state = self._stats.describe()
+            self._meter = CostMeter(loader.loaded)
+            self._window_start_reading = self._meter.read()
         return self.statuses
 
     def sample(self) -> Snapshot:
@@ -67,25 +90,52 @@ class LiveSession:
         if self._sampler is None:
             raise RuntimeError("sample() before start()")
         snapshot = self._sampler.sample()
+        reading = self._meter.read() if self._meter is not None else None
+        timed = self._stats is not None and self._stats.enabled
+        if reading is not None:
+            self._time_next_interval()
         with self._lock:
             self._snapshots.append(snapshot)
+            if reading is not None:
+                self._readings.append((reading, timed))
             if self.window_s is not None:
                 while self._snapshots and snapshot.ended_s - self._snapshots[0].started_s > self.window_s:
                     self._snapshots.popleft()
+                    if self._readings:
+                        self._window_start_reading = self._readings.popleft()[0]
         return snapshot
+
+    def _time_next_interval(self) -> None:
+        """Statistics on for one interval in every `cost_sample_every`, off otherwise."""
+        self._intervals += 1
+        if self._intervals % self._cost_sample_every == 0:
+            self._stats.enable()
+        else:
+            self._stats.disable()
 
     def capture(self, last_s: float | None = None, with_node: bool = True,
                 with_findings: bool = True) -> Capture:
         """A Capture of the kept snapshots (or the last `last_s` seconds of them)."""
         with self._lock:
             snapshots = list(self._snapshots)
+            readings = list(self._readings)
+            window_start = self._window_start_reading
+        # One reading per kept snapshot (none at all when cost is not measured).
+        metered = self._meter is not None and window_start is not None and len(readings) == len(snapshots)
+        first = 0
         if last_s is not None and snapshots:
             end = snapshots[-1].ended_s
-            snapshots = [s for s in snapshots if end - s.started_s <= last_s]
+            first = next((i for i, s in enumerate(snapshots) if end - s.started_s <= last_s), len(snapshots))
+            snapshots = snapshots[first:]
         capture = Capture(kernel=self.info, probes=list(self.statuses), started_at=self.started_at,
                           known_pods=self.pods.known())
         for snapshot in snapshots:
             capture.add(snapshot)
+        if metered:
+            start = readings[first - 1][0] if first > 0 else window_start
+            span = readings[first:]
+            capture.cost = cost_of_span(start, [r for r, _ in span], [t for _, t in span],
+                                        bpf_stats={**self._stats_state, "sample_every": self._cost_sample_every})
         if with_node:
             netns_paths = self.pods.netns_paths()
             capture.node = collect_node_context(netns_paths, self.root)
@@ -102,6 +152,11 @@ class LiveSession:
         if self._sampler is not None:
             self._sampler.detach()
             self._sampler = None
+        self._disable_stats()
+
+    def _disable_stats(self) -> None:
+        if self._stats is not None:
+            self._stats.disable()
 
     def __enter__(self) -> "LiveSession":
         return self

@@ -160,6 +160,7 @@ def _cpus(capture: dict) -> Table | None:
     table = _table("CPUs")
     table.add_column("cpu", justify="right")
     table.add_column("NET_RX", justify="right")
+    table.add_column("NET_RX µs\np50/90/99", justify="right", no_wrap=True)
     table.add_column("NET_TX", justify="right")
     table.add_column("NAPI polls", justify="right")
     table.add_column("budget out", justify="right")
@@ -174,11 +175,28 @@ def _cpus(capture: dict) -> Table | None:
 
         napi = cpu.get("napi", [])
         softnet = cpu.get("softnet", {})
-        table.add_row(str(cpu["cpu"]), share("NET_RX"), share("NET_TX"),
+        table.add_row(str(cpu["cpu"]), share("NET_RX"),
+                      _latency_percentiles(softirq.get("NET_RX", {}).get("latency_log2_ns", [])), share("NET_TX"),
                       str(sum(d["polls"] for d in napi)), str(sum(d["budget_exhausted"] for d in napi)),
                       str(softnet.get("dropped", cpu.get("drops", {}).get("CPU_BACKLOG", 0))),
                       str(softnet.get("time_squeeze", 0)))
     return table
+
+
+def _latency_percentiles(log2_ns: list[int]) -> str:
+    """p50/p90/p99 of a log2 run-time histogram, interpolated in its buckets with numpy
+    (profiler/exports/histograms.py; docs/exports.md says how)."""
+    from .exports.histograms import log2_percentiles_ns
+
+    values = log2_percentiles_ns(log2_ns)
+    if any(v is None for v in values):
+        return "-"
+    return "/".join(_microseconds(v) for v in values)
+
+
+def _microseconds(value_ns: float) -> str:
+    value = value_ns / 1000
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _drop_sites(capture: dict) -> Table | None:
@@ -194,10 +212,52 @@ def _drop_sites(capture: dict) -> Table | None:
     return table
 
 
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+
+
+def _cost(capture: dict) -> RenderableType | None:
+    """What netprof itself cost: kernel time in its programs, its own CPU and memory."""
+    cost = capture.get("cost")
+    if not cost:
+        return None
+    process = cost.get("process", {})
+    bpf = cost.get("bpf", {})
+    stats = cost.get("bpf_stats", {})
+    title = (f"netprof's own cost: process {process.get('cpu_percent', 0):.1f}% of a CPU "
+             f"(user {process.get('user_cpu_percent', 0):.1f}%), RSS {process.get('rss_bytes', 0) / 2**20:.0f} MiB"
+             + (f" ({process['rss_anon_bytes'] / 2**20:.0f} MiB its own)" if process.get("rss_anon_bytes") else ""))
+    if stats.get("enabled"):
+        per_event = bpf.get("ns_per_event")
+        title += (f"; BPF {bpf.get('cpu_percent', 0):.2f}% of a CPU, {_si(bpf.get('events_per_s', 0))} events/s"
+                  + (f" at {per_event:.0f} ns" if per_event is not None else "")
+                  + f" (timed {cost.get('timed_s', 0):.0f} of {cost.get('duration_s', 0):.0f} s)")
+    else:
+        title += f"; BPF time not measured ({stats.get('error') or 'statistics off'})"
+    probes = [probe for probe in cost.get("probes", []) if probe.get("events")]
+    if not probes:
+        return Text(title, style="bold")
+    # The summary is a line of its own: as a table title it would wrap at the table's width.
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("program", no_wrap=True)
+    table.add_column("hook", overflow="fold")
+    table.add_column("events/s", justify="right")
+    table.add_column("ns/event", justify="right")
+    table.add_column("CPU %", justify="right")
+    for probe in probes:
+        per_event = probe.get("ns_per_event")
+        table.add_row(probe["program"], probe["hook"], _si(probe.get("events_per_s", 0)),
+                      "-" if per_event is None else f"{per_event:.0f}", f"{probe.get('cpu_percent', 0):.3f}")
+    return Group(Text(title, style="bold"), table)
+
+
 def render(capture: dict) -> Group:
     sections: list[RenderableType | None] = [
         _header(capture), _findings(capture), _pods(capture), _listeners(capture), _flows(capture),
-        _cpus(capture), _drop_sites(capture), _probes(capture),
+        _cpus(capture), _drop_sites(capture), _probes(capture), _cost(capture),
     ]
     parts: list[RenderableType] = []
     for section in sections:

@@ -48,6 +48,8 @@ class Listener:
     somaxconn: int | None = None      # the pod netns' net.core.somaxconn
     overflow_drops: int = 0           # TCP_LISTEN_OVERFLOW drops attributed to this socket
     samples_full: int = 0             # samples in which the queue was at its limit
+    # Samples by accept-queue depth: bucket 0 empty, bucket i >= 1 depth in [2^(i-1), 2^i).
+    accept_queue_depth_log2: tuple[int, ...] = ()
 
     def merge(self, other: "Listener") -> "Listener":
         return Listener(
@@ -59,6 +61,7 @@ class Listener:
             somaxconn=other.somaxconn if other.somaxconn is not None else self.somaxconn,
             overflow_drops=self.overflow_drops + other.overflow_drops,
             samples_full=self.samples_full + other.samples_full,
+            accept_queue_depth_log2=_add_hist(self.accept_queue_depth_log2, other.accept_queue_depth_log2),
         )
 
     def to_json(self) -> dict:
@@ -68,6 +71,7 @@ class Listener:
             "accept_queue_limit": self.accept_queue_limit,
             "requested_backlog": self.requested_backlog, "somaxconn": self.somaxconn,
             "overflow_drops": self.overflow_drops, "samples_full": self.samples_full,
+            "accept_queue_depth_log2": list(self.accept_queue_depth_log2),
         }
 
 
@@ -137,6 +141,18 @@ class DropSite:
 
 
 @dataclass(frozen=True)
+class StackSample:
+    """Events with one kernel stack in one pod: drops (reason = drop reason name) or
+    retransmits (reason = "TCP_RETRANSMIT"). Frames are function names, outer → inner."""
+
+    pod: str
+    netns: int
+    reason: str
+    frames: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Deltas over [started_s, ended_s] (monotonic seconds)."""
 
@@ -146,6 +162,7 @@ class Snapshot:
     flows: tuple[FlowRetransmits, ...] = ()
     cpus: tuple[CpuInterval, ...] = ()
     drop_sites: tuple[DropSite, ...] = ()
+    stacks: tuple[StackSample, ...] = ()
     # Events the kernel side could not count in full (a map was full), by map.
     lost: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     # Events seen and deliberately not counted (frees that are not drops), by kind.
@@ -170,6 +187,7 @@ class SnapshotFrame:
         self._cpus: dict[int, dict[str, Any]] = {}
         self.flows: list[FlowRetransmits] = []
         self.drop_sites: list[DropSite] = []
+        self.stacks: list[StackSample] = []
         self.lost: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
 
@@ -192,6 +210,7 @@ class SnapshotFrame:
             flows=tuple(self.flows),
             cpus=tuple(CpuInterval(**v) for _, v in sorted(self._cpus.items())),
             drop_sites=tuple(self.drop_sites),
+            stacks=tuple(self.stacks),
             lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
             ignored=MappingProxyType({k: v for k, v in self.ignored.items() if v}),
         )

@@ -1,20 +1,27 @@
 """Files a capture is exported to. `write_all` is what `netprof profile --output DIR` and the
-TUI's export key both call, so the two always write the same set."""
+TUI's export key both call, so the two always write the same set.
+
+Every export is a pure function of the profile JSON (`Capture.to_json()`), so a saved
+capture converts to the same files later (`netprof export capture.json --format …`).
+"""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write beside the target and rename over it: a reader never sees half a file, and an
-    interrupted export leaves the previous file intact."""
+    interrupted export leaves the previous file intact. `mode` (default world-readable:
+    node_exporter and users read these) replaces mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -24,8 +31,47 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def capture_json(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:
+    # Imported here: the Prometheus renderer needs prometheus-client, the others do not.
+    from .folded import folded_text
+    from .histograms import histograms_csv, histograms_json
+    from .prometheus import exposition_text
+    from .speedscope import speedscope_json
+
+    return {
+        "capture": ("capture.json", capture_json),
+        "folded": ("stacks.folded", folded_text),
+        "speedscope": ("speedscope.json", speedscope_json),
+        "histograms-json": ("histograms.json", histograms_json),
+        "histograms-csv": ("histograms.csv", histograms_csv),
+        "prometheus": ("metrics.prom", exposition_text),
+    }
+
+
+# `netprof export --format` choices (capture.json itself is not a conversion).
+EXPORT_FORMATS = ("folded", "speedscope", "histograms-json", "histograms-csv", "prometheus")
+
+
+def render(doc: dict, format_name: str) -> str:
+    """One export of a capture as text; format_name is one of EXPORT_FORMATS or "capture"."""
+    formats = _formats()
+    if format_name not in formats:
+        raise ValueError(f"unknown export format {format_name!r} (known: {', '.join(formats)})")
+    return formats[format_name][1](doc)
+
+
 def write_all(doc: dict, out_dir: Path) -> list[Path]:
-    """Every export of one capture (its profile JSON) into out_dir; returns the paths written."""
-    capture_path = Path(out_dir) / "capture.json"
-    atomic_write_text(capture_path, json.dumps(doc, indent=2) + "\n")
-    return [capture_path]
+    """Every export of one capture (its profile JSON) into out_dir; returns the paths written.
+
+    capture.json, stacks.folded, speedscope.json, histograms.json, histograms.csv and
+    metrics.prom, each written atomically. All are rendered before the first is written, so
+    a failure leaves the directory as it was."""
+    out_dir = Path(out_dir)
+    rendered = [(out_dir / filename, render_text(doc)) for filename, render_text in _formats().values()]
+    for path, text in rendered:
+        atomic_write_text(path, text)
+    return [path for path, _ in rendered]

@@ -2,8 +2,9 @@
 (bpf/drops.bpf.c)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
+from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, STACKS_PER_S_PER_CPU, read_stacks_lost
 from .base import ProbeStatus
 
 TRACEPOINT = "skb:kfree_skb"
@@ -20,6 +22,10 @@ MAX_NETNS_REASONS = 16384   # (netns, reason) pairs: a pod rarely drops for more
 MAX_REASONS = 1024          # distinct reason values, subsystem-coded ones included
 MAX_SITES = 2048            # (reason, call site) pairs
 MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
+# Kernel stacks: distinct drop paths on a node number in the hundreds; a stack map entry
+# takes ~1 KiB (127 frames), so 4096 of them is 4 MiB of locked kernel memory.
+MAX_STACKS = 4096
+MAX_STACK_KEYS = 8192       # (netns, reason, stack) triples
 
 # Mirrors bpf/drops.h.
 NETNS_REASON_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4")])
@@ -28,6 +34,7 @@ LISTEN_KEY = np.dtype([("netns_inode", "<u4"), ("port", "<u2"), ("_pad", "<u2")]
 REASON_KEY = np.dtype([("reason", "<u4")])
 NETNS_KEY = np.dtype([("netns_inode", "<u4")])
 SLOT_KEY = np.dtype([("slot", "<u4")])
+STACK_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4"), ("stack_id", "<u4")])
 COUNT = np.dtype([("count", "<u8")])
 
 # enum drops_uncounted_slot in bpf/drops.h, in order.
@@ -62,6 +69,11 @@ class DropCounts:
     rcvqueue_netns: np.ndarray  # NETNS_KEY
     per_rcvqueue_netns: np.ndarray  # COUNT: sock_rcvqueue_full events
     uncounted: Mapping[str, int]  # UNCOUNTED_SLOTS → count, summed over CPUs
+    # Drops per (netns, reason, kernel stack id); empty when stacks are not sampled.
+    stack_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, STACK_KEY))
+    per_stack: np.ndarray = field(default_factory=lambda: np.zeros(0, COUNT))
+    # STACK_LOST_SLOTS → drops with no counted stack, summed over CPUs.
+    stacks_lost: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(STACK_LOST_SLOTS, 0)))
 
     @property
     def listen_overflows_by_port(self) -> dict[tuple[int, int], int]:
@@ -121,24 +133,39 @@ def tracepoint_fields(tracefs: str | None, event: str) -> set[str]:
     return fields
 
 
+STACK_CFLAGS = (
+    "-DNETPROF_DROPS_STACKS",
+    f"-DNETPROF_DROPS_MAX_STACKS={MAX_STACKS}",
+    f"-DNETPROF_DROPS_MAX_STACK_KEYS={MAX_STACK_KEYS}",
+    f"-DNETPROF_STACKS_PER_S={STACKS_PER_S_PER_CPU}ULL",
+)
+RCVQUEUE_CFLAGS = ("-DNETPROF_DROPS_RCVQUEUE_FULL",)
+
+
 class DropProbe:
     name = "skb_drops"
     rcvqueue_name = "rcvqueue_full"
+    stacks_name = "drop_stacks"
 
-    def __init__(self) -> None:
+    def __init__(self, stacks: bool = True) -> None:
         self._bpf = None
         self._readers: dict[str, MapReader] = {}
+        self._want_stacks = stacks
+        self._stacks = False
         self.rcvqueue_status: ProbeStatus | None = None
+        self.stacks_status: ProbeStatus | None = None
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         """Attach skb:kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
         receive-queue probe's own status is left in `rcvqueue_status`."""
         via = f"tracepoint:{TRACEPOINT}"
         rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
+        stacks_via = f"bpf_get_stackid at tracepoint:{TRACEPOINT}"
         fields = tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
         if fields and "reason" not in fields:
             why = "skb:kfree_skb has no `reason` field on this kernel (added in Linux 5.17)"
             self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
+            self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
             return ProbeStatus(self.name, False, via, why)
         cflags = [
             f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
@@ -152,19 +179,35 @@ class DropProbe:
         # compile fails and the status says so.
         if "rx_sk" in fields or not fields:
             cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
-        rcvqueue_error = None
-        try:
-            # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE attach at load time.
-            self._bpf = loader.compile("drops", [*cflags, "-DNETPROF_DROPS_RCVQUEUE_FULL"])
-        except NetprofError as exc:
-            rcvqueue_error = str(exc)
+        # Everything first; then without the optional parts, so a kernel that refuses one
+        # (stack maps, the raw tracepoint) still gets the drop counts. Each optional part's
+        # error is that of the attempt that differed from the loaded one only by it.
+        attempts = [(stacks, rcvqueue) for stacks, rcvqueue in ((True, True), (False, True), (True, False), (False, False))
+                    if self._want_stacks or not stacks]
+        errors: dict[tuple[bool, bool], str] = {}
+        loaded: tuple[bool, bool] | None = None
+        for stacks, rcvqueue in attempts:
             try:
-                self._bpf = loader.compile("drops", cflags)
-            except NetprofError as exc_without:
-                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, rcvqueue_error)
-                return ProbeStatus(self.name, False, via, str(exc_without))
-        self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, rcvqueue_error is None, rcvqueue_via,
-                                           rcvqueue_error)
+                # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE attach at load time.
+                self._bpf = loader.compile("drops", [*cflags, *(STACK_CFLAGS if stacks else ()),
+                                                     *(RCVQUEUE_CFLAGS if rcvqueue else ())])
+            except NetprofError as exc:
+                errors[(stacks, rcvqueue)] = str(exc)
+                continue
+            loaded = (stacks, rcvqueue)
+            break
+        if loaded is None:
+            last = errors[(False, False)]
+            self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, errors.get((False, True), last))
+            self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via,
+                                             errors.get((True, False), last) if self._want_stacks else "not asked for")
+            return ProbeStatus(self.name, False, via, last)
+        self._stacks, rcvqueue_loaded = loaded
+        self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, rcvqueue_loaded, rcvqueue_via,
+                                           None if rcvqueue_loaded else errors.get((self._stacks, True)))
+        if self._want_stacks:
+            self.stacks_status = ProbeStatus(self.stacks_name, self._stacks, stacks_via,
+                                             None if self._stacks else errors.get((True, rcvqueue_loaded)))
         table = self._bpf.get_table
         self._readers = {
             "netns": MapReader(table(b"drops_by_netns"), MapLayout(NETNS_REASON_KEY, COUNT)),
@@ -174,6 +217,9 @@ class DropProbe:
             "rcvqueue": MapReader(table(b"rcvqueue_full_by_netns"), MapLayout(NETNS_KEY, COUNT)),
             "uncounted": MapReader(table(b"drops_uncounted"), MapLayout(SLOT_KEY, COUNT, percpu=True)),
         }
+        if self._stacks:
+            self._readers["stack"] = MapReader(table(b"drops_by_stack"), MapLayout(STACK_KEY, COUNT))
+            self._readers["stack_lost"] = MapReader(table(b"drop_stacks_lost"), MapLayout(STACK_LOST_KEY, COUNT, percpu=True))
         return ProbeStatus(self.name, True, via)
 
     def read(self) -> DropCounts:
@@ -189,13 +235,25 @@ class DropProbe:
         for slot, counts in zip(slots["slot"], per_slot["count"]):
             if slot < len(UNCOUNTED_SLOTS):
                 uncounted[UNCOUNTED_SLOTS[slot]] = int(counts.sum())
-        return DropCounts(
+        counts = DropCounts(
             netns_reasons, per_netns_reason, cpu_reasons, per_cpu_reason, sites, per_site,
             listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
         )
+        if not self._stacks:
+            return counts
+        stack_keys, per_stack = self._readers["stack"].read()
+        return replace(counts, stack_keys=stack_keys, per_stack=per_stack,
+                       stacks_lost=MappingProxyType(read_stacks_lost(self._readers["stack_lost"])))
+
+    def stack_addresses(self, stack_id: int) -> list[int]:
+        """Return addresses of one counted stack, innermost first (KeyError if unknown)."""
+        if self._bpf is None or not self._stacks:
+            raise KeyError(stack_id)
+        return list(self._bpf[b"drop_stack_traces"].walk(stack_id))
 
     def detach(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
         self._readers = {}
+        self._stacks = False

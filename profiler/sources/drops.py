@@ -4,7 +4,8 @@ Per interval this writes `drops` and `rcvqueue_full` of each pod that had any, `
 CPU that dropped, the busiest drop sites, and map overflows into `frame.lost`. It also keeps
 the interval's TCP_LISTEN_OVERFLOW drops per (netns, listening port) in
 `listen_overflows_by_port`, for the source that reports listeners (it writes them into the
-frame; this one does not).
+frame; this one does not). When the probe samples kernel stacks, each interval's drops per
+(pod, reason, stack) go to `frame.stacks`, symbolized once per stack.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
+from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
-from ..snapshot import DropSite, SnapshotFrame
+from ..snapshot import DropSite, SnapshotFrame, StackSample
 from .base import ProbeSource
 
 # Drop sites written per interval, busiest first; the capture keeps its own top list.
@@ -32,9 +34,10 @@ class DropSource(ProbeSource[DropCounts]):
 
     def __init__(self, probe: DropProbe | None = None, kallsyms: Kallsyms | None = None):
         super().__init__(probe or DropProbe())
-        self._kallsyms = kallsyms
         self._symbols: dict[int, str] = {}
         self._reason_names: Mapping[int, str] = {}
+        # Kallsyms is parsed on the first drop site or stack, not at attach: most intervals have none.
+        self._stacks = StackSymbolizer(lambda stack_id: self.probe.stack_addresses(stack_id), kallsyms)
         self.listen_overflows_by_port: Mapping[tuple[int, int], int] = MappingProxyType({})
         # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
         self.ignored_totals: Mapping[str, int] = MappingProxyType({})
@@ -44,6 +47,9 @@ class DropSource(ProbeSource[DropCounts]):
         self._reason_names = dict(loader.layout.drop_reasons)
         if self.probe.rcvqueue_status is not None:
             statuses.append(self.probe.rcvqueue_status)
+        stacks_status = getattr(self.probe, "stacks_status", None)
+        if stacks_status is not None:
+            statuses.append(stacks_status)
         return statuses
 
     def write_interval(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
@@ -51,6 +57,7 @@ class DropSource(ProbeSource[DropCounts]):
         self._collect_cpus(frame, previous, counts)
         self._collect_sites(frame, previous, counts)
         self._collect_listeners(previous, counts)
+        self._collect_stacks(frame, previous, counts)
         for slot in UNCOUNTED_SLOTS:
             increase = counts.uncounted[slot] - (previous.uncounted[slot] if previous else 0)
             # Ignored frees are a deliberate choice (not drops); a full map is a loss.
@@ -118,11 +125,22 @@ class DropSource(ProbeSource[DropCounts]):
             for index in np.flatnonzero(delta > 0)
         })
 
+    def _collect_stacks(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
+        delta = counter_deltas(previous.stack_keys if previous else None,
+                               previous.per_stack if previous else None,
+                               counts.stack_keys, counts.per_stack)["count"]
+        for index in np.flatnonzero(delta > 0):
+            key = counts.stack_keys[index]
+            netns = int(key["netns_inode"])
+            frame.stacks.append(StackSample(
+                pod=frame.label(netns), netns=netns, reason=self._name(int(key["reason"])),
+                frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
+            ))
+        for slot, total in counts.stacks_lost.items():
+            frame.lost[f"drop_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+
     def _symbolize(self, address: int) -> str:
         symbol = self._symbols.get(address)
         if symbol is None:
-            if self._kallsyms is None:
-                # Parsed on the first drop site, not at attach: most intervals have none.
-                self._kallsyms = Kallsyms.load()
-            symbol = self._symbols[address] = self._kallsyms.symbolize(address)
+            symbol = self._symbols[address] = self._stacks.kallsyms().symbolize(address)
         return symbol

@@ -241,6 +241,7 @@ class ListenSource:
                 somaxconn=queues.somaxconn if queues else None,
                 overflow_drops=dropped,
                 samples_full=row.samples_full,
+                accept_queue_depth_log2=row.depth_log2,
             ))
         for port, dropped in drops_by_listener.get(None, {}).items():
             # Drops charged to a listener the sampler never saw (it closed in between).
@@ -258,7 +259,7 @@ def _unsampled(known: NetnsQueues | None) -> NetnsQueues | None:
     if known is None:
         return None
     return NetnsQueues(known.somaxconn, tuple(
-        replace(row, accept_queue_peak=0, samples=0, samples_full=0) for row in known.listeners))
+        replace(row, accept_queue_peak=0, samples=0, samples_full=0, depth_log2=()) for row in known.listeners))
 
 
 def _assign_drops(rows: list[ListenerQueue], drops_by_port: Mapping[int, int]) -> dict:

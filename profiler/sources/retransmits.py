@@ -2,17 +2,34 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernel.kallsyms import Kallsyms
+from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
+from ..kernel.stacks import StackSymbolizer
+from ..probes.base import ProbeStatus
 from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe, format_address
-from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame
+from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame, StackSample
 from .base import ProbeSource
+
+
+# The `reason` of retransmit stacks in frame.stacks (drop stacks carry their drop reason).
+RETRANSMIT_STACK_REASON = "TCP_RETRANSMIT"
 
 
 class RetransmitSource(ProbeSource[RetransmitCounts]):
     name = "retransmits"
 
-    def __init__(self, probe: RetransmitProbe | None = None):
+    def __init__(self, probe: RetransmitProbe | None = None, kallsyms: Kallsyms | None = None):
         super().__init__(probe or RetransmitProbe())
+        # Kallsyms is parsed on the first stack, not at attach.
+        self._stacks = StackSymbolizer(lambda stack_id: self.probe.stack_addresses(stack_id), kallsyms)
+
+    def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
+        statuses = super().attach(loader)
+        stacks_status = getattr(self.probe, "stacks_status", None)
+        if stacks_status is not None:
+            statuses.append(stacks_status)
+        return statuses
 
     def write_interval(self, frame: SnapshotFrame, previous: RetransmitCounts | None,
                        counts: RetransmitCounts) -> None:
@@ -47,3 +64,19 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
             ))
         lost_now = counts.netns_map_full - (previous.netns_map_full if previous else 0)
         frame.lost["retransmits_by_netns"] += lost_now
+        self._write_stacks(frame, previous, counts)
+
+    def _write_stacks(self, frame: SnapshotFrame, previous: RetransmitCounts | None,
+                      counts: RetransmitCounts) -> None:
+        delta = counter_deltas(previous.stack_keys if previous else None,
+                               previous.per_stack if previous else None,
+                               counts.stack_keys, counts.per_stack)["count"]
+        for index in np.flatnonzero(delta > 0):
+            key = counts.stack_keys[index]
+            netns = int(key["netns_inode"])
+            frame.stacks.append(StackSample(
+                pod=frame.label(netns), netns=netns, reason=RETRANSMIT_STACK_REASON,
+                frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
+            ))
+        for slot, total in counts.stacks_lost.items():
+            frame.lost[f"retransmit_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)

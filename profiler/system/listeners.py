@@ -223,6 +223,14 @@ class ListenerQueue:
     samples: int              # samples that saw this listener
     samples_full: int         # samples where a queue was full: rqueue > wqueue, the kernel's test
     inodes: frozenset[int]
+    # Samples by queue depth (the deepest socket's): bucket 0 holds empty queues, bucket
+    # i >= 1 depths in [2^(i-1), 2^i) — see depth_bucket().
+    depth_log2: tuple[int, ...] = ()
+
+
+def depth_bucket(depth: int) -> int:
+    """The depth histogram's bucket of one sampled accept-queue depth."""
+    return depth.bit_length()
 
 
 @dataclass(frozen=True)
@@ -232,7 +240,8 @@ class NetnsQueues:
 
 
 class _Accumulator:
-    __slots__ = ("family", "peak", "limit", "samples", "samples_full", "inodes", "seen_pass", "full_pass")
+    __slots__ = ("family", "peak", "limit", "samples", "samples_full", "inodes", "seen_pass", "full_pass",
+                 "depth_log2")
 
     def __init__(self, family: int):
         self.family = family
@@ -243,6 +252,7 @@ class _Accumulator:
         self.inodes: set[int] = set()
         self.seen_pass = -1
         self.full_pass = -1
+        self.depth_log2: list[int] = []
 
 
 class ListenerSampler:
@@ -336,7 +346,10 @@ class ListenerSampler:
 
     def _accumulate(self, inode: int, rows: list[ListenerRow]) -> None:
         stats = self._stats.setdefault(inode, {})
+        deepest: dict[tuple[str, int], int] = {}
         for row in rows:
+            key = (row.address, row.port)
+            deepest[key] = max(deepest.get(key, 0), row.accept_queue)
             acc = stats.get((row.address, row.port))
             if acc is None:
                 acc = stats[(row.address, row.port)] = _Accumulator(row.family)
@@ -350,6 +363,13 @@ class ListenerSampler:
             if row.accept_queue > row.accept_queue_limit and acc.full_pass != self._pass:
                 acc.full_pass = self._pass
                 acc.samples_full += 1
+        # One depth per address per pass, like `samples`: the deepest of the sockets sharing it.
+        for key, depth in deepest.items():
+            histogram = stats[key].depth_log2
+            bucket = depth_bucket(depth)
+            if bucket >= len(histogram):
+                histogram.extend([0] * (bucket + 1 - len(histogram)))
+            histogram[bucket] += 1
 
     def drain(self) -> dict[int, NetnsQueues]:
         """Everything sampled since the previous drain, by netns inode; starts afresh."""
@@ -362,7 +382,7 @@ class ListenerSampler:
                 somaxconn=somaxconn.get(inode),
                 listeners=tuple(
                     ListenerQueue(acc.family, address, port, acc.peak, acc.limit, acc.samples,
-                                  acc.samples_full, frozenset(acc.inodes))
+                                  acc.samples_full, frozenset(acc.inodes), tuple(acc.depth_log2))
                     for (address, port), acc in sorted(per_netns.items())
                 ),
             )

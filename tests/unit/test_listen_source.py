@@ -170,8 +170,12 @@ def test_an_overflowing_pod_reports_its_counters_and_full_listener(tmp_path):
     by_port = {l.port: l for l in pods[1].listeners}
     assert by_port[8080] == Listener("0.0.0.0", 8080, accept_queue_peak=5, accept_queue_limit=4,
                                      requested_backlog=64, somaxconn=128, overflow_drops=0,
-                                     samples_full=by_port[8080].samples_full)
+                                     samples_full=by_port[8080].samples_full,
+                                     accept_queue_depth_log2=by_port[8080].accept_queue_depth_log2)
     assert by_port[8080].samples_full >= 1
+    # Every sample saw depth 5: bucket 3 holds depths [4, 8).
+    depths = by_port[8080].accept_queue_depth_log2
+    assert len(depths) == 4 and depths[3] == sum(depths) >= 1
     # The pod overflowed, so its idle listener is listed too: it is a candidate.
     assert by_port[22].accept_queue_peak == 0 and by_port[22].requested_backlog is None
 
