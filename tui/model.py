@@ -1,0 +1,449 @@
+"""What the dashboard shows, as plain data built from profile JSON documents.
+
+The TUI never sees a BPF map, a Snapshot or a detector: everything on screen is derived here
+from the same `netprof.profile/v1` document `netprof profile --json` prints (the window's
+capture, with node context and findings) plus the latest interval's document (for the "now"
+rates) and a short history of per-interval values (for the sparklines). A replay is the same
+thing with one document for both and no history, so a live view and a saved capture render
+through one path.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from profiler.system.irqs import parse_cpu_list
+
+HISTORY_LENGTH = 60
+SEVERITY_LABEL = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+# conntrack statistics that mean a packet or a new flow was refused (see pod_rates).
+CONNTRACK_FAILURE_STATS = ("drop", "insert_failed")
+NETWORK_SOFTIRQS = ("NET_RX", "NET_TX")
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class PodRates:
+    """One pod's trouble per second over a document's duration."""
+
+    retransmits_per_s: float = 0.0
+    drops_per_s: float = 0.0
+    top_drops: tuple[tuple[str, float], ...] = ()  # (drop reason, per s), biggest first
+    listen_overflows_per_s: float = 0.0
+    conntrack_failures_per_s: float = 0.0
+    rcvqueue_full_per_s: float = 0.0
+
+    @property
+    def trouble_per_s(self) -> float:
+        """Everything that went wrong for the pod, per second: what the trend column plots."""
+        return (self.retransmits_per_s + self.drops_per_s + self.listen_overflows_per_s
+                + self.conntrack_failures_per_s + self.rcvqueue_full_per_s)
+
+
+@dataclass(frozen=True)
+class PodRow:
+    netns: int
+    name: str
+    rates: PodRates
+    trend: tuple[float, ...] = ()      # trouble per second, one value per interval, oldest first
+    worst_severity: str | None = None  # of the findings naming this pod
+
+    @property
+    def key(self) -> str:
+        return str(self.netns)
+
+
+@dataclass(frozen=True)
+class NicQueueIrq:
+    nic: str
+    queue: str   # "rx-0", "tx-3", "combined-7"
+    irq: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.nic} {self.queue} (IRQ {self.irq})"
+
+    @property
+    def short(self) -> str:
+        return f"{self.nic} {self.queue} ({self.irq})"
+
+
+@dataclass(frozen=True)
+class CpuRow:
+    cpu: int
+    net_rx_share: float            # of the CPU's time spent in NET_RX softirq, 0..1
+    net_tx_share: float
+    net_rx_trend: tuple[float, ...] = ()
+    napi_polls_per_s: float = 0.0
+    budget_exhausted_per_s: float = 0.0  # NAPI polls that used their whole budget
+    time_squeeze_per_s: float = 0.0      # softnet: net_rx_action ran out of budget or time
+    backlog_drops_per_s: float = 0.0
+    irqs: tuple[NicQueueIrq, ...] = ()  # NIC queue IRQs whose effective affinity is this CPU
+    worst_severity: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.cpu)
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    key: str
+    severity: str
+    kind: str
+    where: str
+    summary: str
+    score: float
+    data: Mapping[str, Any]  # the finding as it is in the profile JSON
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    mode: str                     # "live" or "replay"
+    node: str
+    kernel: str
+    probes_attached: int
+    probes_total: int
+    probes_missing: tuple[tuple[str, str], ...]  # (probe, why not)
+    interval_s: float | None      # how often the kernel counters are read (None: unknown)
+    events_per_s: float
+    window_s: float               # how much capture the findings and details cover
+    started_at: float | None      # wall clock of the capture's start
+    cost: str | None              # what netprof itself costs, when the capture measured it
+    error: str | None = None      # the live feed failed: what the operator should know
+
+
+@dataclass(frozen=True)
+class DashboardModel:
+    sequence: int
+    header: HeaderInfo
+    findings: tuple[FindingRow, ...]
+    pods: tuple[PodRow, ...]
+    cpus: tuple[CpuRow, ...]
+    rate_window_s: float               # what "per second" in the tables is over
+    document: Mapping[str, Any]        # the window's profile JSON: details and export read it
+    updated_monotonic_s: float = 0.0
+
+    def pod(self, netns: int) -> PodRow | None:
+        return next((pod for pod in self.pods if pod.netns == netns), None)
+
+    def cpu(self, cpu: int) -> CpuRow | None:
+        return next((row for row in self.cpus if row.cpu == cpu), None)
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def _per_s(count: float, duration_s: float) -> float:
+    return count / duration_s if duration_s > 0 else 0.0
+
+
+def listen_overflows(pod: Mapping[str, Any]) -> int:
+    """The pod netns' own ListenOverflows counter; the drop-reason count where it is missing
+    (a SYN refused for a full queue is consumed, not dropped with a reason: the counter sees
+    more)."""
+    netstat = pod.get("netstat") or {}
+    return int(netstat.get("TcpExt.ListenOverflows", 0)
+               or sum(l.get("overflow_drops", 0) for l in pod.get("listen") or ()))
+
+
+def conntrack_failures(pod: Mapping[str, Any]) -> int:
+    # A failed insert usually drops the packet, so `drop` and `insert_failed` count the same
+    # event twice; since 5.x a UDP clash is resolved instead (insert_failed without drop).
+    conntrack = pod.get("conntrack") or {}
+    return max((int(conntrack.get(stat, 0)) for stat in CONNTRACK_FAILURE_STATS), default=0)
+
+
+def pod_rates(pod: Mapping[str, Any], duration_s: float) -> PodRates:
+    drops = {reason: int(n) for reason, n in (pod.get("drops") or {}).items() if n}
+    top = sorted(drops.items(), key=lambda item: (-item[1], item[0]))
+    return PodRates(
+        retransmits_per_s=_per_s(pod.get("retransmits", 0), duration_s),
+        drops_per_s=_per_s(sum(drops.values()), duration_s),
+        top_drops=tuple((reason, _per_s(n, duration_s)) for reason, n in top),
+        listen_overflows_per_s=_per_s(listen_overflows(pod), duration_s),
+        conntrack_failures_per_s=_per_s(conntrack_failures(pod), duration_s),
+        rcvqueue_full_per_s=_per_s(pod.get("rcvqueue_full", 0), duration_s),
+    )
+
+
+def softirq_share(cpu: Mapping[str, Any], vector: str, duration_s: float) -> float:
+    time_ns = ((cpu.get("softirq") or {}).get(vector) or {}).get("time_ns", 0)
+    return min(1.0, time_ns / (duration_s * 1e9)) if duration_s > 0 else 0.0
+
+
+def events_counted(doc: Mapping[str, Any]) -> int:
+    """Tracepoint hits the probes counted: softirq runs of the network vectors, NAPI polls,
+    skb drops, retransmits and receive-queue-full events (not the counters read from /proc)."""
+    total = 0
+    for cpu in doc.get("cpus") or ():
+        softirq = cpu.get("softirq") or {}
+        total += sum((softirq.get(v) or {}).get("count", 0) for v in NETWORK_SOFTIRQS)
+        total += sum(d.get("polls", 0) for d in cpu.get("napi") or ())
+        total += sum((cpu.get("drops") or {}).values())
+    for pod in doc.get("pods") or ():
+        total += pod.get("retransmits", 0) + pod.get("rcvqueue_full", 0)
+    total += sum((doc.get("ignored_events") or {}).values())
+    return total
+
+
+def irqs_by_cpu(node: Mapping[str, Any] | None) -> dict[int, tuple[NicQueueIrq, ...]]:
+    """NIC queue IRQs by the CPU they run on (their effective affinity when it is one CPU)."""
+    pinned: dict[int, list[NicQueueIrq]] = collections.defaultdict(list)
+    for nic in (node or {}).get("nics") or ():
+        for queue in nic.get("queues") or ():
+            if queue.get("irq") is None:
+                continue
+            text = queue.get("effective_affinity") or queue.get("affinity") or ""
+            try:
+                cpus = parse_cpu_list(text)
+            except ValueError:
+                continue
+            if len(cpus) == 1:
+                pinned[next(iter(cpus))].append(NicQueueIrq(
+                    str(nic.get("name", "?")), f"{queue.get('kind', '?')}-{queue.get('index', '?')}", int(queue["irq"])))
+    return {cpu: tuple(labels) for cpu, labels in pinned.items()}
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass(frozen=True)
+class HistoryView:
+    pods: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    cpus: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+
+
+class History:
+    """Per-interval values for the sparklines: trouble/s per pod, NET_RX share per CPU.
+
+    One writer (the sampling thread) pushes the document of each interval; `view()` hands an
+    immutable copy to whoever builds the model. A pod missing from an interval's document
+    (its netns is gone) loses its history.
+    """
+
+    def __init__(self, length: int = HISTORY_LENGTH):
+        self.length = length
+        self._pods: dict[int, collections.deque[float]] = {}
+        self._cpus: dict[int, collections.deque[float]] = {}
+
+    def push(self, interval_doc: Mapping[str, Any]) -> None:
+        duration_s = float(interval_doc.get("duration_s") or 0.0)
+        seen: set[int] = set()
+        for pod in interval_doc.get("pods") or ():
+            netns = int(pod["netns"])
+            seen.add(netns)
+            series = self._pods.setdefault(netns, collections.deque(maxlen=self.length))
+            series.append(pod_rates(pod, duration_s).trouble_per_s)
+        for netns in set(self._pods) - seen:
+            del self._pods[netns]
+        for cpu in interval_doc.get("cpus") or ():
+            series = self._cpus.setdefault(int(cpu["cpu"]), collections.deque(maxlen=self.length))
+            series.append(softirq_share(cpu, "NET_RX", duration_s))
+
+    def view(self) -> HistoryView:
+        return HistoryView(pods={k: tuple(v) for k, v in self._pods.items()},
+                           cpus={k: tuple(v) for k, v in self._cpus.items()})
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def where(finding: Mapping[str, Any]) -> str:
+    if finding.get("pod"):
+        return str(finding["pod"])
+    if finding.get("cpu") is not None:
+        return f"CPU {finding['cpu']}"
+    return "node"
+
+
+def finding_key(finding: Mapping[str, Any]) -> str:
+    """Stable across updates, so a finding keeps its row (and the cursor) while it lasts."""
+    return f"{finding.get('kind')}|{finding.get('pod') or ''}|{finding.get('cpu')}"
+
+
+def _worse(a: str | None, b: str) -> str:
+    return b if a is None or SEVERITY_RANK.get(b, 9) < SEVERITY_RANK.get(a, 9) else a
+
+
+def cost_summary(cost: Any) -> str | None:
+    """One line for the header from the capture's `cost` section (profiler/cost.py): kernel
+    time in netprof's BPF programs and netprof's own process, in % of one CPU as `top` shows."""
+    if not isinstance(cost, Mapping) or not cost:
+        return None
+    parts: list[str] = []
+    bpf = _first_number(cost.get("bpf") or {}, ("cpu_percent",))
+    if bpf is not None:
+        parts.append(f"BPF {bpf:.1f}%")
+    process = cost.get("process") or {}
+    own = _first_number(process, ("cpu_percent",))
+    if own is not None:
+        parts.append(f"netprof {own:.1f}% CPU")
+    rss = _first_number(process, ("rss_bytes",))
+    if rss is not None:
+        parts.append(f"{rss / 2**20:.0f} MiB")
+    return ", ".join(parts) if parts else "measured (i)"
+
+
+def _first_number(data: Any, keys: Iterable[str]) -> float | None:
+    if not isinstance(data, Mapping):
+        return None
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | None = None,
+                history: HistoryView | None = None, *, mode: str = "replay",
+                interval_s: float | None = None, sequence: int = 0, updated_monotonic_s: float = 0.0,
+                error: str | None = None) -> DashboardModel:
+    """The dashboard for a window's profile JSON; rates from `interval_doc` (the latest
+    interval; the window itself when None, as in a replay)."""
+    recent = interval_doc if interval_doc is not None else document
+    history = history or HistoryView()
+    rate_s = float(recent.get("duration_s") or 0.0)
+
+    findings = tuple(
+        FindingRow(key=finding_key(f), severity=f.get("severity", "info"), kind=f.get("kind", "?"),
+                   where=where(f), summary=f.get("summary", ""), score=float(f.get("score", 0.0)), data=f)
+        for f in document.get("findings") or ()
+    )
+    pod_severity: dict[str, str] = {}
+    cpu_severity: dict[int, str] = {}
+    for f in findings:
+        if f.data.get("pod"):
+            pod_severity[f.data["pod"]] = _worse(pod_severity.get(f.data["pod"]), f.severity)
+        if f.data.get("cpu") is not None:
+            cpu_severity[int(f.data["cpu"])] = _worse(cpu_severity.get(int(f.data["cpu"])), f.severity)
+
+    pods = tuple(
+        PodRow(netns=int(p["netns"]), name=str(p["pod"]), rates=pod_rates(p, rate_s),
+               trend=history.pods.get(int(p["netns"]), ()), worst_severity=pod_severity.get(str(p["pod"])))
+        for p in recent.get("pods") or ()
+    )
+
+    pinned = irqs_by_cpu(document.get("node"))
+    cpus = []
+    for c in recent.get("cpus") or ():
+        number = int(c["cpu"])
+        napi = c.get("napi") or ()
+        softnet = c.get("softnet") or {}
+        backlog = softnet.get("dropped", (c.get("drops") or {}).get("CPU_BACKLOG", 0))
+        cpus.append(CpuRow(
+            cpu=number,
+            net_rx_share=softirq_share(c, "NET_RX", rate_s),
+            net_tx_share=softirq_share(c, "NET_TX", rate_s),
+            net_rx_trend=history.cpus.get(number, ()),
+            napi_polls_per_s=_per_s(sum(d.get("polls", 0) for d in napi), rate_s),
+            budget_exhausted_per_s=_per_s(sum(d.get("budget_exhausted", 0) for d in napi), rate_s),
+            time_squeeze_per_s=_per_s(softnet.get("time_squeeze", 0), rate_s),
+            backlog_drops_per_s=_per_s(backlog, rate_s),
+            irqs=pinned.get(number, ()),
+            worst_severity=cpu_severity.get(number),
+        ))
+    # CPUs with nothing to show still belong in an imbalance picture.
+    seen = {row.cpu for row in cpus}
+    for number in sorted(pinned):
+        if number not in seen:
+            cpus.append(CpuRow(cpu=number, net_rx_share=0.0, net_tx_share=0.0, irqs=pinned[number]))
+    cpus.sort(key=lambda row: row.cpu)
+
+    probes = document.get("probes") or ()
+    node = document.get("node") or {}
+    header = HeaderInfo(
+        mode=mode,
+        node=str(node.get("hostname") or "?"),
+        kernel=str((document.get("kernel") or {}).get("release") or node.get("kernel_release") or "?"),
+        probes_attached=sum(1 for p in probes if p.get("attached")),
+        probes_total=len(probes),
+        probes_missing=tuple((str(p.get("name")), str(p.get("error") or "not attached"))
+                             for p in probes if not p.get("attached")),
+        interval_s=interval_s,
+        events_per_s=_per_s(events_counted(recent), rate_s),
+        window_s=float(document.get("duration_s") or 0.0),
+        started_at=document.get("started_at"),
+        cost=cost_summary(document.get("cost")),
+        error=error,
+    )
+    return DashboardModel(sequence=sequence, header=header, findings=findings, pods=pods, cpus=tuple(cpus),
+                          rate_window_s=rate_s, document=document, updated_monotonic_s=updated_monotonic_s)
+
+
+# --------------------------------------------------------------------------- text forms
+
+
+def sparkline(values: Iterable[float], width: int, top: float | None = None) -> str:
+    """The last `width` values as block characters, right-aligned; zero is a blank, so a quiet
+    pod shows nothing. `top` fixes the scale (a share: 1.0); otherwise the series' own peak."""
+    series = list(values)[-width:] if width > 0 else []
+    if not series:
+        return " " * max(width, 0)
+    peak = top if top is not None else max(series)
+    chars = []
+    for value in series:
+        if value <= 0 or peak <= 0:
+            chars.append(" ")
+            continue
+        # Eighths, rounded up: any non-zero value shows at least the lowest block.
+        level = math.ceil(min(1.0, value / peak) * len(SPARK_BLOCKS)) - 1
+        chars.append(SPARK_BLOCKS[max(0, level)])
+    return "".join(chars).rjust(width)
+
+
+def format_rate(per_s: float) -> str:
+    """Compact events/s for a table cell: '', 0.3, 12, 4.2k, 1.3M."""
+    if per_s <= 0:
+        return "·"
+    if per_s < 10:
+        return f"{per_s:.1f}"
+    if per_s < 10_000:
+        return f"{per_s:.0f}"
+    if per_s < 10_000_000:
+        return f"{per_s / 1000:.1f}k" if per_s < 100_000 else f"{per_s / 1000:.0f}k"
+    return f"{per_s / 1e6:.1f}M"
+
+
+def format_share(share: float) -> str:
+    if share <= 0:
+        return "·"
+    if share < 0.001:
+        return "<0.1%"
+    return f"{100 * share:.0f}%" if share >= 0.1 else f"{100 * share:.1f}%"
+
+
+def format_ns(ns: float) -> str:
+    if ns < 1000:
+        return f"{ns:.0f}ns"
+    if ns < 1e6:
+        return f"{ns / 1e3:.0f}µs" if ns >= 1e4 else f"{ns / 1e3:.1f}µs"
+    if ns < 1e9:
+        return f"{ns / 1e6:.0f}ms" if ns >= 1e7 else f"{ns / 1e6:.1f}ms"
+    return f"{ns / 1e9:.1f}s"
+
+
+def log2_buckets(histogram: Iterable[int]) -> list[tuple[str, int]]:
+    """Non-empty span of a log2 histogram (bucket i: [2^i, 2^(i+1)) ns) as (label, count)."""
+    counts = list(histogram)
+    used = [i for i, n in enumerate(counts) if n]
+    if not used:
+        return []
+    return [(f"{format_ns(2 ** i)}–{format_ns(2 ** (i + 1))}", counts[i]) for i in range(used[0], used[-1] + 1)]
+
+
+def histogram_percentile(histogram: Iterable[int], fraction: float) -> float | None:
+    """Upper bound (ns) of the bucket holding the given fraction of the samples."""
+    counts = list(histogram)
+    total = sum(counts)
+    if not total:
+        return None
+    running = 0
+    for i, n in enumerate(counts):
+        running += n
+        if running >= fraction * total:
+            return float(2 ** (i + 1))
+    return float(2 ** len(counts))

@@ -1,0 +1,151 @@
+"""One CPU: its network softirq share over time, the latency histograms of its NET_RX and
+NET_TX handlers, its NAPI polls, softnet counters and the NIC queue IRQs it takes."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.console import RenderableType
+from rich.text import Text
+
+from profiler.system.irqs import parse_cpu_list
+
+from ..model import (
+    NETWORK_SOFTIRQS, DashboardModel, format_ns, format_share, histogram_percentile, log2_buckets,
+    softirq_share, sparkline,
+)
+from ..widgets.tables import severity_text
+from .detail import DetailScreen, bar, data_table, kv_table, section
+
+HISTOGRAM_BAR = 30
+TREND_WIDTH = 60
+
+
+def cpu_document(document: Mapping[str, Any], cpu: int) -> Mapping[str, Any] | None:
+    return next((c for c in document.get("cpus") or () if int(c.get("cpu", -1)) == cpu), None)
+
+
+def histogram_table(histogram: list[int], measure: str) -> RenderableType:
+    buckets = log2_buckets(histogram)
+    if not buckets:
+        return Text("no samples", style="dim")
+    peak = max(count for _, count in buckets)
+    table = data_table((measure, False), ("count", True), ("", False))
+    for label, count in buckets:
+        table.add_row(label, str(count), bar(count, peak, HISTOGRAM_BAR))
+    return table
+
+
+def queue_irqs(node: Mapping[str, Any] | None, cpu: int) -> list[tuple[str, str, bool]]:
+    """(queue, its affinity, pinned to this CPU alone) for every NIC queue IRQ allowed here."""
+    rows = []
+    for nic in (node or {}).get("nics") or ():
+        for queue in nic.get("queues") or ():
+            if queue.get("irq") is None:
+                continue
+            effective = queue.get("effective_affinity") or queue.get("affinity") or ""
+            try:
+                cpus = parse_cpu_list(effective)
+            except ValueError:
+                continue
+            if cpu in cpus:
+                rows.append((f"{nic.get('name')} {queue.get('kind')}-{queue.get('index')} (IRQ {queue['irq']})",
+                             effective, cpus == {cpu}))
+    return rows
+
+
+def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
+    row = model.cpu(number)
+    cpu = cpu_document(model.document, number)
+    title = Text()
+    title.append(" CPU ", style="reverse bold")
+    title.append(f"  {number}", style="bold")
+    parts: list[RenderableType] = [title]
+    findings = [f for f in model.findings if f.data.get("cpu") == number]
+    if findings:
+        parts.append(section("Findings"))
+        for finding in findings:
+            line = Text.assemble(severity_text(finding.severity), f" {finding.summary}")
+            parts.append(line)
+
+    live = model.header.mode == "live"
+    parts.append(section("Now (share of the CPU's time, last interval)" if live else "Share of the CPU's time"))
+    now = kv_table()
+    if row is not None:
+        now.add_row("NET_RX softirq", format_share(row.net_rx_share))
+        now.add_row("NET_TX softirq", format_share(row.net_tx_share))
+        if row.net_rx_trend:
+            now.add_row("NET_RX trend", sparkline(row.net_rx_trend, min(TREND_WIDTH, len(row.net_rx_trend)), top=1.0))
+    parts.append(now)
+    if cpu is None:
+        parts.append(Text("\nno softirq data for this CPU in the capture", style="dim"))
+        return parts
+
+    span = f"last {model.header.window_s:.0f}s" if live else "capture"
+    duration_s = float(model.document.get("duration_s") or 0.0)
+    softirq = cpu.get("softirq") or {}
+    for vector in NETWORK_SOFTIRQS:
+        stats = softirq.get(vector)
+        if not stats or not stats.get("count"):
+            parts.append(section(f"{vector} ({span}): no runs"))
+            continue
+        count = int(stats["count"])
+        time_ns = int(stats.get("time_ns", 0))
+        latency = list(stats.get("latency_log2_ns") or ())
+        p50 = histogram_percentile(latency, 0.5)
+        p99 = histogram_percentile(latency, 0.99)
+        head = (f"{vector} ({span}): {count} runs, {format_ns(time_ns)} in total "
+                f"({format_share(softirq_share(cpu, vector, duration_s))} of the CPU), "
+                f"mean {format_ns(time_ns / count)}")
+        if p50 is not None:
+            head += f", p50 < {format_ns(p50)}, p99 < {format_ns(p99)}"
+        parts.append(section(head))
+        parts.append(Text("handler run time (softirq entry → exit), log2 buckets", style="dim"))
+        parts.append(histogram_table(latency, "run time"))
+        delay = list(stats.get("queue_delay_log2_ns") or ())
+        if any(delay):
+            parts.append(Text("raise → entry delay (time the work waited to run)", style="dim"))
+            parts.append(histogram_table(delay, "waited"))
+
+    napi = cpu.get("napi") or ()
+    parts.append(section(f"NAPI polls ({span})"))
+    if napi:
+        table = data_table(("device", False), ("polls", True), ("packets", True), ("budget used up", True))
+        for device in napi:
+            polls = int(device.get("polls", 0))
+            exhausted = int(device.get("budget_exhausted", 0))
+            share = f" ({100 * exhausted / polls:.0f}%)" if polls else ""
+            table.add_row(str(device.get("device")), str(polls), str(device.get("packets", 0)), f"{exhausted}{share}")
+        parts.append(table)
+    else:
+        parts.append(Text("none", style="dim"))
+
+    softnet = {k: v for k, v in (cpu.get("softnet") or {}).items() if v}
+    drops = {k: v for k, v in (cpu.get("drops") or {}).items() if v}
+    if softnet or drops:
+        parts.append(section(f"softnet and drops on this CPU ({span})"))
+        table = kv_table()
+        for key, value in softnet.items():
+            table.add_row(f"softnet {key}", str(value))
+        for key, value in drops.items():
+            table.add_row(f"drop {key}", str(value))
+        parts.append(table)
+
+    irqs = queue_irqs(model.document.get("node"), number)
+    parts.append(section("NIC queue IRQs that may run here"))
+    if irqs:
+        table = data_table(("queue", False), ("effective affinity", False), ("", False))
+        for label, affinity, alone in irqs:
+            table.add_row(label, affinity, "pinned here" if alone else "shared")
+        parts.append(table)
+    else:
+        parts.append(Text("none", style="dim"))
+    return parts
+
+
+class CpuScreen(DetailScreen):
+    def __init__(self, cpu: int):
+        super().__init__()
+        self.cpu = cpu
+
+    def render_body(self, model: DashboardModel) -> list[RenderableType]:
+        return render_cpu(model, self.cpu)
