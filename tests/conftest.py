@@ -116,8 +116,15 @@ def node_left_as_found():
         for prefix in sorted(leaked):
             down_all(prefix)
         problems.append(f"labs left behind: {sorted(leaked)}")
-    # Modules can load mid-run (nf_conntrack): compare only what existed before.
-    changed = {k: (v, _read_guarded().get(k)) for k, v in sysctls_before.items() if _read_guarded().get(k) != v}
+    from profiler.lab.topology import list_labs
+
+    if any(lab.owner_alive and lab.owner_pid != os.getpid() for lab in list_labs()):
+        # Another process's scenario may hold a node sysctl at a temporary value right now;
+        # writing ours back would break it (and its own restore would then be undone).
+        changed = {}
+    else:
+        # Modules can load mid-run (nf_conntrack): compare only what existed before.
+        changed = {k: (v, _read_guarded().get(k)) for k, v in sysctls_before.items() if _read_guarded().get(k) != v}
     for key, (before, after) in changed.items():
         if after is not None:
             Path("/proc/sys", key).write_text(before)

@@ -16,7 +16,7 @@ and sysctls, before any traffic) and `launch()` (workloads, via `self.spawn`).
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -143,7 +143,11 @@ class Scenario:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LabError(f"workload {proc.args!r} not ready after {timeout_s:g}s")
-            readable, _, _ = select.select([fd], [], [], remaining)
+            # poll/epoll, not select(): a process holding many BPF fds has fd numbers past
+            # FD_SETSIZE (1024), where select() fails with "filedescriptor out of range".
+            with selectors.DefaultSelector() as selector:
+                selector.register(fd, selectors.EVENT_READ)
+                readable = selector.select(remaining)
             if not readable:
                 continue
             chunk = os.read(fd, 1)
