@@ -1,0 +1,1 @@
+"""netprof's overhead benchmark: `make bench` or `python -m bench` (see bench/README.md)."""
