@@ -23,8 +23,8 @@
  *
  * Kernel stacks (only with -DNETPROF_DROPS_STACKS): each drop's stack is taken with
  * bpf_get_stackid into drop_stack_traces and counted per (netns, reason, stack id) in
- * drops_by_stack, for flame graphs, up to NETPROF_STACKS_PER_S stacks per CPU per second
- * (bpf/stacks.h says why). Both maps are bounded; a drop past the budget or whose stack
+ * drops_by_stack, for flame graphs, within per-CPU and per-pod stack budgets (bpf/stacks.h
+ * says why). Both maps are bounded; a drop past the budget or whose stack
  * finds no room is counted in drop_stacks_lost, never silently missing.
  *
  * Cost per drop: a few map updates (plus one stack walk with stacks), no ring buffer, no
@@ -60,6 +60,21 @@ BPF_STACK_TRACE(drop_stack_traces, NETPROF_DROPS_MAX_STACKS);
 BPF_HASH(drops_by_stack, struct drop_stack_key, u64, NETPROF_DROPS_MAX_STACK_KEYS);
 BPF_PERCPU_ARRAY(drop_stacks_lost, u64, STACK_LOST_SLOTS);
 BPF_PERCPU_ARRAY(drop_stack_budget, struct stack_budget, 1);
+BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, drop_stack_budget_by_netns, NETPROF_STACK_BUDGET_PODS);
+
+static __always_inline bool drop_stack_allowed(u32 netns)
+{
+    int zero = 0;
+    struct stack_budget *cpu = drop_stack_budget.lookup(&zero);
+    struct stack_budget *pod = drop_stack_budget_by_netns.lookup(&netns);
+    if (!pod) {
+        struct stack_budget fresh = {};
+        /* LRU: a new pod evicts the least recently dropping one, never fails for space. */
+        drop_stack_budget_by_netns.update(&netns, &fresh);
+        pod = drop_stack_budget_by_netns.lookup(&netns);
+    }
+    return cpu && pod && stack_budgets_take(cpu, pod, NETPROF_STACKS_PER_S, NETPROF_STACKS_PER_S_PER_POD);
+}
 
 static __always_inline void count_stack_lost(int slot)
 {
@@ -233,9 +248,7 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     site_key.reason = reason;
     count_by_site(&site_key);
 #ifdef NETPROF_DROPS_STACKS
-    int zero = 0;
-    struct stack_budget *budget = drop_stack_budget.lookup(&zero);
-    if (budget && stack_budget_take(budget, NETPROF_STACKS_PER_S))
+    if (drop_stack_allowed(netns))
         /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST)
          * rather than replacing it, so an id read earlier never starts meaning another. */
         count_by_stack(drop_stack_traces.get_stackid(args, 0), netns, reason);

@@ -10,8 +10,8 @@
  * Everything is counted in the kernel; Python reads the maps once per interval, so the cost
  * per retransmit is two map updates whatever the event rate (with -DNETPROF_RETRANSMIT_STACKS,
  * plus one stack walk and one update of retransmits_by_stack, keyed by (netns, stack id), for
- * flame graphs, up to NETPROF_STACKS_PER_S stacks per CPU per second, see bpf/stacks.h; what
- * is past the budget or the bounded maps is counted in retransmit_stacks_lost).
+ * flame graphs, within per-CPU and per-pod stack budgets, see bpf/stacks.h; what is past a
+ * budget or the bounded maps is counted in retransmit_stacks_lost).
  */
 #include "netns.h"
 #include "retransmits.h"
@@ -34,6 +34,20 @@ BPF_STACK_TRACE(retransmit_stack_traces, NETPROF_RETRANSMIT_MAX_STACKS);
 BPF_HASH(retransmits_by_stack, struct retransmit_stack_key, u64, NETPROF_RETRANSMIT_MAX_STACK_KEYS);
 BPF_PERCPU_ARRAY(retransmit_stacks_lost, u64, STACK_LOST_SLOTS);
 BPF_PERCPU_ARRAY(retransmit_stack_budget, struct stack_budget, 1);
+BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, retransmit_stack_budget_by_netns, NETPROF_STACK_BUDGET_PODS);
+
+static __always_inline bool retransmit_stack_allowed(u32 netns)
+{
+    int zero = 0;
+    struct stack_budget *cpu = retransmit_stack_budget.lookup(&zero);
+    struct stack_budget *pod = retransmit_stack_budget_by_netns.lookup(&netns);
+    if (!pod) {
+        struct stack_budget fresh = {};
+        retransmit_stack_budget_by_netns.update(&netns, &fresh);
+        pod = retransmit_stack_budget_by_netns.lookup(&netns);
+    }
+    return cpu && pod && stack_budgets_take(cpu, pod, NETPROF_STACKS_PER_S, NETPROF_STACKS_PER_S_PER_POD);
+}
 
 static __always_inline void count_stack_lost(int slot)
 {
@@ -97,9 +111,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     }
 
 #ifdef NETPROF_RETRANSMIT_STACKS
-    int zero = 0;
-    struct stack_budget *budget = retransmit_stack_budget.lookup(&zero);
-    if (budget && stack_budget_take(budget, NETPROF_STACKS_PER_S))
+    if (retransmit_stack_allowed(netns))
         /* Flags 0: a bucket held by another stack refuses this one (-EEXIST, counted as
          * lost) instead of replacing it, so stack ids already counted keep their meaning. */
         count_by_stack(retransmit_stack_traces.get_stackid(args, 0), netns);

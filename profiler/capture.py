@@ -189,12 +189,16 @@ class Capture:
         """Events per (pod, reason, kernel stack) over the capture, busiest first. Not capped:
         the kernel's maps bound how many there can be, and exports must add up."""
         counts: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
-        pods: dict[int, str] = {}
+        # A pod's latest label, as pod_totals() gives it: a netns first seen mid-capture may
+        # be "netns:<inode>" in the interval that had its stacks and named only later.
+        labels: dict[int, str] = dict(self.known_pods)
         for snapshot in self.snapshots:
             for stack in snapshot.stacks:
                 counts[(stack.netns, stack.reason, stack.frames)] += stack.count
-                pods[stack.netns] = stack.pod
-        stacks = [StackSample(pods[netns], netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
+                labels[stack.netns] = stack.pod
+            for pod in snapshot.pods:
+                labels[pod.netns] = pod.pod
+        stacks = [StackSample(labels[netns], netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
         return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
 
     def lost(self) -> dict[str, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
-from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, STACKS_PER_S_PER_CPU, read_stacks_lost
+from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, read_stacks_lost, stack_budget_cflags
 from .base import ProbeStatus
 
 TRACEPOINT = "skb:kfree_skb"
@@ -137,7 +137,7 @@ STACK_CFLAGS = (
     "-DNETPROF_DROPS_STACKS",
     f"-DNETPROF_DROPS_MAX_STACKS={MAX_STACKS}",
     f"-DNETPROF_DROPS_MAX_STACK_KEYS={MAX_STACK_KEYS}",
-    f"-DNETPROF_STACKS_PER_S={STACKS_PER_S_PER_CPU}ULL",
+    *stack_budget_cflags(),
 )
 RCVQUEUE_CFLAGS = ("-DNETPROF_DROPS_RCVQUEUE_FULL",)
 

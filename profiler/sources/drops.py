@@ -18,7 +18,7 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import StackSymbolizer
+from ..kernel.stacks import STACK_RATE_LIMITED, StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
 from ..snapshot import DropSite, SnapshotFrame, StackSample
@@ -137,7 +137,10 @@ class DropSource(ProbeSource[DropCounts]):
                 frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
             ))
         for slot, total in counts.stacks_lost.items():
-            frame.lost[f"drop_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+            # Past a stack budget is a deliberate limit (the events are counted, without a
+            # stack): ignored. A full map is a loss.
+            counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
+            counter[f"drop_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
 
     def _symbolize(self, address: int) -> str:
         symbol = self._symbols.get(address)

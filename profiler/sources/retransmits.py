@@ -5,7 +5,7 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import StackSymbolizer
+from ..kernel.stacks import STACK_RATE_LIMITED, StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe, format_address
 from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame, StackSample
@@ -79,4 +79,7 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
                 frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
             ))
         for slot, total in counts.stacks_lost.items():
-            frame.lost[f"retransmit_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+            # Past a stack budget is a deliberate limit (the events are counted, without a
+            # stack): ignored. A full map is a loss.
+            counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
+            counter[f"retransmit_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)

@@ -1,0 +1,192 @@
+"""`netprof serve`: the live counters and histograms of this node for Prometheus.
+
+One `LiveSession` samples every interval on the main thread; each snapshot is added to
+`RunningTotals`, the sums since start, so every counter only ever grows while the process
+runs (a scrape never sees a window sum shrink). A prometheus-client collector renders the
+totals on each scrape, through the same code as `netprof export --format prometheus`.
+
+Outputs: an HTTP endpoint bound exactly where --listen says (127.0.0.1 by default: exposing
+it on a pod network is the operator's choice), and/or --textfile, rewritten atomically every
+interval for node_exporter's textfile collector. SIGINT and SIGTERM stop the loop; the
+probes are detached and the textfile removed, so node_exporter never serves numbers of a
+netprof that is gone.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .capture import cpu_json, merge_cpus, merge_pods, pod_json
+from .errors import NetprofError
+from .exports import atomic_write_text
+from .probes.base import ProbeStatus
+from .snapshot import CpuInterval, PodInterval, Snapshot
+
+DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_INTERVAL_S = 5.0
+# A pod whose netns is gone keeps its series this long (a last scrape sees its final
+# counts), then they are dropped so pod churn does not grow the exposition forever.
+GONE_POD_TTL_S = 300.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[V6]:PORT" → (host, port). Port 0 picks a free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise NetprofError(f"--listen wants HOST:PORT (e.g. {DEFAULT_LISTEN}), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise NetprofError(f"--listen: not a port number: {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise NetprofError(f"--listen: port {port} is out of range")
+    return host, port
+
+
+class RunningTotals:
+    """Every snapshot since start, summed, as a profile-JSON-shaped document."""
+
+    def __init__(self, started_at: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.started_at = time.time() if started_at is None else started_at
+        self._pods: dict[int, PodInterval] = {}
+        self._cpus: dict[int, CpuInterval] = {}
+        self._lost: Counter[str] = Counter()
+        self._ignored: Counter[str] = Counter()
+        self._gone_since: dict[int, float] = {}
+        self._probes: list[ProbeStatus] = []
+        self._intervals = 0
+        self._sampled_s = 0.0
+
+    def set_probes(self, statuses: list[ProbeStatus]) -> None:
+        with self._lock:
+            self._probes = list(statuses)
+
+    def add(self, snapshot: Snapshot, present_pods: dict[int, str]) -> None:
+        """Fold one interval in; `present_pods` (netns inode → label) are the pods that exist
+        now, so quiet ones show zeros and vanished ones age out."""
+        now = self._clock()
+        with self._lock:
+            for netns, label in present_pods.items():
+                before = self._pods.get(netns)
+                if before is None:
+                    self._pods[netns] = PodInterval(label, netns)
+                elif before.pod != label:
+                    self._pods[netns] = replace(before, pod=label)  # a better name came up
+            for pod in snapshot.pods:
+                before = self._pods.get(pod.netns)
+                self._pods[pod.netns] = merge_pods(before, pod) if before else pod
+            for cpu in snapshot.cpus:
+                before = self._cpus.get(cpu.cpu)
+                self._cpus[cpu.cpu] = merge_cpus(before, cpu) if before else cpu
+            self._lost.update(snapshot.lost)
+            self._ignored.update(snapshot.ignored)
+            self._intervals += 1
+            self._sampled_s += snapshot.interval_s
+            active = {pod.netns for pod in snapshot.pods}
+            for netns in list(self._pods):
+                if netns in present_pods or netns in active:
+                    self._gone_since.pop(netns, None)
+                elif now - self._gone_since.setdefault(netns, now) > GONE_POD_TTL_S:
+                    del self._pods[netns], self._gone_since[netns]
+
+    def document(self) -> dict:
+        with self._lock:
+            return {
+                "started_at": self.started_at,
+                "duration_s": round(self._sampled_s, 3),
+                "intervals": self._intervals,
+                "probes": [status.to_json() for status in self._probes],
+                "pods": [pod_json(pod) for _, pod in sorted(self._pods.items())],
+                "cpus": [cpu_json(cpu) for _, cpu in sorted(self._cpus.items())],
+                "lost_events": dict(self._lost),
+                "ignored_events": dict(self._ignored),
+            }
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    listen: tuple[str, int] | None = ("127.0.0.1", 9464)   # None: no HTTP endpoint
+    textfile: Path | None = None
+    interval_s: float = DEFAULT_INTERVAL_S
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM end the loop at the next wait instead of raising mid-sample."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading.Event | None = None,
+              sources=None, root: Path = Path("/")) -> int:
+    from prometheus_client import ProcessCollector, start_http_server
+    from prometheus_client.exposition import generate_latest
+
+    from .exports.prometheus import registry_for
+    from .live import LiveSession
+
+    stop = stop or threading.Event()
+    totals = RunningTotals()
+    # The textfile gets netprof's metrics only: node_exporter has process_* metrics of its own.
+    textfile_registry = registry_for(totals.document)
+    http_registry = registry_for(totals.document)
+    ProcessCollector(registry=http_registry)
+    if options.textfile is not None and not options.textfile.name.endswith(".prom"):
+        log(f"note: node_exporter's textfile collector reads only *.prom files, not {options.textfile.name}")
+
+    def write_textfile() -> None:
+        if options.textfile is not None:
+            atomic_write_text(options.textfile, generate_latest(textfile_registry).decode())
+
+    server = None
+    with _stop_on_signals(stop):
+        if options.listen is not None:
+            host, port = options.listen
+            try:
+                server, _thread = start_http_server(port, addr=host, registry=http_registry)
+            except OSError as exc:
+                raise NetprofError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            bound_port = server.server_address[1]
+            shown = f"[{host}]" if ":" in host else host
+            log(f"serving metrics on http://{shown}:{bound_port}/metrics")
+        try:
+            # A shallow window: the totals keep the sums, the session only what a view might ask.
+            with LiveSession(root=root, sources=sources, window_s=options.interval_s * 2) as session:
+                statuses = session.start(log)
+                totals.set_probes(statuses)
+                write_textfile()
+                if options.textfile is not None:
+                    log(f"writing {options.textfile} every {options.interval_s:g}s")
+                log(f"sampling every {options.interval_s:g}s ({session.loader.mode}); Ctrl-C or SIGTERM stops")
+                next_at = time.monotonic() + options.interval_s
+                while not stop.wait(max(0.0, next_at - time.monotonic())):
+                    snapshot = session.sample()
+                    totals.add(snapshot, {netns: session.pods.label(netns) for netns in session.pods.netns_paths()})
+                    write_textfile()
+                    # Behind schedule (a slow sample): the next one comes now, not in a burst.
+                    next_at = max(next_at + options.interval_s, time.monotonic())
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            if options.textfile is not None:
+                options.textfile.unlink(missing_ok=True)
+    log("stopped; probes detached")
+    return 0

@@ -1,0 +1,364 @@
+"""Every export format from one synthetic capture, read back by independent readers
+(tests/export_readers.py), with the counts checked against the capture."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections import Counter
+from importlib import resources
+from types import MappingProxyType
+
+import jsonschema
+import numpy as np
+import pytest
+
+from profiler.capture import Capture
+from profiler.cli import main
+from profiler.exports import EXPORT_FORMATS, render, write_all
+from profiler.exports.folded import folded_text
+from profiler.exports.histograms import (
+    bucket_percentiles, capture_histograms, depth_bounds, histograms_csv, histograms_json, log2_ns_bounds,
+    log2_percentiles_ns,
+)
+from profiler.exports.prometheus import exposition_text
+from profiler.exports.speedscope import speedscope_json
+from profiler.kernel.features import KernelInfo
+from profiler.probes.base import ProbeStatus
+from profiler.probes.softirq import LOG2_SLOTS, log2_slots
+from profiler.snapshot import CpuInterval, Listener, PodInterval, Snapshot, SoftirqVector, StackSample
+from profiler.system.listeners import depth_bucket
+from tests.export_readers import (
+    FormatError, parse_folded, read_csv, read_prometheus, read_speedscope, sample_value,
+)
+
+KERNEL = KernelInfo("6.18.44", btf=True, kprobes=False, tracefs="/sys/kernel/tracing", headers=None)
+UDP_PATH = ("entry_SYSCALL_64_after_hwframe", "do_syscall_64", "__x64_sys_sendto", "udp_sendmsg",
+            "net_rx_action", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
+NFT_PATH = ("handle_softirqs", "nf_hook_slow", "nft_do_chain [nf_tables]", "sk_skb_reason_drop")
+RETRANSMIT_PATH = ("run_timer_softirq", "tcp_write_timer", "tcp_retransmit_timer", "tcp_retransmit_skb",
+                   "__tcp_retransmit_skb")
+EVIL = "evil;pod\nname "   # a label netprof does not control (netns names are anyone's)
+
+
+def sample_capture() -> Capture:
+    """Two intervals: receiver drops 600 + 391 SOCKET_RCVBUFF (one stack), lossy retransmits,
+    a pod whose label needs cleaning, softirq histograms on two CPUs, a listener's depths."""
+    cap = Capture(KERNEL, [ProbeStatus("skb_drops", True, "tracepoint:skb:kfree_skb"),
+                           ProbeStatus("drop_stacks", False, "bpf_get_stackid", "refused")],
+                  known_pods={11: "receiver", 12: "lossy", 13: EVIL, 1: "host"})
+    rx1 = SoftirqVector(count=10, time_ns=40_000, latency_log2_ns=(0,) * 11 + (6, 4),
+                        queue_delay_log2_ns=(0,) * 9 + (10,))
+    rx2 = SoftirqVector(count=6, time_ns=30_000, latency_log2_ns=(0,) * 12 + (3, 3),
+                        queue_delay_log2_ns=(0,) * 9 + (2, 4))
+    listener = Listener("0.0.0.0", 8080, accept_queue_peak=65, accept_queue_limit=64, overflow_drops=3,
+                        samples_full=4, accept_queue_depth_log2=(2, 0, 0, 1, 0, 0, 0, 5))
+    cap.add(Snapshot(0.0, 1.0,
+                     (PodInterval("receiver", 11, drops=MappingProxyType({"SOCKET_RCVBUFF": 600})),
+                      PodInterval("lossy", 12, retransmits=30, retransmitted_segments=41,
+                                  drops=MappingProxyType({"NETFILTER_DROP": 7}), listeners=(listener,))),
+                     cpus=(CpuInterval(0, softirq=MappingProxyType({"NET_RX": rx1})),),
+                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 600),
+                             StackSample("lossy", 12, "TCP_RETRANSMIT", RETRANSMIT_PATH, 30),
+                             StackSample("lossy", 12, "NETFILTER_DROP", NFT_PATH, 7))))
+    cap.add(Snapshot(1.0, 2.0,
+                     (PodInterval("receiver", 11, drops=MappingProxyType({"SOCKET_RCVBUFF": 391})),
+                      PodInterval(EVIL, 13, drops=MappingProxyType({"SOCKET_RCVBUFF": 5}))),
+                     cpus=(CpuInterval(0, softirq=MappingProxyType({"NET_RX": rx2})),
+                           CpuInterval(1, softirq=MappingProxyType({"NET_RX": rx2}))),
+                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 391),
+                             StackSample(EVIL, 13, "SOCKET_RCVBUFF", UDP_PATH, 5)),
+                     lost={"drop_stacks_no_stack_id": 2}))
+    return cap
+
+
+@pytest.fixture
+def doc() -> dict:
+    return sample_capture().to_json()
+
+
+def event_totals(doc: dict) -> Counter[tuple[str, str]]:
+    """(pod, reason) → events, from the capture's own per-pod counters."""
+    totals: Counter[tuple[str, str]] = Counter()
+    for pod in doc["pods"]:
+        for reason, count in pod["drops"].items():
+            totals[(pod["pod"], reason)] += count
+        if pod["retransmits"]:
+            totals[(pod["pod"], "TCP_RETRANSMIT")] += pod["retransmits"]
+    return totals
+
+
+def clean(label: str) -> str:
+    return label.replace(";", "_").replace("\n", "_").strip()
+
+
+def test_capture_json_carries_stacks_and_validates(doc):
+    schema = json.loads((resources.files("profiler") / "schemas/profile-v1.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["stacks"][0] == {"pod": "receiver", "netns": 11, "reason": "SOCKET_RCVBUFF",
+                                "frames": list(UDP_PATH), "count": 991}
+    assert [s["count"] for s in doc["stacks"]] == sorted((s["count"] for s in doc["stacks"]), reverse=True)
+
+
+def test_folded_stacks_parse_and_add_up_to_the_capture(doc):
+    stacks = parse_folded(folded_text(doc))
+    assert stacks[("receiver", "SOCKET_RCVBUFF", *UDP_PATH)] == 991
+    assert stacks[("lossy", "TCP_RETRANSMIT", *RETRANSMIT_PATH)] == 30
+    assert stacks[("lossy", "NETFILTER_DROP", *NFT_PATH)] == 7, "module frames keep their [module]"
+    by_pod_reason: Counter[tuple[str, str]] = Counter()
+    for frames, count in stacks.items():
+        by_pod_reason[frames[:2]] += count
+    expected = {(clean(pod), reason): n for (pod, reason), n in event_totals(doc).items()}
+    assert by_pod_reason == expected
+    assert sum(stacks.values()) == sum(s["count"] for s in doc["stacks"])
+
+
+def test_folded_frames_from_untrusted_labels_cannot_break_lines(doc):
+    text = folded_text(doc)
+    assert len(text.splitlines()) == len(doc["stacks"])
+    assert ("evil_pod_name", "SOCKET_RCVBUFF", *UDP_PATH) in parse_folded(text)
+
+
+def test_folded_reader_rejects_what_flamegraph_tools_would_misread():
+    for bad in ("a;b 0\n", "a;;b 3\n", "a;b\n", "a;b 3", "a;b -1\n", "a;b 1.5\n", "a ;b 2\n", " 4\n"):
+        with pytest.raises(FormatError):
+            parse_folded(bad)
+
+
+def test_speedscope_file_validates_and_matches_the_folded_stacks(doc):
+    profiles = read_speedscope(speedscope_json(doc))
+    names = list(profiles)
+    assert names[0] == "all pods"
+    assert profiles["all pods"] == parse_folded(folded_text(doc))
+    # One profile per pod, busiest first, each its own stacks under their reason.
+    assert names[1:] == ["receiver", "lossy", "evil_pod_name"]
+    assert profiles["lossy"] == {("TCP_RETRANSMIT", *RETRANSMIT_PATH): 30, ("NETFILTER_DROP", *NFT_PATH): 7}
+    for pod in doc["pods"]:
+        expected = sum(n for (name, _), n in event_totals(doc).items() if name == pod["pod"])
+        assert sum(profiles.get(clean(pod["pod"]), {}).values()) == expected
+
+
+def test_speedscope_reader_enforces_the_spec():
+    good = json.loads(speedscope_json(sample_capture().to_json()))
+    for breaks in (
+        lambda d: d.pop("shared"),
+        lambda d: d.update({"$schema": "https://example.org/other.json"}),
+        lambda d: d["profiles"][0].update({"unit": "parsecs"}),
+        lambda d: d["profiles"][0]["weights"].pop(),
+        lambda d: d["profiles"][0]["samples"][0].append(len(d["shared"]["frames"])),
+        lambda d: d["profiles"][0].update({"endValue": 1}),
+    ):
+        broken = json.loads(json.dumps(good))
+        breaks(broken)
+        with pytest.raises((FormatError, jsonschema.ValidationError)):
+            read_speedscope(json.dumps(broken))
+
+
+def test_no_stacks_gives_empty_but_valid_files():
+    doc = Capture(KERNEL, []).to_json()
+    assert folded_text(doc) == "" and parse_folded(folded_text(doc)) == {}
+    assert read_speedscope(speedscope_json(doc)) == {"all pods": {}}
+    assert json.loads(histograms_json(doc))["histograms"] == []
+    assert read_csv(histograms_csv(doc)) == []
+
+
+def test_log2_bounds_match_the_kernels_bucketing():
+    rng = np.random.default_rng(7)
+    values = np.concatenate([[0, 1, 2, 3], rng.integers(0, 1 << 34, 2000)])
+    slots = log2_slots(values)
+    lower, upper = log2_ns_bounds(LOG2_SLOTS)
+    for value, slot in zip(values.tolist(), slots.tolist()):
+        assert lower[slot] <= value < upper[slot], (value, slot, lower[slot], upper[slot])
+    assert math.isinf(upper[-1]) and lower[0] == 0 and upper[0] == 2
+
+
+def test_depth_bounds_match_the_samplers_bucketing():
+    lower, upper = depth_bounds(18)
+    for depth in list(range(300)) + [65535, 65536]:
+        bucket = depth_bucket(depth)
+        assert lower[bucket] <= depth < upper[bucket], depth
+
+
+def test_percentiles_interpolate_linearly_inside_the_bucket():
+    # 4 values in [4, 8): p50 is halfway in.
+    assert bucket_percentiles([0, 0, 4], [0, 2, 4], [2, 4, 8], [0.5]).tolist() == [6.0]
+    # 10 values: 5 in [0, 2), 5 in [8, 16): p90 is 4/5 of the way into the second bucket.
+    assert bucket_percentiles([5, 0, 5], [0, 2, 8], [2, 8, 16], [0.9]).tolist() == [pytest.approx(14.4)]
+    # The open-ended last bucket only says "at least".
+    assert bucket_percentiles([1, 9], [0, 2], [2, math.inf], [0.99]).tolist() == [2.0]
+    assert np.isnan(bucket_percentiles([0, 0], [0, 2], [2, 4], [0.5])).all()
+    assert log2_percentiles_ns([]) == [None, None, None]
+    # q = 0 is the smallest value's bucket, not an empty one before it.
+    assert bucket_percentiles([0, 3], [0, 2], [2, 4], [0.0]).tolist() == [2.0]
+
+
+def test_percentiles_land_in_the_bucket_of_the_true_percentile():
+    """Against raw samples: the estimate from the kernel's buckets lies in the same bucket as
+    numpy's exact percentile of the values (the most a log2 histogram can promise)."""
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        values = rng.lognormal(mean=rng.uniform(6, 14), sigma=rng.uniform(0.2, 2.0), size=5000).astype(np.uint64)
+        counts = np.bincount(log2_slots(values), minlength=LOG2_SLOTS)
+        estimates = log2_percentiles_ns(counts.tolist())
+        for q, estimate in zip((50, 90, 99), estimates):
+            exact = np.percentile(values, q, method="inverted_cdf")
+            assert log2_slots(np.array([int(exact)]))[0] == log2_slots(np.array([int(estimate)]))[0], (q, exact, estimate)
+
+
+def test_histograms_json_has_explicit_bounds_and_percentiles(doc):
+    document = json.loads(histograms_json(doc))
+    assert document["schema"] == "netprof.histograms/v1"
+    by_key = {(h["name"], json.dumps(h["labels"], sort_keys=True)): h for h in document["histograms"]}
+    latency = by_key[("softirq_latency_ns", json.dumps({"cpu": 0, "vector": "NET_RX"}, sort_keys=True))]
+    cpu0 = next(c for c in doc["cpus"] if c["cpu"] == 0)["softirq"]["NET_RX"]
+    assert [b["count"] for b in latency["buckets"]] == cpu0["latency_log2_ns"]
+    assert latency["count"] == cpu0["count"] == 16
+    for histogram in document["histograms"]:
+        buckets = histogram["buckets"]
+        assert all(a["hi"] == b["lo"] for a, b in zip(buckets, buckets[1:])), "contiguous [lo, hi)"
+        assert histogram["count"] == sum(b["count"] for b in buckets)
+        p50, p90, p99 = (histogram["percentiles"][k] for k in ("p50", "p90", "p99"))
+        assert buckets[0]["lo"] <= p50 <= p90 <= p99
+    depth = by_key[("listen_accept_queue_depth",
+                    json.dumps({"pod": "lossy", "netns": 12, "address": "0.0.0.0", "port": 8080}, sort_keys=True))]
+    assert [(b["lo"], b["hi"]) for b in depth["buckets"][:4]] == [(0, 1), (1, 2), (2, 4), (4, 8)]
+    # The queue never held more than its peak (65): percentiles stay inside [64, 66), not
+    # spread over [64, 128).
+    assert depth["count"] == 8 and depth["max"] == 65 and 64 <= depth["percentiles"]["p50"] < 66
+
+
+def test_histograms_csv_rows_agree_with_the_json(doc):
+    rows = read_csv(histograms_csv(doc))
+    document = json.loads(histograms_json(doc))
+    assert len(rows) == sum(len(h["buckets"]) for h in document["histograms"])
+    totals: Counter[tuple[str, str, str, str]] = Counter()
+    for row in rows:
+        float(row["lo"]), float(row["hi"])  # "inf" parses too
+        assert int(row["count"]) >= 0
+        totals[(row["histogram"], row["cpu"], row["vector"], row["port"])] += int(row["count"])
+    for histogram in document["histograms"]:
+        labels = histogram["labels"]
+        key = (histogram["name"], str(labels.get("cpu", "")), labels.get("vector", ""), str(labels.get("port", "")))
+        assert totals[key] == histogram["count"]
+
+
+def test_every_distribution_of_the_capture_is_a_histogram(doc):
+    names = Counter(h.name for h in capture_histograms(doc))
+    assert names == {"softirq_latency_ns": 2, "softirq_queue_delay_ns": 2, "listen_accept_queue_depth": 1}
+
+
+def test_prometheus_exposition_parses_and_counts_agree(doc):
+    families = read_prometheus(exposition_text(doc))
+    assert sample_value(families, "netprof_drops_total", pod="receiver", netns="11", reason="SOCKET_RCVBUFF") == 991
+    assert sample_value(families, "netprof_retransmits_total", pod="lossy") == 30
+    assert sample_value(families, "netprof_retransmitted_segments_total", pod="lossy") == 41
+    assert sample_value(families, "netprof_retransmits_total", pod="host") == 0, "quiet pods are zeros"
+    assert sample_value(families, "netprof_drops_total", pod=EVIL, reason="SOCKET_RCVBUFF") == 5, \
+        "label values are escaped, not cleaned"
+    assert sample_value(families, "netprof_listen_overflow_drops_total", pod="lossy", port="8080") == 3
+    assert sample_value(families, "netprof_listen_accept_queue_limit", pod="lossy", port="8080") == 64
+    assert sample_value(families, "netprof_lost_events_total", map="drop_stacks_no_stack_id") == 2
+    assert sample_value(families, "netprof_probe_attached", probe="drop_stacks") == 0
+    assert sample_value(families, "netprof_softirq_runs_total", cpu="0", vector="NET_RX") == 16
+    assert sample_value(families, "netprof_softirq_seconds_total", cpu="0", vector="NET_RX") == pytest.approx(70e-6)
+
+
+def prometheus_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """histogram_quantile() as Prometheus computes it (promql/quantile.go): linear inside the
+    bucket, from 0 for the first one."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    rank = q * total
+    index = next(i for i, (_, count) in enumerate(buckets) if count >= rank)
+    if math.isinf(buckets[index][0]):
+        return buckets[index - 1][0]
+    start, below = (0.0, 0.0) if index == 0 else buckets[index - 1]
+    end, count = buckets[index]
+    return start + (end - start) * (rank - below) / (count - below)
+
+
+def test_prometheus_histograms_are_the_kernels_buckets(doc):
+    families = read_prometheus(exposition_text(doc))
+    samples = [s for s in families["netprof_softirq_latency_seconds"] if s.labels.get("cpu") == "0"]
+    buckets = [(float(s.labels["le"]), s.value) for s in samples if s.name.endswith("_bucket")]
+    counts = [c for _, c in sorted(buckets)]
+    assert counts == sorted(counts), "cumulative"
+    cpu0 = next(c for c in doc["cpus"] if c["cpu"] == 0)["softirq"]["NET_RX"]
+    assert sorted(buckets)[-1] == (math.inf, cpu0["count"])
+    assert next(s.value for s in samples if s.name.endswith("_count")) == cpu0["count"]
+    assert next(s.value for s in samples if s.name.endswith("_sum")) == pytest.approx(cpu0["time_ns"] / 1e9)
+    # Grafana's histogram_quantile over these buckets gives histograms.json's percentiles.
+    histogram = next(h for h in capture_histograms(doc) if h.name == "softirq_latency_ns" and h.labels["cpu"] == 0)
+    for q, ours in zip((0.5, 0.9, 0.99), histogram.percentiles()):
+        assert prometheus_quantile(q, buckets) * 1e9 == pytest.approx(ours)
+    delay = [s for s in families["netprof_softirq_queue_delay_seconds"] if s.labels.get("cpu") == "0"]
+    assert not [s for s in delay if s.name.endswith("_sum")], "no made-up sum"
+    depth = families["netprof_listen_accept_queue_depth"]
+    depth_buckets = {s.labels["le"]: s.value for s in depth if s.name.endswith("_bucket")}
+    assert depth_buckets["0"] == 2 and depth_buckets["7"] == 3 and depth_buckets["127"] == 8
+    assert depth_buckets["+Inf"] == 8
+
+
+def test_write_all_writes_every_format_atomically(doc, tmp_path):
+    out = tmp_path / "out"
+    written = write_all(doc, out)
+    assert [p.name for p in written] == ["capture.json", "stacks.folded", "speedscope.json", "histograms.json",
+                                         "histograms.csv", "metrics.prom"]
+    assert sorted(os.listdir(out)) == sorted(p.name for p in written), "no temporary files left"
+    assert json.loads((out / "capture.json").read_text()) == doc
+    for name in EXPORT_FORMATS:
+        path = next(p for p in written if (name == "folded" and p.name == "stacks.folded")
+                    or (name == "prometheus" and p.name == "metrics.prom")
+                    or p.name == {"speedscope": "speedscope.json", "histograms-json": "histograms.json",
+                                  "histograms-csv": "histograms.csv"}.get(name))
+        assert path.read_text() == render(doc, name)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_write_all_writes_nothing_when_a_format_fails(doc, tmp_path, monkeypatch):
+    (tmp_path / "capture.json").write_text("previous\n")
+
+    def broken(doc):
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setattr("profiler.exports.histograms.histograms_csv", broken)
+    with pytest.raises(RuntimeError):
+        write_all(doc, tmp_path)
+    assert os.listdir(tmp_path) == ["capture.json"] and (tmp_path / "capture.json").read_text() == "previous\n"
+
+
+def test_export_command_converts_a_saved_capture(doc, tmp_path, capsys):
+    capture = tmp_path / "capture.json"
+    capture.write_text(json.dumps(doc))
+    assert main(["export", str(capture), "--format", "folded"]) == 0
+    assert capsys.readouterr().out == folded_text(doc)
+    target = tmp_path / "deep" / "speedscope.json"
+    assert main(["export", str(capture), "-f", "speedscope", "--output", str(target)]) == 0
+    assert f"wrote {target}" in capsys.readouterr().err
+    assert read_speedscope(target.read_text())["all pods"] == parse_folded(folded_text(doc))
+    assert main(["export", str(capture), "--format", "prometheus"]) == 0
+    assert read_prometheus(capsys.readouterr().out)
+
+
+def test_export_command_errors_are_one_line(tmp_path, capsys):
+    not_capture = tmp_path / "x.json"
+    not_capture.write_text('{"hello": 1}')
+    assert main(["export", str(not_capture), "--format", "folded"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a netprof capture" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(not_capture), "--format", "flamegraph"])
+    assert exit_info.value.code == 2
+
+
+def test_stacks_carry_the_pods_latest_label():
+    """A netns first seen mid-capture is "netns:<inode>" until a resolver names it; its
+    stacks must not stay under the old label when its counters are under the new one."""
+    cap = Capture(KERNEL, [])
+    cap.add(Snapshot(0.0, 1.0, (PodInterval("netns:14", 14, drops=MappingProxyType({"SOCKET_RCVBUFF": 9})),),
+                     stacks=(StackSample("netns:14", 14, "SOCKET_RCVBUFF", UDP_PATH, 9),)))
+    cap.add(Snapshot(1.0, 2.0, (PodInterval("default/web-0", 14, rcvqueue_full=1),)))
+    doc = cap.to_json()
+    assert [p["pod"] for p in doc["pods"]] == ["default/web-0"]
+    assert parse_folded(folded_text(doc)) == {("default/web-0", "SOCKET_RCVBUFF", *UDP_PATH): 9}
