@@ -56,7 +56,7 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/pip" install -qq --disable-pip-version-check -e "$here[test]"
   touch "$stamp"
 fi
-"$venv/bin/python" -c "import bcc, pyroute2, numpy, rich, textual" \
+"$venv/bin/python" -c "import bcc, pyroute2, numpy, rich, textual, prometheus_client" \
   || die "the venv at $venv cannot import its dependencies"
 
 case "$action" in

@@ -87,6 +87,13 @@ static __always_inline void add_counts(struct retransmit_counts *counts, u64 seg
 
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
+#ifdef NETPROF_RETRANSMIT_HAS_ERR
+    /* Since 6.10 the tracepoint also fires for attempts that failed (err != 0: the skb
+     * could not be sent, e.g. the qdisc was full). Those put nothing on the wire and are
+     * not in RetransSegs; counting them over-counted a retransmit storm by ~9%. */
+    if (args->err)
+        return 0;
+#endif
     u32 netns = netns_inode_of_sock(args->skaddr);
     u16 gso_segs = 0;
     bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs),

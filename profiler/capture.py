@@ -21,7 +21,7 @@ from .cost import Cost
 from .system.node import NodeContext
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
-    Listener, NapiDevice, PodInterval, Snapshot, SoftirqVector, StackSample,
+    Listener, PodInterval, Snapshot, StackSample,
 )
 
 SCHEMA = "netprof.profile/v1"

@@ -6,7 +6,7 @@ Fixes carry machine-applicable `changes` (only node-scope ones are ever applied,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 Severity = Literal["critical", "warning", "info"]

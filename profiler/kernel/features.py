@@ -114,3 +114,20 @@ def require_capture_ready(info: KernelInfo) -> None:
             "this kernel has neither BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) nor "
             f"headers (/lib/modules/{info.release}/build): netprof needs one of them"
         )
+
+
+def tracepoint_fields(tracefs: str | None, event: str) -> set[str]:
+    """Field names of a tracepoint, from its tracefs format file (empty if unreadable)."""
+    if not tracefs:
+        return set()
+    try:
+        text = (Path(tracefs) / "events" / event / "format").read_text()
+    except OSError:
+        return set()
+    fields = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("field:"):
+            declaration = line.split(";", 1)[0]
+            fields.add(declaration.split()[-1].split("[")[0])
+    return fields

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
 
 from ..errors import NetprofError
+from ..kernel.features import tracepoint_fields
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, read_stacks_lost, stack_budget_cflags
@@ -114,23 +114,6 @@ def reason_cflags(names: Mapping[int, str]) -> list[str]:
         value = reason_value(names, name)
         flags.append(f"-D{macro}={_NO_SUCH_REASON if value is None else value}U")
     return flags
-
-
-def tracepoint_fields(tracefs: str | None, event: str) -> set[str]:
-    """Field names of a tracepoint, from its tracefs format file (empty if unreadable)."""
-    if not tracefs:
-        return set()
-    try:
-        text = (Path(tracefs) / "events" / event / "format").read_text()
-    except OSError:
-        return set()
-    fields = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("field:"):
-            declaration = line.split(";", 1)[0]
-            fields.add(declaration.split()[-1].split("[")[0])
-    return fields
 
 
 STACK_CFLAGS = (

@@ -14,6 +14,7 @@ from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, read_stacks_lost, stack_budget_cflags
 from .base import ProbeStatus
+from ..kernel.features import tracepoint_fields
 
 TRACEPOINT = "tcp:tcp_retransmit_skb"
 MAX_NETNS = 4096
@@ -94,6 +95,9 @@ class RetransmitProbe:
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         via = f"tracepoint:{TRACEPOINT}"
         base = [f"-DNETPROF_MAX_NETNS={MAX_NETNS}", f"-DNETPROF_MAX_FLOWS={MAX_FLOWS}"]
+        # The `err` field exists on newer kernels only: ask the tracepoint, not the version.
+        if "err" in tracepoint_fields(loader.info.tracefs, "tcp/tcp_retransmit_skb"):
+            base.append("-DNETPROF_RETRANSMIT_HAS_ERR")
         stacks_error: str | None = "not asked for"
         if self._want_stacks:
             try:

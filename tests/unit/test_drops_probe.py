@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from profiler.kernel.features import tracepoint_fields
 from profiler.kernel.offsets import parse_print_symbolic
 from profiler.probes.drops import (
-    LISTEN_KEY, NETNS_REASON_KEY, SITE_KEY, UNCOUNTED_SLOTS, reason_cflags, reason_name, tracepoint_fields,
+    LISTEN_KEY, NETNS_REASON_KEY, SITE_KEY, UNCOUNTED_SLOTS, reason_cflags, reason_name,
 )
 
 DROPS_H = Path(__file__).resolve().parents[2] / "bpf" / "drops.h"
