@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from typing import Callable, Generic, Protocol, TypeVar
+
+import numpy as np
 
 from ..kernel.loader import BpfLoader
 from ..probes.base import Probe, ProbeStatus
-from ..snapshot import SnapshotFrame
+from ..kernel.maps import counter_deltas
+from ..kernel.stacks import STACK_RATE_LIMITED
+from ..snapshot import SnapshotFrame, StackSample
 
 
 class Source(Protocol):
@@ -56,3 +60,23 @@ class ProbeSource(Generic[CountsT]):
     def detach(self) -> None:
         self.probe.detach()
         self._attached = False
+
+
+def write_stack_samples(frame: SnapshotFrame, previous, counts, prefix: str,
+                        reason_of: Callable[[np.void], str], frames_of: Callable[[int], tuple[str, ...]]) -> None:
+    """Kernel stacks counted per (netns, …, stack id) since the previous read → StackSamples;
+    stacks the kernel could not record → `ignored` (past the per-CPU budget: a deliberate
+    limit, the events themselves are counted) or `lost` (a full map).
+
+    previous/counts: probe readings with `stack_keys`, `per_stack` and `stacks_lost`."""
+    delta = counter_deltas(previous.stack_keys if previous else None,
+                           previous.per_stack if previous else None,
+                           counts.stack_keys, counts.per_stack)["count"]
+    for index in np.flatnonzero(delta > 0):
+        key = counts.stack_keys[index]
+        netns = int(key["netns_inode"])
+        frame.stacks.append(StackSample(pod=frame.label(netns), netns=netns, reason=reason_of(key),
+                                        frames=frames_of(int(key["stack_id"])), count=int(delta[index])))
+    for slot, total in counts.stacks_lost.items():
+        counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
+        counter[f"{prefix}_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)

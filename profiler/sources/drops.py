@@ -18,11 +18,11 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import STACK_RATE_LIMITED, StackSymbolizer
+from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
-from ..snapshot import DropSite, SnapshotFrame, StackSample
-from .base import ProbeSource
+from ..snapshot import DropSite, SnapshotFrame
+from .base import ProbeSource, write_stack_samples
 
 # Drop sites written per interval, busiest first; the capture keeps its own top list.
 MAX_SITES_PER_INTERVAL = 50
@@ -126,21 +126,9 @@ class DropSource(ProbeSource[DropCounts]):
         })
 
     def _collect_stacks(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
-        delta = counter_deltas(previous.stack_keys if previous else None,
-                               previous.per_stack if previous else None,
-                               counts.stack_keys, counts.per_stack)["count"]
-        for index in np.flatnonzero(delta > 0):
-            key = counts.stack_keys[index]
-            netns = int(key["netns_inode"])
-            frame.stacks.append(StackSample(
-                pod=frame.label(netns), netns=netns, reason=self._name(int(key["reason"])),
-                frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
-            ))
-        for slot, total in counts.stacks_lost.items():
-            # Past a stack budget is a deliberate limit (the events are counted, without a
-            # stack): ignored. A full map is a loss.
-            counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
-            counter[f"drop_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+        write_stack_samples(frame, previous, counts, "drop",
+                            reason_of=lambda key: self._name(int(key["reason"])),
+                            frames_of=self._stacks.frames)
 
     def _symbolize(self, address: int) -> str:
         symbol = self._symbols.get(address)

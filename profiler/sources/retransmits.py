@@ -5,11 +5,11 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import STACK_RATE_LIMITED, StackSymbolizer
+from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe, format_address
-from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame, StackSample
-from .base import ProbeSource
+from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame
+from .base import ProbeSource, write_stack_samples
 
 
 # The `reason` of retransmit stacks in frame.stacks (drop stacks carry their drop reason).
@@ -68,18 +68,6 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
 
     def _write_stacks(self, frame: SnapshotFrame, previous: RetransmitCounts | None,
                       counts: RetransmitCounts) -> None:
-        delta = counter_deltas(previous.stack_keys if previous else None,
-                               previous.per_stack if previous else None,
-                               counts.stack_keys, counts.per_stack)["count"]
-        for index in np.flatnonzero(delta > 0):
-            key = counts.stack_keys[index]
-            netns = int(key["netns_inode"])
-            frame.stacks.append(StackSample(
-                pod=frame.label(netns), netns=netns, reason=RETRANSMIT_STACK_REASON,
-                frames=self._stacks.frames(int(key["stack_id"])), count=int(delta[index]),
-            ))
-        for slot, total in counts.stacks_lost.items():
-            # Past a stack budget is a deliberate limit (the events are counted, without a
-            # stack): ignored. A full map is a loss.
-            counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
-            counter[f"retransmit_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+        write_stack_samples(frame, previous, counts, "retransmit",
+                            reason_of=lambda key: RETRANSMIT_STACK_REASON,
+                            frames_of=self._stacks.frames)
