@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
 from profiler.system.irqs import parse_cpu_list
@@ -190,21 +191,27 @@ def events_counted(doc: Mapping[str, Any]) -> int:
     return total
 
 
-def irqs_by_cpu(node: Mapping[str, Any] | None) -> dict[int, tuple[NicQueueIrq, ...]]:
-    """NIC queue IRQs by the CPU they run on (their effective affinity when it is one CPU)."""
-    pinned: dict[int, list[NicQueueIrq]] = collections.defaultdict(list)
+def queue_irq_affinities(node: Mapping[str, Any] | None) -> Iterator[tuple[dict, dict, str, frozenset[int]]]:
+    """(nic, queue, affinity text, its CPUs) for every NIC queue IRQ in a capture's node
+    section: the effective affinity where the kernel shows one (it is what really runs)."""
     for nic in (node or {}).get("nics") or ():
         for queue in nic.get("queues") or ():
             if queue.get("irq") is None:
                 continue
             text = queue.get("effective_affinity") or queue.get("affinity") or ""
             try:
-                cpus = parse_cpu_list(text)
+                yield nic, queue, text, parse_cpu_list(text)
             except ValueError:
                 continue
-            if len(cpus) == 1:
-                pinned[next(iter(cpus))].append(NicQueueIrq(
-                    str(nic.get("name", "?")), f"{queue.get('kind', '?')}-{queue.get('index', '?')}", int(queue["irq"])))
+
+
+def irqs_by_cpu(node: Mapping[str, Any] | None) -> dict[int, tuple[NicQueueIrq, ...]]:
+    """NIC queue IRQs by the CPU they run on (their effective affinity when it is one CPU)."""
+    pinned: dict[int, list[NicQueueIrq]] = collections.defaultdict(list)
+    for nic, queue, _text, cpus in queue_irq_affinities(node):
+        if len(cpus) == 1:
+            pinned[next(iter(cpus))].append(NicQueueIrq(
+                str(nic.get("name", "?")), f"{queue.get('kind', '?')}-{queue.get('index', '?')}", int(queue["irq"])))
     return {cpu: tuple(labels) for cpu, labels in pinned.items()}
 
 

@@ -7,9 +7,8 @@ from typing import Any, Mapping
 from rich.console import RenderableType
 from rich.text import Text
 
-from profiler.system.irqs import parse_cpu_list
-
 from ..model import (
+    queue_irq_affinities,
     NETWORK_SOFTIRQS, DashboardModel, format_ns, format_share, histogram_percentile, log2_buckets,
     softirq_share, sparkline,
 )
@@ -37,20 +36,8 @@ def histogram_table(histogram: list[int], measure: str) -> RenderableType:
 
 def queue_irqs(node: Mapping[str, Any] | None, cpu: int) -> list[tuple[str, str, bool]]:
     """(queue, its affinity, pinned to this CPU alone) for every NIC queue IRQ allowed here."""
-    rows = []
-    for nic in (node or {}).get("nics") or ():
-        for queue in nic.get("queues") or ():
-            if queue.get("irq") is None:
-                continue
-            effective = queue.get("effective_affinity") or queue.get("affinity") or ""
-            try:
-                cpus = parse_cpu_list(effective)
-            except ValueError:
-                continue
-            if cpu in cpus:
-                rows.append((f"{nic.get('name')} {queue.get('kind')}-{queue.get('index')} (IRQ {queue['irq']})",
-                             effective, cpus == {cpu}))
-    return rows
+    return [(f"{nic.get('name')} {queue.get('kind')}-{queue.get('index')} (IRQ {queue['irq']})", text, cpus == {cpu})
+            for nic, queue, text, cpus in queue_irq_affinities(node) if cpu in cpus]
 
 
 def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
