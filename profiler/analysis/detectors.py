@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 from . import thresholds as T
 from .findings import Finding, Fix, rank
+from ..system.irqs import parse_cpu_list
 from .fixes import node_sysctl_fixes, pod_sysctl_fixes, round_up_pow2
 
 
@@ -265,8 +266,14 @@ def detect_softirq_imbalance(cap: Capture, ctx: AnalysisContext) -> list[Finding
     queues_here = []
     for nic in cap.node.get("nics", []):
         for queue in nic.get("queues", []):
-            cpus = queue.get("effective_affinity") or queue.get("affinity") or ""
-            if cpus == str(busiest):
+            if queue.get("irq") is None:
+                continue
+            try:
+                cpus = parse_cpu_list(queue.get("effective_affinity") or queue.get("affinity") or "")
+            except ValueError:
+                continue
+            # Pinned to that CPU alone: an IRQ allowed on several CPUs is not "on" this one.
+            if cpus == {busiest}:
                 queues_here.append(f"{nic['name']} {queue['kind']}-{queue['index']} (IRQ {queue['irq']})")
     if queues_here:
         evidence["nic_queue_irqs_on_cpu"] = queues_here

@@ -15,9 +15,9 @@ from rich.text import Text
 from ..analysis.findings import Finding, rank
 from ..errors import NetprofError
 from ..exports import atomic_write_text
+from ..report import SEVERITY_STYLE
 from .apply import PlanIdentity, apply_changes, format_report, node_scope_changes, rollback
 
-SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def load_capture(path: Path) -> dict:
