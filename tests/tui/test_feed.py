@@ -129,7 +129,7 @@ def test_a_stuck_sampler_never_blocks_the_ui(feed, session):
     started = time.monotonic()
     for _ in range(20):
         assert feed.take() is None
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # a blocking take would hang here for good
     session.gate.set()
     assert wait_for(lambda: feed.take()) is not None
 
