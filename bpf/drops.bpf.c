@@ -1,5 +1,5 @@
-/* skb drops by kernel drop reason: per network namespace, per CPU, per call site; plus
- * socket receive-queue-full events per namespace.
+/* skb drops by kernel drop reason, counted per (network namespace, reason, call site) on each
+ * CPU; plus socket receive-queue-full events per namespace.
  *
  * Hook: tracepoint skb:kfree_skb (stable ABI; `reason` since 5.17, `rx_sk` since 6.11). It
  * fires for every kfree_skb_reason(), including the generic kfree_skb() calls that free
@@ -27,8 +27,8 @@
  * says why). Both maps are bounded; a drop past the budget or whose stack
  * finds no room is counted in drop_stacks_lost, never silently missing.
  *
- * Cost per drop: a few map updates (plus one stack walk with stacks), no ring buffer, no
- * user-space work.
+ * Cost per drop: one per-CPU hash update (plus, within the stack budget, one stack walk), no
+ * ring buffer, no user-space work.
  */
 #include "netns.h"
 #include "drops.h"
@@ -46,11 +46,13 @@
  * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. */
 enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
 
-BPF_HASH(drops_by_netns, struct drop_netns_key, u64, NETPROF_DROPS_MAX_NETNS_REASONS);
-/* Per-CPU values: the CPU that drops only ever touches its own counter. */
-BPF_PERCPU_HASH(drops_by_cpu, u32, u64, NETPROF_DROPS_MAX_REASONS);
-/* Bounded: a site that finds it full is counted in UNCOUNTED_SITE_MAP_FULL instead. */
-BPF_HASH(drops_by_site, struct drop_site_key, u64, NETPROF_DROPS_MAX_SITES);
+/* The one map every drop touches: per-CPU values, so the dropping CPU only ever adds to its
+ * own counter (no atomics, no cache line shared with other CPUs), and one hash operation
+ * per drop where per-netns, per-CPU and per-site maps took three. Allocated as keys appear
+ * rather than preallocated: a preallocated per-CPU map costs max_entries × 8 B on every
+ * CPU whether or not anything drops. Full → counted in UNCOUNTED_DROPS_MAP_FULL. */
+BPF_F_TABLE("percpu_hash", struct drop_key, u64, drops_by_netns_reason_site, NETPROF_DROPS_MAX_KEYS,
+            BPF_F_NO_PREALLOC);
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
 BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);
@@ -65,7 +67,12 @@ BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, drop_stack_budget_by_netn
 static __always_inline bool drop_stack_allowed(u32 netns)
 {
     int zero = 0;
+    u64 now_ns = bpf_ktime_get_ns();
     struct stack_budget *cpu = drop_stack_budget.lookup(&zero);
+    /* The CPU's budget first: in a storm it is spent within milliseconds, and then every
+     * further drop of the second skips the pod budget's LRU lookup as well as the walk. */
+    if (!cpu || !stack_budget_open(cpu, now_ns, NETPROF_STACKS_PER_S))
+        return false;
     struct stack_budget *pod = drop_stack_budget_by_netns.lookup(&netns);
     if (!pod) {
         struct stack_budget fresh = {};
@@ -73,7 +80,11 @@ static __always_inline bool drop_stack_allowed(u32 netns)
         drop_stack_budget_by_netns.update(&netns, &fresh);
         pod = drop_stack_budget_by_netns.lookup(&netns);
     }
-    return cpu && pod && stack_budgets_take(cpu, pod, NETPROF_STACKS_PER_S, NETPROF_STACKS_PER_S_PER_POD);
+    if (!pod || !stack_budget_open(pod, now_ns, NETPROF_STACKS_PER_S_PER_POD))
+        return false;
+    cpu->taken += 1;
+    pod->taken += 1;
+    return true;
 }
 
 static __always_inline void count_stack_lost(int slot)
@@ -142,57 +153,23 @@ static __always_inline u32 netns_inode_of_skb_owner(const void *skb)
     return netns_inode_of_sock(sk);
 }
 
-static __always_inline void count_by_netns(struct drop_netns_key *key)
+static __always_inline void count_drop(struct drop_key *key)
 {
     u64 one = 1;
-    u64 *count = drops_by_netns.lookup(key);
+    u64 *count = drops_by_netns_reason_site.lookup(key);
     if (count) {
-        __sync_fetch_and_add(count, 1);
+        *count += 1;  /* this CPU's own slot: tracing programs never nest on a CPU */
         return;
     }
-    /* -EEXIST: another CPU inserted it first; anything else: the map is full. */
-    if (drops_by_netns.insert(key, &one) == 0)
+    /* A new key gets this CPU's value set to 1 and every other CPU's to 0. -EEXIST means
+     * a program on another CPU inserted it first; anything else, the map is full. */
+    if (drops_by_netns_reason_site.insert(key, &one) == 0)
         return;
-    count = drops_by_netns.lookup(key);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        count_uncounted(UNCOUNTED_NETNS_MAP_FULL);
-}
-
-static __always_inline void count_by_cpu(u32 reason)
-{
-    u64 one = 1;
-    u64 *count = drops_by_cpu.lookup(&reason);
-    if (count) {
-        *count += 1;
-        return;
-    }
-    /* A new key gets this CPU's value set to 1 and every other CPU's to 0. */
-    if (drops_by_cpu.insert(&reason, &one) == 0)
-        return;
-    count = drops_by_cpu.lookup(&reason);
+    count = drops_by_netns_reason_site.lookup(key);
     if (count)
         *count += 1;
     else
-        count_uncounted(UNCOUNTED_CPU_MAP_FULL);
-}
-
-static __always_inline void count_by_site(struct drop_site_key *key)
-{
-    u64 one = 1;
-    u64 *count = drops_by_site.lookup(key);
-    if (count) {
-        __sync_fetch_and_add(count, 1);
-        return;
-    }
-    if (drops_by_site.insert(key, &one) == 0)
-        return;
-    count = drops_by_site.lookup(key);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        count_uncounted(UNCOUNTED_SITE_MAP_FULL);
+        count_uncounted(UNCOUNTED_DROPS_MAP_FULL);
 }
 
 static __always_inline void count_listen_overflow(const void *listener, u32 netns)
@@ -240,13 +217,11 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     if (!netns)
         netns = netns_inode_of_skb_dev(args->skbaddr);
 
-    struct drop_netns_key netns_key = {.netns_inode = netns, .reason = reason};
-    count_by_netns(&netns_key);
-    count_by_cpu(reason);
-    struct drop_site_key site_key = {};
-    site_key.location = (u64)args->location;
-    site_key.reason = reason;
-    count_by_site(&site_key);
+    struct drop_key key = {};
+    key.location = (u64)args->location;
+    key.netns_inode = netns;
+    key.reason = reason;
+    count_drop(&key);
 #ifdef NETPROF_DROPS_STACKS
     if (drop_stack_allowed(netns))
         /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST)

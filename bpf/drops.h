@@ -3,15 +3,12 @@
 #ifndef NETPROF_DROPS_H
 #define NETPROF_DROPS_H
 
-struct drop_netns_key {
-    u32 netns_inode;  /* 0 when neither rx_sk nor skb->dev named a namespace */
-    u32 reason;       /* enum skb_drop_reason value, subsystem bits included */
-};
-
-struct drop_site_key {
+/* One counter per (call site, netns, reason), per CPU: the views by pod, by CPU and by site
+ * are sums over it, made in user space once per interval. */
+struct drop_key {
     u64 location;     /* kernel text address the tracepoint reports (the dropping call site) */
-    u32 reason;
-    u32 _pad;
+    u32 netns_inode;  /* 0 when neither rx_sk, skb->sk nor skb->dev named a namespace */
+    u32 reason;       /* enum skb_drop_reason value, subsystem bits included */
 };
 
 /* TCP_LISTEN_OVERFLOW drops by the listening socket (rx_sk) they were charged to. */
@@ -33,12 +30,10 @@ struct drop_stack_key {
 enum drops_uncounted_slot {
     UNCOUNTED_NOT_SPECIFIED = 0,  /* reason NOT_SPECIFIED: generic kfree_skb() callers */
     UNCOUNTED_NOT_A_DROP = 1,     /* NOT_DROPPED_YET / CONSUMED reach kfree_skb on no 6.x path; counted if they ever do */
-    UNCOUNTED_NETNS_MAP_FULL = 2,
-    UNCOUNTED_CPU_MAP_FULL = 3,
-    UNCOUNTED_SITE_MAP_FULL = 4,
-    UNCOUNTED_LISTEN_MAP_FULL = 5,
-    UNCOUNTED_RCVQUEUE_MAP_FULL = 6,
-    UNCOUNTED_SLOTS = 7,
+    UNCOUNTED_DROPS_MAP_FULL = 2,
+    UNCOUNTED_LISTEN_MAP_FULL = 3,
+    UNCOUNTED_RCVQUEUE_MAP_FULL = 4,
+    UNCOUNTED_SLOTS = 5,
 };
 
 #endif

@@ -39,14 +39,22 @@ BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, retransmit_stack_budget_b
 static __always_inline bool retransmit_stack_allowed(u32 netns)
 {
     int zero = 0;
+    u64 now_ns = bpf_ktime_get_ns();
     struct stack_budget *cpu = retransmit_stack_budget.lookup(&zero);
+    /* As in drops.bpf.c: an exhausted CPU budget skips the pod budget's LRU lookup too. */
+    if (!cpu || !stack_budget_open(cpu, now_ns, NETPROF_STACKS_PER_S))
+        return false;
     struct stack_budget *pod = retransmit_stack_budget_by_netns.lookup(&netns);
     if (!pod) {
         struct stack_budget fresh = {};
         retransmit_stack_budget_by_netns.update(&netns, &fresh);
         pod = retransmit_stack_budget_by_netns.lookup(&netns);
     }
-    return cpu && pod && stack_budgets_take(cpu, pod, NETPROF_STACKS_PER_S, NETPROF_STACKS_PER_S_PER_POD);
+    if (!pod || !stack_budget_open(pod, now_ns, NETPROF_STACKS_PER_S_PER_POD))
+        return false;
+    cpu->taken += 1;
+    pod->taken += 1;
+    return true;
 }
 
 static __always_inline void count_stack_lost(int slot)

@@ -49,19 +49,11 @@ static __always_inline void stack_budget_refresh(struct stack_budget *budget, u6
     }
 }
 
-/* Whether this event may take a stack; if so it uses one from both budgets. */
-static __always_inline bool stack_budgets_take(struct stack_budget *cpu, struct stack_budget *pod,
-                                               u64 cpu_per_s, u64 pod_per_s)
+/* Whether `budget` has a stack left in the current second (refreshing its window). */
+static __always_inline bool stack_budget_open(struct stack_budget *budget, u64 now_ns, u64 per_s)
 {
-    u64 now_ns = bpf_ktime_get_ns();
-
-    stack_budget_refresh(cpu, now_ns);
-    stack_budget_refresh(pod, now_ns);
-    if (cpu->taken >= cpu_per_s || pod->taken >= pod_per_s)
-        return false;
-    cpu->taken += 1;
-    pod->taken += 1;
-    return true;
+    stack_budget_refresh(budget, now_ns);
+    return budget->taken < per_s;
 }
 
 #endif

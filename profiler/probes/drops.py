@@ -1,5 +1,9 @@
 """skb drops by reason per netns / CPU / call site, and receive-queue-full events
-(bpf/drops.bpf.c)."""
+(bpf/drops.bpf.c).
+
+The kernel keeps one per-CPU counter per (call site, netns, reason); the views the sources
+use — by (netns, reason), by reason per CPU, by (site, reason) — are folded from it here,
+once per read, with numpy."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -18,9 +22,9 @@ from .base import ProbeStatus
 TRACEPOINT = "skb:kfree_skb"
 RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
 MAX_NETNS = 4096
-MAX_NETNS_REASONS = 16384   # (netns, reason) pairs: a pod rarely drops for more than a few reasons
-MAX_REASONS = 1024          # distinct reason values, subsystem-coded ones included
-MAX_SITES = 2048            # (reason, call site) pairs
+# (call site, netns, reason) triples: a pod drops for a few reasons at a few sites each, so
+# this holds a few thousand dropping pods. Allocated as keys appear (8 B per CPU each).
+MAX_DROP_KEYS = 16384
 MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
 # Kernel stacks: distinct drop paths on a node number in the hundreds; a stack map entry
 # takes ~1 KiB (127 frames), so 4096 of them is 4 MiB of locked kernel memory.
@@ -28,22 +32,22 @@ MAX_STACKS = 4096
 MAX_STACK_KEYS = 8192       # (netns, reason, stack) triples
 
 # Mirrors bpf/drops.h.
-NETNS_REASON_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4")])
-SITE_KEY = np.dtype([("location", "<u8"), ("reason", "<u4"), ("_pad", "<u4")])
+DROP_KEY = np.dtype([("location", "<u8"), ("netns_inode", "<u4"), ("reason", "<u4")])
 LISTEN_KEY = np.dtype([("netns_inode", "<u4"), ("port", "<u2"), ("_pad", "<u2")])
-REASON_KEY = np.dtype([("reason", "<u4")])
 NETNS_KEY = np.dtype([("netns_inode", "<u4")])
 SLOT_KEY = np.dtype([("slot", "<u4")])
 STACK_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4"), ("stack_id", "<u4")])
 COUNT = np.dtype([("count", "<u8")])
+# The views folded from DROP_KEY counts (user space only).
+NETNS_REASON_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4")])
+REASON_KEY = np.dtype([("reason", "<u4")])
+SITE_KEY = np.dtype([("location", "<u8"), ("reason", "<u4"), ("_pad", "<u4")])
 
 # enum drops_uncounted_slot in bpf/drops.h, in order.
 UNCOUNTED_SLOTS = (
     "not_specified",        # reason NOT_SPECIFIED: generic frees, not drops
     "not_a_drop",           # NOT_DROPPED_YET / CONSUMED
-    "drops_by_netns",       # the rest: drops a full map could not count, by map
-    "drops_by_cpu",
-    "drops_by_site",
+    "drops_by_netns_reason_site",  # the rest: drops a full map could not count, by map
     "listen_overflows_by_port",
     "rcvqueue_full_by_netns",
 )
@@ -82,6 +86,44 @@ class DropCounts:
             (int(key["netns_inode"]), int(key["port"])): int(count)
             for key, count in zip(self.listeners, self.per_listener["count"])
         }
+
+
+@dataclass(frozen=True)
+class DropViews:
+    netns_reasons: np.ndarray    # NETNS_REASON_KEY, sorted
+    per_netns_reason: np.ndarray  # COUNT, summed over CPUs and sites
+    cpu_reasons: np.ndarray      # REASON_KEY, sorted
+    per_cpu_reason: np.ndarray   # COUNT, shape (len(cpu_reasons), CPUs), summed over netns and sites
+    sites: np.ndarray            # SITE_KEY, sorted
+    per_site: np.ndarray         # COUNT, summed over CPUs and netns
+
+
+def fold_drop_counts(keys: np.ndarray, per_cpu: np.ndarray) -> DropViews:
+    """The three views of the kernel's per-CPU (site, netns, reason) counters.
+
+    Each view's keys only grow as long as the kernel's do (nothing is deleted from the map),
+    so cumulative sums stay cumulative and the sources' per-key deltas still hold."""
+    counts = per_cpu["count"].astype(np.uint64)  # (keys, CPUs)
+
+    def group(view_keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        unique, inverse = np.unique(view_keys, return_inverse=True)
+        sums = np.zeros((len(unique),) + values.shape[1:], np.uint64)
+        np.add.at(sums, inverse.reshape(-1), values)
+        out = np.zeros(sums.shape, COUNT)
+        out["count"] = sums
+        return unique, out
+
+    by_netns = np.zeros(len(keys), NETNS_REASON_KEY)
+    by_netns["netns_inode"], by_netns["reason"] = keys["netns_inode"], keys["reason"]
+    by_reason = np.zeros(len(keys), REASON_KEY)
+    by_reason["reason"] = keys["reason"]
+    by_site = np.zeros(len(keys), SITE_KEY)
+    by_site["location"], by_site["reason"] = keys["location"], keys["reason"]
+    total = counts.sum(axis=1, dtype=np.uint64)
+    netns_reasons, per_netns_reason = group(by_netns, total)
+    cpu_reasons, per_cpu_reason = group(by_reason, counts)
+    sites, per_site = group(by_site, total)
+    return DropViews(netns_reasons, per_netns_reason, cpu_reasons, per_cpu_reason, sites, per_site)
 
 
 def reason_name(reason: int, names: Mapping[int, str]) -> str:
@@ -152,9 +194,7 @@ class DropProbe:
             return ProbeStatus(self.name, False, via, why)
         cflags = [
             f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
-            f"-DNETPROF_DROPS_MAX_NETNS_REASONS={MAX_NETNS_REASONS}",
-            f"-DNETPROF_DROPS_MAX_REASONS={MAX_REASONS}",
-            f"-DNETPROF_DROPS_MAX_SITES={MAX_SITES}",
+            f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}",
             f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
             *reason_cflags(loader.layout.drop_reasons),
         ]
@@ -193,9 +233,7 @@ class DropProbe:
                                              None if self._stacks else errors.get((True, rcvqueue_loaded)))
         table = self._bpf.get_table
         self._readers = {
-            "netns": MapReader(table(b"drops_by_netns"), MapLayout(NETNS_REASON_KEY, COUNT)),
-            "cpu": MapReader(table(b"drops_by_cpu"), MapLayout(REASON_KEY, COUNT, percpu=True)),
-            "site": MapReader(table(b"drops_by_site"), MapLayout(SITE_KEY, COUNT)),
+            "drops": MapReader(table(b"drops_by_netns_reason_site"), MapLayout(DROP_KEY, COUNT, percpu=True)),
             "listen": MapReader(table(b"listen_overflows_by_port"), MapLayout(LISTEN_KEY, COUNT)),
             "rcvqueue": MapReader(table(b"rcvqueue_full_by_netns"), MapLayout(NETNS_KEY, COUNT)),
             "uncounted": MapReader(table(b"drops_uncounted"), MapLayout(SLOT_KEY, COUNT, percpu=True)),
@@ -208,9 +246,7 @@ class DropProbe:
     def read(self) -> DropCounts:
         if self._bpf is None:
             raise RuntimeError("read() before a successful attach()")
-        netns_reasons, per_netns_reason = self._readers["netns"].read()
-        cpu_reasons, per_cpu_reason = self._readers["cpu"].read()
-        sites, per_site = self._readers["site"].read()
+        views = fold_drop_counts(*self._readers["drops"].read())
         listeners, per_listener = self._readers["listen"].read()
         rcvqueue_netns, per_rcvqueue_netns = self._readers["rcvqueue"].read()
         slots, per_slot = self._readers["uncounted"].read()
@@ -219,8 +255,8 @@ class DropProbe:
             if slot < len(UNCOUNTED_SLOTS):
                 uncounted[UNCOUNTED_SLOTS[slot]] = int(counts.sum())
         counts = DropCounts(
-            netns_reasons, per_netns_reason, cpu_reasons, per_cpu_reason, sites, per_site,
-            listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
+            views.netns_reasons, views.per_netns_reason, views.cpu_reasons, views.per_cpu_reason,
+            views.sites, views.per_site, listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
         )
         if not self._stacks:
             return counts

@@ -10,7 +10,7 @@ import numpy as np
 from profiler.kernel.features import tracepoint_fields
 from profiler.kernel.offsets import parse_print_symbolic
 from profiler.probes.drops import (
-    LISTEN_KEY, NETNS_REASON_KEY, SITE_KEY, UNCOUNTED_SLOTS, reason_cflags, reason_name,
+    COUNT, DROP_KEY, LISTEN_KEY, UNCOUNTED_SLOTS, fold_drop_counts, reason_cflags, reason_name,
 )
 
 DROPS_H = Path(__file__).resolve().parents[2] / "bpf" / "drops.h"
@@ -74,11 +74,10 @@ def _c_struct_fields(name: str) -> list[str]:
 
 def test_key_dtypes_follow_the_c_structs_field_for_field():
     # Sizes are checked against the loaded program in tests/integration/test_drops.py.
-    assert list(NETNS_REASON_KEY.names) == _c_struct_fields("drop_netns_key")
-    assert list(SITE_KEY.names) == _c_struct_fields("drop_site_key")
+    assert list(DROP_KEY.names) == _c_struct_fields("drop_key")
     assert list(LISTEN_KEY.names) == _c_struct_fields("listen_overflow_key")
-    assert (NETNS_REASON_KEY.itemsize, SITE_KEY.itemsize, LISTEN_KEY.itemsize) == (8, 16, 8)
-    assert SITE_KEY.fields["location"][1] == 0 and SITE_KEY.alignment <= 8
+    assert (DROP_KEY.itemsize, LISTEN_KEY.itemsize) == (16, 8)
+    assert DROP_KEY.fields["location"][1] == 0 and DROP_KEY.alignment <= 8
     assert np.dtype(LISTEN_KEY).fields["port"][0] == np.dtype("<u2")
 
 
@@ -88,8 +87,34 @@ def test_uncounted_slots_in_the_headers_order():
     total = slots.pop("SLOTS")
     assert total == len(UNCOUNTED_SLOTS)
     by_value = [name for name, _ in sorted(slots.items(), key=lambda item: item[1])]
-    expected = ["NOT_SPECIFIED", "NOT_A_DROP", "NETNS_MAP_FULL", "CPU_MAP_FULL", "SITE_MAP_FULL",
-                "LISTEN_MAP_FULL", "RCVQUEUE_MAP_FULL"]
+    expected = ["NOT_SPECIFIED", "NOT_A_DROP", "DROPS_MAP_FULL", "LISTEN_MAP_FULL", "RCVQUEUE_MAP_FULL"]
     assert by_value == expected
-    assert UNCOUNTED_SLOTS == ("not_specified", "not_a_drop", "drops_by_netns", "drops_by_cpu",
-                               "drops_by_site", "listen_overflows_by_port", "rcvqueue_full_by_netns")
+    assert UNCOUNTED_SLOTS == ("not_specified", "not_a_drop", "drops_by_netns_reason_site",
+                               "listen_overflows_by_port", "rcvqueue_full_by_netns")
+
+
+def test_the_kernels_per_cpu_counters_fold_into_pod_cpu_and_site_views():
+    web, db = 4026532001, 4026532002
+    rcvbuf, backlog = 6, 15
+    udp_rcv, enqueue = 0xffffffff81a00000, 0xffffffff81b00000
+    keys = np.array([(udp_rcv, web, rcvbuf), (udp_rcv, db, rcvbuf), (enqueue, web, backlog),
+                     (enqueue, db, backlog)], DROP_KEY)
+    per_cpu = np.zeros((4, 2), COUNT)
+    per_cpu["count"] = [[10, 1], [0, 20], [3, 0], [0, 4]]
+    views = fold_drop_counts(keys, per_cpu)
+
+    by_pod = {(int(k["netns_inode"]), int(k["reason"])): int(c) for k, c in zip(views.netns_reasons, views.per_netns_reason["count"])}
+    assert by_pod == {(web, rcvbuf): 11, (db, rcvbuf): 20, (web, backlog): 3, (db, backlog): 4}
+    by_cpu = {int(k["reason"]): list(map(int, c)) for k, c in zip(views.cpu_reasons, views.per_cpu_reason["count"])}
+    assert by_cpu == {rcvbuf: [10, 21], backlog: [3, 4]}
+    by_site = {(int(k["location"]), int(k["reason"])): int(c) for k, c in zip(views.sites, views.per_site["count"])}
+    assert by_site == {(udp_rcv, rcvbuf): 31, (enqueue, backlog): 7}
+    # The same total whichever way it is cut.
+    total = int(per_cpu["count"].sum())
+    assert total == views.per_netns_reason["count"].sum() == views.per_cpu_reason["count"].sum() == views.per_site["count"].sum()
+
+
+def test_an_empty_map_folds_into_empty_views_with_a_column_per_cpu():
+    views = fold_drop_counts(np.zeros(0, DROP_KEY), np.zeros((0, 3), COUNT))
+    assert len(views.netns_reasons) == len(views.sites) == 0
+    assert views.per_cpu_reason.shape == (0, 3)

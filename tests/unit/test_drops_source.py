@@ -117,11 +117,11 @@ def test_drop_sites_are_capped_per_interval():
 
 def test_map_overflows_go_to_lost_and_ignored_frees_do_not():
     source = attached([
-        counts(uncounted={"not_specified": 5000, "drops_by_site": 3}),
-        counts(uncounted={"not_specified": 9000, "drops_by_site": 10, "drops_by_netns": 1}),
+        counts(uncounted={"not_specified": 5000, "drops_by_netns_reason_site": 3}),
+        counts(uncounted={"not_specified": 9000, "drops_by_netns_reason_site": 10, "listen_overflows_by_port": 1}),
     ])
-    assert dict(collect(source).lost) == {"drops_by_site": 3}
-    assert dict(collect(source).lost) == {"drops_by_site": 7, "drops_by_netns": 1}
+    assert dict(collect(source).lost) == {"drops_by_netns_reason_site": 3}
+    assert dict(collect(source).lost) == {"drops_by_netns_reason_site": 7, "listen_overflows_by_port": 1}
     assert source.ignored_totals == {"not_specified": 9000, "not_a_drop": 0}
 
 
