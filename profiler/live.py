@@ -85,11 +85,12 @@ class LiveSession:
             self._window_start_reading = self._meter.read()
         return self.statuses
 
-    def sample(self) -> Snapshot:
-        """What changed since the previous sample (or since start)."""
+    def sample(self, final: bool = False) -> Snapshot:
+        """What changed since the previous sample (or since start). `final`: the last sample
+        of a capture — pods read on a budget are all read, so the capture misses nothing."""
         if self._sampler is None:
             raise RuntimeError("sample() before start()")
-        snapshot = self._sampler.sample()
+        snapshot = self._sampler.sample(final)
         reading = self._meter.read() if self._meter is not None else None
         timed = self._stats is not None and self._stats.enabled
         if reading is not None:

@@ -62,13 +62,13 @@ def run_profile(
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 time.sleep(min(options.interval_s, remaining))
-                snapshot = session.sample()
+                snapshot = session.sample(final=time.monotonic() >= deadline)
                 if on_snapshot:
                     on_snapshot(snapshot)
         except KeyboardInterrupt:
             interrupted = True
             # The counts since the last interval are still in the maps: keep them.
-            session.sample()
+            session.sample(final=True)
         try:
             capture = session.capture()
         except KeyboardInterrupt:

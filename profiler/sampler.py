@@ -47,10 +47,11 @@ class Sampler:
     def any_attached(self) -> bool:
         return any(status.attached for status in self.statuses)
 
-    def sample(self) -> Snapshot:
-        """What changed since the previous call (or since attach)."""
+    def sample(self, final: bool = False) -> Snapshot:
+        """What changed since the previous call (or since attach). `final`: the capture ends
+        with this interval, so every source reads everything it has (see SnapshotFrame.final)."""
         started = self._last_read_s if self._last_read_s is not None else time.monotonic()
-        frame = SnapshotFrame(started, self.pods.label)
+        frame = SnapshotFrame(started, self.pods.label, final=final)
         for source in self.sources:
             source.collect(frame)
         ended = time.monotonic()

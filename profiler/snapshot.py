@@ -180,9 +180,12 @@ class SnapshotFrame:
     bug in the sources' division of labour, and raises.
     """
 
-    def __init__(self, started_s: float, label: Any):
+    def __init__(self, started_s: float, label: Any, final: bool = False):
         self.started_s = started_s
         self._label = label  # netns inode → pod label
+        # The capture ends with this interval: a source that reads some pods less often
+        # (profiler/sources/netns_schedule.py) reads all of them now, so nothing counted is left behind.
+        self.final = final
         self._pods: dict[int, dict[str, Any]] = {}
         self._cpus: dict[int, dict[str, Any]] = {}
         self.flows: list[FlowRetransmits] = []

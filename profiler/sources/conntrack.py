@@ -1,8 +1,9 @@
 """Conntrack trouble per pod: insert failures, table-full drops, clash resolutions.
 
 No BPF here: the kernel already counts these per netns and per CPU (see
-profiler/system/conntrack.py), so each interval this source enters every pod's netns, reads
-its statistics and writes the deltas summed over CPUs into `PodInterval.conntrack`:
+profiler/system/conntrack.py), so each interval this source enters pods' netns (one thread
+visiting them in turn), reads their statistics and writes the deltas summed over CPUs into
+`PodInterval.conntrack`:
 
     insert_failed  a new connection lost the race to be inserted (same tuple confirmed on
                    another CPU first); the packet was dropped
@@ -21,14 +22,19 @@ held against) and `buckets_now` (the node-global hash table size).
 
 A pod appears only when a counter moved or it tracks connections: a netns without conntrack
 rules stays absent. The first reading of a netns is its baseline, so a pod that appears
-mid-capture contributes from its second interval on.
+mid-capture contributes from its second reading on.
+
+Which pods are read in an interval follows profiler/sources/netns_schedule.py: pods whose
+statistics moved at their last read every interval, idle pods in turn on a fixed budget
+(all of them on a capture's final interval). A pod read after some intervals unread reports
+everything it counted meanwhile in the interval of that read.
 
 Where the kernel has kprobes, a probe on `__nf_conntrack_confirm` could name the failing
 tuple; it is reported, with why it is not attached.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -40,8 +46,10 @@ from ..probes.base import ProbeStatus
 from ..snapshot import SnapshotFrame
 from ..system.conntrack import (
     ConntrackStats, conntrack_loaded, counter_deltas, procfs_stats_available, read_limits,
-    read_netns_stats,
+    read_stats_in_each,
 )
+from ..system.netns import NetnsResult
+from .netns_schedule import NetnsSchedule
 
 COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong",
             "invalid", "search_restart", "insert")
@@ -105,10 +113,13 @@ class ConntrackSource:
     name = "conntrack"
 
     def __init__(self, pods: PodDirectory, root: Path = Path("/"),
-                 read_stats: Callable[[Path, bool], ConntrackStats] = read_netns_stats):
+                 read_stats: Callable[[Mapping[int, Path], bool], Mapping[int, NetnsResult[ConntrackStats]]]
+                 = read_stats_in_each, schedule: NetnsSchedule | None = None):
         self.pods = pods
         self.root = root
-        self._read_stats = read_stats  # (netns path, over netlink?) → stats; tests pass fixtures
+        # (netns paths, over netlink?) → stats or error per netns; tests pass fixtures.
+        self._read_stats = read_stats
+        self.schedule = schedule or NetnsSchedule()
         self._reader: str | None = None
         self._previous: dict[int, ConntrackStats] = {}
         self._skippable: tuple[type[BaseException], ...] = (OSError, ValueError, NetprofError)
@@ -125,17 +136,26 @@ class ConntrackSource:
         self._reader = reader
         if reader == NETLINK:
             self._skippable = (OSError, ValueError, NetprofError, *_netlink_errors())
-        self._previous = self._read_all()
+        self._previous = {}
+        self._read_due(self.pods.netns_paths(), read_all=True)  # baselines
 
-    def _read_all(self) -> dict[int, ConntrackStats]:
-        readings: dict[int, ConntrackStats] = {}
-        for inode, path in self.pods.netns_paths().items():
-            try:
-                readings[inode] = self._read_stats(path, self._reader == NETLINK)
-            except self._skippable:
-                # The netns vanished between listing and reading (normal on a node where
-                # pods come and go), or nf_conntrack was unloaded meanwhile.
+    def _read_due(self, paths: Mapping[int, Path], read_all: bool) -> dict[int, tuple[ConntrackStats | None, ConntrackStats]]:
+        """Read the pods the schedule says are due: pod → (its previous reading, None at first
+        sight; this one), which becomes its baseline. Pods no longer listed are forgotten."""
+        self._previous = {inode: stats for inode, stats in self._previous.items() if inode in paths}
+        results = self._read_stats(self.schedule.due(paths, read_all), self._reader == NETLINK)
+        readings: dict[int, tuple[ConntrackStats | None, ConntrackStats]] = {}
+        for inode, stats in results.items():
+            if isinstance(stats, self._skippable):
+                # The netns vanished between listing and reading (normal on a node where pods
+                # come and go), nf_conntrack was unloaded meanwhile, or the read hung.
                 continue
+            if isinstance(stats, BaseException):
+                raise stats  # a bug, not the pod's doing
+            readings[inode] = (self._previous.get(inode), stats)
+            self._previous[inode] = stats
+        self.schedule.record(results, moved=[inode for inode, (before, stats) in readings.items()
+                                              if before is not None and before != stats])
         return readings
 
     def collect(self, frame: SnapshotFrame) -> None:
@@ -145,10 +165,7 @@ class ConntrackSource:
                 self._start(reader)  # nf_conntrack loaded mid-capture: baseline now
             return
         limits = read_limits(self.root)
-        readings = self._read_all()
-        previous, self._previous = self._previous, readings
-        for inode, stats in readings.items():
-            before = previous.get(inode)
+        for inode, (before, stats) in self._read_due(self.pods.netns_paths(), frame.final).items():
             if before is None:
                 continue
             deltas = counter_deltas(before, stats)

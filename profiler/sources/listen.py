@@ -7,7 +7,10 @@ TCP_LISTEN_OVERFLOW drops. The drop reason only covers the final-ACK path. So th
 combines, per pod (network namespace):
 
 - the pod's own counters (/proc/net/netstat, /proc/net/snmp read inside its netns):
-  ListenOverflows, ListenDrops, TCPReqQFullDrop, … — exact, but per pod, not per socket;
+  ListenOverflows, ListenDrops, TCPReqQFullDrop, … — exact, but per pod, not per socket.
+  Pods whose counters moved (or whose queues are busy) are read every interval, idle pods
+  in turn on a budget (profiler/sources/netns_schedule.py): an idle pod's first overflow
+  may land in the interval of its next read, never lost;
 - inet_diag, sampled in the pod's netns every 100 ms while its queues are busy or its
   overflow counters move (every second otherwise): each listener's accept-queue depth
   (peak) and limit, and the samples in which it was full — names the socket;
@@ -33,7 +36,9 @@ from ..probes.base import ProbeStatus
 from ..probes.listen import ListenBacklogProbe, ListenCalls, socket_inode, syn_path_status
 from ..snapshot import Listener, SnapshotFrame
 from ..system.listeners import ListenerQueue, ListenerSampler, NetnsListeners, NetnsQueues, open_diag_socket
-from ..system.netstat import read_netns_counters
+from ..system.netns import BatchReader
+from ..system.netstat import read_counters_in_each
+from .netns_schedule import NetnsSchedule
 
 if TYPE_CHECKING:
     from .drops import DropSource
@@ -65,30 +70,41 @@ UNKNOWN_ADDRESS = "*"
 
 
 class NetnsCounterDeltas:
-    """Per-netns counter deltas between calls; the first sight of a netns is its baseline."""
+    """Per-netns counter deltas between reads; the first sight of a netns is its baseline.
+
+    Which pods are read in an update is the schedule's call (profiler/sources/netns_schedule.py):
+    active pods every interval, idle ones in turn. A pod not read keeps its previous
+    reading, so its next delta covers every interval since.
+    """
 
     def __init__(self, names: tuple[str, ...] = NETSTAT_COUNTERS,
-                 read_counters: Callable[[Path], Mapping[str, int]] = read_netns_counters):
+                 read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
+                 schedule: NetnsSchedule | None = None):
         self.names = names
         self._read = read_counters
+        self.schedule = schedule or NetnsSchedule()
         self._previous: dict[int, dict[str, int]] = {}
         self.read_s = 0.0      # wall time spent reading, cumulative
         self.reads = 0
 
-    def update(self, paths: Mapping[int, Path]) -> dict[int, dict[str, int]]:
-        """Deltas since the previous update for every netns whose tracked counters changed."""
-        changed: dict[int, dict[str, int]] = {}
-        current: dict[int, dict[str, int]] = {}
+    def update(self, paths: Mapping[int, Path], read_all: bool = False) -> dict[int, dict[str, int]]:
+        """Deltas since each pod's previous read, for the pods read now (all of `paths` when
+        `read_all`) whose tracked counters changed."""
         started = time.perf_counter()
-        for inode, path in paths.items():
-            try:
-                counters = self._read(path)
-            except (OSError, NetprofError):
-                continue  # the pod went away between listing and reading (normal), or hung
+        self._previous = {inode: counters for inode, counters in self._previous.items() if inode in paths}
+        due = self.schedule.due(paths, read_all)
+        changed: dict[int, dict[str, int]] = {}
+        results = self._read(due)
+        for inode, counters in results.items():
+            if isinstance(counters, (OSError, NetprofError)):
+                # The pod went away between listing and reading (normal), or its read hung.
+                continue
+            if isinstance(counters, BaseException):
+                raise counters  # a bug, not the pod's doing
             self.reads += 1
             now = {name: counters[name] for name in self.names if name in counters}
-            current[inode] = now
             before = self._previous.get(inode)
+            self._previous[inode] = now
             if before is None:
                 continue
             deltas = {}
@@ -100,8 +116,8 @@ class NetnsCounterDeltas:
                     deltas[name] = delta
             if deltas:
                 changed[inode] = deltas
+        self.schedule.record(results, moved=changed)
         self.read_s += time.perf_counter() - started
-        self._previous = current
         return changed
 
 
@@ -150,7 +166,7 @@ class ListenSource:
                  idle_sample_period_s: float = DEFAULT_IDLE_SAMPLE_PERIOD_S,
                  backlog_probe: ListenBacklogProbe | None = None,
                  open_netns: Callable[[Path], NetnsListeners] = NetnsListeners.open,
-                 read_counters: Callable[[Path], Mapping[str, int]] = read_netns_counters,
+                 read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
                  proc: Path = Path("/proc")):
         """`drops`: the drops source, whose `listen_overflows_by_port` holds each interval's
         TCP_LISTEN_OVERFLOW drops by (netns inode, local port of the listener)."""
@@ -192,9 +208,13 @@ class ListenSource:
         self.sampler.track(paths)
         self._known = {netns: known for netns, known in self._known.items() if netns in paths}
         self._known.update(queues)
-        netstat = self.counters.update(paths)
+        netstat = self.counters.update(paths, read_all=frame.final)
         self.sampler.heat(netns for netns, deltas in netstat.items()
                           if any(deltas.get(name) for name in LISTEN_PRESSURE_COUNTERS))
+        # A queue seen non-empty means connections are arriving: overflows, if they come,
+        # are then counted in the interval they happen, not at the pod's next idle read.
+        self.counters.schedule.heat(netns for netns, sampled in queues.items()
+                                    if any(row.accept_queue_peak for row in sampled.listeners))
         if self._backlog_attached:
             self.backlogs.update(self.backlog_probe.read())
         self.backlogs.keep_live({i for q in queues.values() for l in q.listeners for i in l.inodes})

@@ -4,10 +4,12 @@ Conntrack keeps one `struct ip_conntrack_stat` per CPU per netns. Two ways to re
 
 - `/proc/net/stat/nf_conntrack` (CONFIG_NF_CONNTRACK_PROCFS): a header line naming the
   columns, then one line of hex numbers per possible CPU. It answers for the netns of the
-  thread that reads it, so `run_in_netns` gives any pod's.
+  thread that reads it, so reading it from inside a pod's netns (`run_in_netns`,
+  `read_in_each_netns`) gives that pod's.
 - ctnetlink (`IPCTNL_MSG_CT_GET_STATS_CPU`, pyroute2's `Conntrack().stat()`): the same
   counters, named by attribute; for kernels built without the procfs file. A netlink socket
-  is bound to the netns it was created in, so it too is opened inside `run_in_netns`.
+  is bound to the netns it was created in, so the reader opens its own inside the pod's
+  netns, and closes it before the visit moves on to the next.
 
 The columns changed over the years, which is why they are read from the header, never by
 position: 5.9 renamed `searched` to `clashres` (clash resolutions, `clash_resolve`), 5.15
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .netns import read_proc_net, run_in_netns
+from .netns import NetnsResult, read_in_each_netns, read_proc_net, run_in_netns
 
 STAT_FILE = "stat/nf_conntrack"  # relative to /proc/net (of the reading thread's netns)
 NETFILTER_SYSCTL_DIR = "proc/sys/net/netfilter"
@@ -124,6 +126,11 @@ def read_stats_netlink_here() -> ConntrackStats:
 def read_netns_stats(netns: Path | str, netlink: bool = False) -> ConntrackStats:
     """Statistics of the netns at `netns` (a /run/netns/<name> or /proc/<pid>/ns/net path)."""
     return run_in_netns(netns, read_stats_netlink_here if netlink else read_stats_here)
+
+
+def read_stats_in_each(paths: Mapping[int, Path], netlink: bool = False) -> dict[int, NetnsResult[ConntrackStats]]:
+    """Statistics of each netns of `paths`, read from one thread that visits them in turn."""
+    return read_in_each_netns(paths, read_stats_netlink_here if netlink else read_stats_here)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,23 @@
-"""Run a reader inside another network namespace, in-process, without executing anything.
+"""Run a reader inside other network namespaces, in-process, without executing anything.
 
 Per-netns counters (/proc/net/netstat, conntrack statistics, inet_diag) answer for the
 network namespace of the *thread* that asks. So a short-lived thread enters the pod's netns
 with setns(2), runs the reader, and ends; the rest of the process never changes namespace.
-No program from the pod or the node is executed, and nothing in the pod's filesystem is read.
+No program from the pod or the node is executed, and nothing in the pod's filesystem is read:
+the only path opened is the namespace handle (/run/netns/<name> or /proc/<pid>/ns/net), and
+readers see the pod only through /proc/thread-self/net, /proc/sys/net and netlink.
+
+`run_in_netns` visits one namespace. `read_in_each_netns` visits many in turn from one
+thread — the per-interval readers use it, so that a pass over N pods costs one thread, not N.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, Union
 
 from ..errors import NetprofError
 
@@ -59,6 +65,68 @@ def run_in_netns(netns: Path | str, reader: Callable[[], T], timeout_s: float = 
     if error:
         raise error[0]
     return result[0]
+
+
+class NetnsBatchTimeout(NetprofError):
+    """The batch ran out of time before this namespace was read (or while reading it)."""
+
+
+# One netns' result in a batch: what its reader returned, or the exception it ended with.
+NetnsResult = Union[T, BaseException]
+# Reads one reader in each of many namespaces (`read_in_each_netns` with the reader bound);
+# the sources take one of these so that tests can pass readings without namespaces.
+BatchReader = Callable[[Mapping[int, Path]], Mapping[int, NetnsResult[T]]]
+
+
+def read_in_each_netns(paths: Mapping[int, Path], reader: Callable[[], T],
+                       timeout_s: float = 5.0) -> dict[int, NetnsResult[T]]:
+    """Call `reader()` inside each netns of `paths` (key → /run/netns/<name> or
+    /proc/<pid>/ns/net), all from one thread that enters them in turn; key → the reader's
+    result, or the exception that ended that namespace's visit.
+
+    FileNotFoundError / ProcessLookupError mean the namespace is gone (normal: pods vanish
+    mid-capture); one namespace's failure does not stop the others. `timeout_s` bounds the
+    whole batch: if it runs over, what was read is returned and every namespace not read yet
+    is a NetnsBatchTimeout; the worker (a daemon) stops after the reader it is stuck in.
+    """
+    if not paths:
+        return {}
+    visits = list(paths.items())  # the caller's mapping may change once we return
+    results: dict[int, NetnsResult[T]] = {}
+    lock = threading.Lock()
+    abandoned = threading.Event()
+
+    def visit_each() -> None:
+        for key, path in visits:
+            if abandoned.is_set():
+                return
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # see run_in_netns on O_NOFOLLOW
+                try:
+                    _setns(fd)
+                finally:
+                    os.close(fd)
+                result: NetnsResult[T] = reader()
+            except BaseException as exc:  # this namespace's problem; the next may be fine
+                result = exc
+            with lock:
+                if abandoned.is_set():
+                    return
+                results[key] = result
+
+    # Switching from one pod's netns straight to the next needs no way back: the thread
+    # ends after the batch and its namespace goes with it.
+    thread = threading.Thread(target=visit_each, name="netprof-netns-batch", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    with lock:
+        abandoned.set()
+        done = dict(results)
+    for key, path in visits:
+        if key not in done:
+            done[key] = NetnsBatchTimeout(f"reading inside netns {path} did not finish within "
+                                          f"the batch's {timeout_s:g}s")
+    return done
 
 
 def read_proc_net(name: str) -> str:

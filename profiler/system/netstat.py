@@ -5,9 +5,10 @@ value line `TcpExt: 0 1141 …`. Names come out as `TcpExt.ListenOverflows`, `Tc
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from .netns import read_proc_net, run_in_netns
+from .netns import NetnsResult, read_in_each_netns, read_proc_net, run_in_netns
 
 
 def parse_counter_pairs(text: str) -> dict[str, int]:
@@ -34,3 +35,8 @@ def read_counters_here() -> dict[str, int]:
 
 def read_netns_counters(netns: Path | str) -> dict[str, int]:
     return run_in_netns(netns, read_counters_here)
+
+
+def read_counters_in_each(paths: Mapping[int, Path]) -> dict[int, NetnsResult[dict[str, int]]]:
+    """Counters of each netns of `paths`, read from one thread that visits them in turn."""
+    return read_in_each_netns(paths, read_counters_here)

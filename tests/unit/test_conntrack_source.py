@@ -15,6 +15,7 @@ from profiler.sources.conntrack import (
     confirm_probe_status,
 )
 from profiler.system.conntrack import ConntrackStats
+from tests.unit.test_netns_schedule import batch_of
 
 KERNEL = KernelInfo(release="6.18.0", btf=True, kprobes=False, tracefs="/sys/kernel/tracing", headers=None)
 BUSY, QUIET_TRACKING, QUIET_UNTRACKED, GONE = 4026532001, 4026532002, 4026532003, 4026532004
@@ -74,7 +75,7 @@ def netns() -> FakeNetns:
 
 
 def test_deltas_land_on_the_pod_whose_counters_moved(tmp_path, netns):
-    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=netns.read)
+    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=batch_of(netns.read))
     statuses = source.attach(SimpleNamespace(info=KERNEL))
     assert statuses[0].name == STATS_PROBE and statuses[0].attached and statuses[0].via == VIA_PROCFS
     netns.readings["busy"] = _stats(drop=145, insert_failed=3, entries=64)
@@ -91,7 +92,7 @@ def test_deltas_land_on_the_pod_whose_counters_moved(tmp_path, netns):
 
 
 def test_a_vanished_or_new_netns_is_not_an_error(tmp_path, netns):
-    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=netns.read)
+    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=batch_of(netns.read))
     source.attach(SimpleNamespace(info=KERNEL))
     del netns.readings["busy"]                      # the pod went away mid-capture
     netns.paths[GONE] = Path("new")
@@ -106,7 +107,7 @@ def test_kernel_without_clash_resolution_has_no_such_key(tmp_path, netns):
     old = {"invalid": 0, "insert": 0, "insert_failed": 2, "drop": 2, "early_drop": 0,
            "error": 0, "search_restart": 0, "searched": 0}
     netns.readings["busy"] = ConntrackStats(entries=1, per_cpu=(old,))
-    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=netns.read)
+    source = ConntrackSource(netns, root=_root(tmp_path), read_stats=batch_of(netns.read))
     source.attach(SimpleNamespace(info=KERNEL))
     netns.readings["busy"] = ConntrackStats(entries=1, per_cpu=(dict(old, insert_failed=9, drop=9),))
     pods = _collect(source)
@@ -116,7 +117,7 @@ def test_kernel_without_clash_resolution_has_no_such_key(tmp_path, netns):
 
 def test_not_loaded_is_reported_then_read_once_it_loads(tmp_path, netns):
     root = _root(tmp_path, procfs=False, loaded=False)
-    source = ConntrackSource(netns, root=root, read_stats=netns.read)
+    source = ConntrackSource(netns, root=root, read_stats=batch_of(netns.read))
     status = source.attach(SimpleNamespace(info=KERNEL))[0]
     assert not status.attached and "nf_conntrack is not loaded" in status.error
     assert _collect(source) == {}
@@ -130,7 +131,7 @@ def test_netlink_when_procfs_statistics_are_compiled_out(tmp_path, netns):
     pytest.importorskip("pyroute2")
     root = _root(tmp_path, procfs=False, loaded=True)
     assert choose_stats_reader(root) == ("netlink", None)
-    source = ConntrackSource(netns, root=root, read_stats=netns.read)
+    source = ConntrackSource(netns, root=root, read_stats=batch_of(netns.read))
     status = source.attach(SimpleNamespace(info=KERNEL))[0]
     assert status.attached and status.via == VIA_NETLINK
     assert netns.netlink_calls == 3

@@ -15,6 +15,7 @@ from profiler.snapshot import Listener, SnapshotFrame
 from profiler.sources.listen import BACKLOG_GRACE_S, NetnsCounterDeltas, ListenSource, RequestedBacklogs
 from profiler.system.listeners import ListenerRow
 from tests.unit.test_listen_diag import FakeNetns
+from tests.unit.test_netns_schedule import batch_of
 
 
 def fake_proc(tmp_path: Path, links: dict[tuple[int, int], str]) -> Path:
@@ -48,7 +49,7 @@ def test_socket_inode_reads_the_link_without_following_it(tmp_path):
 
 def test_counter_deltas_start_from_the_first_sight_of_each_netns():
     values = {1: {"TcpExt.ListenOverflows": 10, "Tcp.RetransSegs": 5, "Ip.InReceives": 1}}
-    deltas = NetnsCounterDeltas(read_counters=lambda path: values[int(path.name)])
+    deltas = NetnsCounterDeltas(read_counters=batch_of(lambda path: values[int(path.name)]))
     assert deltas.update({1: Path("1")}) == {}
     values[1] = {"TcpExt.ListenOverflows": 25, "Tcp.RetransSegs": 5, "Ip.InReceives": 9}
     values[2] = {"TcpExt.ListenOverflows": 3}
@@ -58,7 +59,7 @@ def test_counter_deltas_start_from_the_first_sight_of_each_netns():
 
 def test_counter_that_went_down_is_a_new_netns_with_a_reused_inode():
     values = {"TcpExt.ListenDrops": 100}
-    deltas = NetnsCounterDeltas(read_counters=lambda path: values)
+    deltas = NetnsCounterDeltas(read_counters=batch_of(lambda path: values))
     deltas.update({1: Path("1")})
     values = {"TcpExt.ListenDrops": 4}
     assert deltas.update({1: Path("1")}) == {1: {"TcpExt.ListenDrops": 4}}
@@ -68,7 +69,7 @@ def test_a_netns_that_vanished_is_skipped():
     def read(path: Path):
         raise FileNotFoundError(path)
 
-    assert NetnsCounterDeltas(read_counters=read).update({1: Path("1")}) == {}
+    assert NetnsCounterDeltas(read_counters=batch_of(read)).update({1: Path("1")}) == {}
 
 
 def test_requested_backlog_joins_by_socket_inode(tmp_path):
@@ -143,7 +144,7 @@ def run_one_interval(tmp_path, counters_after: dict[int, dict[str, int]], rows: 
         sample_period_s=3600, idle_sample_period_s=3600,  # one pass at start; then by hand
         backlog_probe=FakeBacklogProbe(calls((10, 3, 64, 100))),
         open_netns=lambda path: FakeNetns([rows[int(path.name)]] * 10, somaxconn=128),
-        read_counters=lambda path: counters[int(path.name)],
+        read_counters=batch_of(lambda path: counters[int(path.name)]),
         proc=proc,
     )
     statuses = source.attach(SimpleNamespace(info=SimpleNamespace(kprobes=False)))
@@ -207,7 +208,7 @@ def test_a_pod_not_sampled_this_interval_still_names_its_listeners(tmp_path):
     handle = FakeNetns([[listener_row(0, 8080, 555)]] * 10, somaxconn=128)
     source = ListenSource(FakePods({1: Path("1")}), sample_period_s=3600, idle_sample_period_s=3600,
                           backlog_probe=FakeBacklogProbe(calls((10, 3, 64, 100))),
-                          open_netns=lambda path: handle, read_counters=lambda path: counters[1],
+                          open_netns=lambda path: handle, read_counters=batch_of(lambda path: counters[1]),
                           proc=fake_proc(tmp_path, {(10, 3): "socket:[555]"}))
     source.attach(SimpleNamespace(info=SimpleNamespace(kprobes=False)))
     try:
