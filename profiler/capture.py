@@ -12,13 +12,15 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
 from .analysis.findings import Finding
 from .cost import Cost
 from .system.node import NodeContext
+if TYPE_CHECKING:
+    from .k8s.base import PodIdentity
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
     Listener, PodInterval, Snapshot, StackSample,
@@ -87,10 +89,11 @@ class FlowTotals:
         }
 
 
-def pod_json(pod: PodInterval) -> dict:
+def pod_json(pod: PodInterval, identity: "PodIdentity | None" = None) -> dict:
     return {
         "pod": pod.pod,
         "netns": pod.netns,
+        **({"kubernetes": identity.to_json()} if identity is not None else {}),
         "retransmits": pod.retransmits,
         "retransmitted_segments": pod.retransmitted_segments,
         "drops": dict(sorted(pod.drops.items(), key=lambda i: -i[1])),
@@ -134,6 +137,9 @@ class Capture:
     snapshots: list[Snapshot] = field(default_factory=list)
     # netns inode → label of every pod known during the capture, quiet ones included.
     known_pods: dict[int, str] = field(default_factory=dict)
+    # netns inode → the Kubernetes pod (namespace, name, UID, containers) where a resolver
+    # knows it; kept once seen, so a pod deleted mid-capture keeps its containers too.
+    pod_identities: dict[int, "PodIdentity"] = field(default_factory=dict)
     interrupted: bool = False
     node: NodeContext | None = None  # read at the end of the capture
     findings: list[Finding] = field(default_factory=list)  # ranked, from profiler.analysis
@@ -223,7 +229,7 @@ class Capture:
             "kernel": self.kernel.to_json(),
             "node": self.node.to_json() if self.node else None,
             "probes": [status.to_json() for status in self.probes],
-            "pods": [pod_json(pod) for pod in self.pod_totals()],
+            "pods": [pod_json(pod, self.pod_identities.get(pod.netns)) for pod in self.pod_totals()],
             "flows": [flow.to_json() for flow in self.flow_totals()],
             "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
             "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}

@@ -11,7 +11,7 @@ import collections
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
@@ -19,6 +19,7 @@ from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, CostMeter, CostReading, Met
 from .errors import NetprofError
 from .kernel.features import KernelInfo, probe_kernel, require_capture_ready
 from .kernel.loader import BpfLoader
+from .k8s.base import PodIdentity
 from .pods import PodDirectory
 from .probes.base import ProbeStatus
 from .sampler import Sampler
@@ -55,6 +56,9 @@ class LiveSession:
         self._stats_state: dict = {}
         # sample() runs on a worker thread while views ask for captures: one lock for both.
         self._lock = threading.Lock()
+        # netns inode → Kubernetes pod, remembered from the first time a resolver knew it, so
+        # a pod deleted long before the capture ends keeps its namespace/name/containers.
+        self._identities: dict[int, PodIdentity] = {}
 
     def start(self, log: Callable[[str], None] = lambda msg: None) -> list[ProbeStatus]:
         """Check the kernel, compile and attach every source. Raises NetprofError."""
@@ -91,6 +95,7 @@ class LiveSession:
         if self._sampler is None:
             raise RuntimeError("sample() before start()")
         snapshot = self._sampler.sample(final)
+        self._remember_identities(pod.netns for pod in snapshot.pods)
         reading = self._meter.read() if self._meter is not None else None
         timed = self._stats is not None and self._stats.enabled
         if reading is not None:
@@ -105,6 +110,19 @@ class LiveSession:
                     if self._readings:
                         self._window_start_reading = self._readings.popleft()[0]
         return snapshot
+
+    def _remember_identities(self, inodes: Iterable[int]) -> None:
+        # sample() and capture() may run on different threads (serve, the TUI's export).
+        for inode in inodes:
+            if inode not in self._identities:
+                identity = self.pods.identity(inode)
+                if identity is not None:
+                    with self._lock:
+                        self._identities[inode] = identity
+
+    def _known_identities(self) -> dict[int, PodIdentity]:
+        with self._lock:
+            return dict(self._identities)
 
     def _time_next_interval(self) -> None:
         """Statistics on for one interval in every `cost_sample_every`, off otherwise."""
@@ -128,8 +146,10 @@ class LiveSession:
             end = snapshots[-1].ended_s
             first = next((i for i, s in enumerate(snapshots) if end - s.started_s <= last_s), len(snapshots))
             snapshots = snapshots[first:]
+        known = self.pods.known()
+        self._remember_identities(known)
         capture = Capture(kernel=self.info, probes=list(self.statuses), started_at=self.started_at,
-                          known_pods=self.pods.known())
+                          known_pods=known, pod_identities=self._known_identities())
         for snapshot in snapshots:
             capture.add(snapshot)
         if metered:

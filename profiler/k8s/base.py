@@ -75,6 +75,12 @@ class PodIdentity:
     def key(self) -> tuple[str, str, str]:
         return (self.namespace, self.name, self.uid)
 
+    def to_json(self) -> dict:
+        """`pods[].kubernetes` in the profile JSON. Every string was validated as a
+        Kubernetes name or UID when read (never raw text from the node's files)."""
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid,
+                "containers": list(self.containers), "source": self.source}
+
 
 @dataclass(frozen=True)
 class PodNetns:

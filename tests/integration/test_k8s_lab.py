@@ -39,8 +39,10 @@ TASKS = "run/containerd/io.containerd.runtime.v2.task/k8s.io"
 class FakeK8sPod:
     label: str       # namespace/name
     inode: int       # of /run/netns/<lab netns>, taken while the pod existed
-    task_dir: Path
+    task_dir: Path   # the sandbox's
     netns_file: Path
+    uid: str
+    app_task_dir: Path  # the app container's ("app"), which names the pod's container
 
 
 class FakeContainerdNode:
@@ -94,14 +96,32 @@ class FakeContainerdNode:
         (task / "config.json").write_text(json.dumps(spec))
         (task / "address").write_text(f"unix:///run/containerd/s/{secrets.token_hex(32)}")
         (task / "work").symlink_to(f"/var/lib/containerd/io.containerd.runtime.v2.task/k8s.io/{sandbox_id}")
-        return FakeK8sPod(f"{NAMESPACE}/{name}", inode, task, netns_file)
+        app_id = secrets.token_hex(32)
+        app = self.root / TASKS / app_id
+        app.mkdir(parents=True)
+        app_spec = {
+            "ociVersion": "1.1.0-rc.1",
+            "process": {"args": ["/app"], "cwd": "/"},
+            "annotations": {
+                "io.kubernetes.cri.container-type": "container",
+                "io.kubernetes.cri.container-name": "app",
+                "io.kubernetes.cri.sandbox-id": sandbox_id,
+                "io.kubernetes.cri.sandbox-name": name,
+                "io.kubernetes.cri.sandbox-namespace": NAMESPACE,
+                "io.kubernetes.cri.sandbox-uid": pod_uid,
+            },
+            "linux": {"namespaces": [{"type": "network", "path": f"/var/run/netns/{cni}"}]},
+        }
+        (app / "config.json").write_text(json.dumps(app_spec))
+        return FakeK8sPod(f"{NAMESPACE}/{name}", inode, task, netns_file, pod_uid, app)
 
     def remove(self, short: str) -> None:
         """The pod is deleted: containerd removes its bundle, CNI unmounts its netns file."""
         pod = self.pods[short]
-        for path in sorted(pod.task_dir.iterdir()):
-            path.unlink()
-        pod.task_dir.rmdir()
+        for task_dir in (pod.task_dir, pod.app_task_dir):
+            for path in sorted(task_dir.iterdir()):
+                path.unlink()
+            task_dir.rmdir()
         self._unmount(pod.netns_file)
         pod.netns_file.unlink()
 
@@ -246,3 +266,13 @@ def test_vagrant_demo_programs_raise_the_findings_the_docs_promise(tmp_path):
         assert ("listen-overflow", labels["backlog"]) in findings, findings
         assert ("tcp-retransmits", labels["lossy"]) in findings, findings
         assert not any(pod == labels["steady"] for _, pod in findings), findings
+
+
+def test_the_json_names_each_pods_kubernetes_namespace_name_uid_and_containers(labelled_run):
+    pods_json = {p["netns"]: p for p in labelled_run.capture.to_json()["pods"]}
+    for short, pod in labelled_run.pods.items():
+        namespace, name = pod.label.split("/")
+        # The lossy pod was deleted after the first interval: what was known of it stays.
+        assert pods_json[pod.inode]["kubernetes"] == {
+            "namespace": namespace, "name": name, "uid": pod.uid, "containers": ["app"], "source": "containerd",
+        }, short

@@ -47,6 +47,28 @@ def test_totals_and_quiet_pods():
     assert doc["lost_events"] == {"retransmits_by_netns": 2}
 
 
+def test_pods_a_kubernetes_resolver_knows_carry_their_identity():
+    from profiler.k8s.base import PodIdentity
+
+    cap = sample_capture()
+    cap.pod_identities[11] = PodIdentity("shop", "lossy-6d8f7c9b5-x2x4q", "0c8f2a8e-3d7e-4a53-9c1f-2b1c7c1f3d11",
+                                         ("app", "istio-proxy"), "containerd")
+    doc = cap.to_json()
+    jsonschema.validate(doc, schema())
+    pods = {p["netns"]: p for p in doc["pods"]}
+    assert pods[11]["kubernetes"] == {
+        "namespace": "shop", "name": "lossy-6d8f7c9b5-x2x4q", "uid": "0c8f2a8e-3d7e-4a53-9c1f-2b1c7c1f3d11",
+        "containers": ["app", "istio-proxy"], "source": "containerd",
+    }
+    assert "kubernetes" not in pods[12] and "kubernetes" not in pods[1]  # named netns and host: no pod
+    pods[11]["kubernetes"]["extra"] = "x"
+    try:
+        jsonschema.validate(doc, schema())
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("an unknown kubernetes field passed the schema")
+
+
 def test_schema_rejects_what_it_should():
     doc = sample_capture().to_json()
     doc["pods"][0]["retransmits"] = -1
