@@ -33,6 +33,17 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _enter(netns: Path | str) -> None:
+    """Move the calling thread into the netns at `netns`."""
+    # O_NOFOLLOW is not applicable to /proc ns links (they are magic links that must be
+    # followed); callers pass paths from /run/netns or /proc/<pid>/ns only.
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
 def run_in_netns(netns: Path | str, reader: Callable[[], T], timeout_s: float = 5.0) -> T:
     """Call `reader()` in a thread that has joined the netns at `netns` (a /run/netns/<name>
     bind mount or a /proc/<pid>/ns/net link) and return its result or raise its exception.
@@ -45,13 +56,7 @@ def run_in_netns(netns: Path | str, reader: Callable[[], T], timeout_s: float = 
 
     def enter_and_read() -> None:
         try:
-            # O_NOFOLLOW is not applicable to /proc ns links (they are magic links that must
-            # be followed); callers pass paths from /run/netns or /proc/<pid>/ns only.
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
+            _enter(netns)
             result.append(reader())
         except BaseException as exc:  # handed to the caller's thread
             error.append(exc)
@@ -101,11 +106,7 @@ def read_in_each_netns(paths: Mapping[int, Path], reader: Callable[[], T],
             if abandoned.is_set():
                 return
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # see run_in_netns on O_NOFOLLOW
-                try:
-                    _setns(fd)
-                finally:
-                    os.close(fd)
+                _enter(path)
                 result: NetnsResult[T] = reader()
             except BaseException as exc:  # this namespace's problem; the next may be fine
                 result = exc
