@@ -49,7 +49,10 @@ static __always_inline void stack_budget_refresh(struct stack_budget *budget, u6
     }
 }
 
-/* Whether `budget` has a stack left in the current second (refreshing its window). */
+/* Whether `budget` has a stack left in the current second (refreshing its window). The map
+ * lookups around it stay in each program (drop_stack_allowed, retransmit_stack_allowed):
+ * BCC rewrites a map call only where the map is named, never inside a shared function or a
+ * macro, so only the arithmetic can live here. */
 static __always_inline bool stack_budget_open(struct stack_budget *budget, u64 now_ns, u64 per_s)
 {
     stack_budget_refresh(budget, now_ns);

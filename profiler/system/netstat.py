@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .netns import NetnsResult, read_in_each_netns, read_proc_net, run_in_netns
+from .netns import NetnsResult, read_in_each_netns, read_proc_net
 
 
 def parse_counter_pairs(text: str) -> dict[str, int]:
@@ -31,10 +31,6 @@ def read_counters_here() -> dict[str, int]:
     counters = parse_counter_pairs(read_proc_net("snmp"))
     counters.update(parse_counter_pairs(read_proc_net("netstat")))
     return counters
-
-
-def read_netns_counters(netns: Path | str) -> dict[str, int]:
-    return run_in_netns(netns, read_counters_here)
 
 
 def read_counters_in_each(paths: Mapping[int, Path]) -> dict[int, NetnsResult[dict[str, int]]]:

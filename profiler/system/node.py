@@ -11,7 +11,7 @@ from typing import Any
 
 from .irqs import IrqTopology, format_cpu_list, irqbalance_running, read_cpus_online, read_irq_topology
 from ..errors import NetprofError
-from .netns import read_in_each_netns, run_in_netns
+from .netns import read_in_each_netns
 
 # Node-global: set once for the whole node, whatever netns reads them.
 NODE_SYSCTLS = (
@@ -50,11 +50,6 @@ def read_sysctls(keys: tuple[str, ...], proc_sys: Path = Path("/proc/sys")) -> d
         except OSError:
             continue
     return values
-
-
-def read_pod_sysctls(netns_path: Path) -> dict[str, str]:
-    # /proc/sys/net answers for the calling thread's netns, so read it from inside.
-    return run_in_netns(netns_path, lambda: read_sysctls(POD_SYSCTLS))
 
 
 def topology_to_json(topology: IrqTopology) -> list[dict[str, Any]]:
