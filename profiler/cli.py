@@ -28,6 +28,7 @@ examples:
   netprof fix                              a short capture, then the fixes for what it found (dry run)
   netprof fix --from capture.json --apply  apply the node-scope fixes of a saved capture
   netprof fix --rollback                   undo the last --apply
+  netprof diff before.json after.json      what changed between two captures, beyond noise
   netprof lab up                           bring up fake pods to try things on
   netprof lab run retransmits              a lossy pod among healthy ones
 """
@@ -156,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where `e` writes its netprof-<host>-<time>/ directories (default: the current directory)")
     tui.set_defaults(func=_cmd_tui)
 
+    diff = sub.add_parser(
+        "diff",
+        help="what changed between two captures (per second, beyond noise)",
+        description="Compare two captures (`netprof profile --json`) as rates: per pod, CPU, drop reason and "
+                    "site, listener; findings that appeared, were resolved, got worse or better. A change in an "
+                    "event count is beyond noise when the exact conditional Poisson test of the two rates "
+                    "rejects at p < 0.001 and the rate moved by at least x1.5; softirq time by a threshold on "
+                    "the share of a CPU. Exit 0, or with --fail-on, 1 when that happened (for CI gates).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    diff.add_argument("before", type=Path, metavar="BEFORE.json")
+    diff.add_argument("after", type=Path, metavar="AFTER.json")
+    diff.add_argument("--json", action="store_true", help="print one JSON document (netprof.diff/v1)")
+    diff.add_argument("--fail-on", choices=("worse", "change"), default=None,
+                      help="exit 1 if anything got worse (a finding appeared or worsened, a trouble figure "
+                           "rose beyond noise), or if anything changed at all")
+    diff.set_defaults(func=_cmd_diff)
+
     from .lab.commands import add_lab_parser
 
     add_lab_parser(sub)
@@ -233,6 +252,26 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
     return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
                    out_dir=args.out, only=only, console=Console())
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .analysis.diff import diff_captures
+    from .diff_view import render_diff
+    from .fix.command import load_capture
+
+    result = diff_captures(load_capture(args.before), load_capture(args.after))
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        Console().print(render_diff(result, args.before.name, args.after.name))
+    if args.fail_on == "worse" and result.worse:
+        return 1
+    if args.fail_on == "change" and result.changed:
+        return 1
+    return 0
 
 
 def _cmd_tui(args: argparse.Namespace) -> int:

@@ -1,0 +1,53 @@
+"""`netprof diff` on real captures: a steady lab twice is no change; a fault is reported first."""
+from __future__ import annotations
+
+import pytest
+
+from profiler.analysis.diff import diff_captures
+from profiler.lab.faults import inject_loss
+from profiler.lab.scenarios import RetransmitScenario
+from profiler.profile import ProfileOptions, run_profile
+
+pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
+
+RUN_S = 3.0
+
+
+def capture_run(scenario: RetransmitScenario) -> dict:
+    def whole_run() -> None:
+        scenario.start(RUN_S)
+        scenario.wait()
+
+    return run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_run,
+                       log=lambda msg: None).to_json()
+
+
+def test_steady_lab_is_no_change_and_a_fault_comes_first():
+    with RetransmitScenario(loss_percent=0.0) as scenario:
+        steady_a = capture_run(scenario)
+        steady_b = capture_run(scenario)
+        inject_loss(scenario.lab, "lossy", 5.0, port=scenario.port)
+        faulty = capture_run(scenario)
+        # A lab pod is a named netns: its label in the capture is that name.
+        labels = {name: pod.netns for name, pod in scenario.lab.pods.items()}
+    lab_pods = set(labels.values())
+    lossy = labels["lossy"]
+    assert next(p for p in faulty["pods"] if p["pod"] == lossy)["retransmits"] > 20, "the fault did not bite"
+
+    # Two captures of the same steady traffic: none of the lab's pods changed beyond noise.
+    steady = diff_captures(steady_a, steady_b)
+    assert [c for c in steady.changes if c.group == "pod" and c.subject in lab_pods] == []
+
+    # Before and after the loss: the fault's own signal leads, and it is "worse".
+    fault = diff_captures(steady_b, faulty)
+    assert fault.worse
+    first = fault.changes[0]
+    signal = {("pod", lossy, "retransmitted segments")} | {
+        (group, subject, metric) for group, subject, metric in
+        ((c.group, c.subject, c.metric) for c in fault.changes) if "NETFILTER_DROP" in subject + metric}
+    assert (first.group, first.subject, first.metric) in signal, fault.changes[:5]
+    assert first.direction == "worse"
+    lossy_change = next(c for c in fault.changes if (c.subject, c.metric) == (lossy, "retransmitted segments"))
+    assert lossy_change.before_per_s == 0 and lossy_change.p_value < 1e-6
+    steady_pods = {labels["steady1"], labels["steady2"]}
+    assert not [c for c in fault.changes if c.subject in steady_pods]
