@@ -1,0 +1,118 @@
+"""Did the fix work? Judging a finding's own figure before and after `fix --apply`.
+
+Each finding kind has one figure its fixes are meant to bring down (the one its detector
+measured): CPU_BACKLOG drops for a full input backlog, the busy CPU's NET_RX time for a
+softirq imbalance, the pod's listen overflows for a full accept queue, and so on. A fix is
+kept only when that figure fell beyond noise (profiler.analysis.diff decides, the same test
+`netprof diff` uses). It is rolled back when the figure did not move, or rose; and when the
+node itself changed under the verification -- the traffic that made the trouble fell away
+-- the verdict is "inconclusive", and the fix is rolled back too: an improvement that the
+load explains is no evidence for the fix.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..analysis.diff import Figure, FigureChange, capture_figures, compare_figure
+
+Outcome = Literal["kept", "rolled-back", "inconclusive"]
+FigureKey = tuple[str, str, str]
+
+
+def target_figure(finding: Mapping[str, Any]) -> FigureKey | None:
+    """The (group, subject, metric) figure a finding's fixes should bring down, or None."""
+    kind, pod, cpu = finding.get("kind"), finding.get("pod"), finding.get("cpu")
+    if kind == "cpu-backlog-drops":
+        return ("reason", "CPU_BACKLOG", "drops")
+    if kind == "softirq-imbalance" and cpu is not None:
+        return ("cpu", f"cpu{cpu}", "NET_RX time")
+    if kind == "conntrack-table-full" and pod:
+        return ("pod", pod, "conntrack drop")
+    if kind == "socket-rcvbuf-drops" and pod:
+        return ("pod", pod, "drops SOCKET_RCVBUFF")
+    if kind in ("listen-overflow", "syn-backlog-overflow") and pod:
+        return ("pod", pod, "listen overflows")
+    if kind == "tcp-retransmits" and pod:
+        return ("pod", pod, "retransmitted segments")
+    return None
+
+
+def _napi_figure(figures: Mapping[FigureKey, Figure], cpu: int) -> FigureKey | None:
+    prefix = "NAPI budget exhausted"
+    return next((key for key in figures if key[:2] == ("cpu", f"cpu{cpu}") and key[2].startswith(prefix)), None)
+
+
+def _figure_key(finding: Mapping[str, Any], before: Mapping[FigureKey, Figure]) -> FigureKey | None:
+    if finding.get("kind") == "napi-budget-exhausted" and finding.get("cpu") is not None:
+        return _napi_figure(before, int(finding["cpu"]))
+    return target_figure(finding)
+
+
+def packets_processed(doc: Mapping[str, Any]) -> int:
+    """The node's receive work: packets its CPUs processed (softnet), or NET_RX runs."""
+    processed = sum(int((cpu.get("softnet") or {}).get("processed", 0)) for cpu in doc.get("cpus") or [])
+    if processed:
+        return processed
+    return sum(int(((cpu.get("softirq") or {}).get("NET_RX") or {}).get("count", 0)) for cpu in doc.get("cpus") or [])
+
+
+def load_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> FigureChange:
+    before_s, after_s = float(before["duration_s"]), float(after["duration_s"])
+    return compare_figure(Figure("node", "node", "packets processed", packets_processed(before)),
+                          Figure("node", "node", "packets processed", packets_processed(after)),
+                          before_s, after_s)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    pod: str | None
+    cpu: int | None
+    outcome: Outcome
+    figure: str                 # what was compared, in words
+    before_per_s: float | None
+    after_per_s: float | None
+    why: str
+    unit: str = "events"        # events, or ns (a time: shown as a share of a CPU)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "pod": self.pod, "cpu": self.cpu, "outcome": self.outcome,
+                "figure": self.figure, "unit": self.unit, "before_per_s": self.before_per_s,
+                "after_per_s": self.after_per_s, "why": self.why}
+
+    def headline(self) -> str:
+        if self.before_per_s is None or self.after_per_s is None:
+            return f"{self.outcome}: {self.kind}: {self.why}"
+        unit = "% cpu" if self.unit == "ns" else "/s"
+        scale = 100 / 1e9 if unit == "% cpu" else 1.0
+        return (f"{self.outcome}: {self.figure} {self.before_per_s * scale:,.1f}{unit} → "
+                f"{self.after_per_s * scale:,.1f}{unit} ({self.why})")
+
+
+def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> Verdict:
+    """Keep or roll back the fixes of one finding, from the captures before and after them."""
+    kind, pod, cpu = str(finding.get("kind")), finding.get("pod"), finding.get("cpu")
+    old, new = capture_figures(before), capture_figures(after)
+    key = _figure_key(finding, old)
+    if key is None:
+        return Verdict(kind, pod, cpu, "rolled-back", kind, None, None,
+                       "netprof has no figure to verify this kind of fix against")
+    words = f"{key[2]} of {key[1]}" if key[0] != "reason" else f"{key[1]} {key[2]}"
+    change = compare_figure(old.get(key), new.get(key), float(before["duration_s"]), float(after["duration_s"]))
+    load = load_change(before, after)
+
+    def verdict(outcome: Outcome, why: str) -> Verdict:
+        return Verdict(kind, pod, cpu, outcome, words, change.before_per_s, change.after_per_s, why, change.unit)
+
+    if load.beyond_noise and load.direction == "better":
+        # Less traffic explains a fall of any trouble figure as well as the fix does.
+        return verdict("inconclusive", f"the node's traffic fell from {load.before_per_s:,.0f} to "
+                                       f"{load.after_per_s:,.0f} packets/s during the verification")
+    if change.beyond_noise and change.direction == "better":
+        how = f"p={change.p_value:.1e}" if change.p_value is not None else "beyond the threshold"
+        return verdict("kept", f"improved beyond noise, {how}")
+    if change.beyond_noise:
+        return verdict("rolled-back", "it got worse")
+    return verdict("rolled-back", "no change beyond noise")

@@ -1,0 +1,77 @@
+"""`fix --apply --verify`'s judgement: a finding's own figure, before and after, beyond noise."""
+import copy
+
+import pytest
+
+from profiler.fix.verify import judge, packets_processed, target_figure
+
+
+def capture(duration_s: float = 10.0, backlog_drops: int = 0, processed: int = 1_000_000,
+            net_rx_ns: int = 0, rcvbuf: int = 0) -> dict:
+    return {
+        "duration_s": duration_s,
+        "pods": [{"pod": "rx", "netns": 1, "retransmits": 0,
+                  "drops": {"CPU_BACKLOG": backlog_drops, "SOCKET_RCVBUFF": rcvbuf}, "netstat": {}}],
+        "cpus": [{"cpu": 0, "softnet": {"processed": processed},
+                  "softirq": {"NET_RX": {"count": 100, "time_ns": net_rx_ns}}},
+                 {"cpu": 1, "softnet": {"processed": 0}, "softirq": {}}],
+    }
+
+
+BACKLOG = {"kind": "cpu-backlog-drops", "pod": "rx", "cpu": 0}
+
+
+def test_a_fix_that_removes_the_drops_is_kept():
+    verdict = judge(BACKLOG, capture(backlog_drops=23_100), capture(backlog_drops=0))
+    assert verdict.outcome == "kept"
+    assert verdict.before_per_s == pytest.approx(2310) and verdict.after_per_s == 0
+    assert verdict.headline().startswith("kept: CPU_BACKLOG drops 2,310.0/s → 0.0/s")
+
+
+def test_no_change_beyond_noise_is_rolled_back():
+    verdict = judge(BACKLOG, capture(backlog_drops=23_100), capture(backlog_drops=22_800))
+    assert verdict.outcome == "rolled-back" and verdict.why == "no change beyond noise"
+
+
+def test_worse_is_rolled_back():
+    verdict = judge(BACKLOG, capture(backlog_drops=1000), capture(backlog_drops=5000))
+    assert verdict.outcome == "rolled-back" and verdict.why == "it got worse"
+
+
+def test_traffic_that_stopped_makes_it_inconclusive():
+    # The drops vanished, but so did the traffic: that proves nothing about the fix.
+    verdict = judge(BACKLOG, capture(backlog_drops=23_100), capture(backlog_drops=0, processed=1000))
+    assert verdict.outcome == "inconclusive"
+    assert "traffic fell" in verdict.why
+
+
+def test_more_traffic_does_not_spoil_a_real_improvement():
+    verdict = judge(BACKLOG, capture(backlog_drops=23_100), capture(backlog_drops=0, processed=3_000_000))
+    assert verdict.outcome == "kept"
+
+
+def test_rates_not_counts_are_compared():
+    # Same 2,310 drops/s over a capture twice as long: no change.
+    verdict = judge(BACKLOG, capture(backlog_drops=23_100), capture(duration_s=20.0, backlog_drops=46_200,
+                                                                   processed=2_000_000))
+    assert verdict.outcome == "rolled-back" and verdict.why == "no change beyond noise"
+
+
+def test_softirq_imbalance_is_judged_on_the_busy_cpus_time():
+    finding = {"kind": "softirq-imbalance", "pod": None, "cpu": 0}
+    assert target_figure(finding) == ("cpu", "cpu0", "NET_RX time")
+    kept = judge(finding, capture(net_rx_ns=8 * 10**9), capture(net_rx_ns=3 * 10**9))
+    assert kept.outcome == "kept" and "% cpu" in kept.headline()
+    same = judge(finding, capture(net_rx_ns=8 * 10**9), capture(net_rx_ns=int(7.8 * 10**9)))
+    assert same.outcome == "rolled-back"
+
+
+def test_a_kind_without_a_figure_is_never_kept():
+    verdict = judge({"kind": "something-new", "pod": None, "cpu": None}, capture(), capture())
+    assert verdict.outcome == "rolled-back"
+
+
+def test_packets_processed_falls_back_to_net_rx_runs():
+    doc = capture(processed=0)
+    assert packets_processed(doc) == 100
+    assert packets_processed(copy.deepcopy(capture())) == 1_000_000
