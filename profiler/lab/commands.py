@@ -16,6 +16,7 @@ from typing import Any
 from profiler.lab import LabError
 from profiler.lab.registry import SCENARIOS
 from profiler.lab.scenarios import ScenarioResult
+from profiler.lab.workload_common import MAX_RUN_S
 from profiler.lab.topology import Lab, down_all, list_labs
 
 LAB_HELP = textwrap.dedent("""\
@@ -59,9 +60,14 @@ def _pod_list(text: str) -> list[str]:
 
 
 def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("duration must be within (0, 3600] seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    # The scenarios' workloads accept runs up to MAX_RUN_S: a longer one would be accepted
+    # here and then refused by a workload, after the lab was up.
+    if not 0 < value <= MAX_RUN_S:
+        raise argparse.ArgumentTypeError(f"duration must be within (0, {MAX_RUN_S:g}] seconds")
     return value
 
 

@@ -30,6 +30,7 @@ from profiler.lab import LabError, run_checked
 from profiler.lab.scenarios import Scenario, ScenarioResult
 from profiler.lab.sysctl import restore_sysctls, set_sysctl
 from profiler.lab.topology import NETNS_DIR, SUBNET_PREFIX, Lab
+from profiler.lab.workload_common import GRACE_S
 from profiler.lab.workload_conntrack import burst_argv, sink_argv
 from profiler.system.conntrack import ConntrackStats, counter_deltas, read_netns_stats
 
@@ -156,7 +157,7 @@ class ConntrackFullScenario(ConntrackScenario):
 
     def launch(self, lab: Lab, duration_s: float) -> None:
         receiver = lab.pods["receiver"].ip
-        sink = self.spawn("receiver", "sink", sink_argv(self.port, duration_s + 30), background=True)
+        sink = self.spawn("receiver", "sink", sink_argv(self.port, duration_s + GRACE_S), background=True)
         self.wait_ready(sink)
         quiet = self.spawn("quiet", "client", burst_argv(receiver, self.port, 20000, self.quiet_flows))
         self.wait_ready(quiet)
@@ -245,7 +246,7 @@ class ConntrackDnsRaceScenario(TwoCpuRaceScenario):
     def launch(self, lab: Lab, duration_s: float) -> None:
         assert self.helper is not None
         for backend in self.backends:
-            sink = self.spawn(backend, "sink", sink_argv(self.port, duration_s + 30), background=True)
+            sink = self.spawn(backend, "sink", sink_argv(self.port, duration_s + GRACE_S), background=True)
             self.wait_ready(sink)
         self.spawn("client", "racer", [str(self.helper), "udp", self.service_ip, str(self.port),
                                        str(self.rounds), str(self.cpus[0]), str(self.cpus[1])])

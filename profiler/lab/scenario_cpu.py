@@ -27,6 +27,7 @@ from typing import ClassVar
 from profiler.lab import LabError, run_checked
 from profiler.lab.scenarios import Scenario
 from profiler.lab.topology import NODE_NAME, Lab
+from profiler.lab.workload_common import GRACE_S
 from profiler.lab.workload_cpu import blast_argv, sink_argv
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
@@ -180,7 +181,7 @@ class NetRxOneCpuScenario(Scenario):
     def launch(self, lab: Lab, duration_s: float) -> None:
         # The sink shares the sender's CPU so the target CPU is left to softirq work alone
         # (a sink on the target was starved by NET_RX and read a twentieth of the blast).
-        sink = self.spawn("receiver", "sink", sink_argv(self.port, duration_s + 30, self.sender_cpu),
+        sink = self.spawn("receiver", "sink", sink_argv(self.port, duration_s + GRACE_S, self.sender_cpu),
                           background=True)
         self.wait_ready(sink)
         self.spawn("sender", "blast", blast_argv(lab.pods["receiver"].ip, self.port,

@@ -16,12 +16,10 @@ from profiler.lab import LabError
 from profiler.lab.scenarios import Scenario
 from profiler.lab.sysctl import set_sysctl
 from profiler.lab.topology import Lab
+from profiler.lab.workload_common import GRACE_S
 from profiler.lab.workload_drops import ping_flood_argv, rps_argv, udp_blast_argv, udp_sink_argv
 
 # Kept short of the workloads' own runs: sinks are stopped by wait() once senders are done.
-SINK_GRACE_S = 30.0
-
-
 class RcvbufDropScenario(Scenario):
     name = "rcvbuf-drops"
     description = (
@@ -50,7 +48,7 @@ class RcvbufDropScenario(Scenario):
 
     def launch(self, lab: Lab, duration_s: float) -> None:
         sink = self.spawn("receiver", "udp-sink",
-                          udp_sink_argv(self.port, duration_s + SINK_GRACE_S, rcvbuf=self.rcvbuf),
+                          udp_sink_argv(self.port, duration_s + GRACE_S, rcvbuf=self.rcvbuf),
                           background=True)
         self.wait_ready(sink)
         self.spawn("sender", "udp-blast",
@@ -106,7 +104,7 @@ class CpuBacklogScenario(Scenario):
 
     def launch(self, lab: Lab, duration_s: float) -> None:
         # The receiver reads everything, so the only drops in it are the backlog's.
-        sink = self.spawn("receiver", "udp-sink", udp_sink_argv(self.port, duration_s + SINK_GRACE_S, rcvbuf=BACKLOG_SINK_RCVBUF, read=True),
+        sink = self.spawn("receiver", "udp-sink", udp_sink_argv(self.port, duration_s + GRACE_S, rcvbuf=BACKLOG_SINK_RCVBUF, read=True),
                           background=True)
         self.wait_ready(sink)
         self.spawn("sender", "udp-blast",

@@ -22,11 +22,11 @@ from profiler.lab import workload_listen as workload
 from profiler.lab.scenarios import Scenario
 from profiler.lab.sysctl import set_sysctl
 from profiler.lab.topology import NETNS_DIR, Lab
+from profiler.lab.workload_common import GRACE_S
 
 SERVER_PORT = 8080
 CALM_PORT = 8081
 # Servers outlive the clients: wait() stops them once the clients are done.
-SERVER_MARGIN_S = 30.0
 QUEUE_FILL_TIMEOUT_S = 3.0
 
 
@@ -71,9 +71,9 @@ class ListenOverflowScenario(Scenario):
 
     def launch(self, lab: Lab, duration_s: float) -> None:
         server = self.spawn("server", "server", workload.listen_server_argv(
-            SERVER_PORT, self.server_backlog(), duration_s + SERVER_MARGIN_S), background=True)
+            SERVER_PORT, self.server_backlog(), duration_s + GRACE_S), background=True)
         calm = self.spawn("calm", "server", workload.listen_server_argv(
-            CALM_PORT, 128, duration_s + SERVER_MARGIN_S, accept=True), background=True)
+            CALM_PORT, 128, duration_s + GRACE_S, accept=True), background=True)
         self.wait_ready(server)
         self.wait_ready(calm)
         count = max(1, min(self.max_connects, int(self.rate * duration_s)))
@@ -148,9 +148,9 @@ class ListenOverflowDropScenario(Scenario):
 
     def launch(self, lab: Lab, duration_s: float) -> None:
         server = self.spawn("server", "server", workload.listen_server_argv(
-            SERVER_PORT, self.backlog, duration_s + SERVER_MARGIN_S), background=True)
+            SERVER_PORT, self.backlog, duration_s + GRACE_S), background=True)
         calm = self.spawn("calm", "server", workload.listen_server_argv(
-            CALM_PORT, 128, duration_s + SERVER_MARGIN_S, accept=True), background=True)
+            CALM_PORT, 128, duration_s + GRACE_S, accept=True), background=True)
         self.wait_ready(server)
         self.wait_ready(calm)
         server_ip = lab.pods["server"].ip

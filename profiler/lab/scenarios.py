@@ -27,6 +27,7 @@ from profiler.lab import LabError
 from profiler.lab import traffic
 from profiler.lab.faults import FaultCounter, fault_counters, inject_loss
 from profiler.lab.topology import Lab, sigint_deferred
+from profiler.lab.workload_common import GRACE_S, MAX_RUN_S
 
 # After the foreground workloads end, servers get this long to read what is still in flight
 # (a segment lost just before the client closed is retransmitted after ≥200 ms RTO).
@@ -110,8 +111,8 @@ class Scenario:
         return self.lab
 
     def start(self, duration_s: float) -> None:
-        if duration_s <= 0:
-            raise LabError(f"duration must be positive, got {duration_s}")
+        if not 0 < duration_s <= MAX_RUN_S:
+            raise LabError(f"duration must be within (0, {MAX_RUN_S:g}] seconds, got {duration_s:g}")
         if any(w.proc.poll() is None for w in self._workloads):
             raise LabError(f"scenario {self.name} is already running")
         lab = self.setup()
@@ -262,7 +263,7 @@ class RetransmitScenario(Scenario):
     def launch(self, lab: Lab, duration_s: float) -> None:
         # The server's own bound is a safety net only; wait() stops it once clients are done.
         server = self.spawn("server", "server",
-                            traffic.server_argv(self.port, duration_s + 30), background=True)
+                            traffic.server_argv(self.port, duration_s + GRACE_S), background=True)
         self.wait_ready(server)
         server_ip = lab.pods["server"].ip
         for pod in ("lossy", "steady1", "steady2"):

@@ -8,7 +8,7 @@
 Pacing is the point of the client (design §8): unpaced bulk TCP over veth produces hundreds
 of retransmits even with no loss at all, which would drown the loss a scenario injects.
 
-Every workload stops by itself after --duration (capped at MAX_DURATION_S so a forgotten
+Every workload stops by itself after --duration (capped at MAX_WORKLOAD_S so a forgotten
 process cannot run for ever) and on SIGTERM/SIGINT, and prints JSON lines on stdout: a
 `listening` event when a server is ready, then one `summary` line with what it moved.
 
@@ -27,16 +27,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from profiler.lab.workload_common import StopFlag, duration_type, emit
+from profiler.lab.workload_common import MAX_WORKLOAD_S, StopFlag, duration_type, emit
 
-MAX_DURATION_S = 3600.0
 DEFAULT_SERVER_DURATION_S = 60.0
 # A write blocked longer than this is given up on when the run must end, so a peer that
 # stopped reading cannot hold the client past its duration.
 SEND_POLL_S = 0.2
 
 _stop = StopFlag()
-_duration = duration_type(MAX_DURATION_S)
+_duration = duration_type(MAX_WORKLOAD_S)
 
 
 def run_server(port: int, bind: str, duration_s: float, backlog: int) -> int:

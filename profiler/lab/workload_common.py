@@ -13,6 +13,15 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+# How long a scenario may run (`netprof lab run --duration`): the lab is for minutes of
+# trouble, and a forgotten blast must stop by itself.
+MAX_RUN_S = 600.0
+# Servers and sinks outlive their clients by this much, so the last client packets land.
+GRACE_S = 30.0
+# What every workload accepts: a run plus the grace its servers get. One number for all, so
+# a duration the CLI accepts is one every workload of every scenario can run.
+MAX_WORKLOAD_S = MAX_RUN_S + GRACE_S
+
 
 class StopFlag:
     """Whether SIGTERM or SIGINT arrived; the workloads' loops poll `requested` and end."""

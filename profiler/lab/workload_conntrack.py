@@ -23,9 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from profiler.lab.workload_common import StopFlag, emit
+from profiler.lab.workload_common import MAX_WORKLOAD_S, StopFlag, emit
 
-MAX_DURATION_S = 3600.0
 MAX_FLOWS = 50_000
 SINK_POLL_S = 0.2
 
@@ -114,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     burst.add_argument("--flows", type=lambda v: int(_bounded(MAX_FLOWS)(v)), default=200)
     sink = sub.add_parser("udp-sink", help="read every datagram sent to a port")
     sink.add_argument("--port", type=_port, required=True)
-    sink.add_argument("--duration", type=_bounded(MAX_DURATION_S), default=60.0)
+    sink.add_argument("--duration", type=_bounded(MAX_WORKLOAD_S), default=60.0)
     return parser
 
 

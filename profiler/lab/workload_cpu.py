@@ -22,15 +22,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from profiler.lab.workload_common import StopFlag, duration_type, emit
+from profiler.lab.workload_common import MAX_WORKLOAD_S, StopFlag, duration_type, emit
 
-MAX_DURATION_S = 600.0
 RECEIVE_POLL_S = 0.2
 # A datagram larger than the veth MTU would be fragmented: keep one datagram one packet.
 MAX_DATAGRAM = 1472
 
 _stop = StopFlag()
-_duration = duration_type(MAX_DURATION_S)
+_duration = duration_type(MAX_WORKLOAD_S)
 
 
 def pin_to_cpu(cpu: int | None) -> None:

@@ -31,9 +31,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from profiler.lab.workload_common import StopFlag, duration_type, emit
+from profiler.lab.workload_common import MAX_WORKLOAD_S, StopFlag, duration_type, emit
 
-MAX_DURATION_S = 600.0
 MAX_COUNT = 10_000_000
 SO_MEMINFO = 55           # include/uapi/asm-generic/socket.h
 SK_MEMINFO_VARS = 9
@@ -42,7 +41,7 @@ ICMP_ECHO_REQUEST = 8
 POLL_S = 0.1
 
 _stop = StopFlag()
-_duration = duration_type(MAX_DURATION_S)
+_duration = duration_type(MAX_WORKLOAD_S)
 
 
 def socket_drops(sock: socket.socket) -> int | None:

@@ -11,7 +11,7 @@
         N connects, each waited for (a full three-way handshake), then held: fills a
         server's accept queue to exactly N.
 
-Every workload ends by itself after --duration (capped at MAX_DURATION_S) or on
+Every workload ends by itself after --duration (capped at MAX_WORKLOAD_S) or on
 SIGTERM/SIGINT and prints JSON lines: a first `ready` record (a server listens, a flood has
 fired everything, a fill is complete), then one `summary`. Standard library only.
 """
@@ -27,14 +27,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from profiler.lab.workload_common import StopFlag, duration_type, emit
+from profiler.lab.workload_common import MAX_WORKLOAD_S, StopFlag, duration_type, emit
 
-MAX_DURATION_S = 600.0
 MAX_CONNECTIONS = 900   # stays under the usual 1024 open-files limit
 POLL_S = 0.05
 
 _stop = StopFlag()
-_duration = duration_type(MAX_DURATION_S)
+_duration = duration_type(MAX_WORKLOAD_S)
 
 
 def _sleep_until(deadline: float) -> None:
