@@ -28,6 +28,12 @@ esac
 # --system-site-packages.
 # ruby: only to syntax-check vagrant/Vagrantfile in the tests.
 os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
+# Only the tests need these: the real consumers of netprof's exports.
+# chromium: opens the flame-graph SVG headless and runs its script.
+test_packages=(chromium)
+if [ "$action" = test ]; then
+  os_packages+=("${test_packages[@]}")
+fi
 missing=()
 for pkg in "${os_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true",
                          help="print one JSON document (schema netprof.profile/v1) instead of the report")
     profile.add_argument("--output", "-o", type=Path, metavar="DIR",
-                         help="also write capture.json, stacks.folded, speedscope.json, histograms.json, "
+                         help="also write capture.json, stacks.folded, speedscope.json, flamegraph.svg, histograms.json, "
                               "histograms.csv and metrics.prom into DIR (each atomically)")
     profile.set_defaults(func=_cmd_profile)
 

@@ -37,6 +37,7 @@ def capture_json(doc: dict) -> str:
 
 def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:
     # Imported here: the Prometheus renderer needs prometheus-client, the others do not.
+    from .flamegraph_svg import flamegraph_svg
     from .folded import folded_text
     from .histograms import histograms_csv, histograms_json
     from .prometheus import exposition_text
@@ -46,6 +47,7 @@ def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:
         "capture": ("capture.json", capture_json),
         "folded": ("stacks.folded", folded_text),
         "speedscope": ("speedscope.json", speedscope_json),
+        "flamegraph-svg": ("flamegraph.svg", flamegraph_svg),
         "histograms-json": ("histograms.json", histograms_json),
         "histograms-csv": ("histograms.csv", histograms_csv),
         "prometheus": ("metrics.prom", exposition_text),
@@ -53,7 +55,7 @@ def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:
 
 
 # `netprof export --format` choices (capture.json itself is not a conversion).
-EXPORT_FORMATS = ("folded", "speedscope", "histograms-json", "histograms-csv", "prometheus")
+EXPORT_FORMATS = ("folded", "speedscope", "flamegraph-svg", "histograms-json", "histograms-csv", "prometheus")
 
 
 def render(doc: dict, format_name: str) -> str:

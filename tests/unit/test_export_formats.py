@@ -303,8 +303,8 @@ def test_prometheus_histograms_are_the_kernels_buckets(doc):
 def test_write_all_writes_every_format_atomically(doc, tmp_path):
     out = tmp_path / "out"
     written = write_all(doc, out)
-    assert [p.name for p in written] == ["capture.json", "stacks.folded", "speedscope.json", "histograms.json",
-                                         "histograms.csv", "metrics.prom"]
+    assert [p.name for p in written] == ["capture.json", "stacks.folded", "speedscope.json", "flamegraph.svg",
+                                         "histograms.json", "histograms.csv", "metrics.prom"]
     assert sorted(os.listdir(out)) == sorted(p.name for p in written), "no temporary files left"
     assert json.loads((out / "capture.json").read_text()) == doc
     for name in EXPORT_FORMATS:
