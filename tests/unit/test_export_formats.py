@@ -311,7 +311,7 @@ def test_write_all_writes_every_format_atomically(doc, tmp_path):
         path = next(p for p in written if (name == "folded" and p.name == "stacks.folded")
                     or (name == "prometheus" and p.name == "metrics.prom")
                     or p.name == {"speedscope": "speedscope.json", "histograms-json": "histograms.json",
-                                  "histograms-csv": "histograms.csv"}.get(name))
+                                  "histograms-csv": "histograms.csv", "flamegraph-svg": "flamegraph.svg"}.get(name))
         assert path.read_text() == render(doc, name)
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
