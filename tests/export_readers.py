@@ -177,3 +177,9 @@ def sample_value(families: dict[str, list], sample_name: str, **labels: str) -> 
     if len(matches) != 1:
         raise FormatError(f"{len(matches)} samples {sample_name} {labels}")
     return matches[0].value
+
+
+def of_kind(folded: dict, kind: str) -> dict:
+    """The folded stacks of one kind of event ("drops" or "retransmits"): the reason frame,
+    second on every path, is TCP_RETRANSMIT exactly for retransmits."""
+    return {frames: n for frames, n in folded.items() if (frames[1] == "TCP_RETRANSMIT") == (kind == "retransmits")}

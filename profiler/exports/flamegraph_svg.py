@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 from ..inert import inert
-from .folded import stack_path
+from .folded import EVENT_KINDS, stack_kind, stack_path
 
 WIDTH = 1200
 ROW_PX = 17
@@ -46,10 +46,7 @@ class _Node:
 
 # Each kind of event: its section title and the unit of its counts.
 KINDS = {"drops": ("Packet drops", "drops"), "retransmits": ("TCP retransmits", "retransmits")}
-
-
-def stack_kind(stack: dict) -> str:
-    return "retransmits" if stack.get("reason") == "TCP_RETRANSMIT" else "drops"
+assert tuple(KINDS) == EVENT_KINDS
 
 
 def _trees(doc: dict) -> dict[str, _Node]:

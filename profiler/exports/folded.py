@@ -22,6 +22,16 @@ def safe_frame(text: str) -> str:
     return cleaned or EMPTY_FRAME
 
 
+# Drops and retransmits are different events: graphs and profiles never add them up.
+EVENT_KINDS = ("drops", "retransmits")
+RETRANSMIT_REASON = "TCP_RETRANSMIT"
+
+
+def stack_kind(stack: dict) -> str:
+    """"retransmits" for a retransmit's stack, "drops" for a drop's (whatever its reason)."""
+    return "retransmits" if stack.get("reason") == RETRANSMIT_REASON else "drops"
+
+
 def stack_path(stack: dict) -> list[str]:
     """The frames of one capture `stacks[]` entry, pod and reason first, all made safe."""
     return [safe_frame(stack["pod"]), safe_frame(stack["reason"]), *(safe_frame(f) for f in stack["frames"])]

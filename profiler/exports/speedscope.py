@@ -4,16 +4,18 @@ The file follows speedscope's file format (src/lib/file-format-spec.ts in its re
 one shared frame table and "sampled" profiles whose samples are stacks of frame indices,
 outermost first, each with a weight. Weights are event counts (unit "none").
 
-Profiles: the first, "all pods", has every stack under its pod and reason frames (the same
-paths as stacks.folded); then one profile per pod, its stacks under their reason. Pods are
-ordered busiest first, so speedscope opens on the whole node and the selector lists pods.
+Drops and retransmits are different events, never added up: each kind has its own profiles,
+named after what their weights count ("drops: all pods", "retransmits: all pods"). For each
+kind, the first profile has every stack under its pod and reason frames (the same paths as
+stacks.folded); then one profile per pod, its stacks under their reason. Pods are ordered
+busiest first, so speedscope opens on the whole node and the selector lists pods.
 """
 from __future__ import annotations
 
 import json
 
 from .. import __version__
-from .folded import safe_frame, stack_path
+from .folded import EVENT_KINDS, safe_frame, stack_kind, stack_path
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
@@ -43,18 +45,29 @@ def _profile(name: str, samples: list[list[int]], weights: list[int]) -> dict:
     }
 
 
-def speedscope_document(doc: dict, name: str = "netprof kernel stacks") -> dict:
-    frames = _Frames()
-    stacks = [s for s in doc.get("stacks", []) if int(s["count"]) > 0]
+def _kind_profiles(kind: str, stacks: list[dict], frames: _Frames) -> list[dict]:
     all_samples = [[frames(f) for f in stack_path(s)] for s in stacks]
-    profiles = [_profile("all pods", all_samples, [int(s["count"]) for s in stacks])]
-
+    profiles = [_profile(f"{kind}: all pods", all_samples, [int(s["count"]) for s in stacks])]
     per_pod: dict[str, list[dict]] = {}
     for stack in stacks:
         per_pod.setdefault(safe_frame(stack["pod"]), []).append(stack)
     for pod, pod_stacks in sorted(per_pod.items(), key=lambda item: (-sum(int(s["count"]) for s in item[1]), item[0])):
         samples = [[frames(f) for f in stack_path(s)[1:]] for s in pod_stacks]
-        profiles.append(_profile(pod, samples, [int(s["count"]) for s in pod_stacks]))
+        profiles.append(_profile(f"{kind}: {pod}", samples, [int(s["count"]) for s in pod_stacks]))
+    return profiles
+
+
+def speedscope_document(doc: dict, name: str = "netprof kernel stacks") -> dict:
+    frames = _Frames()
+    stacks = [s for s in doc.get("stacks", []) if int(s["count"]) > 0]
+    profiles: list[dict] = []
+    for kind in EVENT_KINDS:
+        of_kind = [s for s in stacks if stack_kind(s) == kind]
+        if of_kind:
+            profiles += _kind_profiles(kind, of_kind, frames)
+    if not profiles:
+        # speedscope opens a file only with a profile in it: an empty one says "no stacks".
+        profiles.append(_profile(f"{EVENT_KINDS[0]}: all pods", [], []))
     return {
         "$schema": SPEEDSCOPE_SCHEMA,
         "name": name,

@@ -26,12 +26,13 @@ from profiler.sources.drops import DropSource
 from profiler.sources.listen import ListenSource
 from profiler.sources.retransmits import RetransmitSource
 from profiler.sources.softirq import SoftirqSource
-from tests.export_readers import parse_folded, read_csv, read_prometheus, read_speedscope, sample_value
+from tests.export_readers import of_kind, parse_folded, read_csv, read_prometheus, read_speedscope, sample_value
 
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = ("capture.json", "stacks.folded", "speedscope.json", "histograms.json", "histograms.csv", "metrics.prom")
+FILES = ("capture.json", "stacks.folded", "speedscope.json", "flamegraph.svg", "histograms.json", "histograms.csv",
+         "metrics.prom")
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,17 @@ def assert_stacks_add_up(run: ExportRun) -> None:
     else:
         assert by_pod_reason == expected
     profiles = read_speedscope((run.out / "speedscope.json").read_text())
-    assert profiles["all pods"] == folded
-    assert set(profiles) == {"all pods"} | {frames[0] for frames in folded}
-    for pod in {frames[0] for frames in folded}:
-        assert profiles[pod] == Counter({frames[1:]: n for frames, n in folded.items() if frames[0] == pod})
+    expected_names = set()
+    for kind in ("drops", "retransmits"):
+        stacks = of_kind(folded, kind)
+        if not stacks:
+            continue
+        assert profiles[f"{kind}: all pods"] == stacks
+        expected_names |= {f"{kind}: all pods"} | {f"{kind}: {frames[0]}" for frames in stacks}
+        for pod in {frames[0] for frames in stacks}:
+            assert profiles[f"{kind}: {pod}"] == Counter({frames[1:]: n for frames, n in stacks.items()
+                                                         if frames[0] == pod})
+    assert set(profiles) == expected_names
 
 
 def test_receive_buffer_drop_stacks_show_the_udp_receive_path(rcvbuf_run):
@@ -283,7 +291,7 @@ def test_profile_output_writes_every_file_of_a_real_capture(tmp_path):
     assert kernel > 900
     assert_stacked(doc, sum(rcvbuf.values()), kernel)
     assert all("udp_queue_rcv_one_skb" in frames for frames in rcvbuf)
-    assert read_speedscope((out / "speedscope.json").read_text())["all pods"] == stacks
+    assert read_speedscope((out / "speedscope.json").read_text())["drops: all pods"] == of_kind(stacks, "drops")
     assert json.loads((out / "histograms.json").read_text())["histograms"]
     assert read_csv((out / "histograms.csv").read_text())
     assert read_prometheus((out / "metrics.prom").read_text())

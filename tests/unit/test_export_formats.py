@@ -30,7 +30,7 @@ from profiler.probes.softirq import LOG2_SLOTS, log2_slots
 from profiler.snapshot import CpuInterval, Listener, PodInterval, Snapshot, SoftirqVector, StackSample
 from profiler.system.listeners import depth_bucket
 from tests.export_readers import (
-    FormatError, parse_folded, read_csv, read_prometheus, read_speedscope, sample_value,
+    FormatError, of_kind, parse_folded, read_csv, read_prometheus, read_speedscope, sample_value,
 )
 
 KERNEL = KernelInfo("6.18.44", btf=True, kprobes=False, tracefs="/sys/kernel/tracing", headers=None)
@@ -129,14 +129,20 @@ def test_folded_reader_rejects_what_flamegraph_tools_would_misread():
 def test_speedscope_file_validates_and_matches_the_folded_stacks(doc):
     profiles = read_speedscope(speedscope_json(doc))
     names = list(profiles)
-    assert names[0] == "all pods"
-    assert profiles["all pods"] == parse_folded(folded_text(doc))
-    # One profile per pod, busiest first, each its own stacks under their reason.
-    assert names[1:] == ["receiver", "lossy", "evil_pod_name"]
-    assert profiles["lossy"] == {("TCP_RETRANSMIT", *RETRANSMIT_PATH): 30, ("NETFILTER_DROP", *NFT_PATH): 7}
+    folded = parse_folded(folded_text(doc))
+    # Drops and retransmits never share a profile: each kind has its own "all pods" profile
+    # (the folded stacks of that kind), then one per pod, busiest first, stacks under reasons.
+    assert names == ["drops: all pods", "drops: receiver", "drops: lossy", "drops: evil_pod_name",
+                     "retransmits: all pods", "retransmits: lossy"]
+    assert profiles["drops: all pods"] == of_kind(folded, "drops")
+    assert profiles["retransmits: all pods"] == of_kind(folded, "retransmits")
+    assert profiles["drops: all pods"] and profiles["retransmits: all pods"]
+    assert profiles["retransmits: lossy"] == {("TCP_RETRANSMIT", *RETRANSMIT_PATH): 30}
+    assert profiles["drops: lossy"] == {("NETFILTER_DROP", *NFT_PATH): 7}
     for pod in doc["pods"]:
         expected = sum(n for (name, _), n in event_totals(doc).items() if name == pod["pod"])
-        assert sum(profiles.get(clean(pod["pod"]), {}).values()) == expected
+        got = sum(sum(profiles.get(f"{kind}: {clean(pod['pod'])}", {}).values()) for kind in ("drops", "retransmits"))
+        assert got == expected
 
 
 def test_speedscope_reader_enforces_the_spec():
@@ -158,7 +164,7 @@ def test_speedscope_reader_enforces_the_spec():
 def test_no_stacks_gives_empty_but_valid_files():
     doc = Capture(KERNEL, []).to_json()
     assert folded_text(doc) == "" and parse_folded(folded_text(doc)) == {}
-    assert read_speedscope(speedscope_json(doc)) == {"all pods": {}}
+    assert read_speedscope(speedscope_json(doc)) == {"drops: all pods": {}}
     assert json.loads(histograms_json(doc))["histograms"] == []
     assert read_csv(histograms_csv(doc)) == []
 
@@ -336,7 +342,10 @@ def test_export_command_converts_a_saved_capture(doc, tmp_path, capsys):
     target = tmp_path / "deep" / "speedscope.json"
     assert main(["export", str(capture), "-f", "speedscope", "--output", str(target)]) == 0
     assert f"wrote {target}" in capsys.readouterr().err
-    assert read_speedscope(target.read_text())["all pods"] == parse_folded(folded_text(doc))
+    speedscope = read_speedscope(target.read_text())
+    folded = parse_folded(folded_text(doc))
+    assert speedscope["drops: all pods"] == of_kind(folded, "drops")
+    assert speedscope["retransmits: all pods"] == of_kind(folded, "retransmits")
     assert main(["export", str(capture), "--format", "prometheus"]) == 0
     assert read_prometheus(capsys.readouterr().out)
 
