@@ -27,6 +27,14 @@
  * says why). Both maps are bounded; a drop past the budget or whose stack
  * finds no room is counted in drop_stacks_lost, never silently missing.
  *
+ * TCP flows (only with -DNETPROF_DROPS_FLOWS): a dropped packet that is IPv4 or IPv6 TCP
+ * (the tracepoint's protocol, then the IP header's protocol / next header; no IPv6
+ * extension headers)
+ * is counted per (site, netns, reason, 4-tuple) in an LRU map, from its own headers at
+ * skb->head + skb->network_header. Only TCP: what a retransmit can be matched against.
+ * LRU: a flood of distinct flows evicts old ones from this detail, never a drop from the
+ * counts above.
+ *
  * Cost per drop: one per-CPU hash update (plus, within the stack budget, one stack walk), no
  * ring buffer, no user-space work.
  */
@@ -38,7 +46,8 @@
     !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_SOCK_NUM_OFFSET)
 #error "skb/net_device/sock offsets must come from BTF (see profiler/kernel/offsets.py)"
 #endif
-#if !defined(NETPROF_DROP_REASON_NOT_SPECIFIED) || !defined(NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW)
+#if !defined(NETPROF_DROP_REASON_NOT_SPECIFIED) || !defined(NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW) || \
+    !defined(NETPROF_DROP_REASON_SOCKET_RCVBUFF) || !defined(NETPROF_DROP_REASON_UDP_CSUM)
 #error "drop reason values must come from BTF (see profiler/probes/drops.py)"
 #endif
 
@@ -56,6 +65,118 @@ BPF_F_TABLE("percpu_hash", struct drop_key, u64, drops_by_netns_reason_site, NET
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
 BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);
+
+#ifdef NETPROF_DROPS_FLOWS
+#if !defined(NETPROF_SKB_HEAD_OFFSET) || !defined(NETPROF_SKB_NETWORK_HEADER_OFFSET)
+#error "skb header offsets must come from BTF (see profiler/kernel/offsets.py)"
+#endif
+BPF_TABLE("lru_hash", struct drop_flow_key, u64, drops_by_flow, NETPROF_DROPS_MAX_FLOWS);
+
+#define NETPROF_AF_INET 2
+#define NETPROF_AF_INET6 10
+#define NETPROF_IPPROTO_TCP 6
+
+static __always_inline u16 be16_to_host(u16 value)
+{
+    return __builtin_bswap16(value);  /* x86-64 and arm64 kernels run little-endian */
+}
+
+/* skb->network_header and skb->head in one read when they lie close together (6.x: 12 bytes
+ * apart), two otherwise: each bpf_probe_read_kernel costs more than the bytes it copies. */
+#if NETPROF_SKB_HEAD_OFFSET > NETPROF_SKB_NETWORK_HEADER_OFFSET && \
+    NETPROF_SKB_HEAD_OFFSET - NETPROF_SKB_NETWORK_HEADER_OFFSET <= 24
+#define NETPROF_SKB_SPAN (NETPROF_SKB_HEAD_OFFSET - NETPROF_SKB_NETWORK_HEADER_OFFSET + 8)
+static __always_inline bool network_header_of(const void *skb, const unsigned char **ip)
+{
+    u8 span[NETPROF_SKB_SPAN] = {};
+    u16 network;
+    const unsigned char *head;
+
+    if (bpf_probe_read_kernel(span, sizeof(span), (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET))
+        return false;
+    __builtin_memcpy(&network, span, sizeof(network));
+    __builtin_memcpy(&head, span + NETPROF_SKB_SPAN - 8, sizeof(head));
+    if (!head || network == 0xffff)  /* ~0: no network header was set on this skb */
+        return false;
+    *ip = head + network;
+    return true;
+}
+#else
+static __always_inline bool network_header_of(const void *skb, const unsigned char **ip)
+{
+    u16 network = 0;
+    const unsigned char *head = 0;
+
+    if (bpf_probe_read_kernel(&network, sizeof(network), (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET) ||
+        bpf_probe_read_kernel(&head, sizeof(head), (const char *)skb + NETPROF_SKB_HEAD_OFFSET) || !head ||
+        network == 0xffff)
+        return false;
+    *ip = head + network;
+    return true;
+}
+#endif
+
+/* The dropped packet's TCP 4-tuple into `key`; false when it is not IPv4/IPv6 TCP or its
+ * headers cannot be read. Cheapest rejections first, since most drops in a storm are not
+ * TCP and every kernel read costs ≈35–40 ns here: reasons only UDP and raw sockets use
+ * (SOCKET_RCVBUFF, UDP_CSUM: a UDP receive-buffer storm) and the tracepoint's `protocol`
+ * (the ethertype, host order) turn drops away for free; other UDP drops cost two reads (skb
+ * fields, IP header). Only TCP reads its ports. */
+static __always_inline bool tcp_flow_of_skb(const void *skb, u16 protocol, u32 reason,
+                                            struct drop_flow_key *key)
+{
+    const unsigned char *ip;
+    u16 ports[2] = {};
+
+    if (reason == (u32)NETPROF_DROP_REASON_SOCKET_RCVBUFF || reason == (u32)NETPROF_DROP_REASON_UDP_CSUM)
+        return false;
+    if (protocol != 0x0800 && protocol != 0x86DD)    /* ETH_P_IP, ETH_P_IPV6 */
+        return false;
+    if (!network_header_of(skb, &ip))
+        return false;
+    if (protocol == 0x0800) {
+        u8 header[20] = {};
+        if (bpf_probe_read_kernel(header, sizeof(header), ip) || (header[0] >> 4) != 4 ||
+            header[9] != NETPROF_IPPROTO_TCP)
+            return false;
+        key->family = NETPROF_AF_INET;
+        __builtin_memcpy(key->saddr, &header[12], 4);
+        __builtin_memcpy(key->daddr, &header[16], 4);
+        if (bpf_probe_read_kernel(ports, sizeof(ports), ip + (header[0] & 0x0f) * 4))
+            return false;
+    } else {
+        u8 header[40] = {};
+        if (bpf_probe_read_kernel(header, sizeof(header), ip) || (header[0] >> 4) != 6 ||
+            header[6] != NETPROF_IPPROTO_TCP)
+            return false;
+        key->family = NETPROF_AF_INET6;
+        __builtin_memcpy(key->saddr, &header[8], 16);
+        __builtin_memcpy(key->daddr, &header[24], 16);
+        if (bpf_probe_read_kernel(ports, sizeof(ports), ip + 40))
+            return false;
+    }
+    key->sport = be16_to_host(ports[0]);
+    key->dport = be16_to_host(ports[1]);
+    return true;
+}
+
+static __always_inline void count_tcp_flow_drop(const void *skb, u16 protocol, const struct drop_key *drop)
+{
+    struct drop_flow_key key = {};
+    u64 one = 1;
+
+    if (!tcp_flow_of_skb(skb, protocol, drop->reason, &key))
+        return;
+    key.location = drop->location;
+    key.netns_inode = drop->netns_inode;
+    key.reason = drop->reason;
+    u64 *count = drops_by_flow.lookup(&key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        drops_by_flow.update(&key, &one);  /* LRU: never fails for room */
+}
+#endif
 
 #ifdef NETPROF_DROPS_STACKS
 BPF_STACK_TRACE(drop_stack_traces, NETPROF_DROPS_MAX_STACKS);
@@ -222,6 +343,9 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     key.netns_inode = netns;
     key.reason = reason;
     count_drop(&key);
+#ifdef NETPROF_DROPS_FLOWS
+    count_tcp_flow_drop(args->skbaddr, args->protocol, &key);
+#endif
 #ifdef NETPROF_DROPS_STACKS
     if (drop_stack_allowed(netns))
         /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST)

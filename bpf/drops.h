@@ -25,6 +25,21 @@ struct drop_stack_key {
     u32 stack_id;
 };
 
+/* TCP drops per flow (with -DNETPROF_DROPS_FLOWS), from the dropped packet's own IP and TCP
+ * headers: which flow lost packets where, so a retransmitting pod's finding can name the
+ * drop on its path (the same 4-tuple, either direction). */
+struct drop_flow_key {
+    u64 location;     /* the dropping call site, as in drop_key */
+    u32 netns_inode;  /* where it was dropped (as in drop_key), not necessarily the flow's pod */
+    u32 reason;
+    u16 family;       /* AF_INET or AF_INET6 */
+    u16 sport;        /* host byte order */
+    u16 dport;
+    u16 _pad;
+    u8 saddr[16];     /* IPv4 in the first 4 bytes */
+    u8 daddr[16];
+};
+
 /* Slots of the per-CPU `drops_uncounted` array: frees that are not drops, and drops a full
  * map could not hold. */
 enum drops_uncounted_slot {

@@ -22,12 +22,13 @@ from .system.node import NodeContext
 if TYPE_CHECKING:
     from .k8s.base import PodIdentity
 from .snapshot import (
-    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowKey,
+    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowDrops, FlowKey,
     Listener, PodInterval, Snapshot, StackSample,
 )
 
 SCHEMA = "netprof.profile/v1"
 MAX_DROP_SITES = 20
+MAX_FLOW_DROPS = 200  # TCP flows with drops kept in the JSON, busiest first
 
 
 LEVEL_SUFFIX = "_now"  # a gauge (conntrack count_now, max_now): the latest value, not a sum
@@ -87,6 +88,14 @@ class FlowTotals:
             "retransmitted_segments": self.segments,
             "states": dict(self.states),
         }
+
+
+def flow_drops_json(row: FlowDrops) -> dict:
+    return {
+        "pod": row.pod, "netns": row.flow.netns, "family": "ipv6" if row.flow.family == 10 else "ipv4",
+        "saddr": row.flow.saddr, "sport": row.flow.sport, "daddr": row.flow.daddr, "dport": row.flow.dport,
+        "reason": row.reason, "symbol": row.symbol, "count": row.count,
+    }
 
 
 def pod_json(pod: PodInterval, identity: "PodIdentity | None" = None) -> dict:
@@ -191,6 +200,18 @@ class Capture:
                 counts[(site.reason, site.symbol)] += site.count
         return [DropSite(r, s, n) for (r, s), n in counts.most_common(MAX_DROP_SITES)]
 
+    def flow_drop_totals(self) -> list[FlowDrops]:
+        """TCP packets dropped per (flow, where, reason, site) over the capture, busiest first."""
+        counts: Counter[tuple[FlowKey, str, str]] = Counter()
+        labels: dict[int, str] = dict(self.known_pods)
+        for snapshot in self.snapshots:
+            for row in snapshot.flow_drops:
+                counts[(row.flow, row.reason, row.symbol)] += row.count
+                labels[row.flow.netns] = row.pod
+        rows = [FlowDrops(labels[flow.netns], flow, reason, symbol, n)
+                for (flow, reason, symbol), n in counts.most_common(MAX_FLOW_DROPS)]
+        return rows
+
     def stack_totals(self) -> list[StackSample]:
         """Events per (pod, reason, kernel stack) over the capture, busiest first. Not capped:
         the kernel's maps bound how many there can be, and exports must add up."""
@@ -236,6 +257,7 @@ class Capture:
                            for s in self.drop_site_totals()],
             "stacks": [{"pod": s.pod, "netns": s.netns, "reason": s.reason, "frames": list(s.frames),
                         "count": s.count} for s in self.stack_totals()],
+            "flow_drops": [flow_drops_json(row) for row in self.flow_drop_totals()],
             "findings": [finding.to_json() for finding in self.findings],
             "lost_events": self.lost(),
             "ignored_events": self.ignored(),

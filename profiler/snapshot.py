@@ -141,6 +141,19 @@ class DropSite:
 
 
 @dataclass(frozen=True)
+class FlowDrops:
+    """TCP packets of one flow dropped at one kernel site for one reason. `netns` and `pod`
+    say where the packet was dropped (a bridge, the node, the peer), which need not be the
+    pod the flow belongs to: that is the point of keeping it."""
+
+    pod: str
+    flow: FlowKey      # the dropped packet's own addresses; flow.netns = where it was dropped
+    reason: str
+    symbol: str        # kernel function (+offset) that dropped it
+    count: int
+
+
+@dataclass(frozen=True)
 class StackSample:
     """Events with one kernel stack in one pod: drops (reason = drop reason name) or
     retransmits (reason = "TCP_RETRANSMIT"). Frames are function names, outer → inner."""
@@ -163,6 +176,7 @@ class Snapshot:
     cpus: tuple[CpuInterval, ...] = ()
     drop_sites: tuple[DropSite, ...] = ()
     stacks: tuple[StackSample, ...] = ()
+    flow_drops: tuple[FlowDrops, ...] = ()
     # Events the kernel side could not count in full (a map was full), by map.
     lost: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     # Events seen and deliberately not counted (frees that are not drops), by kind.
@@ -191,6 +205,7 @@ class SnapshotFrame:
         self.flows: list[FlowRetransmits] = []
         self.drop_sites: list[DropSite] = []
         self.stacks: list[StackSample] = []
+        self.flow_drops: list[FlowDrops] = []
         self.lost: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
 
@@ -214,6 +229,7 @@ class SnapshotFrame:
             cpus=tuple(CpuInterval(**v) for _, v in sorted(self._cpus.items())),
             drop_sites=tuple(self.drop_sites),
             stacks=tuple(self.stacks),
+            flow_drops=tuple(self.flow_drops),
             lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
             ignored=MappingProxyType({k: v for k, v in self.ignored.items() if v}),
         )

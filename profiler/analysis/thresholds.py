@@ -16,6 +16,15 @@ RETRANS_PER_S_WARNING = 10.0
 RETRANS_PER_S_CRITICAL = 100.0
 # Fewer retransmits than this over the whole capture is noise (one RTO on an idle conn).
 RETRANS_MIN_COUNT = 5
+# Drops of a retransmitting flow's packets that are consequences of loss or of teardown, not
+# its cause: duplicates that arrive after the retransmit (OLD_DATA/OLD_SEQUENCE/OLD_ACK) and
+# queues purged when a socket closes. Every other reason seen on the flow's own 4-tuple is a
+# candidate cause and goes into the finding.
+DROPS_NOT_A_CAUSE_OF_LOSS = frozenset({"QUEUE_PURGE", "TCP_OLD_DATA", "TCP_OLD_SEQUENCE", "TCP_OLD_ACK",
+                                       "TCP_CLOSE", "SOCKET_CLOSE"})
+# The drops on a flow's path must explain at least this share of its retransmits to be named
+# as the cause in the finding's headline (below it they are evidence only).
+DROPS_EXPLAIN_RETRANS_MIN_SHARE = 0.2
 
 # --- Listen queue ---------------------------------------------------------------------------
 # Any overflow refuses or delays a client's connection (the SYN or final ACK is dropped and

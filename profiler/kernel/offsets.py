@@ -28,6 +28,10 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # napi_poll names the device but not its netns, and every pod has an "eth0":
     # napi->dev, then NETPROF_NETDEV_NET_OFFSET (bpf/napi.bpf.c).
     "NETPROF_NAPI_DEV_OFFSET": (("napi_struct", "dev"),),
+    # A dropped TCP packet's own headers, for drops per flow (bpf/drops.bpf.c):
+    # skb->head + skb->network_header is its IP header.
+    "NETPROF_SKB_HEAD_OFFSET": (("sk_buff", "head"),),
+    "NETPROF_SKB_NETWORK_HEADER_OFFSET": (("sk_buff", "network_header"),),
 }
 
 # The same values, expressed for compilation against real kernel headers (no BTF).
@@ -40,6 +44,8 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NETDEV_NET_OFFSET": "__builtin_offsetof(struct net_device, nd_net)",
     "NETPROF_SOCK_NUM_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_num)",
     "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
+    "NETPROF_SKB_HEAD_OFFSET": "__builtin_offsetof(struct sk_buff, head)",
+    "NETPROF_SKB_NETWORK_HEADER_OFFSET": "__builtin_offsetof(struct sk_buff, network_header)",
 }
 
 

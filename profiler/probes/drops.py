@@ -30,6 +30,8 @@ MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
 # takes ~1 KiB (127 frames), so 4096 of them is 4 MiB of locked kernel memory.
 MAX_STACKS = 4096
 MAX_STACK_KEYS = 8192       # (netns, reason, stack) triples
+# TCP flows whose packets were dropped, per (site, netns, reason): LRU, 64 B per entry.
+MAX_FLOW_KEYS = 4096
 
 # Mirrors bpf/drops.h.
 DROP_KEY = np.dtype([("location", "<u8"), ("netns_inode", "<u4"), ("reason", "<u4")])
@@ -37,6 +39,9 @@ LISTEN_KEY = np.dtype([("netns_inode", "<u4"), ("port", "<u2"), ("_pad", "<u2")]
 NETNS_KEY = np.dtype([("netns_inode", "<u4")])
 SLOT_KEY = np.dtype([("slot", "<u4")])
 STACK_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4"), ("stack_id", "<u4")])
+FLOW_KEY = np.dtype([("location", "<u8"), ("netns_inode", "<u4"), ("reason", "<u4"), ("family", "<u2"),
+                     ("sport", "<u2"), ("dport", "<u2"), ("_pad", "<u2"),
+                     ("saddr", "u1", (16,)), ("daddr", "u1", (16,))])
 COUNT = np.dtype([("count", "<u8")])
 # The views folded from DROP_KEY counts (user space only).
 NETNS_REASON_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4")])
@@ -78,6 +83,9 @@ class DropCounts:
     per_stack: np.ndarray = field(default_factory=lambda: np.zeros(0, COUNT))
     # STACK_LOST_SLOTS → drops with no counted stack, summed over CPUs.
     stacks_lost: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(STACK_LOST_SLOTS, 0)))
+    # TCP drops per (site, netns, reason, flow); cumulative while the flow stays in the LRU map.
+    flows: np.ndarray = field(default_factory=lambda: np.zeros(0, FLOW_KEY))
+    per_flow: np.ndarray = field(default_factory=lambda: np.zeros(0, COUNT))
 
     @property
     def listen_overflows_by_port(self) -> dict[tuple[int, int], int]:
@@ -152,6 +160,9 @@ def reason_cflags(names: Mapping[int, str]) -> list[str]:
         ("NETPROF_DROP_REASON_NOT_DROPPED_YET", "SKB_NOT_DROPPED_YET"),
         ("NETPROF_DROP_REASON_CONSUMED", "SKB_CONSUMED"),
         ("NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW", "TCP_LISTEN_OVERFLOW"),
+        # Reasons only UDP and raw sockets give: such a drop is no TCP flow's (drops per flow).
+        ("NETPROF_DROP_REASON_SOCKET_RCVBUFF", "SOCKET_RCVBUFF"),
+        ("NETPROF_DROP_REASON_UDP_CSUM", "UDP_CSUM"),
     ):
         value = reason_value(names, name)
         flags.append(f"-D{macro}={_NO_SUCH_REASON if value is None else value}U")
@@ -165,6 +176,7 @@ STACK_CFLAGS = (
     *stack_budget_cflags(),
 )
 RCVQUEUE_CFLAGS = ("-DNETPROF_DROPS_RCVQUEUE_FULL",)
+FLOW_CFLAGS = ("-DNETPROF_DROPS_FLOWS", f"-DNETPROF_DROPS_MAX_FLOWS={MAX_FLOW_KEYS}")
 
 
 class DropProbe:
@@ -172,7 +184,8 @@ class DropProbe:
     rcvqueue_name = "rcvqueue_full"
     stacks_name = "drop_stacks"
 
-    def __init__(self, stacks: bool = True) -> None:
+    def __init__(self, stacks: bool = True, flows: bool = True) -> None:
+        self._flows = flows
         self._bpf = None
         self._readers: dict[str, MapReader] = {}
         self._want_stacks = stacks
@@ -193,6 +206,7 @@ class DropProbe:
             self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
             return ProbeStatus(self.name, False, via, why)
         cflags = [
+            *(FLOW_CFLAGS if self._flows else ()),
             f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
             f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}",
             f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
@@ -238,6 +252,8 @@ class DropProbe:
             "rcvqueue": MapReader(table(b"rcvqueue_full_by_netns"), MapLayout(NETNS_KEY, COUNT)),
             "uncounted": MapReader(table(b"drops_uncounted"), MapLayout(SLOT_KEY, COUNT, percpu=True)),
         }
+        if self._flows:
+            self._readers["flows"] = MapReader(table(b"drops_by_flow"), MapLayout(FLOW_KEY, COUNT))
         if self._stacks:
             self._readers["stack"] = MapReader(table(b"drops_by_stack"), MapLayout(STACK_KEY, COUNT))
             self._readers["stack_lost"] = MapReader(table(b"drop_stacks_lost"), MapLayout(STACK_LOST_KEY, COUNT, percpu=True))
@@ -254,9 +270,12 @@ class DropProbe:
         for slot, counts in zip(slots["slot"], per_slot["count"]):
             if slot < len(UNCOUNTED_SLOTS):
                 uncounted[UNCOUNTED_SLOTS[slot]] = int(counts.sum())
+        flows, per_flow = (self._readers["flows"].read() if "flows" in self._readers
+                           else (np.zeros(0, FLOW_KEY), np.zeros(0, COUNT)))
         counts = DropCounts(
             views.netns_reasons, views.per_netns_reason, views.cpu_reasons, views.per_cpu_reason,
             views.sites, views.per_site, listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
+            flows=flows, per_flow=per_flow,
         )
         if not self._stacks:
             return counts

@@ -1,8 +1,6 @@
 """TCP retransmits per network namespace and per flow (bpf/retransmits.bpf.c)."""
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -71,12 +69,6 @@ class RetransmitCounts:
     per_stack: np.ndarray = field(default_factory=lambda: np.zeros(0, STACK_COUNT))
     # STACK_LOST_SLOTS → retransmits with no counted stack.
     stacks_lost: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(STACK_LOST_SLOTS, 0)))
-
-
-def format_address(family: int, raw: np.ndarray) -> str:
-    if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(bytes(raw[:16])))
-    return str(ipaddress.IPv4Address(bytes(raw[:4])))
 
 
 class RetransmitProbe:

@@ -15,17 +15,20 @@ from typing import Mapping
 
 import numpy as np
 
+from ..kernel.addresses import format_address
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
 from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
-from ..snapshot import DropSite, SnapshotFrame
+from ..snapshot import DropSite, FlowDrops, FlowKey, SnapshotFrame
 from .base import ProbeSource, write_stack_samples
 
 # Drop sites written per interval, busiest first; the capture keeps its own top list.
 MAX_SITES_PER_INTERVAL = 50
+# TCP flows with drops written per interval, busiest first.
+MAX_FLOWS_PER_INTERVAL = 200
 
 
 class DropSource(ProbeSource[DropCounts]):
@@ -58,6 +61,7 @@ class DropSource(ProbeSource[DropCounts]):
         self._collect_sites(frame, previous, counts)
         self._collect_listeners(previous, counts)
         self._collect_stacks(frame, previous, counts)
+        self._collect_flows(frame, previous, counts)
         for slot in UNCOUNTED_SLOTS:
             increase = counts.uncounted[slot] - (previous.uncounted[slot] if previous else 0)
             # Ignored frees are a deliberate choice (not drops); a full map is a loss.
@@ -115,6 +119,24 @@ class DropSource(ProbeSource[DropCounts]):
                 symbol=self._symbolize(int(key["location"])),
                 count=int(delta[index]),
             ))
+
+    def _collect_flows(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
+        delta = counter_deltas(previous.flows if previous else None,
+                               previous.per_flow if previous else None,
+                               counts.flows, counts.per_flow)["count"]
+        busy = np.flatnonzero(delta > 0)
+        busy = busy[np.argsort(-delta[busy], kind="stable")][:MAX_FLOWS_PER_INTERVAL]
+        for index in busy:
+            key = counts.flows[index]
+            family = int(key["family"])
+            netns = int(key["netns_inode"])
+            flow = FlowKey(netns=netns, family=family, saddr=format_address(family, key["saddr"]),
+                           sport=int(key["sport"]), daddr=format_address(family, key["daddr"]),
+                           dport=int(key["dport"]))
+            frame.flow_drops.append(FlowDrops(pod=frame.label(netns), flow=flow,
+                                              reason=self._name(int(key["reason"])),
+                                              symbol=self._symbolize(int(key["location"])),
+                                              count=int(delta[index])))
 
     def _collect_listeners(self, previous: DropCounts | None, counts: DropCounts) -> None:
         delta = counter_deltas(previous.listeners if previous else None,

@@ -7,7 +7,8 @@ from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
 from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
-from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe, format_address
+from ..kernel.addresses import format_address
+from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe
 from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame
 from .base import ProbeSource, write_stack_samples
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NetprofError
+from ..kernel.addresses import format_address
 from .netns import run_in_netns
 
 NETLINK_SOCK_DIAG = 4
@@ -86,12 +87,6 @@ def build_listener_request(family: int, sequence: int) -> bytes:
     return header + body
 
 
-def _format_address(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw[:16])
-    return socket.inet_ntop(socket.AF_INET, raw[:4])
-
-
 def parse_listener_messages(data: bytes, sequence: int) -> tuple[list[ListenerRow], bool]:
     """Listeners in one netlink datagram, and whether the dump is complete (NLMSG_DONE).
 
@@ -118,7 +113,7 @@ def parse_listener_messages(data: bytes, sequence: int) -> tuple[list[ListenerRo
                 sport, _dport = _DIAG_PORTS.unpack_from(data, body + 4)
                 src = data[body + _DIAG_SRC_OFFSET: body + _DIAG_SRC_OFFSET + 16]
                 rqueue, wqueue, _uid, inode = _DIAG_QUEUES.unpack_from(data, body + _DIAG_QUEUES_OFFSET)
-                rows.append(ListenerRow(family, _format_address(family, src), sport, rqueue, wqueue, inode))
+                rows.append(ListenerRow(family, format_address(family, src), sport, rqueue, wqueue, inode))
         offset += (length + 3) & ~3  # NLMSG_ALIGN
     return rows, False
 

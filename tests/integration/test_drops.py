@@ -15,7 +15,7 @@ from profiler.lab.scenarios import Scenario, ScenarioResult
 from profiler.kernel.maps import possible_cpus
 from profiler.lab.sysctl import read_sysctl
 from profiler.probes.drops import (
-    COUNT, DROP_KEY, LISTEN_KEY, NETNS_KEY, SLOT_KEY, DropProbe,
+    COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, NETNS_KEY, SLOT_KEY, DropProbe,
 )
 from profiler.profile import ProfileOptions, run_profile
 from profiler.snapshot import PodInterval
@@ -193,6 +193,7 @@ def test_numpy_layouts_match_the_loaded_programs_structs(loader):
             b"listen_overflows_by_port": (LISTEN_KEY, COUNT),
             b"rcvqueue_full_by_netns": (NETNS_KEY, COUNT),
             b"drops_uncounted": (SLOT_KEY, COUNT),
+            b"drops_by_flow": (FLOW_KEY, COUNT),
         }
         for name, (key, value) in expected.items():
             table = bpf[name]

@@ -91,3 +91,36 @@ def test_healthy_lab_has_no_critical_finding():
                               log=lambda msg: None)
     critical = [(f.kind, f.pod, f.summary) for f in capture.findings if f.severity == "critical"]
     assert critical == []
+
+
+def test_retransmit_finding_points_at_the_drop_on_the_flows_path():
+    """The lossy pod's packets are dropped by an nft rule on the lab's bridge, in the node's
+    netns: the finding names that drop (reason, site, where) as the cause, from the dropped
+    packets' own 4-tuples, and its first fix is about that rule."""
+    with RetransmitScenario() as scenario:
+        node = scenario.lab.node_netns   # the bridge's netns, named like a pod
+
+        def whole_run() -> None:
+            scenario.start(3.0)
+            scenario.wait()
+
+        capture = run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_run,
+                              log=lambda msg: None)
+        labels = {name: pod.netns for name, pod in scenario.lab.pods.items()}
+    doc = capture.to_json()
+    finding = next(f for f in capture.findings if f.kind == "tcp-retransmits")
+    assert finding.pod == labels["lossy"]
+    lossy_ip = next(row["saddr"] for row in doc["flows"] if row["pod"] == labels["lossy"])
+    path_drops = [row for row in doc["flow_drops"]
+                  if row["saddr"] == lossy_ip and row["reason"] == "NETFILTER_DROP"]
+    assert path_drops and all(row["symbol"].startswith("nft_do_chain") for row in path_drops)
+    where = path_drops[0]["pod"]
+    assert where == node
+    # Every dropped packet the nft rule counted is one of the lossy flow's, and it explains
+    # most of its retransmits (each lost segment is retransmitted at least once).
+    dropped = sum(row["count"] for row in path_drops)
+    lossy = next(p for p in doc["pods"] if p["pod"] == labels["lossy"])
+    assert 0.5 * lossy["retransmits"] <= dropped <= 1.5 * lossy["retransmitted_segments"]
+    assert f"NETFILTER_DROP at nft_do_chain" in finding.summary and where in finding.summary
+    assert finding.fixes[0].title == f"find the netfilter rule in {where} that drops this pod's traffic"
+    assert any(line.startswith(f"NETFILTER_DROP at nft_do_chain") for line in finding.evidence["drops_on_path"])

@@ -146,3 +146,47 @@ def test_findings_are_ranked_by_severity_then_rate():
     severities = [f.severity for f in analyze(doc, CTX)]
     assert severities == sorted(severities, key=["critical", "warning", "info"].index)
     assert analyze(doc, CTX)[0].kind == "listen-overflow"
+
+
+def _lossy(flow_drops: list[dict]) -> dict:
+    doc = doc_with(retransmits=120, retransmitted_segments=130, netstat={"Tcp.OutSegs": 2000})
+    doc["flows"] = [{"pod": "web", "netns": 11, "family": "ipv4", "saddr": "10.0.0.5", "sport": 40000,
+                     "daddr": "10.0.0.9", "dport": 80, "retransmits": 120, "retransmitted_segments": 130}]
+    doc["flow_drops"] = flow_drops
+    return doc
+
+
+def _drop(reason: str, saddr: str, sport: int, daddr: str, dport: int, count: int, where: str = "node",
+          symbol: str = "nft_do_chain+0x46f") -> dict:
+    return {"pod": where, "netns": 99, "family": "ipv4", "saddr": saddr, "sport": sport, "daddr": daddr,
+            "dport": dport, "reason": reason, "symbol": symbol, "count": count}
+
+
+def test_retransmits_name_the_drop_on_their_flows_path():
+    ctx = AnalysisContext(netns_paths={11: "/run/netns/web", 99: "/run/netns/node"})
+    doc = _lossy([_drop("NETFILTER_DROP", "10.0.0.5", 40000, "10.0.0.9", 80, 110),
+                  _drop("QUEUE_PURGE", "10.0.0.9", 80, "10.0.0.5", 40000, 500, where="web"),      # teardown
+                  _drop("NETFILTER_DROP", "10.0.0.7", 40000, "10.0.0.9", 80, 900)])             # another flow
+    finding = next(f for f in analyze(doc, ctx) if f.kind == "tcp-retransmits")
+    assert finding.summary.endswith("; NETFILTER_DROP at nft_do_chain+0x46f in node dropped 110 of its packets")
+    assert finding.evidence["drops_on_path"] == ["NETFILTER_DROP at nft_do_chain+0x46f in node: 110 (data)"]
+    first = finding.fixes[0]
+    assert first.title == "find the netfilter rule in node that drops this pod's traffic"
+    assert "nsenter --net=/run/netns/node nft list ruleset" in first.commands
+    assert finding.fixes[-1].title == "find where the path loses packets"
+
+
+def test_lost_acks_count_in_the_reverse_direction():
+    doc = _lossy([_drop("SOCKET_BACKLOG", "10.0.0.9", 80, "10.0.0.5", 40000, 60, where="peer",
+                        symbol="tcp_add_backlog+0x5c")])
+    finding = next(f for f in analyze(doc, CTX) if f.kind == "tcp-retransmits")
+    assert finding.evidence["drops_on_path"] == ["SOCKET_BACKLOG at tcp_add_backlog+0x5c in peer: 60 (acks)"]
+    assert "SOCKET_BACKLOG at tcp_add_backlog+0x5c in peer dropped 60" in finding.summary
+    assert finding.fixes[0].title == "stop the SOCKET_BACKLOG drops in peer"
+
+
+def test_a_few_drops_are_evidence_but_not_the_headline():
+    doc = _lossy([_drop("NETFILTER_DROP", "10.0.0.5", 40000, "10.0.0.9", 80, 3)])
+    finding = next(f for f in analyze(doc, CTX) if f.kind == "tcp-retransmits")
+    assert finding.evidence["drops_on_path"] and "dropped" not in finding.summary
+    assert [f.title for f in finding.fixes] == ["find where the path loses packets"]

@@ -10,7 +10,7 @@ import numpy as np
 from profiler.kernel.features import tracepoint_fields
 from profiler.kernel.offsets import parse_print_symbolic
 from profiler.probes.drops import (
-    COUNT, DROP_KEY, LISTEN_KEY, UNCOUNTED_SLOTS, fold_drop_counts, reason_cflags, reason_name,
+    COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, UNCOUNTED_SLOTS, fold_drop_counts, reason_cflags, reason_name,
 )
 
 DROPS_H = Path(__file__).resolve().parents[2] / "bpf" / "drops.h"
@@ -69,7 +69,7 @@ def test_tracepoint_fields_from_the_format_file(tmp_path: Path):
 def _c_struct_fields(name: str) -> list[str]:
     text = DROPS_H.read_text()
     body = re.search(rf"struct {name} \{{(.*?)\}};", text, re.S).group(1)
-    return re.findall(r"^\s*u\d+ (\w+);", body, re.M)
+    return re.findall(r"^\s*u\d+ (\w+)(?:\[\d+\])?;", body, re.M)
 
 
 def test_key_dtypes_follow_the_c_structs_field_for_field():
@@ -79,6 +79,9 @@ def test_key_dtypes_follow_the_c_structs_field_for_field():
     assert (DROP_KEY.itemsize, LISTEN_KEY.itemsize) == (16, 8)
     assert DROP_KEY.fields["location"][1] == 0 and DROP_KEY.alignment <= 8
     assert np.dtype(LISTEN_KEY).fields["port"][0] == np.dtype("<u2")
+    # Drops per TCP flow: 8 + 4 + 4 + 4 × 2 + 2 × 16 bytes, addresses last, no padding.
+    assert list(FLOW_KEY.names) == _c_struct_fields("drop_flow_key")
+    assert FLOW_KEY.itemsize == 56 and FLOW_KEY.fields["saddr"][1] == 24 and FLOW_KEY.fields["daddr"][1] == 40
 
 
 def test_uncounted_slots_in_the_headers_order():
