@@ -13,10 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+# Captures and exports name pods and their flows (who talks to whom, what fails): private to
+# whoever wrote them, root on a node. A caller that must share a file says so (serve's textfile).
+PRIVATE_FILE_MODE = 0o600
+
+
+def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> None:
     """Write beside the target and rename over it: a reader never sees half a file, and an
-    interrupted export leaves the previous file intact. `mode` (default world-readable:
-    node_exporter and users read these) replaces mkstemp's 0600."""
+    interrupted export leaves the previous file intact. The file gets exactly `mode`
+    (fchmod, so the umask can neither widen nor narrow it); replacing a file replaces its
+    mode too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
