@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..inert import inert_tree
+
 
 # Captures and exports name pods and their flows (who talks to whom, what fails): private to
 # whoever wrote them, root on a node. A caller that must share a file says so (serve's textfile).
@@ -38,7 +40,10 @@ def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> N
 
 
 def capture_json(doc: dict) -> str:
-    return json.dumps(doc, indent=2) + "\n"
+    # json.dumps alone leaves no raw control in the file (it escapes them), but `jq -r` or any
+    # reader would decode an ESC back: strings are made inert first. Line breaks stay (JSON
+    # escapes them), so a capture converts again to the same exports.
+    return json.dumps(inert_tree(doc, multiline_fields=None), indent=2) + "\n"
 
 
 def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:

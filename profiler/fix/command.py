@@ -15,6 +15,7 @@ from rich.text import Text
 from ..analysis.findings import Finding, rank
 from ..errors import NetprofError
 from ..exports import atomic_write_text
+from ..inert import inert
 from ..report import SEVERITY_STYLE
 from .apply import PlanIdentity, apply_changes, format_report, node_scope_changes, rollback
 
@@ -51,22 +52,24 @@ def identity_of(doc: dict) -> PlanIdentity:
 
 
 def print_plan(findings: list[Finding], console: Console) -> None:
+    """The plan as an operator reads it. Findings may come from a capture file anyone wrote:
+    each of their strings is made inert, and printed as `Text` (never markup)."""
     if not findings:
         console.print("No findings: nothing to fix on this node for what the capture saw.")
         return
     for number, finding in enumerate(findings, 1):
         head = Text(f"{number}. ")
         head.append(finding.severity, style=SEVERITY_STYLE.get(finding.severity, ""))
-        head.append(f" {finding.kind}: {finding.summary}")
+        head.append(f" {inert(finding.kind)}: {inert(finding.summary)}")
         console.print(head)
         for fix in finding.fixes:
-            console.print(Text(f"   [{fix.scope}] {fix.title}", style="bold"))
-            for line in fix.rationale.splitlines():
+            console.print(Text(f"   [{inert(fix.scope)}] {inert(fix.title)}", style="bold"))
+            for line in inert(fix.rationale, multiline=True).splitlines():
                 console.print(Text(f"      {line}", style="dim"))
             for command in fix.commands:
-                console.print(Text(f"      $ {command}"))
+                console.print(Text(f"      $ {inert(command)}"))
             if fix.persistence:
-                console.print(Text(f"      persist: {fix.persistence}", style="dim"))
+                console.print(Text(f"      persist: {inert(fix.persistence)}", style="dim"))
         console.print()
 
 
