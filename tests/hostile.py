@@ -3,8 +3,9 @@ the check every view's output must pass (tests/unit/test_hostile_views.py, tests
 
 The capture is a recorded one (tests/tui/fixtures/busy.json) with the payload appended to
 pod names (everywhere they appear), the hostname, NIC and NAPI device names, listener
-addresses, drop reasons, softirq vector names and kernel symbols, stack frames, finding summaries, evidence (keys and values), every fix
-field, probe errors, cost hooks and lost-event names. Closed-set fields (finding kind,
+addresses, drop reasons, softirq vector names and kernel symbols, stack frames, finding
+summaries, evidence (keys and values), every fix field, probe errors, cost hooks and
+lost-event names. Closed-set fields (finding kind,
 severity, fix scope) are left alone: validation, not rendering, answers for those.
 """
 from __future__ import annotations
