@@ -273,7 +273,7 @@ def render(capture: dict) -> Group:
             parts += [section, Text("")]
     lost = {k: v for k, v in capture.get("lost_events", {}).items() if v}
     if lost:
-        parts.append(Text("events not counted (kernel map full): " +
+        parts.append(Text("events not counted (a kernel map was full, or the kernel skipped a program's run): " +
                           ", ".join(f"{k} {v}" for k, v in lost.items()), style="yellow"))
     return Group(*parts)
 

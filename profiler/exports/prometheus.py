@@ -168,7 +168,10 @@ def _cpu_families(cpus: list[dict]) -> list[Metric]:
 
 
 def _node_families(doc: dict) -> list[Metric]:
-    lost = _counter("lost_events", "events the kernel side could not count (a map was full), by map", ["map"])
+    # The label keeps its name `map` (dashboards use it); a program's skipped runs are
+    # <program>_recursion_misses:<hook> (profiler/cost.py).
+    lost = _counter("lost_events", "events the kernel side could not count: by map (the map was full) "
+                    "or <program>_recursion_misses:<hook> (the kernel skipped the program's run)", ["map"])
     for name, count in sorted((doc.get("lost_events") or {}).items()):
         lost.add_metric([name], count)
     ignored = _counter("ignored_events", "events seen and deliberately not counted, by kind", ["kind"])

@@ -30,7 +30,7 @@ def render_probes(document: dict) -> RenderableType:
         parts += render_cost(cost)
     lost = {k: v for k, v in (document.get("lost_events") or {}).items() if v}
     if lost:
-        parts.append(Text("\nevents not counted (a kernel map was full): "
+        parts.append(Text("\nevents not counted (a kernel map was full, or the kernel skipped a program's run): "
                           + ", ".join(f"{k} {v}" for k, v in lost.items()), style=style("caution")))
     return Group(*parts)
 
