@@ -69,7 +69,8 @@ def test_misses_are_counted_per_interval_and_program(tmp_path):
     assert counter.misses_since_last() == {}
     proc.set(21, prog_fdinfo(1590, 0, 91))   # the storm: statistics off, misses still counted
     proc.set(22, prog_fdinfo(1591, 0, 2))
-    assert counter.misses_since_last() == {DROPS_KEY: 91, recursion_miss_key("softirq", "tracepoint:irq:softirq_entry"): 2}
+    softirq_key = recursion_miss_key("softirq", "tracepoint:irq:softirq_entry")
+    assert counter.misses_since_last() == {DROPS_KEY: 91, softirq_key: 2}
     assert counter.misses_since_last() == {}, "only what is new"
     proc.set(21, prog_fdinfo(1702, 0, 4))    # reloaded: a new program, counting from zero
     assert counter.misses_since_last() == {DROPS_KEY: 4}
