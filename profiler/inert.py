@@ -77,21 +77,32 @@ def inert_tree(document: Any, multiline_fields: frozenset[str] | None = MULTILIN
     result: list[Any] = [None]
     # (value, the key it sits under, the container to put its copy in, the slot there)
     pending: list[tuple[Any, Any, Any, Any]] = [(document, None, result, 0)]
+
+    def place(item: Any, field: Any, container: Any, slot: Any) -> None:
+        # Strings and scalars in place; containers later. Most of a capture is numbers and
+        # short names, and pushing each of them costs more than handling it here.
+        if isinstance(item, str):
+            container[slot] = item if item.isascii() and item.isprintable() else inert(
+                item, multiline=multiline_fields is None or field in multiline_fields)
+        elif isinstance(item, (Mapping, list, tuple)):
+            pending.append((item, field, container, slot))
+        else:
+            container[slot] = item
+
     while pending:
         value, field, container, slot = pending.pop()
-        if isinstance(value, str):
-            container[slot] = inert(value, multiline=multiline_fields is None or field in multiline_fields)
-        elif isinstance(value, Mapping):
+        if isinstance(value, Mapping):
             copy: dict[Any, Any] = {}
             container[slot] = copy
             for key, item in value.items():
-                safe_key = inert(key) if isinstance(key, str) else key
-                copy[safe_key] = None  # keeps the mapping's order; filled in below
-                pending.append((item, key, copy, safe_key))
+                safe_key = key if not isinstance(key, str) or (key.isascii() and key.isprintable()) else inert(key)
+                copy[safe_key] = None  # keeps the mapping's order; filled in by place()
+                place(item, key, copy, safe_key)
         elif isinstance(value, (list, tuple)):
             items: list[Any] = [None] * len(value)
             container[slot] = items
-            pending.extend((item, field, items, index) for index, item in enumerate(value))
+            for index, item in enumerate(value):
+                place(item, field, items, index)
         else:
-            container[slot] = value
+            place(value, field, container, slot)
     return result[0]
