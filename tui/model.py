@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
-from profiler.inert import inert_tree
+from profiler.inert import inert, inert_tree
 from profiler.system.irqs import parse_cpu_list
 
 HISTORY_LENGTH = 60
@@ -382,7 +382,7 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
         window_s=float(document.get("duration_s") or 0.0),
         started_at=document.get("started_at"),
         cost=cost_summary(document.get("cost")),
-        error=error,
+        error=None if error is None else inert(error),  # an exception's text may quote outside text
     )
     return DashboardModel(sequence=sequence, header=header, findings=findings, pods=pods, cpus=tuple(cpus),
                           rate_window_s=rate_s, document=document, updated_monotonic_s=updated_monotonic_s)
