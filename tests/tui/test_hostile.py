@@ -52,3 +52,25 @@ def test_every_screen_of_a_hostile_capture_is_inert(tmp_path):
     assert f"(no_device){MARKUP}" in seen["cpu"], "a NAPI device in a detail table"
     assert f"tracepoint:skb:kfree_skb{MARKUP}" in seen["probes"], "a BPF hook in the cost table"
     assert app.exports and all(controls(path.read_text()) == [] for path in app.exports[0])
+
+
+def test_replay_in_a_real_terminal_sends_none_of_the_captures_escapes(tmp_path):
+    """The bytes the real program writes to a pseudo-terminal: the capture's clipboard write,
+    window title and C1 CSI never reach it as sequences, only as visible text."""
+    import json
+
+    from tests.tui.test_cli import NETPROF, Pty, plain
+
+    capture = tmp_path / "hostile.json"
+    capture.write_text(json.dumps(hostile_capture()))
+    pty = Pty([*NETPROF, "tui", "--replay", str(capture)], size=(160, 48))
+    try:
+        drawn = ("Findings (5, capture)", "nplab9d1ca8-lossy", "export")
+        assert pty.read_until(lambda out: all(part in plain(out) for part in drawn)), plain(pty.output)[-2000:]
+        pty.send("q")
+        assert pty.finish() == 0
+    finally:
+        pty.kill()
+    for sequence in (b"\x1b]52;", b"\x1b]0;pwned", "\x9b".encode(), "\u202e".encode()):
+        assert sequence not in pty.output, sequence
+    assert f"vm{MARKUP}\\x1b[2J\\x1b]52;c;ZXZpbA==" in plain(pty.output), "shown, as text"
