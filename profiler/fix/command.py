@@ -93,7 +93,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     if do_rollback:
         report = rollback(journal_dir)
         for line in format_report(report):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
         return 0 if report.ok else 1
     assert capture is not None
     findings = findings_of(capture)
@@ -110,7 +110,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     identity = identity_of(capture)
     report = apply_changes(changes, identity, journal_dir, dry_run=not apply)
     for line in format_report(report):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
     if not apply:
         console.print(f"dry run: nothing was changed. `netprof fix --apply` makes the {len(changes)} "
                       "node-scope change(s) above and journals the old values for --rollback.")

@@ -92,3 +92,21 @@ def test_prometheus_escapes_what_its_format_needs():
 def test_written_exports_are_inert(doc, tmp_path):
     for path in write_all(doc, tmp_path / "out"):
         assert controls(path.read_text()) == [], path.name
+
+
+def test_the_commands_print_nothing_a_terminal_acts_on(doc, tmp_path, capsys, monkeypatch):
+    """`netprof fix --from` and `netprof export` on the hostile capture, through the CLI."""
+    from profiler.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich's width: no line of the plan wrapped
+
+    capture = tmp_path / "hostile.json"
+    capture.write_text(json.dumps(doc))
+    assert main(["fix", "--from", str(capture), "--journal-dir", str(tmp_path / "journal")]) in (0, 1)
+    out, err = capsys.readouterr()
+    assert controls(out) == [] and controls(err) == []
+    assert f"stop the parallel DNS A/AAAA race{MARKUP}" in out
+    for name in EXPORT_FORMATS:
+        assert main(["export", str(capture), "--format", name]) == 0
+        out, err = capsys.readouterr()
+        assert controls(out) == [] and controls(err) == [], name
