@@ -83,7 +83,7 @@ def write_snippets(findings: list[Finding], out_dir: Path) -> list[Path]:
                 continue
             suffix = {"pod": "yaml", "node": "sh"}.get(fix.scope, "txt")
             path = out_dir / f"{number:02d}-{finding.kind}-{index}-{fix.scope}.{suffix}"
-            atomic_write_text(path, fix.snippet)
+            atomic_write_text(path, inert(fix.snippet, multiline=True))  # cat or an editor shows it
             written.append(path)
     return written
 

@@ -110,3 +110,15 @@ def test_the_commands_print_nothing_a_terminal_acts_on(doc, tmp_path, capsys, mo
         assert main(["export", str(capture), "--format", name]) == 0
         out, err = capsys.readouterr()
         assert controls(out) == [] and controls(err) == [], name
+
+
+def test_fix_snippet_files_are_inert(doc, tmp_path):
+    from profiler.fix.command import write_snippets
+
+    findings = rank([Finding.from_json(f) for f in doc["findings"]])
+    written = write_snippets(findings, tmp_path / "snippets")
+    assert written
+    for path in written:
+        text = path.read_text()
+        assert controls(text) == [], path.name
+        assert MARKUP in text and text.count("\n") >= 1, "kept, lines and all"
