@@ -402,6 +402,46 @@ def cost_of_span(start: CostReading, readings: Sequence[CostReading], timed: Seq
     )
 
 
+def recursion_miss_key(program: str, hook: str) -> str:
+    """The lost-events key of one program's skipped runs: which program, on which hook."""
+    return f"{program}_recursion_misses:{hook}"
+
+
+class RecursionMissCounter:
+    """Runs of netprof's BPF programs that the kernel skipped, as lost events of each interval.
+
+    While one of our programs runs on a CPU (or any BPF program, for the perf-event
+    tracepoints), the kernel does not run another there: in a drop storm a kfree_skb that
+    fires inside a softirq that interrupted our program is never counted, and the kernel
+    only says how many (`recursion_misses` in the program's fdinfo, Linux 5.12+ for raw
+    tracepoints, 6.7+ for the others). It counts them whether or not BPF run-time statistics
+    are on, so unlike the `cost` section (which reads counters over its timed intervals only)
+    this counts every interval, and the capture's `lost_events` — what every view shows as
+    events not counted — includes them."""
+
+    def __init__(self, loaded: Sequence[tuple[str, object]], proc: Path = Path("/proc")):
+        self._loaded = loaded  # MeteredLoader.loaded: grows while sources attach
+        self.proc = proc
+        self._previous: dict[tuple[str, str], ProgramRunStats] = {}
+
+    def misses_since_last(self) -> dict[str, int]:
+        """lost-events key → runs skipped since the previous call (since load, the first time)."""
+        misses: dict[str, int] = {}
+        for program, hook, fd in loaded_program_fds(self._loaded):
+            now = read_prog_stats(fd, self.proc)
+            if now is None:
+                continue
+            before = self._previous.get((program, hook))
+            self._previous[(program, hook)] = now
+            if before is not None and before.prog_id != now.prog_id:
+                before = None  # reloaded: all of its count is new
+            count = _counter_delta(before.recursion_misses if before else 0, now.recursion_misses)
+            if count:
+                key = recursion_miss_key(program, hook)
+                misses[key] = misses.get(key, 0) + count
+        return misses
+
+
 class CostMeter:
     """Reads the counters of every program a MeteredLoader loaded, plus this process."""
 

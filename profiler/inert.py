@@ -14,11 +14,16 @@ sees that a name was odd instead of a silently different name.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
+from typing import Any
 
 # Unicode categories that never belong in a label: controls (C0, DEL, C1), format characters
 # (bidi overrides, zero-width), surrogates, private use, unassigned, line/paragraph separators.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _KEEP_MULTILINE = frozenset("\n")
+# Fields of a capture whose text is several lines by design: a fix's reasoning and its
+# snippet (YAML, code, a script). Every other string of a capture is one line.
+MULTILINE_FIELDS = frozenset({"rationale", "snippet"})
 
 
 def _escape(ch: str) -> str:
@@ -57,3 +62,47 @@ def inert(value: object, max_len: int | None = None, *, multiline: bool = False)
 def is_inert(text: str, *, multiline: bool = False) -> bool:
     """True if `inert` would leave `text` as it is (no length limit)."""
     return inert(text, multiline=multiline) == text
+
+
+def inert_tree(document: Any, multiline_fields: frozenset[str] | None = MULTILINE_FIELDS) -> Any:
+    """A copy of a JSON-like document (a capture, or any part of one) with every string made
+    inert, mapping keys included (drop reasons, counter names and evidence keys come from the
+    capture too). Strings under a key in `multiline_fields` keep their line breaks, also
+    inside lists under that key; None keeps them in every string (for a format that escapes
+    line breaks itself). Numbers, booleans and None are kept; tuples become lists.
+
+    Views call this once on the document they render, so a field added to the capture later
+    is covered without anyone remembering it. Walked with an explicit stack: a hostile
+    document's nesting depth cannot exhaust the interpreter's recursion limit here."""
+    result: list[Any] = [None]
+    # (value, the key it sits under, the container to put its copy in, the slot there)
+    pending: list[tuple[Any, Any, Any, Any]] = [(document, None, result, 0)]
+
+    def place(item: Any, field: Any, container: Any, slot: Any) -> None:
+        # Strings and scalars in place; containers later. Most of a capture is numbers and
+        # short names, and pushing each of them costs more than handling it here.
+        if isinstance(item, str):
+            container[slot] = item if item.isascii() and item.isprintable() else inert(
+                item, multiline=multiline_fields is None or field in multiline_fields)
+        elif isinstance(item, (Mapping, list, tuple)):
+            pending.append((item, field, container, slot))
+        else:
+            container[slot] = item
+
+    while pending:
+        value, field, container, slot = pending.pop()
+        if isinstance(value, Mapping):
+            copy: dict[Any, Any] = {}
+            container[slot] = copy
+            for key, item in value.items():
+                safe_key = key if not isinstance(key, str) or (key.isascii() and key.isprintable()) else inert(key)
+                copy[safe_key] = None  # keeps the mapping's order; filled in by place()
+                place(item, key, copy, safe_key)
+        elif isinstance(value, (list, tuple)):
+            items: list[Any] = [None] * len(value)
+            container[slot] = items
+            for index, item in enumerate(value):
+                place(item, field, items, index)
+        else:
+            place(value, field, container, slot)
+    return result[0]

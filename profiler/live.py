@@ -17,6 +17,7 @@ from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
 from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, CostMeter, CostReading, MeteredLoader, cost_of_span
 from .errors import NetprofError
+from .inert import inert
 from .kernel.features import KernelInfo, probe_kernel, require_capture_ready
 from .kernel.loader import BpfLoader
 from .k8s.base import PodIdentity
@@ -77,7 +78,8 @@ class LiveSession:
             raise
         for status in self.statuses:
             if not status.attached:
-                log(f"probe {status.name} not attached: {status.error}")
+                # The error may quote the kernel or BCC: inert before a terminal sees it.
+                log(inert(f"probe {status.name} not attached: {status.error}"))
         if not self._sampler.any_attached:
             self._sampler.detach()
             self._disable_stats()

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .inert import is_inert
+
 if TYPE_CHECKING:
     from .k8s.base import PodIdentity
 
@@ -34,8 +36,10 @@ class NetnsResolver(Protocol):
 
 
 def sanitize_label(text: str) -> str:
-    """Labels come from files other programs wrote: keep them printable and bounded."""
-    clean = "".join(ch if ch.isprintable() and ch not in "\r\n\t" else "?" for ch in text)
+    """Labels come from files other programs wrote: keep them bounded, and replace by '?'
+    each character `inert()` would not leave as it is (it alone decides what is safe; a label
+    is a name users filter and match on, so it gets one short mark, not an escape)."""
+    clean = text if is_inert(text) else "".join(ch if is_inert(ch) else "?" for ch in text)
     return clean[:MAX_LABEL_LEN]
 
 

@@ -1,10 +1,17 @@
 """The human report of a capture, rendered from its profile JSON (so a saved capture renders
-the same as a live one). Sections without data are left out; a quiet node gives a short report."""
+the same as a live one). Sections without data are left out; a quiet node gives a short report.
+
+A capture may come from anyone, and even a live one carries names netprof does not control
+(pods, devices, the hostname): `render` makes the whole document inert first, and text from
+it goes into tables as rich `Text`, never as a str (which rich would read as markup, so a pod
+named "[red]x" would turn red instead of showing its name)."""
 from __future__ import annotations
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from .inert import inert_tree
 
 MAX_FLOWS = 10
 MAX_DROP_SITES = 10
@@ -20,10 +27,10 @@ def _table(title: str) -> Table:
     return Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
 
 
-def _top(mapping: dict[str, int], n: int = 2) -> str:
+def _top(mapping: dict[str, int], n: int = 2) -> Text:
     items = sorted(((k, v) for k, v in mapping.items() if v), key=lambda i: -i[1])
     text = ", ".join(f"{k} {v}" for k, v in items[:n])
-    return text + (f" +{len(items) - n}" if len(items) > n else "")
+    return Text(text + (f" +{len(items) - n}" if len(items) > n else ""))
 
 
 def _header(capture: dict) -> Text:
@@ -98,7 +105,7 @@ def _pods(capture: dict) -> Table:
             quiet.append(pod["pod"])
             continue
         table.add_row(
-            pod["pod"],
+            Text(pod["pod"]),
             _rate(pod["retransmits"], duration) if pod["retransmits"] else "0",
             _top(pod.get("drops", {})),
             str(overflows) if overflows else "",
@@ -124,7 +131,7 @@ def _flows(capture: dict) -> Table | None:
     table.add_column("retransmits", justify="right")
     table.add_column("states", overflow="fold")
     for flow in flows[:MAX_FLOWS]:
-        table.add_row(flow["pod"], f"{flow['saddr']}:{flow['sport']} → {flow['daddr']}:{flow['dport']}",
+        table.add_row(Text(flow["pod"]), Text(f"{flow['saddr']}:{flow['sport']} → {flow['daddr']}:{flow['dport']}"),
                       str(flow["retransmits"]), _top(flow.get("states", {}), 2))
     return table
 
@@ -145,7 +152,7 @@ def _listeners(capture: dict) -> Table | None:
     for pod, listener in rows:
         asked = listener.get("requested_backlog")
         somaxconn = listener.get("somaxconn")
-        table.add_row(pod, f"{listener['address']}:{listener['port']}",
+        table.add_row(Text(pod), Text(f"{listener['address']}:{listener['port']}"),
                       f"{listener.get('accept_queue_peak', 0)}/{listener.get('accept_queue_limit', 0)}",
                       "?" if asked is None else str(asked), "?" if somaxconn is None else str(somaxconn),
                       str(listener.get("overflow_drops", 0)))
@@ -208,7 +215,7 @@ def _drop_sites(capture: dict) -> Table | None:
     table.add_column("kernel function", overflow="fold")
     table.add_column("drops", justify="right")
     for site in sites[:MAX_DROP_SITES]:
-        table.add_row(site["reason"], site["symbol"], str(site["count"]))
+        table.add_row(Text(site["reason"]), Text(site["symbol"]), str(site["count"]))
     return table
 
 
@@ -249,12 +256,13 @@ def _cost(capture: dict) -> RenderableType | None:
     table.add_column("CPU %", justify="right")
     for probe in probes:
         per_event = probe.get("ns_per_event")
-        table.add_row(probe["program"], probe["hook"], _si(probe.get("events_per_s", 0)),
+        table.add_row(Text(probe["program"]), Text(probe["hook"]), _si(probe.get("events_per_s", 0)),
                       "-" if per_event is None else f"{per_event:.0f}", f"{probe.get('cpu_percent', 0):.3f}")
     return Group(Text(title, style="bold"), table)
 
 
 def render(capture: dict) -> Group:
+    capture = inert_tree(capture)
     sections: list[RenderableType | None] = [
         _header(capture), _findings(capture), _pods(capture), _listeners(capture), _flows(capture),
         _cpus(capture), _drop_sites(capture), _probes(capture), _cost(capture),
@@ -265,7 +273,7 @@ def render(capture: dict) -> Group:
             parts += [section, Text("")]
     lost = {k: v for k, v in capture.get("lost_events", {}).items() if v}
     if lost:
-        parts.append(Text("events not counted (kernel map full): " +
+        parts.append(Text("events not counted (a kernel map was full, or the kernel skipped a program's run): " +
                           ", ".join(f"{k} {v}" for k, v in lost.items()), style="yellow"))
     return Group(*parts)
 

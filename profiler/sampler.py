@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+from .cost import MeteredLoader, RecursionMissCounter
 from .kernel.loader import BpfLoader
 from .pods import PodDirectory
 from .probes.base import ProbeStatus
@@ -30,16 +32,21 @@ def default_sources(pods: PodDirectory) -> list[Source]:
 
 
 class Sampler:
-    def __init__(self, pods: PodDirectory, sources: Sequence[Source] | None = None):
+    def __init__(self, pods: PodDirectory, sources: Sequence[Source] | None = None, proc: Path = Path("/proc")):
         self.pods = pods
+        self.proc = proc  # where the loaded programs' fdinfo is read
         self.sources = list(sources) if sources is not None else default_sources(pods)
         self.statuses: list[ProbeStatus] = []
         self._last_read_s: float | None = None
+        self._misses: RecursionMissCounter | None = None
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         self.statuses = []
         for source in self.sources:
             self.statuses.extend(source.attach(loader))
+        # A loader that lists its programs lets every interval count the runs the kernel
+        # skipped, into the same lost events as full maps (profiler/cost.py says why).
+        self._misses = RecursionMissCounter(loader.loaded, self.proc) if isinstance(loader, MeteredLoader) else None
         self._last_read_s = time.monotonic()
         return self.statuses
 
@@ -54,6 +61,8 @@ class Sampler:
         frame = SnapshotFrame(started, self.pods.label, final=final)
         for source in self.sources:
             source.collect(frame)
+        if self._misses is not None:
+            frame.lost.update(self._misses.misses_since_last())
         ended = time.monotonic()
         self._last_read_s = ended
         return frame.freeze(ended)

@@ -153,7 +153,10 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
 
     def write_textfile() -> None:
         if options.textfile is not None:
-            atomic_write_text(options.textfile, generate_latest(textfile_registry).decode())
+            # 0640, not the 0600 of every other export: node_exporter runs as its own user, not
+            # root, and must read this file. It does through the file's group (a setgid textfile
+            # directory gives new files its group); other users still cannot read pod names.
+            atomic_write_text(options.textfile, generate_latest(textfile_registry).decode(), mode=0o640)
 
     server = None
     with _stop_on_signals(stop):

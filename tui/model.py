@@ -6,6 +6,11 @@ capture, with node context and findings) plus the latest interval's document (fo
 rates) and a short history of per-interval values (for the sparklines). A replay is the same
 thing with one document for both and no history, so a live view and a saved capture render
 through one path.
+
+Both documents are made inert here (profiler/inert.py), once, before anything is derived
+from them: a replayed capture may come from anyone, and a live one names pods, devices and
+the node from files netprof does not control. Every screen, the export key and the clipboard
+read the model, so none of them sees a terminal control.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
+from profiler.inert import inert, inert_tree
 from profiler.system.irqs import parse_cpu_list
 
 HISTORY_LENGTH = 60
@@ -311,7 +317,8 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
                 error: str | None = None) -> DashboardModel:
     """The dashboard for a window's profile JSON; rates from `interval_doc` (the latest
     interval; the window itself when None, as in a replay)."""
-    recent = interval_doc if interval_doc is not None else document
+    document = inert_tree(document)
+    recent = inert_tree(interval_doc) if interval_doc is not None else document
     history = history or HistoryView()
     rate_s = float(recent.get("duration_s") or 0.0)
 
@@ -375,7 +382,7 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
         window_s=float(document.get("duration_s") or 0.0),
         started_at=document.get("started_at"),
         cost=cost_summary(document.get("cost")),
-        error=error,
+        error=None if error is None else inert(error),  # an exception's text may quote outside text
     )
     return DashboardModel(sequence=sequence, header=header, findings=findings, pods=pods, cpus=tuple(cpus),
                           rate_window_s=rate_s, document=document, updated_monotonic_s=updated_monotonic_s)

@@ -12,11 +12,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..inert import inert_tree
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+
+# Captures and exports name pods and their flows (who talks to whom, what fails): private to
+# whoever wrote them, root on a node. A caller that must share a file says so (serve's textfile).
+PRIVATE_FILE_MODE = 0o600
+
+
+def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> None:
     """Write beside the target and rename over it: a reader never sees half a file, and an
-    interrupted export leaves the previous file intact. `mode` (default world-readable:
-    node_exporter and users read these) replaces mkstemp's 0600."""
+    interrupted export leaves the previous file intact. The file gets exactly `mode`
+    (fchmod, so the umask can neither widen nor narrow it); replacing a file replaces its
+    mode too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -32,7 +40,10 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def capture_json(doc: dict) -> str:
-    return json.dumps(doc, indent=2) + "\n"
+    # json.dumps alone leaves no raw control in the file (it escapes them), but `jq -r` or any
+    # reader would decode an ESC back: strings are made inert first. Line breaks stay (JSON
+    # escapes them), so a capture converts again to the same exports.
+    return json.dumps(inert_tree(doc, multiline_fields=None), indent=2) + "\n"
 
 
 def _formats() -> dict[str, tuple[str, Callable[[dict], str]]]:

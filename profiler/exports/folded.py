@@ -7,18 +7,23 @@ one line per (pod, reason, stack), `count` events (drops or retransmits) with th
 a flame graph's first two levels say who and why, and the rest where in the kernel.
 
 A frame never contains ';' or a line break, and is never empty: pod labels come from pod
-names and netns names, which netprof does not control, so those characters are replaced.
+names and netns names, which netprof does not control, so those characters are replaced;
+and, like all outside text, a frame is made inert (profiler/inert.py): no terminal control
+reaches whoever `cat`s the file or a flame graph's SVG.
 """
 from __future__ import annotations
 
 import re
 
-_UNSAFE = re.compile(r"[;\r\n\t\x00-\x1f\x7f]")
+from ..inert import inert
+
+# The folded format's own separators: a frame with one of them would split or end a line.
+_SEPARATORS = re.compile(r"[;\r\n\t]")
 EMPTY_FRAME = "[unknown]"
 
 
 def safe_frame(text: str) -> str:
-    cleaned = _UNSAFE.sub("_", str(text)).strip()
+    cleaned = inert(_SEPARATORS.sub("_", str(text))).strip()
     return cleaned or EMPTY_FRAME
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..inert import inert_tree
 from ..probes.softirq import LOG2_SLOTS
 
 SCHEMA = "netprof.histograms/v1"
@@ -124,6 +125,7 @@ def log2_percentiles_ns(counts: Sequence[int], quantiles: Sequence[float] = PERC
 
 def capture_histograms(doc: dict) -> list[Histogram]:
     """Every non-empty distribution in a profile JSON document."""
+    doc = inert_tree(doc)  # its labels (pod, address, vector) are outside text
     histograms: list[Histogram] = []
     for cpu in doc.get("cpus", []):
         for vector, stats in sorted(cpu.get("softirq", {}).items()):
@@ -150,6 +152,7 @@ def capture_histograms(doc: dict) -> list[Histogram]:
 
 
 def histograms_json(doc: dict) -> str:
+    doc = inert_tree(doc)
     histograms = capture_histograms(doc)
     document = {
         "schema": SCHEMA,

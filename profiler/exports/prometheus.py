@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
+from ..inert import inert_tree
 from ..probes.softirq import LOG2_SLOTS
 
 PREFIX = "netprof"
@@ -70,6 +71,11 @@ def _le(seconds: float) -> str:
 
 
 def metric_families(doc: dict) -> list[Metric]:
+    # Label values are outside text (pod, device, drop reason...). prometheus-client escapes
+    # what the exposition format needs (backslash, double quote, line feed: a label keeps its
+    # line breaks, escaped) but passes ESC and every other control to whoever reads the text:
+    # made inert first.
+    doc = inert_tree(doc, multiline_fields=None)
     families: list[Metric] = []
     families += _pod_families(doc.get("pods", []))
     families += _cpu_families(doc.get("cpus", []))
@@ -162,7 +168,10 @@ def _cpu_families(cpus: list[dict]) -> list[Metric]:
 
 
 def _node_families(doc: dict) -> list[Metric]:
-    lost = _counter("lost_events", "events the kernel side could not count (a map was full), by map", ["map"])
+    # The label keeps its name `map` (dashboards use it); a program's skipped runs are
+    # <program>_recursion_misses:<hook> (profiler/cost.py).
+    lost = _counter("lost_events", "events the kernel side could not count: by map (the map was full) "
+                    "or <program>_recursion_misses:<hook> (the kernel skipped the program's run)", ["map"])
     for name, count in sorted((doc.get("lost_events") or {}).items()):
         lost.add_metric([name], count)
     ignored = _counter("ignored_events", "events seen and deliberately not counted, by kind", ["kind"])

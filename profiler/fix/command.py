@@ -15,6 +15,7 @@ from rich.text import Text
 from ..analysis.findings import Finding, rank
 from ..errors import NetprofError
 from ..exports import atomic_write_text
+from ..inert import inert
 from ..report import SEVERITY_STYLE
 from .apply import PlanIdentity, apply_changes, format_report, node_scope_changes, rollback
 
@@ -51,22 +52,24 @@ def identity_of(doc: dict) -> PlanIdentity:
 
 
 def print_plan(findings: list[Finding], console: Console) -> None:
+    """The plan as an operator reads it. Findings may come from a capture file anyone wrote:
+    each of their strings is made inert, and printed as `Text` (never markup)."""
     if not findings:
         console.print("No findings: nothing to fix on this node for what the capture saw.")
         return
     for number, finding in enumerate(findings, 1):
         head = Text(f"{number}. ")
         head.append(finding.severity, style=SEVERITY_STYLE.get(finding.severity, ""))
-        head.append(f" {finding.kind}: {finding.summary}")
+        head.append(f" {inert(finding.kind)}: {inert(finding.summary)}")
         console.print(head)
         for fix in finding.fixes:
-            console.print(Text(f"   [{fix.scope}] {fix.title}", style="bold"))
-            for line in fix.rationale.splitlines():
+            console.print(Text(f"   [{inert(fix.scope)}] {inert(fix.title)}", style="bold"))
+            for line in inert(fix.rationale, multiline=True).splitlines():
                 console.print(Text(f"      {line}", style="dim"))
             for command in fix.commands:
-                console.print(Text(f"      $ {command}"))
+                console.print(Text(f"      $ {inert(command)}"))
             if fix.persistence:
-                console.print(Text(f"      persist: {fix.persistence}", style="dim"))
+                console.print(Text(f"      persist: {inert(fix.persistence)}", style="dim"))
         console.print()
 
 
@@ -80,7 +83,7 @@ def write_snippets(findings: list[Finding], out_dir: Path) -> list[Path]:
                 continue
             suffix = {"pod": "yaml", "node": "sh"}.get(fix.scope, "txt")
             path = out_dir / f"{number:02d}-{finding.kind}-{index}-{fix.scope}.{suffix}"
-            atomic_write_text(path, fix.snippet)
+            atomic_write_text(path, inert(fix.snippet, multiline=True))  # cat or an editor shows it
             written.append(path)
     return written
 
@@ -90,7 +93,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     if do_rollback:
         report = rollback(journal_dir)
         for line in format_report(report):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
         return 0 if report.ok else 1
     assert capture is not None
     findings = findings_of(capture)
@@ -107,7 +110,7 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
     identity = identity_of(capture)
     report = apply_changes(changes, identity, journal_dir, dry_run=not apply)
     for line in format_report(report):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
     if not apply:
         console.print(f"dry run: nothing was changed. `netprof fix --apply` makes the {len(changes)} "
                       "node-scope change(s) above and journals the old values for --rollback.")

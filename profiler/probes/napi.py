@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NetprofError
+from ..inert import is_inert
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from .base import ProbeStatus
@@ -39,7 +40,7 @@ class NapiCounts:
 def device_name(raw: bytes) -> str:
     """A device name from the kernel: bytes up to the first NUL, never trusted as text."""
     text = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    return "".join(ch if is_inert(ch) else "?" for ch in text)  # inert() decides what is safe
 
 
 def flatten_per_cpu(keys: np.ndarray, values: np.ndarray, cpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -48,3 +48,19 @@ def test_capture_with_node_context_and_findings():
         capture = session.capture()
         assert capture.node is not None and capture.node.boot_id
         assert capture.to_json()["pods"][0]["pod"] == "netns:4242"
+
+
+class RefusedSource(CountingSource):
+    """A probe the kernel refused, with an error that quotes something hostile."""
+
+    name = "refused"
+
+    def attach(self, loader):
+        return [ProbeStatus("refused", False, "tracepoint:x:y", "cannot attach: \x1b]0;pwned\x07\x1b[2J")]
+
+
+def test_probe_errors_reach_the_log_inert():
+    lines: list[str] = []
+    with LiveSession(sources=[CountingSource(), RefusedSource()], measure_cost=False) as session:
+        session.start(lines.append)
+    assert lines == ["probe refused not attached: cannot attach: \\x1b]0;pwned\\x07\\x1b[2J"]

@@ -124,3 +124,13 @@ def test_cost_summary_reads_the_capture_cost_section():
     assert cost_summary(cost) == "BPF 8.9%, netprof 14.7% CPU, 257 MiB"
     assert cost_summary({"bpf": {"cpu_percent": None}, "process": {}}) == "measured (i)"
     assert build_model({"cost": cost}).header.cost == "BPF 8.9%, netprof 14.7% CPU, 257 MiB"
+
+
+def test_the_model_is_inert_even_for_a_feed_error():
+    """Everything the screens read comes out of build_model inert: the documents, and the
+    text of the error a failed sample reports in the header."""
+    doc = {"node": {"hostname": "n\x1b]0;t\x07"}, "pods": [{"pod": "p\x1b[2J", "netns": 1}], "duration_s": 1.0}
+    model = build_model(doc, error="sampling failed: /run/netns/x\x1b[2J: gone")
+    assert model.header.node == "n\\x1b]0;t\\x07" and model.pods[0].name == "p\\x1b[2J"
+    assert model.header.error == "sampling failed: /run/netns/x\\x1b[2J: gone"
+    assert model.document["pods"][0]["pod"] == "p\\x1b[2J"

@@ -319,7 +319,7 @@ def test_write_all_writes_every_format_atomically(doc, tmp_path):
                     or p.name == {"speedscope": "speedscope.json", "histograms-json": "histograms.json",
                                   "histograms-csv": "histograms.csv", "flamegraph-svg": "flamegraph.svg"}.get(name))
         assert path.read_text() == render(doc, name)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_write_all_writes_nothing_when_a_format_fails(doc, tmp_path, monkeypatch):

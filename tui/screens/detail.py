@@ -19,8 +19,17 @@ def section(title: str) -> Text:
     return Text(f"\n{title}", style="bold underline")
 
 
+class TextTable(Table):
+    """A rich Table whose str cells are text, never markup: cells show pod names, drop sites,
+    devices and evidence from captures, and a pod named "[red]x" must show as that name.
+    (Textual renders without highlighting, so a Text cell looks exactly like the str did.)"""
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        super().add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in renderables), **kwargs)
+
+
 def kv_table() -> Table:
-    table = Table.grid(padding=(0, 2))
+    table = TextTable.grid(padding=(0, 2))
     table.add_column(style="dim", no_wrap=True)
     table.add_column(overflow="fold")
     return table
@@ -28,7 +37,7 @@ def kv_table() -> Table:
 
 def data_table(*columns: tuple[str, bool]) -> Table:
     """A plain table: (header, right-aligned) per column."""
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=False)
+    table = TextTable(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=False)
     for index, (header, right) in enumerate(columns):
         last = index == len(columns) - 1
         # Only the last column wraps: a wrapped number or address is misread.

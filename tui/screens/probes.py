@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,10 +12,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from ..style import style
+from .detail import TextTable
 
 
 def render_probes(document: dict) -> RenderableType:
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = TextTable(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("probe", no_wrap=True)
     table.add_column("")
     table.add_column("via / why not", overflow="fold")
@@ -30,7 +30,7 @@ def render_probes(document: dict) -> RenderableType:
         parts += render_cost(cost)
     lost = {k: v for k, v in (document.get("lost_events") or {}).items() if v}
     if lost:
-        parts.append(Text("\nevents not counted (a kernel map was full): "
+        parts.append(Text("\nevents not counted (a kernel map was full, or the kernel skipped a program's run): "
                           + ", ".join(f"{k} {v}" for k, v in lost.items()), style=style("caution")))
     return Group(*parts)
 
@@ -44,7 +44,7 @@ def render_cost(cost: dict) -> list[RenderableType]:
     parts: list[RenderableType] = [Text(
         f"\nwhat netprof costs (BPF timed over {_number(cost.get('timed_s'), 's')} of "
         f"{_number(cost.get('duration_s'), 's')}; % of one CPU)", style="bold")]
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = TextTable(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for header in ("BPF program", "events/s", "ns/event", "CPU"):
         table.add_column(header, justify="left" if header == "BPF program" else "right")
     for probe in cost.get("probes") or ():
