@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--window", "-w", type=_duration, default=60.0, metavar="SECONDS",
                      help="how much history the findings and details cover (default 60)")
     tui.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
-                     help="where `e` writes its netprof-<host>-<time>/ directories (default: the current directory)")
+                     help="where `e` writes its netprof-<host>-<time>/ directories (default: "
+                          "$XDG_DATA_HOME/netprof/exports, else ~/.local/share/netprof/exports)")
     tui.set_defaults(func=_cmd_tui)
 
     diff = sub.add_parser(

@@ -5,8 +5,10 @@ the app takes the newest one when told, and hands it to the screen on top.
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from textual.app import App
@@ -14,6 +16,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from profiler.exports import write_all
+from profiler.inert import inert
 
 from .feed import Feed
 from .model import DashboardModel
@@ -28,6 +31,14 @@ STALE_INTERVALS = 3
 
 class ModelReady(Message):
     """Posted by the feed's thread: a new model is in the mailbox."""
+
+
+def default_export_base(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `e` writes without --export-dir: netprof's folder in the user's data directory
+    (XDG), not the current directory, which is often a checkout or /."""
+    data_home = environ.get("XDG_DATA_HOME") or ""
+    base = Path(data_home) if data_home.startswith("/") else Path(environ.get("HOME") or "/root") / ".local" / "share"
+    return base / "netprof" / "exports"
 
 
 def export_directory(base: Path, hostname: str, now: float | None = None) -> Path:
@@ -124,12 +135,14 @@ class NetprofApp(App):
             return
         document = dict(self.model.document)
         hostname = str((document.get("node") or {}).get("hostname") or socket.gethostname())
-        out_dir = export_directory(self.export_dir or Path.cwd(), hostname)
+        out_dir = export_directory(self.export_dir or default_export_base(), hostname)
         self.run_worker(lambda: self._export(document, out_dir), thread=True, group="export",
                         exit_on_error=False)
 
     def _export(self, document: dict, out_dir: Path) -> None:
         try:
+            # Exports name pods and flows: a folder netprof makes is its owner's only.
+            out_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             written = write_all(document, out_dir)
         except OSError as exc:
             self.call_from_thread(self.notify, f"export failed: {exc}", severity="error", timeout=8)
@@ -139,11 +152,8 @@ class NetprofApp(App):
     def _exported(self, out_dir: Path, written: list[Path]) -> None:
         self.exports.append(written)
         names = ", ".join(path.name for path in written)
-        try:
-            shown = out_dir.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            shown = out_dir
-        self.notify(f"{shown}/\n{names}", title=f"exported {len(written)} file(s)", timeout=8, markup=False)
+        # The full path: the default folder is not where the user started netprof.
+        self.notify(f"{inert(out_dir)}/\n{names}", title=f"exported {len(written)} file(s)", timeout=8, markup=False)
 
     async def action_quit(self) -> None:
         self.exit()

@@ -4,13 +4,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import stat
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from rich.console import Console
 from textual.pilot import Pilot
 
-from tui.app import NetprofApp, export_directory
+from tui.app import NetprofApp, default_export_base, export_directory
 from tui.feed import ReplayFeed
 from tui.screens.cpu import CpuScreen
 from tui.screens.finding import FindingScreen
@@ -77,7 +78,11 @@ def test_no_findings_says_so(quiet):
 def test_sorting_cycles_columns_and_reverses(busy):
     async def steps(app, pilot):
         names = pod_names(app)
-        assert names[0] == "nplab1e95de-receiver"  # 351k drops/s: the most trouble
+        # Severity first: the pods critical findings name, busiest first (client 1.3k
+        # conntrack failures/s, lossy, server), then the receiver, whose 351k drops/s no
+        # finding calls trouble, ahead of the rest.
+        assert names[:4] == ["nplabf7af33-client", "nplab9d1ca8-lossy", "nplab58ede0-server",
+                             "nplab1e95de-receiver"]
         await pilot.press("s")  # retransmits
         assert pod_names(app)[0] == "nplab9d1ca8-lossy"
         assert "sort retrans/s" in screen_text(app)
@@ -214,6 +219,37 @@ def test_export_writes_the_capture(busy, tmp_path):
     assert json.loads(capture.read_text()) == busy
 
 
+def test_export_defaults_to_netprofs_data_folder_not_the_current_directory(busy, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    told: list[str] = []
+
+    async def steps(app, pilot):
+        notify = app.notify
+        app.notify = lambda message, **kwargs: (told.append(str(message)), notify(message, **kwargs))[1]
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        for _ in range(50):
+            if app.exports:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause(0.1)
+        # The user is told the whole path: it is not where they started netprof.
+        assert any(message.startswith(str(home / ".local/share/netprof/exports/netprof-vm-")) for message in told)
+
+    app = drive(busy, steps, size=(160, 48))
+    capture = next(path for path in app.exports[0] if path.name == "capture.json")
+    base = home / ".local" / "share" / "netprof" / "exports"
+    assert capture.parent.parent == base
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    assert [p.name for p in tmp_path.iterdir()] == ["home"], "nothing written in the current directory"
+    assert default_export_base({"XDG_DATA_HOME": "/srv/data", "HOME": "/root"}) == Path("/srv/data/netprof/exports")
+    assert default_export_base({"XDG_DATA_HOME": "relative", "HOME": "/root"}) == Path("/root/.local/share/netprof/exports")
+
+
 def test_export_directories_never_collide(tmp_path):
     first = export_directory(tmp_path, "node/1", now=0)
     first.mkdir()
@@ -235,6 +271,15 @@ def test_help_lists_every_key_and_docs_agree(busy):
     docs = DOCS.read_text()
     missing = [key for key, _ in KEYMAP if f"`{key}`" not in docs]
     assert not missing, f"docs/tui.md does not document {missing}"
+
+
+def test_help_shows_how_to_quit_on_a_small_terminal(busy):
+    async def steps(app, pilot):
+        await pilot.press("question_mark")
+        text = screen_text(app)
+        assert "quit (Ctrl-C too)" in text and "this help" in text
+
+    drive(busy, steps, size=(80, 24))
 
 
 def test_probes_panel_says_what_is_off_and_why(busy):

@@ -9,14 +9,17 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+# Quit and help first: on an 80×24 terminal the bottom of the list may need scrolling, and
+# the way out must never be below the fold.
 KEYMAP: tuple[tuple[str, str], ...] = (
+    ("q", "quit (Ctrl-C too)"),
+    ("?", "this help (Esc closes it)"),
     ("Tab", "next panel: findings, pods, CPUs (Shift+Tab: back)"),
     ("↑ ↓ PgUp PgDn", "move in a table; scroll a detail view"),
     ("Enter", "open the selected finding, pod or CPU"),
     ("Esc", "back from a detail view; clear the pod filter"),
     ("p / Space", "pause or resume the display (sampling goes on)"),
-    ("s", "sort pods by the next column"),
-    ("S", "reverse the sort order"),
+    ("s / S", "sort pods by the next column / reverse the order"),
     ("/", "filter pods by name (Enter keeps it, Esc clears it)"),
     ("v", "switch between pods and CPUs (wide: move between them)"),
     ("1 / 2 / 3", "go to findings / pods / CPUs"),
@@ -24,8 +27,6 @@ KEYMAP: tuple[tuple[str, str], ...] = (
     ("n / N", "in a finding: next / previous finding"),
     ("y", "in a finding: copy its fixes (commands, YAML) via OSC 52"),
     ("e", "export the capture (the same files as `profile --output`)"),
-    ("?", "this help"),
-    ("q", "quit"),
 )
 
 LEGEND = (

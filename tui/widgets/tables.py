@@ -95,8 +95,17 @@ class SortOrder:
     descending: bool = True
 
 
+# Severity first: a pod a critical finding names outranks one with more events/s of a benign
+# kind (QUEUE_PURGE at close is counted as a drop too); within a severity, events/s.
+_SEVERITY_WEIGHT = {"critical": 3, "warning": 2, "info": 1}
+
+
+def trouble_order(pod: PodRow) -> tuple[int, float]:
+    return (_SEVERITY_WEIGHT.get(pod.worst_severity or "", 0), pod.rates.trouble_per_s)
+
+
 POD_SORTS = (
-    SortOrder("trouble", "trouble/s", lambda p: p.rates.trouble_per_s),
+    SortOrder("trouble", "trouble/s", trouble_order),
     SortOrder("retrans", "retrans/s", lambda p: p.rates.retransmits_per_s),
     SortOrder("drops", "drops/s", lambda p: p.rates.drops_per_s),
     SortOrder("listen", "listen ovf/s", lambda p: p.rates.listen_overflows_per_s),
