@@ -19,7 +19,7 @@ from profiler.exports import write_all
 from profiler.inert import inert
 
 from .feed import Feed
-from .model import DashboardModel
+from .model import BaselineView, DashboardModel, baseline_view
 from .screens.base import ModelScreen
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
@@ -72,6 +72,11 @@ class NetprofApp(App):
         self.paused = False
         self.exports: list[list[Path]] = []  # what each export wrote, newest last
         self.models_shown = 0
+        # `b`: the window document the screen showed then, what later models are compared to.
+        self.baseline_document: dict | None = None
+        self.baseline_marked_at = 0.0
+        self.baseline_reason = "marked"
+        self.baseline: BaselineView | None = None
         set_monochrome(self.no_color)
 
     def on_mount(self) -> None:
@@ -94,6 +99,9 @@ class NetprofApp(App):
     def show_model(self, model: DashboardModel) -> None:
         self.model = model
         self.models_shown += 1
+        if self.baseline_document is not None:
+            self.baseline = baseline_view(self.baseline_document, model.document, self.baseline_marked_at,
+                                          self.baseline_reason)
         screen = self.screen
         if isinstance(screen, ModelScreen):
             screen.show_model(model)
@@ -124,6 +132,22 @@ class NetprofApp(App):
                 self.show_model(model)
         self.notify("paused: the display is frozen, sampling goes on (p resumes)" if self.paused
                     else "resumed", timeout=2)
+
+    def mark_baseline(self, reason: str = "marked") -> None:
+        if self.model is None:
+            self.notify("nothing captured yet", severity="warning")
+            return
+        self.baseline_document = dict(self.model.document)
+        self.baseline_marked_at = time.time()
+        self.baseline_reason = reason
+        self.notify("baseline marked: d shows every table as the change since", timeout=4)
+        self.show_model(self.model)
+
+    def clear_baseline(self) -> None:
+        self.baseline_document = None
+        self.baseline = None
+        if self.model is not None:
+            self.show_model(self.model)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

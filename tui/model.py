@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
@@ -174,6 +174,23 @@ def pod_rates(pod: Mapping[str, Any], duration_s: float) -> PodRates:
         listen_overflows_per_s=_per_s(listen_overflows(pod), duration_s),
         conntrack_failures_per_s=_per_s(conntrack_failures(pod), duration_s),
         rcvqueue_full_per_s=_per_s(pod.get("rcvqueue_full", 0), duration_s),
+    )
+
+
+def cpu_row(cpu: Mapping[str, Any], duration_s: float) -> CpuRow:
+    """One CPU's network work per second over a document's duration (no trend, IRQs or
+    findings: those come from elsewhere)."""
+    napi = cpu.get("napi") or ()
+    softnet = cpu.get("softnet") or {}
+    backlog = softnet.get("dropped", (cpu.get("drops") or {}).get("CPU_BACKLOG", 0))
+    return CpuRow(
+        cpu=int(cpu["cpu"]),
+        net_rx_share=softirq_share(cpu, "NET_RX", duration_s),
+        net_tx_share=softirq_share(cpu, "NET_TX", duration_s),
+        napi_polls_per_s=_per_s(sum(d.get("polls", 0) for d in napi), duration_s),
+        budget_exhausted_per_s=_per_s(sum(d.get("budget_exhausted", 0) for d in napi), duration_s),
+        time_squeeze_per_s=_per_s(softnet.get("time_squeeze", 0), duration_s),
+        backlog_drops_per_s=_per_s(backlog, duration_s),
     )
 
 
@@ -342,24 +359,9 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
     )
 
     pinned = irqs_by_cpu(document.get("node"))
-    cpus = []
-    for c in recent.get("cpus") or ():
-        number = int(c["cpu"])
-        napi = c.get("napi") or ()
-        softnet = c.get("softnet") or {}
-        backlog = softnet.get("dropped", (c.get("drops") or {}).get("CPU_BACKLOG", 0))
-        cpus.append(CpuRow(
-            cpu=number,
-            net_rx_share=softirq_share(c, "NET_RX", rate_s),
-            net_tx_share=softirq_share(c, "NET_TX", rate_s),
-            net_rx_trend=history.cpus.get(number, ()),
-            napi_polls_per_s=_per_s(sum(d.get("polls", 0) for d in napi), rate_s),
-            budget_exhausted_per_s=_per_s(sum(d.get("budget_exhausted", 0) for d in napi), rate_s),
-            time_squeeze_per_s=_per_s(softnet.get("time_squeeze", 0), rate_s),
-            backlog_drops_per_s=_per_s(backlog, rate_s),
-            irqs=pinned.get(number, ()),
-            worst_severity=cpu_severity.get(number),
-        ))
+    cpus = [replace(cpu_row(c, rate_s), net_rx_trend=history.cpus.get(int(c["cpu"]), ()),
+                    irqs=pinned.get(int(c["cpu"]), ()), worst_severity=cpu_severity.get(int(c["cpu"])))
+            for c in recent.get("cpus") or ()]
     # CPUs with nothing to show still belong in an imbalance picture.
     seen = {row.cpu for row in cpus}
     for number in sorted(pinned):
@@ -386,6 +388,63 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
     )
     return DashboardModel(sequence=sequence, header=header, findings=findings, pods=pods, cpus=tuple(cpus),
                           rate_window_s=rate_s, document=document, updated_monotonic_s=updated_monotonic_s)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+@dataclass(frozen=True)
+class BaselineView:
+    """What the tables compare against after `b`: the window the screen showed then, as
+    rates, and what changed since beyond noise (profiler.analysis.diff, `netprof diff`'s own
+    judgement, so the TUI and the command never disagree)."""
+
+    marked_at: float                      # wall clock
+    reason: str                           # "marked" (b), or why it was set ("fix applied …")
+    pods: Mapping[int, PodRates]          # by netns inode: one live session keeps its inodes
+    cpus: Mapping[int, CpuRow]
+    worse: int                            # figures that rose beyond noise since
+    better: int
+    headline: str | None                  # the most certain change, in words
+
+    def pod(self, netns: int) -> PodRates:
+        return self.pods.get(netns, PodRates())
+
+    def cpu(self, cpu: int) -> CpuRow:
+        return self.cpus.get(cpu, CpuRow(cpu=cpu, net_rx_share=0.0, net_tx_share=0.0))
+
+
+def baseline_view(baseline: Mapping[str, Any], now: Mapping[str, Any], marked_at: float,
+                  reason: str = "marked") -> BaselineView:
+    """`baseline` and `now` are window documents (the model's `document`)."""
+    from profiler.analysis.diff import diff_captures
+
+    duration_s = float(baseline.get("duration_s") or 0.0)
+    pods = {int(p["netns"]): pod_rates(p, duration_s) for p in baseline.get("pods") or ()}
+    cpus = {int(c["cpu"]): cpu_row(c, duration_s) for c in baseline.get("cpus") or ()}
+    diff = diff_captures(baseline, now)
+    worse = sum(1 for change in diff.changes if change.direction == "worse")
+    headline = None
+    if diff.changes:
+        top = diff.changes[0]
+        headline = f"{top.direction}: {top.group} {top.subject} {top.metric}"
+    return BaselineView(marked_at, reason, pods, cpus, worse, len(diff.changes) - worse, headline)
+
+
+def format_share_delta(delta: float) -> str:
+    """A signed change of a CPU share, in points of that CPU's time: '+31%', '−5%', '·'."""
+    points = round(100 * delta)
+    if points == 0:
+        return "·"
+    return f"+{points}%" if points > 0 else f"−{-points}%"
+
+
+def format_delta(delta: float) -> str:
+    """A signed change of a rate for a table cell: '+12', '−0.4', '·' when it is (near) none."""
+    if abs(delta) < 0.05:
+        return "·"
+    sign = "+" if delta > 0 else "−"
+    return sign + format_rate(abs(delta))
 
 
 # --------------------------------------------------------------------------- text forms

@@ -5,6 +5,8 @@ import asyncio
 import io
 import json
 import stat
+
+import pytest
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -361,3 +363,52 @@ def test_a_new_model_updates_cells_in_place(busy):
         assert table.get_cell(lossy, "retrans").plain == "993k"
 
     drive(busy, steps)
+
+
+def test_baseline_then_deltas_show_what_changed_since(busy):
+    """b marks the screen as the baseline; after a model where one quiet pod starts dropping,
+    the header says what moved beyond noise and d turns the tables into changes."""
+    from copy import deepcopy
+
+    from tui.model import build_model
+
+    later = deepcopy(busy)
+    quiet = next(p for p in later["pods"] if not p["drops"] and not p["retransmits"])
+    quiet["drops"] = {"SOCKET_RCVBUFF": 6000}
+    rate = 6000 / later["duration_s"]  # ≈993/s over the 6.04 s capture
+
+    async def steps(app, pilot):
+        await pilot.press("d")  # no baseline yet: nothing to compare, tables unchanged
+        assert "Δ since baseline" not in screen_text(app)
+        await pilot.press("b")
+        await pilot.pause()
+        assert app.baseline is not None and app.baseline.worse == 0 and app.baseline.better == 0
+        assert "no change beyond noise" in screen_text(app)
+        app.show_model(build_model(later, mode="replay", sequence=2))
+        await pilot.pause()
+        assert app.baseline.worse >= 1
+        assert app.baseline.headline.startswith("worse:") and quiet["pod"] in app.baseline.headline
+        assert "worse" in screen_text(app)
+        await pilot.press("d")
+        await pilot.pause()
+        table = app.screen.query_one("#pods", PodsTable)
+
+        def drops_cell(netns: int):
+            # The table's rows hold every column's cell, in PodsTable.COLUMNS order.
+            cells = dict(table._rows)[str(netns)]
+            return cells[PodsTable.COLUMNS.index("drops")]
+
+        assert drops_cell(quiet["netns"]).sort == pytest.approx(rate)
+        assert drops_cell(quiet["netns"]).plain == f"+{rate:.0f}"
+        assert "Δ since baseline" in screen_text(app)
+        # A pod whose drops did not change shows no change, whatever its rate.
+        busy_pod = max(later["pods"], key=lambda p: sum(p["drops"].values()))
+        assert drops_cell(busy_pod["netns"]).sort == pytest.approx(0.0) and drops_cell(busy_pod["netns"]).plain == "·"
+        await pilot.press("d")
+        await pilot.pause()
+        assert drops_cell(busy_pod["netns"]).sort > 1000  # the rate itself again
+        await pilot.press("B")
+        await pilot.pause()
+        assert app.baseline is None and "Δ" not in screen_text(app).split("\n")[0]
+
+    drive(busy, steps, size=(160, 48))

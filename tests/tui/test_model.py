@@ -134,3 +134,27 @@ def test_the_model_is_inert_even_for_a_feed_error():
     assert model.header.node == "n\\x1b]0;t\\x07" and model.pods[0].name == "p\\x1b[2J"
     assert model.header.error == "sampling failed: /run/netns/x\\x1b[2J: gone"
     assert model.document["pods"][0]["pod"] == "p\\x1b[2J"
+
+
+def test_baseline_view_rates_and_noise_judgement_come_from_one_place(busy):
+    from copy import deepcopy
+
+    from profiler.analysis.diff import diff_captures
+    from tui.model import baseline_view, format_delta, format_share_delta
+
+    base = deepcopy(busy)
+    same = baseline_view(base, deepcopy(base), marked_at=0.0)
+    assert (same.worse, same.better, same.headline) == (0, 0, None)
+    later = deepcopy(base)
+    lossy = next(p for p in later["pods"] if p["retransmits"])
+    lossy["retransmits"] = 0
+    lossy["retransmitted_segments"] = 0
+    view = baseline_view(base, later, marked_at=0.0, reason="fix applied")
+    diff = diff_captures(base, later)
+    assert view.better == sum(c.direction == "better" for c in diff.changes) >= 1
+    assert view.worse == 0 and view.reason == "fix applied"
+    assert view.pod(lossy["netns"]).retransmits_per_s == pytest.approx(
+        next(p for p in base["pods"] if p["netns"] == lossy["netns"])["retransmits"] / base["duration_s"])
+    assert view.pod(123456).retransmits_per_s == 0  # a pod born after the baseline had nothing then
+    assert [format_delta(x) for x in (0.0, 0.01, 12.4, -0.5, 4200)] == ["·", "·", "+12", "−0.5", "+4200"]
+    assert [format_share_delta(x) for x in (0.0, 0.31, -0.05)] == ["·", "+31%", "−5%"]

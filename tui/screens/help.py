@@ -27,6 +27,8 @@ KEYMAP: tuple[tuple[str, str], ...] = (
     ("n / N", "in a finding: next / previous finding"),
     ("y", "in a finding: copy its fixes (commands, YAML) via OSC 52"),
     ("e", "export the capture (the same files as `profile --output`)"),
+    ("b / B", "mark the screen as the baseline / forget it"),
+    ("d", "show pods and CPUs as the change since the baseline (again: as now)"),
 )
 
 LEGEND = (

@@ -6,7 +6,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input
 
-from ..model import DashboardModel
+from ..model import BaselineView, DashboardModel
 from ..widgets.header import HeaderLine
 from ..widgets.tables import CpusTable, FindingsTable, PodsTable
 from .base import ModelScreen
@@ -26,6 +26,9 @@ class MainScreen(ModelScreen):
         Binding("2", "focus('pods')", "pods", show=False),
         Binding("3", "focus('cpus')", "CPUs", show=False),
         Binding("i", "probes", "probes", show=False),
+        Binding("b", "mark_baseline", "baseline", show=False),
+        Binding("B", "clear_baseline", "clear baseline", show=False),
+        Binding("d", "toggle_deltas", "deltas", show=False),
         Binding("escape", "clear_filter", "clear filter", show=False),
     ]
 
@@ -68,10 +71,16 @@ class MainScreen(ModelScreen):
 
     def show_model(self, model: DashboardModel) -> None:
         self.model = model
-        self.query_one("#header", HeaderLine).info = model.header
+        baseline: BaselineView | None = getattr(self.app, "baseline", None)
+        header = self.query_one("#header", HeaderLine)
+        header.info = model.header
+        header.baseline = baseline
         self.query_one("#findings", FindingsTable).show_findings(model.findings)
-        self.query_one("#pods", PodsTable).show(model.pods)
-        self.query_one("#cpus", CpusTable).show(model.cpus)
+        pods = self.query_one("#pods", PodsTable)
+        cpus = self.query_one("#cpus", CpusTable)
+        pods.baseline = cpus.baseline = baseline
+        pods.show(model.pods)
+        cpus.show(model.cpus)
         self._retitle()
 
     def set_paused(self, paused: bool) -> None:
@@ -93,11 +102,15 @@ class MainScreen(ModelScreen):
         shown = pods.row_count
         per = self._rate_span(model)
         title = f"Pods ({shown} of {total})" if pods.filter_text else f"Pods ({total})"
+        if pods.showing_deltas:
+            per = "Δ since baseline"
         pods.border_title = " · ".join(part for part in (title, f"per s {per}" if per else "",
                                                           f"sort {pods.pod_sort.label}") if part)
         pods.border_subtitle = (f"filter “{pods.filter_text}” · Esc clears" if pods.filter_text
                                 else "s sort · / filter · v CPUs" if not self.wide else "s sort · / filter")
         cpus.border_title = f"CPUs ({len(model.cpus) if model else 0})" + (f" · softirq share {per}" if per else "")
+        if cpus.showing_deltas:
+            cpus.border_title = f"CPUs ({len(model.cpus) if model else 0}) · Δ since baseline"
         cpus.border_subtitle = "v pods · Enter: latency histogram" if not self.wide else "Enter: latency histogram"
 
     @staticmethod
@@ -112,6 +125,22 @@ class MainScreen(ModelScreen):
 
     def action_pause(self) -> None:
         self.app.toggle_pause()
+
+    def action_mark_baseline(self) -> None:
+        self.app.mark_baseline()
+
+    def action_clear_baseline(self) -> None:
+        self.app.clear_baseline()
+
+    def action_toggle_deltas(self) -> None:
+        if getattr(self.app, "baseline", None) is None:
+            self.app.notify("no baseline yet: b marks one", severity="warning", timeout=3)
+            return
+        pods = self.query_one("#pods", PodsTable)
+        cpus = self.query_one("#cpus", CpusTable)
+        pods.deltas = cpus.deltas = not pods.deltas
+        if self.model is not None:
+            self.show_model(self.model)
 
     def _focused_table(self) -> DataTable | None:
         focused = self.focused

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ..model import HeaderInfo, format_rate
+from ..model import BaselineView, HeaderInfo, format_rate
 from ..style import style
 
 
@@ -19,7 +19,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def header_segments(info: HeaderInfo | None, paused: bool, stale_s: float | None) -> list[tuple[int, Text]]:
+def baseline_segment(baseline: BaselineView) -> Text:
+    """Since the baseline, in `netprof diff`'s terms: how many figures moved beyond noise."""
+    when = time.strftime("%H:%M:%S", time.localtime(baseline.marked_at))
+    text = Text(f"Δ {baseline.reason} {when}: ", style="bold")
+    if not baseline.worse and not baseline.better:
+        text.append("no change beyond noise", style=style("ok"))
+        return text
+    if baseline.worse:
+        text.append(f"{baseline.worse} worse", style=style("alarm"))
+    if baseline.better:
+        text.append((", " if baseline.worse else "") + f"{baseline.better} better", style=style("ok"))
+    return text
+
+
+def header_segments(info: HeaderInfo | None, paused: bool, stale_s: float | None,
+                    baseline: BaselineView | None = None) -> list[tuple[int, Text]]:
     """(priority, text) in display order; a narrow terminal keeps the lowest priorities."""
     segments: list[tuple[int, Text]] = []
     if info is None:
@@ -33,6 +48,8 @@ def header_segments(info: HeaderInfo | None, paused: bool, stale_s: float | None
     if stale_s is not None:
         segments.append((1, Text(f"no new sample for {_duration(stale_s)}", style=style("alarm"))))
     segments.append((2, Text(info.node, style="bold")))
+    if baseline is not None:
+        segments.append((2, baseline_segment(baseline)))
     segments.append((6, Text(f"kernel {info.kernel}")))
     probes = Text(f"probes {info.probes_attached}/{info.probes_total}")
     if info.probes_missing:
@@ -79,6 +96,7 @@ class HeaderLine(Widget):
     info: reactive[HeaderInfo | None] = reactive(None)
     paused: reactive[bool] = reactive(False)
     stale_s: reactive[float | None] = reactive(None)
+    baseline: reactive[BaselineView | None] = reactive(None)
 
     def render(self) -> Text:
-        return fit_segments(header_segments(self.info, self.paused, self.stale_s), self.size.width)
+        return fit_segments(header_segments(self.info, self.paused, self.stale_s, self.baseline), self.size.width)

@@ -8,7 +8,8 @@ from typing import Callable
 from rich.text import Text
 
 from ..model import (
-    SEVERITY_LABEL, CpuRow, FindingRow, PodRow, format_rate, format_share, sparkline,
+    SEVERITY_LABEL, BaselineView, CpuRow, FindingRow, PodRow, format_delta, format_rate, format_share,
+    format_share_delta, sparkline,
 )
 from ..style import style
 from .table import Cell, ColumnSpec, LiveTable
@@ -29,6 +30,23 @@ def marked_name(name: str, severity: str | None) -> Text:
 
 def rate_cell(per_s: float, alarm: bool = False) -> Cell:
     return Cell(Text(format_rate(per_s), style="bold" if alarm and per_s > 0 else ""), per_s)
+
+
+def delta_cell(now_per_s: float, before_per_s: float, alarm: bool = False) -> Cell:
+    """Since the baseline: trouble that rose is bold (an alarm column), sorted by the change."""
+    delta = now_per_s - before_per_s
+    return Cell(Text(format_delta(delta), style="bold" if alarm and delta >= 0.05 else ""), delta)
+
+
+class DeltaMode:
+    """Tables that can show "now minus the baseline" instead of "now" (key `d`)."""
+
+    baseline: BaselineView | None = None
+    deltas: bool = False
+
+    @property
+    def showing_deltas(self) -> bool:
+        return self.deltas and self.baseline is not None
 
 
 def layout(width: int, fixed: list[ColumnSpec], flexible: list[tuple[ColumnSpec, int]],
@@ -139,7 +157,7 @@ def top_reasons(pod: PodRow, count: int = 2) -> Text:
     return text
 
 
-class PodsTable(LiveTable):
+class PodsTable(DeltaMode, LiveTable):
     COLUMNS = ("name", "retrans", "drops", "reasons", "listen", "conntrack", "trend")
     LABELS = {"name": "pod", "retrans": "retr/s", "drops": "drop/s", "reasons": "top drop reasons",
               "listen": "lstn/s", "conntrack": "ct/s", "trend": "trend"}
@@ -204,13 +222,23 @@ class PodsTable(LiveTable):
         rows = []
         for pod in sort_pods(filter_pods(pods, self.filter_text), self.pod_sort, self.reverse):
             rates = pod.rates
+            if self.showing_deltas:
+                before = self.baseline.pod(pod.netns)
+                numbers = [delta_cell(rates.retransmits_per_s, before.retransmits_per_s, True),
+                           delta_cell(rates.drops_per_s, before.drops_per_s, True),
+                           delta_cell(rates.listen_overflows_per_s, before.listen_overflows_per_s, True),
+                           delta_cell(rates.conntrack_failures_per_s, before.conntrack_failures_per_s, True)]
+            else:
+                numbers = [rate_cell(rates.retransmits_per_s, True), rate_cell(rates.drops_per_s, True),
+                           rate_cell(rates.listen_overflows_per_s, True),
+                           rate_cell(rates.conntrack_failures_per_s, True)]
             rows.append((pod.key, [
                 Cell(marked_name(pod.name, pod.worst_severity), pod.name),
-                rate_cell(rates.retransmits_per_s, True),
-                rate_cell(rates.drops_per_s, True),
+                numbers[0],
+                numbers[1],
                 Cell(top_reasons(pod)),
-                rate_cell(rates.listen_overflows_per_s, True),
-                rate_cell(rates.conntrack_failures_per_s, True),
+                numbers[2],
+                numbers[3],
                 Cell(sort=rates.trouble_per_s, draw=lambda width, trend=pod.trend: sparkline(trend, width)),
             ]))
         self.show_rows(rows)
@@ -225,7 +253,7 @@ def share_picture(cpu: CpuRow, width: int) -> str:
     return ("█" * filled).ljust(width, "·") if width > 0 else ""
 
 
-class CpusTable(LiveTable):
+class CpusTable(DeltaMode, LiveTable):
     COLUMNS = ("cpu", "net_rx", "trend", "net_tx", "budget", "squeeze", "backlog", "irqs")
     LABELS = {"cpu": "cpu", "net_rx": "NET_RX", "trend": "RX trend", "net_tx": "NET_TX",
               "budget": "budget/s", "squeeze": "sqz/s", "backlog": "bklog/s", "irqs": "NIC queue IRQs"}
@@ -249,14 +277,26 @@ class CpusTable(LiveTable):
         rows = []
         for cpu in cpus:
             heavy = cpu.net_rx_share + cpu.net_tx_share >= 0.5
+            if self.showing_deltas:
+                before = self.baseline.cpu(cpu.cpu)
+                rx = cpu.net_rx_share - before.net_rx_share
+                shares = [Cell(Text(format_share_delta(rx), style="bold" if rx >= 0.005 else ""), rx),
+                          Cell(format_share_delta(cpu.net_tx_share - before.net_tx_share),
+                               cpu.net_tx_share - before.net_tx_share)]
+                numbers = [delta_cell(cpu.budget_exhausted_per_s, before.budget_exhausted_per_s),
+                           delta_cell(cpu.time_squeeze_per_s, before.time_squeeze_per_s, True),
+                           delta_cell(cpu.backlog_drops_per_s, before.backlog_drops_per_s, True)]
+            else:
+                shares = [Cell(Text(format_share(cpu.net_rx_share), style="bold" if heavy else ""), cpu.net_rx_share),
+                          Cell(format_share(cpu.net_tx_share), cpu.net_tx_share)]
+                numbers = [rate_cell(cpu.budget_exhausted_per_s), rate_cell(cpu.time_squeeze_per_s, True),
+                           rate_cell(cpu.backlog_drops_per_s, True)]
             rows.append((cpu.key, [
                 Cell(marked_name(str(cpu.cpu), cpu.worst_severity), cpu.cpu),
-                Cell(Text(format_share(cpu.net_rx_share), style="bold" if heavy else ""), cpu.net_rx_share),
+                shares[0],
                 Cell(draw=lambda width, cpu=cpu: share_picture(cpu, width)),
-                Cell(format_share(cpu.net_tx_share), cpu.net_tx_share),
-                rate_cell(cpu.budget_exhausted_per_s),
-                rate_cell(cpu.time_squeeze_per_s, True),
-                rate_cell(cpu.backlog_drops_per_s, True),
+                shares[1],
+                *numbers,
                 Cell(", ".join(irq.short for irq in cpu.irqs) if cpu.irqs else "·"),
             ]))
         self.show_rows(rows)
