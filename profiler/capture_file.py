@@ -30,11 +30,12 @@ from .errors import NetprofError
 from .inert import inert
 
 SCHEMA_ID = "netprof.profile/v1"
-# A busy node's capture is well below this: the kernel maps bound flows and stacks, and a
-# 60 s capture of the busy lab fixture is ~30 KiB. 64 MiB still loads in seconds and ~1 GiB of
-# memory at most (Python objects cost ~10x the JSON text); the 174 MB capture of issue 12 took
-# 37 s and 1.7 GB to export. Larger ones are possible (thousands of pods and flows over hours)
-# and can be read by raising the limit on purpose.
+# The kernel maps bound what one capture holds: at their capacity (4096 pods, 16384 flows,
+# 16384 stacks of 30 frames) a capture is 23 MiB, and loads and checks in 5.5 s with 130 MB
+# of memory (measured here, 2 shared CPUs). 64 MiB leaves room for long captures whose flow
+# map churned, and still loads in about half a minute (a 53 MiB one: 25 s, 330 MB). The
+# 174 MB capture of issue 12 took 37 s and 1.7 GB to export; such a file is refused unless
+# the operator raises the limit on purpose.
 DEFAULT_MAX_CAPTURE_MB = 64.0
 MAX_CAPTURE_ENV = "NETPROF_MAX_CAPTURE_MB"
 # A capture nests 7 levels (findings[].fixes[].changes[].key); evidence adds a few. Anything
@@ -236,9 +237,9 @@ def _type_name(value: Any) -> str:
             list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def _schema_message(error: Any) -> str:
+def _schema_message(error: Any, prefix: tuple[str | int, ...] = ()) -> str:
     """One short line for a jsonschema error: its own message may quote a huge instance."""
-    where = json_path(tuple(error.absolute_path))
+    where = json_path((*prefix, *error.absolute_path))
     kind, expected, value = error.validator, error.validator_value, error.instance
     if kind == "type":
         wanted = " or ".join(expected) if isinstance(expected, list) else expected
@@ -254,17 +255,36 @@ def _schema_message(error: Any) -> str:
     return f"{where}: {inert(error.message, 120)}"
 
 
-def _first_schema_error(doc: Any) -> str | None:
-    errors = list(_validator().iter_errors(doc))
-    if not errors:
-        return None
+# The arrays that make a capture large: checked item by item, so that a large capture shows
+# how far the check is (jsonschema checks ~1 MB of capture a second) and the first bad item
+# is the one named.
+_ITEM_ARRAYS = ("pods", "flows", "cpus", "stacks", "drop_sites", "findings")
+_PROGRESS_EVERY_ITEMS = 2000
+
+
+def _first_schema_error(doc: dict[str, Any], progress: _Progress | None = None) -> str | None:
     import jsonschema
 
-    # The deepest, most specific error of the first field in document order.
-    return _schema_message(jsonschema.exceptions.best_match(errors))
+    validator = _validator()
+    arrays = {name: doc[name] for name in _ITEM_ARRAYS if isinstance(doc.get(name), list)}
+    errors = list(validator.iter_errors({**doc, **{name: [] for name in arrays}}))
+    if errors:
+        return _schema_message(jsonschema.exceptions.best_match(errors))
+    total = sum(map(len, arrays.values())) or 1
+    checked = 0
+    for name, items in arrays.items():
+        item_validator = validator.evolve(schema=validator.schema["properties"][name]["items"])
+        for index, item in enumerate(items):
+            errors = list(item_validator.iter_errors(item))
+            if errors:
+                return _schema_message(jsonschema.exceptions.best_match(errors), (name, index))
+            checked += 1
+            if progress is not None and checked % _PROGRESS_EVERY_ITEMS == 0:
+                progress.show(f"checking {100 * checked // total}% of")
+    return None
 
 
-def validate_capture(doc: Any, name: str = "the capture") -> dict[str, Any]:
+def validate_capture(doc: Any, name: str = "the capture", progress: _Progress | None = None) -> dict[str, Any]:
     """`doc` if it is a capture netprof can use; CaptureError naming the first bad field if not."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_ID:
         raise CaptureError(f"{name} is not a netprof capture (schema {SCHEMA_ID})")
@@ -272,7 +292,7 @@ def validate_capture(doc: Any, name: str = "the capture") -> dict[str, Any]:
         _check_values(doc)
     except _Invalid as exc:
         raise CaptureError(f"{name} is not a valid capture: {exc}") from None
-    problem = _first_schema_error(doc)
+    problem = _first_schema_error(doc, progress)
     if problem is None:
         problem = _unknown_finding_kind(doc)
     if problem is not None:
@@ -297,7 +317,7 @@ def load_capture(path: Path, limit_mb: float | None = None, progress_stream: Any
         doc = parse_capture_json(data, inert(path))
         del data
         progress.show("checking")
-        return validate_capture(doc, inert(path))
+        return validate_capture(doc, inert(path), progress)
     finally:
         progress.done()
 

@@ -58,6 +58,7 @@ def test_recorded_captures_load_unchanged(path):
          "not a kind of finding netprof makes"),
         (lambda d: d["findings"][0]["fixes"][0].__setitem__("scope", "root"), "$.findings[0].fixes[0].scope", "not one of"),
         (lambda d: d.pop("pods"), "$", "missing pods"),
+        (lambda d: d["flows"][1]["states"].__setitem__("LOST", "many"), "$.flows[1].states.LOST", "expected integer"),
     ],
 )
 def test_a_bad_field_is_named_by_its_json_path(tmp_path, busy, mutate, where, what):
@@ -138,10 +139,11 @@ def test_progress_is_shown_on_a_terminal_for_a_large_capture(tmp_path, busy, mon
     path = _write(tmp_path, busy)
     monkeypatch.setattr(capture_file, "PROGRESS_ABOVE_BYTES", 1000)
     monkeypatch.setattr(capture_file, "_CHUNK", 4096)
+    monkeypatch.setattr(capture_file, "_PROGRESS_EVERY_ITEMS", 1)
     terminal = _Terminal()
     load_capture(path, progress_stream=terminal)
     shown = terminal.getvalue()
-    assert "reading 100% of" in shown and "parsing" in shown and "checking" in shown
+    assert "reading 100% of" in shown and "parsing" in shown and "checking 50% of" in shown
     assert shown.endswith("\r\x1b[K")  # the line is cleared before the app or the output starts
     pipe = io.StringIO()
     load_capture(path, progress_stream=pipe)
