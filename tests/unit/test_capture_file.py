@@ -159,3 +159,9 @@ def test_validate_capture_takes_documents_too(busy):
     assert validate_capture(copy.deepcopy(busy)) == busy
     with pytest.raises(CaptureError, match="is not a netprof capture"):
         validate_capture([busy])
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema():
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(capture_file._validator().schema)
