@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import re
 
-from ..inert import inert
-
 _UNSAFE = re.compile(r"[;\r\n\t\x00-\x1f\x7f]")
 EMPTY_FRAME = "[unknown]"
 
 
 def safe_frame(text: str) -> str:
-    # The folded format's own separators first; then inert() for what is left that a
-    # terminal would act on (C1 controls, bidi overrides), shown as escapes.
-    cleaned = inert(_UNSAFE.sub("_", str(text))).strip()
+    cleaned = _UNSAFE.sub("_", str(text)).strip()
     return cleaned or EMPTY_FRAME
 
 

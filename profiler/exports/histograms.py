@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..inert import inert
 from ..probes.softirq import LOG2_SLOTS
 
 SCHEMA = "netprof.histograms/v1"
@@ -168,17 +167,11 @@ def histograms_csv(doc: dict) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for histogram in capture_histograms(doc):
-        # Labels are capture data (pod names, softirq vector names): inert, so that a CSV
-        # shown in a terminal (cat, less -r, column) cannot act on them.
-        labels = [_csv_label(histogram.labels.get(column, "")) for column in LABEL_COLUMNS]
+        labels = [histogram.labels.get(column, "") for column in LABEL_COLUMNS]
         for lo, hi, count in zip(histogram.lower, histogram.upper, histogram.counts):
             writer.writerow([histogram.name, histogram.unit, *labels, _number(lo),
                              "inf" if math.isinf(hi) else _number(hi), count])
     return out.getvalue()
-
-
-def _csv_label(value: str | int) -> str | int:
-    return inert(value) if isinstance(value, str) else value
 
 
 def _number(value: float) -> int | float:

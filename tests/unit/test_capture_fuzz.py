@@ -80,7 +80,7 @@ HOSTILE_STRINGS = (
 # Everywhere else a hostile string is valid data and must reach the consumers inert.
 SHAPED_FIELDS = frozenset({
     "schema", "kind", "severity", "scope", "family", "saddr", "daddr", "address",
-    "local_cpus", "affinity", "effective_affinity", "rps_cpus", "xps_cpus",
+    "cpus_online", "local_cpus", "affinity", "effective_affinity", "rps_cpus", "xps_cpus",
 })
 # Objects whose keys are data (drop reasons, counter and sysctl names), not field names.
 DATA_KEYED = frozenset({"drops", "netstat", "conntrack", "softnet", "sysctls", "states", "evidence",
@@ -206,7 +206,9 @@ def consume(doc: dict[str, Any], workdir: Path) -> dict[str, str]:
         outputs[f"export {name}"] = render_export(doc, name)
 
     model = build_model(doc, mode="replay", sequence=1)
-    screens: list[Any] = [fit_segments(header_segments(model.header, False, None), 120), render_probes(doc)]
+    # As the app calls them: the probes screen renders the model's document.
+    screens: list[Any] = [fit_segments(header_segments(model.header, False, None), 120),
+                          render_probes(dict(model.document))]
     for row in model.findings:
         screens += render_finding(row.data)
     for pod in model.pods:
