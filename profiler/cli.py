@@ -46,6 +46,24 @@ def _duration(text: str) -> float:
     return value
 
 
+def _capture_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
+    return value
+
+
+def _add_capture_limit(parser: argparse.ArgumentParser) -> None:
+    from .capture_file import DEFAULT_MAX_CAPTURE_MB, MAX_CAPTURE_ENV
+
+    parser.add_argument("--max-capture-mb", type=_capture_mb, default=None, metavar="MIB",
+                        help=f"refuse a capture file larger than this (default {DEFAULT_MAX_CAPTURE_MB:g}, "
+                             f"or {MAX_CAPTURE_ENV})")
+
+
 def _interval(text: str) -> float:
     value = _duration(text)
     if value < 0.05:
@@ -94,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("capture", type=Path, metavar="CAPTURE.json")
     export.add_argument("--format", "-f", required=True, choices=EXPORT_FORMATS)
     export.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
+    _add_capture_limit(export)
     export.set_defaults(func=_cmd_export)
 
     from .serve import DEFAULT_INTERVAL_S, DEFAULT_LISTEN
@@ -136,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write each fix's YAML / code / script snippet into DIR")
     fix.add_argument("--journal-dir", type=Path, default=Path("/var/lib/netprof"), metavar="DIR",
                      help="where --apply journals old values for --rollback (default /var/lib/netprof)")
+    _add_capture_limit(fix)
     fix.set_defaults(func=_cmd_fix)
 
     tui = sub.add_parser(
@@ -156,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
                      help="where `e` writes its netprof-<host>-<time>/ directories (default: "
                           "$XDG_DATA_HOME/netprof/exports, else ~/.local/share/netprof/exports)")
+    _add_capture_limit(tui)
     tui.set_defaults(func=_cmd_tui)
 
     diff = sub.add_parser(
@@ -174,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--fail-on", choices=("worse", "change"), default=None,
                       help="exit 1 if anything got worse (a finding appeared or worsened, a trouble figure "
                            "rose beyond noise), or if anything changed at all")
+    _add_capture_limit(diff)
     diff.set_defaults(func=_cmd_diff)
 
     from .lab.commands import add_lab_parser
@@ -210,10 +232,10 @@ def _write_exports(document: dict, out_dir: Path, stream) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .capture_file import load_capture
     from .exports import atomic_write_text, render
-    from .fix.command import load_capture
 
-    text = render(load_capture(args.capture), args.format)
+    text = render(load_capture(args.capture, args.max_capture_mb), args.format)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -238,21 +260,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_fix(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .fix.command import load_capture, run_fix
+    from .capture_file import load_capture
+    from .fix.command import replan, run_fix
 
     if args.rollback and args.from_file:
         raise NetprofError("--rollback undoes the last --apply; it takes no --from")
     capture = None
+    findings = None
     if not args.rollback:
         if args.from_file:
-            capture = load_capture(Path(args.from_file))
+            capture = load_capture(Path(args.from_file), args.max_capture_mb)
+            findings = replan(capture)  # never the findings stored in the file
         else:
             from .profile import ProfileOptions, run_profile
 
             capture = run_profile(ProfileOptions(duration_s=args.duration)).to_json()
     only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
     return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
-                   out_dir=args.out, only=only, console=Console())
+                   out_dir=args.out, only=only, console=Console(), findings=findings)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -260,9 +285,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     from .analysis.diff import diff_captures
     from .diff_view import render_diff
-    from .fix.command import load_capture
+    from .capture_file import load_capture
 
-    result = diff_captures(load_capture(args.before), load_capture(args.after))
+    result = diff_captures(load_capture(args.before, args.max_capture_mb),
+                           load_capture(args.after, args.max_capture_mb))
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -278,7 +304,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 def _cmd_tui(args: argparse.Namespace) -> int:
     from tui.run import run_tui
 
-    return run_tui(replay=args.replay, interval_s=args.interval, window_s=args.window, export_dir=args.export_dir)
+    return run_tui(replay=args.replay, interval_s=args.interval, window_s=args.window, export_dir=args.export_dir,
+                   max_capture_mb=args.max_capture_mb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,10 @@
 the check every view's output must pass (tests/unit/test_hostile_views.py, tests/tui).
 
 The capture is a recorded one (tests/tui/fixtures/busy.json) with the payload appended to
-pod names (everywhere they appear), the hostname, NIC and NAPI device names, listener
-addresses, drop reasons, softirq vector names and kernel symbols, stack frames, finding
+pod names (everywhere they appear), the hostname, NIC and NAPI device names, drop reasons, softirq vector names and kernel symbols, stack frames, finding
 summaries, evidence (keys and values), every fix field, probe errors, cost hooks and
-lost-event names. Closed-set fields (finding kind,
-severity, fix scope) are left alone: validation, not rendering, answers for those.
+lost-event names. Closed-set and closed-form fields (finding kind, severity, fix scope,
+listener addresses) are left alone: validation, not rendering, answers for those.
 """
 from __future__ import annotations
 
@@ -60,7 +59,7 @@ def hostile_capture() -> dict:
         pod["pod"] = pods[pod["pod"]]
         pod["drops"] = {evil(reason): count for reason, count in pod["drops"].items()}
         for listener in pod["listen"]:
-            listener["address"] = evil(listener["address"])
+            # The address is validated as an IP address (a closed form), not rendered raw.
             listener["accept_queue_depth_log2"] = [3, 0, 1, 0, 0, 0, 0, 2]  # a histogram to export
     for flow in doc["flows"]:
         flow["pod"] = pods.get(flow["pod"], evil(flow["pod"]))

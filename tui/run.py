@@ -9,7 +9,7 @@ from profiler.errors import NetprofError
 
 
 def run_tui(replay: Path | None = None, interval_s: float = 1.0, window_s: float = 60.0,
-            export_dir: Path | None = None) -> int:
+            export_dir: Path | None = None, max_capture_mb: float | None = None) -> int:
     from .app import NetprofApp
     from .feed import LiveFeed, ReplayFeed
 
@@ -17,9 +17,11 @@ def run_tui(replay: Path | None = None, interval_s: float = 1.0, window_s: float
         raise NetprofError(f"--export-dir {export_dir} is not a directory")
     document = None
     if replay is not None:
-        from profiler.fix.command import load_capture
+        from profiler.capture_file import load_capture
 
-        document = load_capture(replay)
+        # Validated before the app starts (a bad file is one line, not a traceback in a
+        # half-drawn screen); a large one shows its loading progress on the terminal.
+        document = load_capture(replay, max_capture_mb)
     elif window_s < interval_s:
         raise NetprofError(f"--window ({window_s:g}s) must be at least --interval ({interval_s:g}s)")
     # Textual draws on stderr (stdout stays free for redirection) and reads keys from stdin.

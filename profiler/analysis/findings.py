@@ -7,9 +7,24 @@ Fixes carry machine-applicable `changes` (only node-scope ones are ever applied,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 Severity = Literal["critical", "warning", "info"]
+# Every kind of finding the detectors (profiler.analysis.detectors) make, and no other: a
+# capture file naming another kind is refused when loaded (profiler.capture_file), and the
+# kind becomes part of file names (`netprof fix --out`), so it must be one of these.
+FindingKind = Literal[
+    "tcp-retransmits",
+    "listen-overflow",
+    "syn-backlog-overflow",
+    "softirq-imbalance",
+    "napi-budget-exhausted",
+    "cpu-backlog-drops",
+    "conntrack-insert-failed",
+    "conntrack-table-full",
+    "socket-rcvbuf-drops",
+]
+FINDING_KINDS: frozenset[str] = frozenset(get_args(FindingKind))
 Scope = Literal["node", "pod", "app"]
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
@@ -69,7 +84,7 @@ class Fix:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str
+    kind: FindingKind
     severity: Severity
     summary: str
     evidence: Mapping[str, Any]
@@ -78,6 +93,10 @@ class Finding:
     cpu: int | None = None
     # How bad, comparable across kinds of the same severity (events/s, or a share): ranks.
     score: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FINDING_KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}")
 
     def to_json(self) -> dict:
         return {

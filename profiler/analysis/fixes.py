@@ -7,7 +7,27 @@ durably in the pod spec's `securityContext.sysctls`.
 """
 from __future__ import annotations
 
+from ..inert import inert
 from .findings import Change, Fix
+
+# Every sysctl a fix of netprof's detectors may change, and no other. `netprof fix` applies
+# only these (profiler.fix.command.applicable; the rollback of a journal holds to them too):
+# net.* also holds ip_forward, accept_redirects, rp_filter, bpf_jit_harden, which no finding
+# of netprof is about. A detector that needs another sysctl adds it here, with its finding.
+NODE_SYSCTLS_FIXED = frozenset({
+    "net.core.somaxconn",             # listen-overflow on the host
+    "net.ipv4.tcp_max_syn_backlog",   # syn-backlog-overflow on the host
+    "net.core.netdev_budget",         # napi-budget-exhausted
+    "net.core.netdev_budget_usecs",   # napi-budget-exhausted
+    "net.core.netdev_max_backlog",    # cpu-backlog-drops
+    "net.netfilter.nf_conntrack_max",  # conntrack-table-full
+    "net.core.rmem_max",              # socket-rcvbuf-drops
+})
+POD_SYSCTLS_FIXED = frozenset({
+    "net.core.somaxconn",             # listen-overflow in a pod
+    "net.ipv4.tcp_max_syn_backlog",   # syn-backlog-overflow in a pod
+})
+APPLICABLE_SYSCTLS = NODE_SYSCTLS_FIXED | POD_SYSCTLS_FIXED
 
 # Kubernetes' "safe" sysctls (kubelet allows them without --allowed-unsafe-sysctls), as of 1.29.
 K8S_SAFE_SYSCTLS = frozenset({
@@ -34,6 +54,8 @@ SYSCTL_D_FILE = "/etc/sysctl.d/90-netprof.conf"
 
 def node_sysctl_fixes(key: str, current: str | None, value: str, title: str, rationale: str) -> tuple[Fix, ...]:
     """A node-global sysctl: applied now on the node, persisted in sysctl.d."""
+    if key not in NODE_SYSCTLS_FIXED:
+        raise ValueError(f"{key} is not in NODE_SYSCTLS_FIXED: add it there with the finding that sets it")
     return (Fix(
         scope="node",
         title=title,
@@ -49,11 +71,14 @@ def node_sysctl_fixes(key: str, current: str | None, value: str, title: str, rat
 def pod_sysctl_fixes(pod: str, netns_path: str | None, key: str, current: str | None, value: str,
                      title: str, rationale: str) -> tuple[Fix, ...]:
     """A per-netns sysctl for one pod: the durable pod-spec change, and a runtime stopgap."""
+    if key not in POD_SYSCTLS_FIXED:
+        raise ValueError(f"{key} is not in POD_SYSCTLS_FIXED: add it there with the finding that sets it")
     unsafe = key not in K8S_SAFE_SYSCTLS
     note = (f"\n{key} is not in Kubernetes' safe set: the kubelet must run with "
             f"--allowed-unsafe-sysctls={key} (or a pattern like 'net.core.*') on the node pool."
             if unsafe else "")
-    yaml = (f"# pod spec of {pod}\n"
+    # The pod's name comes from the capture: inert, so a line break in it cannot add YAML.
+    yaml = (f"# pod spec of {inert(pod)}\n"
             "spec:\n"
             "  securityContext:\n"
             "    sysctls:\n"

@@ -113,6 +113,8 @@ class ApplyReport:
     applied: every write attempted (or, dry run, planned), in order, success or not.
     refused: why a change could not be made; for apply, any refusal means nothing was written.
     skipped: rollback entries with nothing to restore (their netns is gone, and the value with it).
+    unrestorable: rollback entries that could not even be tried (a malformed journaled value, a
+    netns that cannot be reached): left open in the journal, and the rollback is not ok.
     rolled_back: restores made because a write of this apply failed midway.
     """
 
@@ -120,6 +122,7 @@ class ApplyReport:
     refused: tuple[tuple[Change, str], ...]
     journal_path: Path
     skipped: tuple[tuple[Change, str], ...] = ()
+    unrestorable: tuple[tuple[Change, str], ...] = ()
     rolled_back: tuple[WriteResult, ...] = ()
     note: str = ""
     dry_run: bool = False
@@ -130,7 +133,7 @@ class ApplyReport:
         """Nothing refused, and every write verified with nothing undone (dry run: nothing refused)."""
         if self.dry_run:
             return not self.refused
-        return (not self.refused
+        return (not self.refused and not self.unrestorable
                 and all(r.verified and r.error is None for r in (*self.applied, *self.rolled_back))
                 and not self.rolled_back)
 
@@ -650,7 +653,10 @@ def _load_journal(path: Path) -> dict[str, Any] | None:
             _entry_change(entry)
             if entry.get("state") not in ("open", "restored", "gone") or not isinstance(entry.get("previous"), str):
                 raise ValueError(f"bad entry {entry!r:.120}")
-    except (OSError, ValueError, TypeError) as exc:
+            inode = entry.get("netns_inode")
+            if inode is not None and (not isinstance(inode, int) or isinstance(inode, bool)):
+                raise ValueError(f"bad netns_inode in entry {entry!r:.120}")
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise FixError(f"fix journal {path} is unreadable or corrupt ({exc}); inspect it before removing it") from exc
     return data
 
@@ -745,14 +751,42 @@ def _write_verified(change: Change, target: _Target, expected_now: str, value: s
         return WriteResult(change, expected_now, "", False, _error_text(exc))
 
 
+class _Unrestorable(Exception):
+    """A journal entry that cannot be restored now; it stays open for the next rollback."""
+
+
+def _check_restorable(target: _Target, change: Change, previous: str) -> None:
+    """The journaled previous value must be one the kernel could have shown for this target.
+
+    The journal is root's own file, but rollback writes its values into the kernel, so it is
+    read as untrusted: a value with a line break (`4096\nkernel.x=1`), or of another shape than
+    the value netprof wrote over it, is not written back.
+    """
+    try:
+        # Tabs are how the kernel separates the fields of multi-value sysctls (tcp_rmem).
+        _check_value(target, previous.replace("\t", " "))
+    except _Refused as exc:
+        raise _Unrestorable(f"the journaled previous value is malformed: {exc}") from None
+    if target.form == "text" and _value_shape(previous) != _value_shape(change.value):
+        raise _Unrestorable(f"the journaled previous value {previous[:40]!r} is not shaped like the "
+                            f"{change.value[:40]!r} netprof wrote over it")
+
+
+def _value_shape(text: str) -> tuple[str, ...]:
+    """A sysctl value's shape: how many fields, each a decimal integer or a word."""
+    return tuple("integer" if re.fullmatch(r"-?[0-9]{1,20}", field) else "word" for field in text.split())
+
+
 def _restore(entry: dict[str, Any], root: Path, force: bool = False) -> tuple[WriteResult | None, str | None]:
     """Put one journal entry's previous value back. (result, None) or (None, why it was skipped).
 
     Marks the entry restored or gone; leaves it open when the restore failed or was refused.
+    _Unrestorable: the entry cannot be restored now (malformed value, unreachable netns).
     """
     change = _entry_change(entry)
     previous = entry["previous"]
     target = _target_of(change)
+    _check_restorable(target, change, previous)
     undo = Change(change.kind, change.key, previous, change.netns, expected_current=change.value)
     inode = entry.get("netns_inode")
     if _is_live(root) and target.netns is not None:
@@ -760,6 +794,8 @@ def _restore(entry: dict[str, Any], root: Path, force: bool = False) -> tuple[Wr
             found = os.stat(target.netns).st_ino
         except FileNotFoundError:
             found = None
+        except OSError as exc:
+            raise _Unrestorable(f"cannot reach netns {target.netns}: {_error_text(exc)}") from None
         if found is None or (inode is not None and found != inode):
             entry["state"] = "gone"
             return None, f"netns {target.netns} is gone (or is another one now): the value went with it"
@@ -860,7 +896,10 @@ def _stop_and_undo(journal: dict[str, Any], journal_path: Path, made: list[dict[
     for entry in reversed(made):
         # force: these values are this apply's own, from moments ago -- including the failed
         # write's, which may read back as neither the old nor the asked-for value.
-        restored, _ = _restore(entry, root, force=True)
+        try:
+            restored, _ = _restore(entry, root, force=True)
+        except _Unrestorable as exc:
+            restored = WriteResult(_entry_change(entry), entry["previous"], "", False, str(exc))
         if restored is not None:
             undone.append(restored)
         try:
@@ -874,13 +913,16 @@ def _stop_and_undo(journal: dict[str, Any], journal_path: Path, made: list[dict[
 
 
 def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
-             force: bool = False) -> ApplyReport:
+             force: bool = False, allowed_sysctls: frozenset[str] | None = None) -> ApplyReport:
     """Restore every value the applies since the last rollback journaled, newest first.
 
     Each restore is read back. Refused as a whole when the journal is from another boot or
-    kernel, or without privileges. A value someone else changed after the apply is left alone
-    (refused) unless force. Entries whose netns is gone are skipped. Entries that fail stay
-    in the journal for the next rollback; rolling back twice does nothing the second time.
+    kernel, without privileges, or when an entry's target is not allowed (any net.* sysctl,
+    or only `allowed_sysctls` when given). A value someone else changed after the apply is
+    left alone (refused) unless force. Entries whose netns is gone are skipped. Entries whose
+    journaled value is malformed or whose netns cannot be reached are reported in
+    `unrestorable` and the others restored. Entries not restored stay in the journal for the
+    next rollback; rolling back twice does nothing the second time.
     """
     journal_dir = Path(journal_dir)
     journal_path = journal_dir / JOURNAL_NAME
@@ -905,6 +947,8 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
         for entry, change in zip(open_entries, changes):
             try:
                 _target_of(change)
+                if allowed_sysctls is not None and change.kind == "sysctl" and change.key not in allowed_sysctls:
+                    raise _Refused(f"{change.key!r} is not a sysctl netprof's fixes change")
             except _Refused as exc:
                 refused.append((change, f"journal entry not allowed: {exc}"))
         if refused:
@@ -912,17 +956,23 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
 
         restored: list[WriteResult] = []
         skipped: list[tuple[Change, str]] = []
+        unrestorable: list[tuple[Change, str]] = []
         for entry, change in reversed(list(zip(open_entries, changes))):
-            result, why_skipped = _restore(entry, root, force=force)
+            try:
+                result, why_skipped = _restore(entry, root, force=force)
+            except _Unrestorable as exc:
+                unrestorable.append((change, str(exc)))
+                continue
             if result is not None:
                 restored.append(result)
             else:
                 skipped.append((change, why_skipped or ""))
             _save_journal(journal_path, journal)
-        left = sum(entry["state"] == "open" for entry in journal["entries"])
-        note = "" if not left else f"{left} value(s) not restored; they stay in the journal for the next rollback"
-        return ApplyReport(tuple(restored), (), journal_path, skipped=tuple(skipped), note=note,
-                           operation="rollback")
+        left = [describe(_entry_change(entry)) for entry in journal["entries"] if entry["state"] == "open"]
+        note = "" if not left else (f"{len(left)} value(s) not restored ({', '.join(left)}); "
+                                    "they stay in the journal for the next rollback")
+        return ApplyReport(tuple(restored), (), journal_path, skipped=tuple(skipped),
+                           unrestorable=tuple(unrestorable), note=note, operation="rollback")
 
 
 # --------------------------------------------------------------------------- for the CLI
@@ -959,6 +1009,7 @@ def format_report(report: ApplyReport) -> list[str]:
         state = "undone" if result.verified else f"NOT undone: {result.error}"
         lines.append(f"{state} {describe(result.change)}: {result.written or result.previous}")
     lines.extend(f"skipped {describe(change)}: {reason}" for change, reason in report.skipped)
+    lines.extend(f"NOT restored {describe(change)}: {reason}" for change, reason in report.unrestorable)
     if report.note:
         lines.append(report.note)
     return lines

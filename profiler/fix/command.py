@@ -6,40 +6,60 @@ fixes are printed and can be written out as files (--out) for the pod spec or th
 """
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
 
-from ..analysis.findings import Finding, rank
+from ..analysis.detectors import AnalysisContext, analyze
+from ..analysis.findings import FINDING_KINDS, Change, Finding, rank
+from ..analysis.fixes import APPLICABLE_SYSCTLS
 from ..errors import NetprofError
 from ..exports import atomic_write_text
 from ..inert import inert
 from ..report import SEVERITY_STYLE
-from .apply import PlanIdentity, apply_changes, format_report, node_scope_changes, rollback
+from .apply import (PlanIdentity, apply_changes, current_identity, format_report, node_scope_changes,
+                    rollback)
 
-
-
-def load_capture(path: Path) -> dict:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise NetprofError(f"no such capture file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NetprofError(f"cannot read {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise NetprofError(f"{path} is not JSON (line {exc.lineno}): write it with `netprof profile --json`") from None
-    if not isinstance(doc, dict) or doc.get("schema") != "netprof.profile/v1":
-        raise NetprofError(f"{path} is not a netprof capture (schema netprof.profile/v1)")
-    return doc
 
 
 def findings_of(doc: dict) -> list[Finding]:
+    """The findings a capture made in this process (`netprof fix` without --from): netprof's own."""
     try:
         return rank([Finding.from_json(f) for f in doc.get("findings", [])])
     except (KeyError, TypeError, ValueError) as exc:
         raise NetprofError(f"the capture's findings are malformed: {exc}") from None
+
+
+def replan(doc: dict) -> list[Finding]:
+    """The findings of a saved capture, worked out again by netprof's own detectors.
+
+    A capture file is input from anywhere: the findings and fixes stored in it (titles,
+    commands, snippets, sysctl names, netns paths) are never used for a plan. Only its data
+    (counters, sysctl values the node had, pod names), which the loader validated, goes
+    through the same analysis a live capture gets. Netns paths and the IRQ topology are this
+    node's own, and only when the capture is from this boot: a netns inode or an IRQ number
+    of another boot names nothing here.
+    """
+    return analyze(doc, _context_for(doc))
+
+
+def _context_for(doc: dict) -> AnalysisContext:
+    try:
+        here = current_identity()
+    except NetprofError:
+        return AnalysisContext()
+    if (doc.get("node") or {}).get("boot_id") != here.boot_id:
+        return AnalysisContext()
+    from ..pods import PodDirectory
+    from ..system.irqs import irqbalance_running, read_irq_topology
+
+    in_capture = {pod["netns"] for pod in doc["pods"]}
+    paths = PodDirectory.default().netns_paths()
+    return AnalysisContext(
+        netns_paths={inode: str(path) for inode, path in paths.items() if inode in in_capture},
+        topology=read_irq_topology(), irqbalance_running=irqbalance_running())
 
 
 def identity_of(doc: dict) -> PlanIdentity:
@@ -73,6 +93,22 @@ def print_plan(findings: list[Finding], console: Console) -> None:
         console.print()
 
 
+_SNIPPET_SUFFIX = {"pod": "yaml", "node": "sh", "app": "txt"}
+_SNIPPET_NAME = re.compile(r"[0-9]{2,4}-[a-z0-9]+(?:-[a-z0-9]+)*-[0-9]{1,3}-(?:node|pod|app)\.(?:yaml|sh|txt)")
+
+
+def snippet_path(out_dir: Path, number: int, finding: Finding, index: int, scope: str) -> Path:
+    """Where a snippet goes: a name made only of checked parts, and a file directly in out_dir."""
+    if finding.kind not in FINDING_KINDS or scope not in _SNIPPET_SUFFIX:
+        raise NetprofError(f"refusing a snippet for an unknown finding kind or scope ({finding.kind!r:.40}, {scope!r:.20})")
+    name = f"{number:02d}-{finding.kind}-{index}-{scope}.{_SNIPPET_SUFFIX[scope]}"
+    path = out_dir / name
+    # Belt and braces: the name cannot hold a separator, so the file must sit right in out_dir.
+    if not _SNIPPET_NAME.fullmatch(name) or path.resolve().parent != out_dir.resolve():
+        raise NetprofError(f"refusing to write a snippet outside {out_dir}: {name!r:.80}")
+    return path
+
+
 def write_snippets(findings: list[Finding], out_dir: Path) -> list[Path]:
     """Each fix with a snippet (pod-spec YAML, code, the IRQ script) as its own file."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,29 +117,54 @@ def write_snippets(findings: list[Finding], out_dir: Path) -> list[Path]:
         for index, fix in enumerate(finding.fixes, 1):
             if not fix.snippet:
                 continue
-            suffix = {"pod": "yaml", "node": "sh"}.get(fix.scope, "txt")
-            path = out_dir / f"{number:02d}-{finding.kind}-{index}-{fix.scope}.{suffix}"
+            path = snippet_path(out_dir, number, finding, index, fix.scope)
             atomic_write_text(path, inert(fix.snippet, multiline=True))  # cat or an editor shows it
             written.append(path)
     return written
 
 
+def applicable(changes: tuple[Change, ...]) -> tuple[tuple[Change, ...], list[str]]:
+    """The changes whose sysctl is one netprof's fixes set (APPLICABLE_SYSCTLS), and why not for the others.
+
+    The apply engine itself allows any net.* sysctl (its API is for netprof's own plans); a
+    plan that came through a capture is held to the closed list its detectors can produce.
+    """
+    kept, refused = [], []
+    for change in changes:
+        if change.kind == "sysctl" and change.key not in APPLICABLE_SYSCTLS:
+            refused.append(f"refused {change.key!r:.80}: not a sysctl any netprof fix changes")
+        else:
+            kept.append(change)
+    return tuple(kept), refused
+
+
 def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir: Path,
-            out_dir: Path | None, only: set[str] | None, console: Console) -> int:
+            out_dir: Path | None, only: set[str] | None, console: Console,
+            findings: list[Finding] | None = None) -> int:
+    """findings: the plan (netprof's own; `replan()` for a saved capture); default: the capture's."""
     if do_rollback:
-        report = rollback(journal_dir)
+        report = rollback(journal_dir, allowed_sysctls=APPLICABLE_SYSCTLS)
         for line in format_report(report):
             console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
         return 0 if report.ok else 1
     assert capture is not None
-    findings = findings_of(capture)
+    if only:
+        unknown = sorted(only - FINDING_KINDS)
+        if unknown:
+            raise NetprofError(f"--only: no finding kind {unknown[0]!r:.60}; kinds are {', '.join(sorted(FINDING_KINDS))}")
+    findings = findings_of(capture) if findings is None else findings
     if only:
         findings = [f for f in findings if f.kind in only]
     print_plan(findings, console)
     if out_dir is not None:
         for path in write_snippets(findings, out_dir):
             console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
-    changes = node_scope_changes([fix for finding in findings for fix in finding.fixes])
+    changes, refused = applicable(node_scope_changes([fix for finding in findings for fix in finding.fixes]))
+    if refused:
+        for line in refused:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print("nothing was written", markup=False, highlight=False)
+        return 1
     if not changes:
         console.print("Nothing netprof can apply: the fixes above are pod- or app-scope (see the snippets).")
         return 0

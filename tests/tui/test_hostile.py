@@ -48,7 +48,7 @@ def test_every_screen_of_a_hostile_capture_is_inert(tmp_path):
     assert f"vm{MARKUP}" in seen["main"], "the hostname in the header"
     assert f"nplab9d1ca8-lossy{MARKUP}" in seen["main"], "a pod a finding names"
     assert f"nplab58ede0-server{MARKUP}" in seen["finding"] and MARKUP in seen["clipboard"]
-    assert f"0.0.0.0{MARKUP}" in seen["pod"], "a listener address in a detail table"
+    assert f"nplab58ede0-server{MARKUP}" in seen["pod"], "the pod a detail view is about"
     assert f"(no_device){MARKUP}" in seen["cpu"], "a NAPI device in a detail table"
     assert f"tracepoint:skb:kfree_skb{MARKUP}" in seen["probes"], "a BPF hook in the cost table"
     assert app.exports and all(controls(path.read_text()) == [] for path in app.exports[0])

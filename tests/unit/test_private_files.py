@@ -68,7 +68,7 @@ def test_export_command_output_is_private(tmp_path, capsys):
 
 def test_fix_snippets_are_private(tmp_path):
     fix = Fix("pod", "raise somaxconn in the pod spec", "why", snippet="spec:\n  securityContext: {}\n")
-    finding = Finding("listen_overflow", "critical", "overflows", {}, (fix,), pod="shop/web-0")
+    finding = Finding("listen-overflow", "critical", "overflows", {}, (fix,), pod="shop/web-0")
     with umask(0):
         written = write_snippets([finding], tmp_path / "snippets")
     assert len(written) == 1 and mode(written[0]) == 0o600
