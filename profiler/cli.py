@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     action = fix.add_mutually_exclusive_group()
     action.add_argument("--apply", action="store_true", help="make the node-scope changes")
     action.add_argument("--rollback", action="store_true", help="restore what the last --apply changed")
+    fix.add_argument("--verify", action="store_true",
+                     help="with --apply: capture again for --window seconds after the changes, keep each "
+                          "finding's fixes only if the figure it is about improved beyond noise (the test "
+                          "`netprof diff` uses), roll back the others; verdicts go into the journal")
+    fix.add_argument("--window", type=_duration, default=None, metavar="SECONDS",
+                     help="with --verify: how long to capture after the changes (default: as long as the "
+                          "capture before them)")
     fix.add_argument("--only", metavar="KIND,…", help="only these finding kinds (e.g. listen-overflow)")
     fix.add_argument("--out", type=Path, metavar="DIR",
                      help="also write each fix's YAML / code / script snippet into DIR")
@@ -265,6 +272,10 @@ def _cmd_fix(args: argparse.Namespace) -> int:
 
     if args.rollback and args.from_file:
         raise NetprofError("--rollback undoes the last --apply; it takes no --from")
+    if (args.verify or args.window is not None) and not args.apply:
+        raise NetprofError("--verify (and --window) judge an --apply: add --apply")
+    if args.window is not None and not args.verify:
+        raise NetprofError("--window is the capture --verify takes after the changes: add --verify")
     capture = None
     findings = None
     if not args.rollback:
@@ -276,8 +287,20 @@ def _cmd_fix(args: argparse.Namespace) -> int:
 
             capture = run_profile(ProfileOptions(duration_s=args.duration)).to_json()
     only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
+    verify_with = None
+    if args.verify:
+        from .profile import ProfileOptions, run_profile
+
+        # The same window as before the changes, so the two rates are comparable.
+        window_s = args.window or float(capture.get("duration_s") or args.duration)
+
+        def capture_after() -> dict:
+            return run_profile(ProfileOptions(duration_s=window_s)).to_json()
+
+        verify_with = capture_after
+
     return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
-                   out_dir=args.out, only=only, console=Console(), findings=findings)
+                   out_dir=args.out, only=only, console=Console(), findings=findings, verify_with=verify_with)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:

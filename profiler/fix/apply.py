@@ -127,6 +127,7 @@ class ApplyReport:
     note: str = ""
     dry_run: bool = False
     operation: Literal["apply", "rollback"] = "apply"
+    apply_id: str = ""   # the journal's name for this apply's entries (an apply that wrote)
 
     @property
     def ok(self) -> bool:
@@ -886,7 +887,7 @@ def apply_changes(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
             if not result.verified:
                 return _stop_and_undo(journal, journal_path, made, in_plan_order(already + results), root,
                                       f"write {len(results)} of {len(to_write)} failed; stopped")
-    return ApplyReport(in_plan_order(already + results), (), journal_path)
+    return ApplyReport(in_plan_order(already + results), (), journal_path, apply_id=apply_id)
 
 
 def _stop_and_undo(journal: dict[str, Any], journal_path: Path, made: list[dict[str, Any]],
@@ -913,7 +914,8 @@ def _stop_and_undo(journal: dict[str, Any], journal_path: Path, made: list[dict[
 
 
 def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
-             force: bool = False, allowed_sysctls: frozenset[str] | None = None) -> ApplyReport:
+             force: bool = False, allowed_sysctls: frozenset[str] | None = None,
+             apply_id: str | None = None, only: Callable[[Change], bool] | None = None) -> ApplyReport:
     """Restore every value the applies since the last rollback journaled, newest first.
 
     Each restore is read back. Refused as a whole when the journal is from another boot or
@@ -922,7 +924,9 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
     left alone (refused) unless force. Entries whose netns is gone are skipped. Entries whose
     journaled value is malformed or whose netns cannot be reached are reported in
     `unrestorable` and the others restored. Entries not restored stay in the journal for the
-    next rollback; rolling back twice does nothing the second time.
+    next rollback; rolling back twice does nothing the second time. `apply_id` and `only`
+    narrow it to one apply's entries and to the changes `only` accepts (what `fix --verify`
+    rolls back: the fixes that did not help).
     """
     journal_dir = Path(journal_dir)
     journal_path = journal_dir / JOURNAL_NAME
@@ -933,7 +937,9 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
     with _journal_lock(journal_dir):
         journal = _load_journal(journal_path)
         assert journal is not None
-        open_entries = [entry for entry in journal["entries"] if entry["state"] == "open"]
+        open_entries = [entry for entry in journal["entries"] if entry["state"] == "open"
+                        and (apply_id is None or entry.get("apply_id") == apply_id)
+                        and (only is None or only(_entry_change(entry)))]
         if not open_entries:
             return ApplyReport((), (), journal_path, operation="rollback",
                                note="nothing to roll back: the last apply was already rolled back")
@@ -973,6 +979,18 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
                                     "they stay in the journal for the next rollback")
         return ApplyReport(tuple(restored), (), journal_path, skipped=tuple(skipped),
                            unrestorable=tuple(unrestorable), note=note, operation="rollback")
+
+
+def record_verdicts(journal_dir: Path, apply_id: str, verdicts: list[dict[str, Any]]) -> None:
+    """Keep `fix --verify`'s verdicts (kept / rolled back, with the figures before and after)
+    in the journal beside the entries of the apply they judged."""
+    journal_path = Path(journal_dir) / JOURNAL_NAME
+    with _journal_lock(Path(journal_dir)):
+        journal = _load_journal(journal_path)
+        if journal is None:
+            raise FixError(f"no fix journal at {journal_path} to record the verification in")
+        journal.setdefault("verdicts", []).append({"apply_id": apply_id, "at": time.time(), "verdicts": verdicts})
+        _save_journal(journal_path, journal)
 
 
 # --------------------------------------------------------------------------- for the CLI

@@ -7,7 +7,9 @@ fixes are printed and can be written out as files (--out) for the pod spec or th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
@@ -19,6 +21,9 @@ from ..errors import NetprofError
 from ..exports import atomic_write_text
 from ..inert import inert
 from ..report import SEVERITY_STYLE
+
+if TYPE_CHECKING:
+    from .verify import VerifiedApply
 from .apply import (PlanIdentity, apply_changes, current_identity, format_report, node_scope_changes,
                     rollback)
 
@@ -138,10 +143,27 @@ def applicable(changes: tuple[Change, ...]) -> tuple[tuple[Change, ...], list[st
     return tuple(kept), refused
 
 
+def _print_lines(lines: list[str], console: Console) -> None:
+    for line in lines:
+        console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values
+
+
+def print_verification(result: "VerifiedApply", console: Console) -> None:
+    _print_lines(format_report(result.applied), console)
+    for verdict in result.verdicts:
+        style = {"kept": "green", "rolled-back": "yellow", "inconclusive": "yellow"}[verdict.outcome]
+        console.print(Text(inert(verdict.headline()).replace("rolled-back:", "rolled back:", 1), style=style))
+    if result.rollback is not None:
+        _print_lines(format_report(result.rollback), console)
+
+
 def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir: Path,
             out_dir: Path | None, only: set[str] | None, console: Console,
-            findings: list[Finding] | None = None) -> int:
-    """findings: the plan (netprof's own; `replan()` for a saved capture); default: the capture's."""
+            findings: list[Finding] | None = None,
+            verify_with: "Callable[[], dict] | None" = None) -> int:
+    """findings: the plan (netprof's own; `replan()` for a saved capture); default: the capture's.
+    verify_with: with apply, how to capture again after the changes (`fix --verify`): each
+    finding's fixes are kept only if its own figure improved beyond noise."""
     if do_rollback:
         report = rollback(journal_dir, allowed_sysctls=APPLICABLE_SYSCTLS)
         for line in format_report(report):
@@ -169,6 +191,13 @@ def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir
         console.print("Nothing netprof can apply: the fixes above are pod- or app-scope (see the snippets).")
         return 0
     identity = identity_of(capture)
+    if apply and verify_with is not None:
+        from .verify import apply_and_verify
+
+        result = apply_and_verify(findings, capture, verify_with, identity, journal_dir,
+                                  allowed_sysctls=APPLICABLE_SYSCTLS)
+        print_verification(result, console)
+        return 0 if result.ok else 1
     report = apply_changes(changes, identity, journal_dir, dry_run=not apply)
     for line in format_report(report):
         console.print(inert(line), markup=False, highlight=False, soft_wrap=True)  # names hosts, sysctls, values

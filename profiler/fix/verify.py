@@ -11,11 +11,14 @@ load explains is no evidence for the fix.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ..analysis.diff import Figure, FigureChange, capture_figures, compare_figure
+from ..analysis.findings import Change, Finding
+from .apply import ApplyReport, PlanIdentity, apply_changes, node_scope_changes, record_verdicts, rollback
 
 Outcome = Literal["kept", "rolled-back", "inconclusive"]
 FigureKey = tuple[str, str, str]
@@ -116,3 +119,49 @@ def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[
     if change.beyond_noise:
         return verdict("rolled-back", "it got worse")
     return verdict("rolled-back", "no change beyond noise")
+
+
+# --------------------------------------------------------------------------- apply, then judge
+
+
+def _change_key(change: Change) -> tuple[str, str, str | None]:
+    return (change.kind, change.key, change.netns)
+
+
+@dataclass(frozen=True)
+class VerifiedApply:
+    applied: ApplyReport
+    verdicts: tuple[Verdict, ...] = ()
+    rollback: ApplyReport | None = None     # of the fixes that were not kept
+
+    @property
+    def ok(self) -> bool:
+        return self.applied.ok and (self.rollback is None or self.rollback.ok)
+
+
+def apply_and_verify(findings: list[Finding], before: Mapping[str, Any], capture_after: Callable[[], Mapping[str, Any]],
+                     identity: PlanIdentity, journal_dir: Path, *,
+                     allowed_sysctls: frozenset[str] | None = None) -> VerifiedApply:
+    """Apply the node-scope fixes of `findings`, capture again, keep each finding's fixes only
+    if its own figure improved beyond noise, roll back the rest (this apply's entries only).
+
+    A change two findings share stays if either keeps it. The verdicts are recorded in the
+    journal beside the apply's entries."""
+    judged = [finding for finding in findings if node_scope_changes(finding.fixes)]
+    changes = node_scope_changes([fix for finding in judged for fix in finding.fixes])
+    applied = apply_changes(changes, identity, journal_dir)
+    if not applied.ok or not applied.apply_id:
+        # Refused, failed (and undone), or nothing needed writing: nothing to judge.
+        return VerifiedApply(applied)
+    after = capture_after()
+    verdicts = tuple(judge(finding.to_json(), before, after) for finding in judged)
+    kept: set[tuple[str, str, str | None]] = set()
+    for finding, verdict in zip(judged, verdicts):
+        if verdict.outcome == "kept":
+            kept |= {_change_key(change) for change in node_scope_changes(finding.fixes)}
+    undone = None
+    if any(verdict.outcome != "kept" for verdict in verdicts):
+        undone = rollback(journal_dir, allowed_sysctls=allowed_sysctls, apply_id=applied.apply_id,
+                          only=lambda change: _change_key(change) not in kept)
+    record_verdicts(journal_dir, applied.apply_id, [verdict.to_json() for verdict in verdicts])
+    return VerifiedApply(applied, verdicts, undone)

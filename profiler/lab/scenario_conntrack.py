@@ -19,15 +19,12 @@ Measured on 6.18, 2 CPUs (design §8 and docs/probes/conntrack.md):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from profiler.lab import LabError, run_checked
-from profiler.lab.scenarios import Scenario, ScenarioResult
+from profiler.lab import run_checked
+from profiler.lab.c_helpers import ensure_c_helper
+from profiler.lab.scenarios import Scenario, ScenarioResult, ScenarioUnavailable
 from profiler.lab.sysctl import restore_sysctls, set_sysctl
 from profiler.lab.topology import NETNS_DIR, SUBNET_PREFIX, Lab
 from profiler.lab.workload_common import GRACE_S
@@ -37,10 +34,6 @@ from profiler.system.conntrack import ConntrackStats, counter_deltas, read_netns
 CONNTRACK_MAX_SYSCTL = "net.netfilter.nf_conntrack_max"
 RACE_SOURCE = Path(__file__).with_name("ct_race.c")
 COUNTER_PREFIX = "conntrack."
-
-
-class ScenarioUnavailable(LabError):
-    """This machine cannot run the scenario (no compiler, one CPU, ...); the message says why."""
 
 
 def enable_conntrack(lab: Lab, pod: str) -> None:
@@ -67,36 +60,8 @@ def race_cpus() -> tuple[int, int]:
 
 
 def ensure_race_helper(cache_dir: Path | None = None) -> Path:
-    """Compile ct_race.c (once per source version) into the cache dir; return the binary."""
-    from profiler.kernel.shim import default_cache_dir
-
-    source = RACE_SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:12]
-    directory = (cache_dir or default_cache_dir()) / "lab"
-    binary = directory / f"ct_race-{digest}"
-    if binary.is_file() and os.access(binary, os.X_OK):
-        return binary
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        raise ScenarioUnavailable("no C compiler (gcc): the conntrack race helper ct_race.c is "
-                                  "compiled at setup (apt install gcc)")
-    directory.mkdir(parents=True, exist_ok=True)
-    # Compiled under a temporary name and renamed: two scenarios starting together never
-    # run a half-written binary.
-    fd, staging = tempfile.mkstemp(prefix=".ct_race-", dir=directory)
-    os.close(fd)
-    try:
-        proc = subprocess.run([compiler, "-O2", "-Wall", "-pthread", "-o", staging, str(RACE_SOURCE)],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            detail = " | ".join(proc.stderr.strip().splitlines()[:5])
-            raise ScenarioUnavailable(f"compiling {RACE_SOURCE.name} failed: {detail}")
-        os.chmod(staging, 0o755)
-        os.replace(staging, binary)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
-    return binary
+    """ct_race.c, compiled once per source version into the cache dir."""
+    return ensure_c_helper(RACE_SOURCE, cache_dir, ("-pthread",))
 
 
 class ConntrackScenario(Scenario):

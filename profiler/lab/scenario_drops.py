@@ -11,8 +11,10 @@ netdev_max_backlog at 10, gives thousands of CPU_BACKLOG drops.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from profiler.lab import LabError
+from profiler.lab.c_helpers import ensure_c_helper
 from profiler.lab.scenarios import Scenario
 from profiler.lab.sysctl import set_sysctl
 from profiler.lab.topology import Lab
@@ -72,6 +74,9 @@ def cpu_backlog_unavailable(cpus: tuple[int, int] = (0, 1)) -> str | None:
 BACKLOG_SINK_RCVBUF = 128 * 1024 * 1024
 
 
+BURST_SOURCE = Path(__file__).with_name("udp_burst.c")
+
+
 class CpuBacklogScenario(Scenario):
     name = "cpu-backlog"
     description = (
@@ -85,8 +90,15 @@ class CpuBacklogScenario(Scenario):
     expected_pod = "receiver"
 
     def __init__(self, prefix: str | None = None, max_backlog: int = 10, backlog_cpu: int = 0,
-                 sender_cpu: int = 1, port: int = 5301, size: int = 64) -> None:
+                 sender_cpu: int = 1, port: int = 5301, size: int = 64, rate: float = 0.0,
+                 burst: int = 1) -> None:
+        """rate/burst: pace the blast (datagrams per second, each burst one sendmmsg() of the
+        udp_burst.c helper): traffic the backlog CPU keeps up with on average, so the drops
+        are the bursts' overflow of a small backlog, which a bigger netdev_max_backlog
+        absorbs (0: flat out from Python, which may be more than one CPU can take)."""
         super().__init__(prefix)
+        self.rate = rate
+        self.burst = burst
         self.max_backlog = max_backlog
         self.backlog_cpu = backlog_cpu
         self.sender_cpu = sender_cpu
@@ -107,6 +119,12 @@ class CpuBacklogScenario(Scenario):
         sink = self.spawn("receiver", "udp-sink", udp_sink_argv(self.port, duration_s + GRACE_S, rcvbuf=BACKLOG_SINK_RCVBUF, read=True),
                           background=True)
         self.wait_ready(sink)
-        self.spawn("sender", "udp-blast",
-                   udp_blast_argv(lab.pods["receiver"].ip, self.port, 0, self.size, duration_s,
-                                  cpu=self.sender_cpu))
+        receiver = lab.pods["receiver"].ip
+        if self.rate > 0:
+            helper = ensure_c_helper(BURST_SOURCE)
+            self.spawn("sender", "udp-burst",
+                       [str(helper), receiver, str(self.port), str(self.size), f"{self.rate:g}", str(self.burst),
+                        f"{duration_s:g}", str(self.sender_cpu)])
+        else:
+            self.spawn("sender", "udp-blast",
+                       udp_blast_argv(receiver, self.port, 0, self.size, duration_s, cpu=self.sender_cpu))

@@ -74,6 +74,10 @@ class _Workload:
     background: bool                # runs until told to stop (servers)
 
 
+class ScenarioUnavailable(LabError):
+    """This machine cannot run the scenario (no compiler, one CPU, ...); the message says why."""
+
+
 class Scenario:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""

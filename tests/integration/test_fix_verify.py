@@ -1,0 +1,91 @@
+"""`fix --apply --verify` on the real kernel, in the cpu-backlog lab (node-wide
+netdev_max_backlog 2, RPS to one CPU, paced UDP bursts): a fix that works is kept, one aimed
+at another cause is rolled back, and a node whose traffic stops under the verification is
+inconclusive and rolled back. Values are read back through /proc, not the engine."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.analysis.findings import Change, Finding, Fix
+from profiler.analysis.fixes import APPLICABLE_SYSCTLS
+from profiler.fix import current_identity, rollback
+from profiler.fix.verify import apply_and_verify
+from profiler.lab.scenario_drops import CpuBacklogScenario
+from profiler.profile import ProfileOptions, run_profile
+
+pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
+
+BACKLOG = Path("/proc/sys/net/core/netdev_max_backlog")
+WINDOW_S = 2.5
+
+
+def capture() -> dict:
+    return run_profile(ProfileOptions(duration_s=WINDOW_S, interval_s=0.5), log=lambda msg: None).to_json()
+
+
+def misdirected_fix(finding_json: dict) -> Finding:
+    """The scenario's own finding, with a fix aimed elsewhere: a bigger socket receive buffer
+    limit (rmem_max) while the packets are dropped at a CPU's input backlog."""
+    current = Path("/proc/sys/net/core/rmem_max").read_text().strip()
+    change = Change("sysctl", "net.core.rmem_max", str(int(current) * 2), None, expected_current=current)
+    fix = Fix("node", "raise rmem_max", "test: a fix for another cause", changes=(change,))
+    return Finding(finding_json["kind"], finding_json["severity"], finding_json["summary"], {}, (fix,),
+                   pod=finding_json.get("pod"), cpu=finding_json.get("cpu"))
+
+
+def run_verified(tmp_path: Path, scenario_s: float, misdirected: bool = False):
+    # Bursts of 100 datagrams (one sendmmsg each), 10,000 a second, into a backlog of 2: a
+    # rate the backlog CPU keeps up with, so the drops are the bursts' overflow -- what a
+    # bigger backlog fixes, and netprof's sizing (the drop rate per second) covers the burst.
+    # (Flat out, the blast outruns the CPU and no backlog helps: verification rolls that back.)
+    with CpuBacklogScenario(max_backlog=2, rate=10000, burst=100) as scenario:
+        scenario.start(scenario_s)
+        time.sleep(0.5)   # the blast is under way
+        before = capture()
+        backlog = next(f for f in before["findings"] if f["kind"] == "cpu-backlog-drops")
+        # netprof's own fix, or one aimed at another cause
+        finding = misdirected_fix(backlog) if misdirected else Finding.from_json(backlog)
+        journal = tmp_path / "journal"
+        result = apply_and_verify([finding], before, capture, current_identity(), journal,
+                                  allowed_sysctls=APPLICABLE_SYSCTLS)
+        after_value = BACKLOG.read_text().strip()
+        saved = json.loads((journal / "fix-journal.json").read_text())
+        # Whatever was kept is this test's to undo, before the lab restores the node's value.
+        rollback(journal, allowed_sysctls=APPLICABLE_SYSCTLS)
+        assert BACKLOG.read_text().strip() == str(scenario.max_backlog)
+        scenario.stop()
+    return result, after_value, saved
+
+
+def test_a_fix_that_works_is_kept(tmp_path):
+    result, value, journal = run_verified(tmp_path, scenario_s=14.0)
+    (verdict,) = result.verdicts
+    assert verdict.outcome == "kept", verdict
+    assert verdict.figure == "CPU_BACKLOG drops" and verdict.before_per_s > 10
+    assert verdict.after_per_s < verdict.before_per_s / 1.5
+    assert int(value) > 2 and result.rollback is None
+    assert verdict.headline().startswith("kept: CPU_BACKLOG drops")
+    assert journal["verdicts"][0]["verdicts"][0]["outcome"] == "kept"
+
+
+def test_a_fix_that_cannot_help_is_rolled_back(tmp_path):
+    rmem_max = Path("/proc/sys/net/core/rmem_max").read_text().strip()
+    result, value, journal = run_verified(tmp_path, scenario_s=14.0, misdirected=True)
+    (verdict,) = result.verdicts
+    assert verdict.outcome == "rolled-back" and verdict.why in ("no change beyond noise", "it got worse"), verdict
+    assert Path("/proc/sys/net/core/rmem_max").read_text().strip() == rmem_max, "rolled back by the verification"
+    assert result.rollback is not None and result.rollback.ok
+    assert journal["verdicts"][0]["verdicts"][0]["outcome"] == "rolled-back"
+
+
+def test_traffic_that_stops_under_the_verification_is_inconclusive(tmp_path):
+    # The blast ends right after the first capture: the drops vanish with the traffic.
+    result, value, _ = run_verified(tmp_path, scenario_s=4.5)
+    (verdict,) = result.verdicts
+    assert verdict.outcome == "inconclusive", verdict
+    assert "traffic fell" in verdict.why
+    assert value == "2", "an inconclusive fix is rolled back"
