@@ -252,6 +252,8 @@ def _schema_message(error: Any, prefix: tuple[str | int, ...] = ()) -> str:
     if kind in ("enum", "const"):
         allowed = expected if kind == "enum" else [expected]
         return f"{where}: {inert(repr(value), 40)} is not one of {inert(', '.join(map(str, allowed)), 80)}"
+    if kind == "anyOf" and isinstance(error.schema, dict) and error.schema.get("description"):
+        return f"{where}: {inert(repr(value), 40)} is not {inert(error.schema['description'], 80)}"
     return f"{where}: {inert(error.message, 120)}"
 
 

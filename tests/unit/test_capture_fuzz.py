@@ -79,7 +79,7 @@ HOSTILE_STRINGS = (
 # there only makes the loader refuse the whole document, which the mutation tests cover.
 # Everywhere else a hostile string is valid data and must reach the consumers inert.
 SHAPED_FIELDS = frozenset({
-    "schema", "kind", "severity", "scope", "family", "saddr", "daddr", "address",
+    "schema", "kind", "severity", "scope", "family", "saddr", "daddr",
     "cpus_online", "local_cpus", "affinity", "effective_affinity", "rps_cpus", "xps_cpus",
 })
 # Objects whose keys are data (drop reasons, counter and sysctl names), not field names.
