@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -38,14 +39,15 @@ class BpfLoader:
     headers are used and the same macros are defined as offsetof() expressions.
     """
 
-    def __init__(self, info: KernelInfo, cache_dir: Path | None = None):
+    def __init__(self, info: KernelInfo, cache_dir: Path | None = None,
+                 log: Callable[[str], None] | None = None):
         self.info = info
         if info.btf:
             try:
                 self.layout: KernelLayout = read_layout(Btf.from_file())
             except BtfError as exc:
                 raise NetprofError(f"cannot use this kernel's BTF: {exc}") from None
-            self._kernel_source = str(ensure_shim(cache_dir, info.release))
+            self._kernel_source = str(ensure_shim(cache_dir, info.release, **({"log": log} if log else {})))
             self._base_cflags = self.layout.cflags()
         elif info.headers:
             self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")

@@ -68,12 +68,18 @@ def race_cpus() -> tuple[int, int]:
 def ensure_race_helper(cache_dir: Path | None = None) -> Path:
     """Compile ct_race.c (once per source version) into the cache dir; return the binary."""
     from profiler.kernel.shim import default_cache_dir
+    from profiler.kernel.trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir
 
     source = RACE_SOURCE.read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:12]
-    directory = (cache_dir or default_cache_dir()) / "lab"
+    # Root runs this binary: never one from a cache another user can write (sudo -E's HOME).
+    try:
+        directory = make_trusted_dir((cache_dir or default_cache_dir()) / "lab")
+    except (UntrustedDir, OSError):
+        directory = make_trusted_dir(private_dir() / "lab")
     binary = directory / f"ct_race-{digest}"
-    if binary.is_file() and os.access(binary, os.X_OK):
+    if binary.is_file() and os.access(binary, os.X_OK) and \
+            component_problem(binary, os.lstat(binary), allow_sticky=False) is None:
         return binary
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
