@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, TypeVar, Union
 
 from ..errors import NetprofError
+from ..kernel.kernel_files import read_kernel_text
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -132,4 +133,4 @@ def read_in_each_netns(paths: Mapping[int, Path], reader: Callable[[], T],
 
 def read_proc_net(name: str) -> str:
     """A /proc/net file as the calling thread's netns sees it."""
-    return Path("/proc/thread-self/net", name).read_text()
+    return read_kernel_text(Path("/proc/thread-self/net", name))
