@@ -37,8 +37,9 @@ def _setns(fd: int) -> None:
 def _enter(netns: Path | str) -> None:
     """Move the calling thread into the netns at `netns`."""
     # O_NOFOLLOW is not applicable to /proc ns links (they are magic links that must be
-    # followed); callers pass paths from /run/netns or /proc/<pid>/ns only.
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    # followed); callers pass paths from /run/netns or /proc/<pid>/ns only. O_NONBLOCK: a FIFO
+    # planted under /run/netns must not hang the opener (setns then refuses it: EINVAL).
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         _setns(fd)
     finally:

@@ -137,3 +137,13 @@ def test_which_tracepoints_a_program_uses_and_which_files_are_checked(fifo_trace
     os.mkfifo(healthy / "events/skb/kfree_skb/id")
     assert tracepoint_files_problem(["skb/kfree_skb"], [healthy]) == \
         f"tracepoint skb:kfree_skb: {healthy}/events/skb/kfree_skb/id is a FIFO, not a regular file"
+
+
+def test_a_fifo_where_a_netns_handle_should_be_is_refused_at_once(tmp_path):
+    """/run/netns/<name> entries are opened to setns into them; a FIFO there must not hang."""
+    from profiler.system.netns import run_in_netns
+
+    fifo = tmp_path / "netns-fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError):
+        _returns_promptly(lambda: run_in_netns(fifo, lambda: "entered", timeout_s=PROMPT_S * 3), tmp_path)
