@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import NetprofError
 from ..k8s.files import read_regular_capped
 from . import trusted_dir
-from .trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir
+from .trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir, tighten_own_dir
 
 SHIM_FORMAT = 1  # bump when the file set changes, so stale caches are rebuilt
 
@@ -231,6 +231,9 @@ def ensure_shim(cache_dir: Path | None = None, release: str | None = None, *,
     name = f"{release}-{digest}"
     cache = Path(cache_dir or default_cache_dir())
     try:
+        tightened = tighten_own_dir(cache)
+        if tightened:
+            _say_once(log, f"kernel-shim cache: {tightened}")
         return _ensure_tree(make_trusted_dir(cache / "kernel-shim"), name, files, log)
     except (UntrustedDir, OSError) as exc:
         reason = str(exc) if isinstance(exc, UntrustedDir) else f"cannot write it: {exc.strerror or exc}"

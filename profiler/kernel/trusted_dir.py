@@ -74,6 +74,30 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
+def tighten_own_dir(path: Path) -> str | None:
+    """Drop group/world write from `path` when it is a directory root (or this user) owns,
+    without the sticky bit; returns what was done, or None when nothing was.
+
+    Kubernetes creates every emptyDir 0777, and with readOnlyRootFilesystem an emptyDir is
+    the only place the DaemonSet can cache in. Tightening a directory we own is safe: from
+    now on nobody else can add or rename entries, and whatever they left in it before is
+    checked entry by entry by the caller. A sticky directory (/tmp) is shared on purpose and
+    is never changed; a directory someone else owns is not ours to change.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    mode = info.st_mode
+    if (not stat.S_ISDIR(mode) or info.st_uid not in _trusted_owners() or mode & stat.S_ISVTX
+            or not mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        return None
+    if path_problem(Path(os.path.abspath(path)).parent):
+        return None  # an untrusted ancestor: tightening this one would not help
+    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_IWGRP | stat.S_IWOTH), follow_symlinks=False)
+    return f"made {path} writable by its owner only (it was {stat.S_IMODE(mode):04o})"
+
+
 def make_trusted_dir(path: Path) -> Path:
     """`path`, created (0700, one component at a time) where missing, after checking every
     component; raises UntrustedDir with the reason, or OSError when it cannot be created

@@ -3,6 +3,7 @@ files netprof generates (issue 12, item 4)."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -144,3 +145,33 @@ def test_no_trusted_place_at_all_is_one_netprof_error(tmp_path, monkeypatch):
         ensure_shim(open_dir / "cache", RELEASE)
     message = str(caught.value)
     assert "\n" not in message and "world-writable" in message
+
+
+def test_an_emptydir_style_cache_of_our_own_is_tightened_and_used(tmp_path, private, capsys):
+    """Kubernetes makes every emptyDir 0777; the DaemonSet's NETPROF_CACHE_DIR is one."""
+    cache = tmp_path / "emptydir"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    root = ensure_shim(cache, RELEASE)
+    assert root.is_relative_to(cache)
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o755
+    _assert_is_generated_tree(root)
+    assert f"made {cache} writable by its owner only (it was 0777)" in capsys.readouterr().err
+
+
+def test_a_sticky_shared_folder_is_never_changed_and_a_squatted_entry_is_refused(tmp_path, private):
+    """Like /tmp: others cannot rename what root made in it, but may have made entries first."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    root = ensure_shim(shared, RELEASE)
+    assert root.is_relative_to(shared)
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    if os.geteuid() != 0:
+        return
+    squatted = tmp_path / "squatted-tmp"
+    squatted.mkdir()
+    os.chmod(squatted, 0o1777)
+    (squatted / "kernel-shim").mkdir()
+    os.chown(squatted / "kernel-shim", NOBODY, NOBODY)
+    assert ensure_shim(squatted, RELEASE).is_relative_to(private)
