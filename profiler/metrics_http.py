@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
@@ -143,10 +144,14 @@ class MetricsServer:
                     conn = self._connections.get(sock)  # type: ignore[arg-type]
                     if conn is None:
                         continue
-                    if events & selectors.EVENT_READ:
-                        self._read(conn)
-                    elif events & selectors.EVENT_WRITE:
-                        self._write(conn)
+                    try:
+                        if events & selectors.EVENT_READ:
+                            self._read(conn)
+                        elif events & selectors.EVENT_WRITE:
+                            self._write(conn)
+                    except Exception as exc:  # a bug must cost one connection, never the endpoint
+                        self._log(f"metrics endpoint: dropped a connection: {type(exc).__name__}: {exc}")
+                        self._close(conn)
             self._expire()
 
     def _drain_wakeups(self) -> None:
@@ -275,9 +280,11 @@ class MetricsServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
+        names = parse_qs(urlsplit(target).query).get("name[]")
         try:
             encoder, content_type = choose_encoder(headers.get("accept", ""))
-            body = encoder(self.registry)
+            # ?name[]=…: only those families, as prometheus_client's server allows.
+            body = encoder(self.registry.restricted_registry(names) if names else self.registry)
         except Exception as exc:  # a collector bug: this scrape fails, the endpoint stays up
             self._log(f"rendering /metrics failed: {type(exc).__name__}: {exc}")
             return _plain("500 Internal Server Error", "rendering the metrics failed\n")

@@ -58,6 +58,8 @@ def test_a_scrape_gets_the_registry_like_prometheus_client_serves_it():
             assert response.headers["Content-Encoding"] == "gzip"
             assert response.headers["Content-Type"].startswith("application/openmetrics-text")
             assert gzip.decompress(response.read()).decode().endswith("# EOF\n")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?name[]=nothing_here", timeout=2) as response:
+            assert "netprof_test_scrapes" not in response.read().decode()
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x"), timeout=2)
         assert refused.value.code == 405
@@ -136,3 +138,23 @@ def test_a_burst_of_1000_connections_is_answered_in_full():
                 client.close()
             selector.close()
     assert answered == count, f"{count - answered} of {count} not answered within 20 s"
+
+
+def test_a_collector_that_fails_costs_one_scrape_not_the_endpoint():
+    class FailsOnce:
+        calls = 0
+
+        def collect(self):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise RuntimeError("a collector bug")
+            return iter(())
+
+    logged: list[str] = []
+    with serving(log=logged.append) as (port, server):
+        server.registry.register(FailsOnce())
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            scrape(port)
+        assert failed.value.code == 500
+        assert "netprof_test_scrapes_total" in scrape(port)[1]
+        assert logged == ["rendering /metrics failed: RuntimeError: a collector bug"]
