@@ -185,8 +185,11 @@ def tree_problem(root: Path, files: dict[str, str]) -> str | None:
     be found by the compiler's include path), and every file's digest must match both the
     manifest and the content netprof would write now.
     """
-    expected = {**{rel: content.encode() for rel, content in files.items()},
-                MANIFEST: manifest_text(files).encode()}
+    manifest = manifest_text(files)
+    # rel → the sha256 netprof records for it; the manifest itself must be exactly that text.
+    digests = {rel: digest for digest, rel in (line.split("  ", 1) for line in manifest.splitlines())}
+    digests[MANIFEST] = hashlib.sha256(manifest.encode()).hexdigest()
+    sizes = {**{rel: len(content.encode()) for rel, content in files.items()}, MANIFEST: len(manifest.encode())}
     info = os.lstat(root)
     problem = component_problem(root, info, allow_sticky=False)
     if problem or not stat.S_ISDIR(info.st_mode):
@@ -202,13 +205,13 @@ def tree_problem(root: Path, files: dict[str, str]) -> str | None:
             if stat.S_ISDIR(info.st_mode):
                 continue
             rel = str(path.relative_to(root))
-            if not stat.S_ISREG(info.st_mode) or rel not in expected:
+            if not stat.S_ISREG(info.st_mode) or rel not in digests:
                 return f"{path} is not a file netprof generates"
             seen.add(rel)
-            content = read_regular_capped(path, len(expected[rel]))
-            if content is None or hashlib.sha256(content).digest() != hashlib.sha256(expected[rel]).digest():
+            content = read_regular_capped(path, sizes[rel])
+            if content is None or hashlib.sha256(content).hexdigest() != digests[rel]:
                 return f"{path} differs from what netprof generates (sha256 mismatch)"
-    missing = sorted(set(expected) - seen)
+    missing = sorted(set(digests) - seen)
     return f"{root / missing[0]} is missing" if missing else None
 
 
