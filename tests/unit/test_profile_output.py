@@ -104,6 +104,21 @@ def test_a_read_only_folder_is_refused_before_the_capture(tiny_tmpfs, captures, 
     assert not (read_only / "out").exists()
 
 
+def test_a_folder_without_write_permission_is_refused_before_the_capture(tmp_path):
+    """As another user (root bypasses permissions): the check runs before netprof asks for root."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to another uid needs root")
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                           "-m", "profiler.cli", "profile", "--duration", "1", "--output", str(private / "out")],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 1
+    # pytest's own folders are 0700 too, so the folder named may be an ancestor of `private`.
+    assert proc.stderr.startswith(f"netprof: --output {private / 'out'}: cannot write into /tmp/")
+    assert proc.stderr.endswith(": Permission denied; nothing was captured\n") and proc.stderr.count("\n") == 1
+
+
 def test_a_closed_stdout_is_refused_before_the_capture(monkeypatch, captures, capsys):
     monkeypatch.setattr(sys, "stdout", None)  # what Python sets when fd 1 is closed at start
     assert cli.main(["profile", "--duration", "1", "--json"]) == 1
