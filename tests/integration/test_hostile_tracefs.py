@@ -17,16 +17,34 @@ EVENTS = ("skb/kfree_skb", "irq/softirq_entry", "irq/softirq_exit", "irq/softirq
           "tcp/tcp_retransmit_skb", "napi/napi_poll", "syscalls/sys_enter_listen")
 
 
-def test_profile_on_a_fifo_tracefs_returns_promptly_naming_the_fifo(tmp_path: Path):
-    tracefs = tmp_path / "tracing"
+def _fifo_tracefs(tracefs: Path) -> None:
     for event in EVENTS:
         (tracefs / "events" / event).mkdir(parents=True)
         os.mkfifo(tracefs / "events" / event / "format")
         os.mkfifo(tracefs / "events" / event / "id")
+
+
+# The real tracefs replaced by the fixture in a private mount namespace, so BCC's own reads
+# (it looks only at /sys/kernel/debug/tracing, then /sys/kernel/tracing) meet the FIFOs too;
+# nothing outside this one process tree sees the mount.
+_IN_PRIVATE_MOUNT_NS = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$0" /sys/kernel/tracing && exec "$@"']
+
+
+@pytest.mark.parametrize("where", ["NETPROF_TRACEFS", "mounted-over-tracefs"])
+def test_profile_on_a_fifo_tracefs_returns_promptly_naming_the_fifo(tmp_path: Path, where: str):
+    tracefs = tmp_path / "tracing"
+    _fifo_tracefs(tracefs)
+    argv = [sys.executable, "-m", "profiler.cli", "profile", "--duration", "1", "--json"]
+    env = dict(os.environ)
+    if where == "NETPROF_TRACEFS":
+        env["NETPROF_TRACEFS"] = str(tracefs)
+    else:
+        if os.path.isdir("/sys/kernel/debug/tracing/events"):
+            pytest.skip("BCC would read /sys/kernel/debug/tracing, which this test does not replace")
+        argv = [*_IN_PRIVATE_MOUNT_NS, str(tracefs), *argv]
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "profile", "--duration", "1", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NETPROF_TRACEFS": str(tracefs)})
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
