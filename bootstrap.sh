@@ -28,12 +28,12 @@ esac
 # --system-site-packages.
 # ruby: only to syntax-check vagrant/Vagrantfile in the tests.
 os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
-# Only the tests need these: the real consumers of netprof's exports.
-# chromium: opens the flame-graph SVG headless and runs its script.
-test_packages=(chromium)
-if [ "$action" = test ]; then
-  os_packages+=("${test_packages[@]}")
-fi
+# Test time only, the real consumers of netprof's output: chromium opens the flame-graph SVG
+# headless and runs its script; a real Prometheus server scrapes `netprof serve`
+# (tests/integration/test_serve_hardening.py, test_prometheus.py). Only their binaries are
+# used; the packaged Prometheus service is never started (see the policy-rc.d below).
+test_packages=(chromium prometheus)
+[ "$action" = test ] && os_packages+=("${test_packages[@]}")
 missing=()
 for pkg in "${os_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -42,7 +42,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   command -v apt-get >/dev/null || die "missing OS packages ${missing[*]} and no apt-get to install them"
   echo "bootstrap: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # No package's service may start on install (prometheus would listen on :9090): policy-rc.d
+  # exit 101 tells invoke-rc.d and deb-systemd-invoke not to, unless the machine has its own.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi; die "apt-get install ${missing[*]} failed"; }
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 
 # BCC reads tracepoint formats from tracefs.

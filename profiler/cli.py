@@ -212,30 +212,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    from .capture_output import check_output_dir, check_stdout, save_fallback, silence_stdout
     from .profile import ProfileOptions, run_profile
     from .report import print_report
 
+    # Before the probes attach: an output error found at the end would cost the whole capture.
+    check_stdout()
+    if args.output is not None:
+        check_output_dir(args.output)
     capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval))
     document = capture.to_json()
-    if args.json:
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_report(document)
+    failures: list[str] = []
+    try:
+        if args.json:
+            json.dump(document, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print_report(document)
+        sys.stdout.flush()
+    except OSError as exc:  # EPIPE (the reader went away), ENOSPC (/dev/full, a full disk)
+        silence_stdout()
+        failures.append(f"cannot write to stdout: {exc.strerror or exc}")
     if args.output is not None:
-        _write_exports(document, args.output, sys.stderr if args.json else sys.stdout)
+        try:
+            _write_exports(document, args.output, sys.stderr if args.json or failures else sys.stdout)
+        except NetprofError as exc:
+            failures.append(str(exc))
+    if failures:
+        try:
+            saved = save_fallback(document)
+        except OSError as exc:
+            raise NetprofError(f"{'; '.join(failures)}; saving the capture elsewhere failed too "
+                               f"({exc.strerror or exc}): it is lost") from None
+        raise NetprofError(f"{'; '.join(failures)}; the capture is saved in {saved} "
+                           f"(netprof export / tui --replay read it)")
     return 130 if capture.interrupted else 0
 
 
 def _write_exports(document: dict, out_dir: Path, stream) -> None:
+    from .capture_output import silence_stdout
     from .exports import write_all
 
     try:
         written = write_all(document, out_dir)
     except OSError as exc:
         raise NetprofError(f"cannot write the exports into {out_dir}: {exc.strerror or exc}") from None
-    for path in written:
-        print(f"wrote {path}", file=stream)
+    try:
+        for path in written:
+            print(f"wrote {path}", file=stream, flush=True)
+    except OSError:
+        if stream is sys.stdout:
+            silence_stdout()  # the files are written; only the note about them is lost
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kernel.loader import BpfLoader
+from .kernel.kernel_files import read_kernel_text
 
 SYSCTL_PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
 BPF_ENABLE_STATS = 32       # enum bpf_cmd, Linux 5.8
@@ -83,7 +84,7 @@ def parse_prog_fdinfo(text: str) -> ProgramRunStats | None:
 
 def read_prog_stats(fd: int, proc: Path = Path("/proc")) -> ProgramRunStats | None:
     try:
-        return parse_prog_fdinfo((proc / "self/fdinfo" / str(fd)).read_text())
+        return parse_prog_fdinfo(read_kernel_text(proc / "self/fdinfo" / str(fd)))
     except OSError:
         return None
 
@@ -178,7 +179,7 @@ class BpfStatsSwitch:
         except OSError as exc:
             fd_error = f"BPF_ENABLE_STATS: {exc.strerror or exc}"
         try:
-            original = self.sysctl_path.read_text().strip()
+            original = read_kernel_text(self.sysctl_path).strip()
             if original != "1":
                 self.sysctl_path.write_text("1\n")
                 self._sysctl_original = original
@@ -237,7 +238,7 @@ def parse_status_memory(text: str) -> tuple[int, int]:
 def read_process_usage(proc: Path = Path("/proc")) -> ProcessUsage:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        rss, rss_anon = parse_status_memory((proc / "self/status").read_text())
+        rss, rss_anon = parse_status_memory(read_kernel_text(proc / "self/status"))
     except OSError:
         rss, rss_anon = 0, 0
     # ru_maxrss is in KiB on Linux.

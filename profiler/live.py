@@ -61,10 +61,13 @@ class LiveSession:
         # a pod deleted long before the capture ends keeps its namespace/name/containers.
         self._identities: dict[int, PodIdentity] = {}
 
-    def start(self, log: Callable[[str], None] = lambda msg: None) -> list[ProbeStatus]:
-        """Check the kernel, compile and attach every source. Raises NetprofError."""
+    def start(self, log: Callable[[str], None] | None = None) -> list[ProbeStatus]:
+        """Check the kernel, compile and attach every source. Raises NetprofError.
+        Without `log`, probe notes are dropped, but a distrusted shim cache is still said on
+        stderr (the loader's default)."""
         require_capture_ready(self.info)
-        loader = MeteredLoader(self.info)
+        loader = MeteredLoader(self.info, log=log)
+        log = log or (lambda msg: None)
         self.loader = loader
         self._sampler = Sampler(self.pods, self._sources)
         if self._stats is not None:

@@ -6,8 +6,9 @@ runs (a scrape never sees a window sum shrink). A prometheus-client collector re
 totals on each scrape, through the same code as `netprof export --format prometheus`.
 
 Outputs: an HTTP endpoint bound exactly where --listen says (127.0.0.1 by default: exposing
-it on a pod network is the operator's choice), and/or --textfile, rewritten atomically every
-interval for node_exporter's textfile collector. SIGINT and SIGTERM stop the loop; the
+it on a pod network is the operator's choice; one I/O thread whatever the clients do, see
+metrics_http.py), and/or --textfile, rewritten atomically every interval for node_exporter's
+textfile collector (a failed rewrite is counted and logged, never fatal: textfile.py). SIGINT and SIGTERM stop the loop; the
 probes are detached and the textfile removed, so node_exporter never serves numbers of a
 netprof that is gone.
 """
@@ -120,6 +121,14 @@ class ServeOptions:
     interval_s: float = DEFAULT_INTERVAL_S
 
 
+def start_metrics_server(host: str, port: int, registry, log: Callable[[str], None] = lambda msg: None, **limits):
+    """The /metrics endpoint, serving on its own thread until shutdown(). Bounded whatever the
+    clients do: one I/O thread, deadlines on slow clients, a deep backlog (metrics_http.py)."""
+    from .metrics_http import MetricsServer
+
+    return MetricsServer(host, port, registry, log=log, **limits).start()
+
+
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT and SIGTERM end the loop at the next wait instead of raising mid-sample."""
@@ -136,11 +145,12 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading.Event | None = None,
               sources=None, root: Path = Path("/")) -> int:
-    from prometheus_client import ProcessCollector, start_http_server
+    from prometheus_client import ProcessCollector
     from prometheus_client.exposition import generate_latest
 
     from .exports.prometheus import registry_for
     from .live import LiveSession
+    from .textfile import TextfileWriter
 
     stop = stop or threading.Event()
     totals = RunningTotals()
@@ -158,12 +168,18 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
             # directory gives new files its group); other users still cannot read pod names.
             atomic_write_text(options.textfile, generate_latest(textfile_registry).decode(), mode=0o640)
 
+    # A failed rewrite is counted and logged, never raised: /metrics stays up (textfile.py).
+    textfile = TextfileWriter(options.textfile, write_textfile, log) if options.textfile is not None else None
+    if textfile is not None:
+        http_registry.register(textfile)
+        textfile_registry.register(textfile)
+
     server = None
     with _stop_on_signals(stop):
         if options.listen is not None:
             host, port = options.listen
             try:
-                server, _thread = start_http_server(port, addr=host, registry=http_registry)
+                server = start_metrics_server(host, port, http_registry, log=log)
             except OSError as exc:
                 raise NetprofError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
             bound_port = server.server_address[1]
@@ -174,15 +190,16 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
             with LiveSession(root=root, sources=sources, window_s=options.interval_s * 2) as session:
                 statuses = session.start(log)
                 totals.set_probes(statuses)
-                write_textfile()
-                if options.textfile is not None:
+                if textfile is not None:
+                    textfile.write()
                     log(f"writing {options.textfile} every {options.interval_s:g}s")
                 log(f"sampling every {options.interval_s:g}s ({session.loader.mode}); Ctrl-C or SIGTERM stops")
                 next_at = time.monotonic() + options.interval_s
                 while not stop.wait(max(0.0, next_at - time.monotonic())):
                     snapshot = session.sample()
                     totals.add(snapshot, {netns: session.pods.label(netns) for netns in session.pods.netns_paths()})
-                    write_textfile()
+                    if textfile is not None:
+                        textfile.write()
                     # Behind schedule (a slow sample): the next one comes now, not in a burst.
                     next_at = max(next_at + options.interval_s, time.monotonic())
         finally:
@@ -190,6 +207,9 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
                 server.shutdown()
                 server.server_close()
             if options.textfile is not None:
-                options.textfile.unlink(missing_ok=True)
+                try:
+                    options.textfile.unlink(missing_ok=True)
+                except OSError as exc:  # its folder was replaced by a file, or is read-only now
+                    log(f"could not remove {options.textfile}: {exc.strerror or exc}")
     log("stopped; probes detached")
     return 0

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NetprofError
+from .kernel_files import read_kernel_bytes
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+# vmlinux BTF is ≈5.5 MB on 6.18; the cap only stops a planted endless file.
+BTF_MAX_BYTES = 256 << 20
 
 BTF_MAGIC = 0xEB9F
 
@@ -98,11 +101,13 @@ class Btf:
     @classmethod
     def from_file(cls, path: Path = VMLINUX_BTF) -> "Btf":
         try:
-            return cls(Path(path).read_bytes())
+            return cls(read_kernel_bytes(path, BTF_MAX_BYTES))
         except FileNotFoundError:
             raise BtfError(f"no BTF at {path} (kernel built without CONFIG_DEBUG_INFO_BTF)") from None
         except PermissionError:
             raise BtfError(f"cannot read {path}: permission denied (run as root)") from None
+        except OSError as exc:  # a FIFO or device planted there, or over the cap
+            raise BtfError(f"cannot read {path}: {exc.strerror}") from None
 
     # -- low level -------------------------------------------------------------------------
     def _string(self, off: int) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NetprofError
+from .kernel_files import read_kernel_text
 
 TRACEFS_CANDIDATES = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
 
@@ -73,7 +74,7 @@ CAP_BPF = 39
 
 def effective_capabilities(status_text: str | None = None) -> int:
     """The CapEff mask of this process (from /proc/self/status)."""
-    text = status_text if status_text is not None else Path("/proc/self/status").read_text()
+    text = status_text if status_text is not None else read_kernel_text("/proc/self/status")
     for line in text.splitlines():
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
@@ -121,8 +122,8 @@ def tracepoint_fields(tracefs: str | None, event: str) -> set[str]:
     if not tracefs:
         return set()
     try:
-        text = (Path(tracefs) / "events" / event / "format").read_text()
-    except OSError:
+        text = read_kernel_text(Path(tracefs) / "events" / event / "format")
+    except OSError:  # missing, unreadable, or not a regular file (a FIFO must not hang us)
         return set()
     fields = set()
     for line in text.splitlines():

@@ -11,6 +11,8 @@ import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
+from .kernel_files import KALLSYMS_MAX_BYTES, read_kernel_text
+
 # Text symbols: code addresses can only fall inside these (weak ones included).
 _TEXT_TYPES = frozenset("tTwW")
 # Past this distance from the nearest symbol below, an address is not believed to be inside
@@ -55,7 +57,7 @@ class Kallsyms:
     def load(cls, root: Path = Path("/")) -> "Kallsyms":
         """Parse <root>/proc/kallsyms; an unreadable file gives an empty table (hex output)."""
         try:
-            text = (root / "proc/kallsyms").read_text()
+            text = read_kernel_text(root / "proc/kallsyms", KALLSYMS_MAX_BYTES)
         except OSError:
             text = ""
         return cls.parse(text)

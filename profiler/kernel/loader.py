@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from ..errors import NetprofError
 from .btf import Btf, BtfError
 from .features import KernelInfo
+from .kernel_files import bcc_tracefs_dirs, tracepoint_files_problem, tracepoints_in_source
 from .offsets import OFFSET_MACROS_FROM_HEADERS, KernelLayout, read_layout, read_layout_from_tracefs
 from .shim import ensure_shim
 
@@ -38,14 +40,16 @@ class BpfLoader:
     headers are used and the same macros are defined as offsetof() expressions.
     """
 
-    def __init__(self, info: KernelInfo, cache_dir: Path | None = None):
+    def __init__(self, info: KernelInfo, cache_dir: Path | None = None,
+                 log: Callable[[str], None] | None = None, tracefs_root: Path = Path("/")):
         self.info = info
+        self.tracefs_root = tracefs_root  # where BCC's own tracefs paths are looked up (tests: a fixture)
         if info.btf:
             try:
                 self.layout: KernelLayout = read_layout(Btf.from_file())
             except BtfError as exc:
                 raise NetprofError(f"cannot use this kernel's BTF: {exc}") from None
-            self._kernel_source = str(ensure_shim(cache_dir, info.release))
+            self._kernel_source = str(ensure_shim(cache_dir, info.release, **({"log": log} if log else {})))
             self._base_cflags = self.layout.cflags()
         elif info.headers:
             self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")
@@ -63,10 +67,15 @@ class BpfLoader:
 
     def compile(self, program: str, cflags: list[str] | tuple[str, ...] = ()):
         """Compile and load bpf/<program>.bpf.c; returns the bcc.BPF object."""
-        bcc = import_bcc()
         source = bpf_source_dir() / f"{program}.bpf.c"
         if not source.is_file():
             raise NetprofError(f"BPF source {source} is missing (broken install?)")
+        # BCC opens each TRACEPOINT_PROBE's format and id files itself, blocking on a FIFO.
+        problem = tracepoint_files_problem(tracepoints_in_source(source.read_text()),
+                                           bcc_tracefs_dirs(self.tracefs_root, self.info.tracefs))
+        if problem:
+            raise NetprofError(f"not loading the {program} BPF program: {problem} (a broken or hostile tracefs)")
+        bcc = import_bcc()
         os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
         flags = [*self._base_cflags, f"-I{source.parent}", *cflags, "-Wno-unused-function"]
         try:

@@ -81,8 +81,15 @@ def read_layout_from_tracefs(tracefs: str) -> KernelLayout:
     where offsets come from the headers themselves)."""
     from pathlib import Path
 
+    from ..errors import NetprofError
+    from .kernel_files import read_kernel_text
+
     def symbols(event: str, field: str) -> dict[int, str]:
-        text = (Path(tracefs) / "events" / event / "format").read_text()
+        path = Path(tracefs) / "events" / event / "format"
+        try:
+            text = read_kernel_text(path)
+        except OSError as exc:
+            raise NetprofError(f"cannot read the tracepoint format {path}: {exc.strerror}") from None
         return parse_print_symbolic(text, field)
 
     return KernelLayout(

@@ -14,8 +14,17 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import stat
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from ..errors import NetprofError
+from ..k8s.files import read_regular_capped
+from . import trusted_dir
+from .trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir, tighten_own_dir
 
 SHIM_FORMAT = 1  # bump when the file set changes, so stale caches are rebuilt
 
@@ -145,35 +154,140 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "netprof" if xdg else Path.home() / ".cache" / "netprof"
 
 
-def ensure_shim(cache_dir: Path | None = None, release: str | None = None) -> Path:
+MANIFEST = "SHA256SUMS"
+
+# Each distinct "not using this cache" message is said once per process: the TUI and serve
+# build loaders more than once.
+_already_said: set[str] = set()
+
+
+def _say_once(log: Callable[[str], None], message: str) -> None:
+    if message not in _already_said:
+        _already_said.add(message)
+        log(message)
+
+
+def _stderr(message: str) -> None:
+    print(f"netprof: {message}", file=sys.stderr)
+
+
+def manifest_text(files: dict[str, str]) -> str:
+    """sha256sum-style lines of exactly the files netprof generates."""
+    return "".join(f"{hashlib.sha256(content.encode()).hexdigest()}  {rel}\n"
+                   for rel, content in sorted(files.items()))
+
+
+def tree_problem(root: Path, files: dict[str, str]) -> str | None:
+    """Why the shim tree at `root` is not exactly what netprof generates for `files`, or None.
+
+    Every directory and file must be trusted (owner, not writable by others, no symlinks),
+    the file set must be exactly the generated one plus the manifest (an extra header would
+    be found by the compiler's include path), and every file's digest must match both the
+    manifest and the content netprof would write now.
+    """
+    manifest = manifest_text(files)
+    # rel → the sha256 netprof records for it; the manifest itself must be exactly that text.
+    digests = {rel: digest for digest, rel in (line.split("  ", 1) for line in manifest.splitlines())}
+    digests[MANIFEST] = hashlib.sha256(manifest.encode()).hexdigest()
+    sizes = {**{rel: len(content.encode()) for rel, content in files.items()}, MANIFEST: len(manifest.encode())}
+    info = os.lstat(root)
+    problem = component_problem(root, info, allow_sticky=False)
+    if problem or not stat.S_ISDIR(info.st_mode):
+        return problem or f"{root} is not a directory"
+    seen: set[str] = set()
+    for directory, subdirs, names in os.walk(root, followlinks=False):
+        for name in [*subdirs, *names]:
+            path = Path(directory, name)
+            info = os.lstat(path)
+            problem = component_problem(path, info, allow_sticky=False)
+            if problem:
+                return problem
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            rel = str(path.relative_to(root))
+            if not stat.S_ISREG(info.st_mode) or rel not in digests:
+                return f"{path} is not a file netprof generates"
+            seen.add(rel)
+            content = read_regular_capped(path, sizes[rel])
+            if content is None or hashlib.sha256(content).hexdigest() != digests[rel]:
+                return f"{path} differs from what netprof generates (sha256 mismatch)"
+    missing = sorted(set(digests) - seen)
+    return f"{root / missing[0]} is missing" if missing else None
+
+
+def ensure_shim(cache_dir: Path | None = None, release: str | None = None, *,
+                private_dirs: tuple[Path, ...] | None = None,
+                log: Callable[[str], None] = _stderr) -> Path:
     """Write the shim tree (once per kernel release and shim format) and return its root.
 
-    Written into a temporary directory and renamed into place, so two netprof processes
-    starting together never see a half-written tree.
+    The cache is used only when nobody but root (or this user) can change it and its tree is
+    exactly what netprof generates (see trusted_dir.py, tree_problem()); otherwise, or when
+    it cannot be written (a read-only home), the tree is built in a private directory and
+    that is said once. Written into a temporary directory and renamed into place, so two
+    netprof processes starting together never see a half-written tree.
     """
     release = release or platform.release()
     files = shim_files(release)
     digest = hashlib.sha256(
         repr((SHIM_FORMAT, sorted(files.items()))).encode()
     ).hexdigest()[:12]
-    root = (cache_dir or default_cache_dir()) / "kernel-shim" / f"{release}-{digest}"
-    if (root / "include/linux/kconfig.h").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".shim-", dir=root.parent))
-    for rel, content in files.items():
-        path = staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
+    name = f"{release}-{digest}"
+    cache = Path(cache_dir or default_cache_dir())
     try:
-        staging.rename(root)
-    except OSError:
-        # Another process won the race; its tree is identical.
-        _remove_tree(staging)
+        tightened = tighten_own_dir(cache)
+        if tightened:
+            _say_once(log, f"kernel-shim cache: {tightened}")
+        return _ensure_tree(make_trusted_dir(cache / "kernel-shim"), name, files, log)
+    except (UntrustedDir, OSError) as exc:
+        reason = str(exc) if isinstance(exc, UntrustedDir) else f"cannot write it: {exc.strerror or exc}"
+    try:
+        private = private_dir(trusted_dir.PRIVATE_DIRS if private_dirs is None else private_dirs)
+        root = _ensure_tree(make_trusted_dir(private / "kernel-shim"), name, files, log)
+    except (UntrustedDir, OSError) as exc:
+        raise NetprofError(f"cannot build the kernel-header shim: the cache {cache} is not usable ({reason}) "
+                           f"and neither is a private directory ({exc})") from None
+    _say_once(log, f"not using the kernel-shim cache {cache} ({reason}); built it in {root.parent} instead")
     return root
 
 
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
+def _ensure_tree(parent: Path, name: str, files: dict[str, str], log: Callable[[str], None]) -> Path:
+    """The verified tree `parent/name`, built (or rebuilt, when it fails verification) there."""
+    root = parent / name
+    if os.path.lexists(root):
+        problem = tree_problem(root, files)
+        if problem is None:
+            return root
+        _say_once(log, f"rebuilding the kernel-shim tree {root}: {problem}")
+        _discard(root, parent)
+    staging = Path(tempfile.mkdtemp(prefix=".shim-", dir=parent))
+    try:
+        for rel, content in {**files, MANIFEST: manifest_text(files)}.items():
+            path = staging / rel
+            for directory in reversed([p for p in path.relative_to(staging).parents if str(p) != "."]):
+                (staging / directory).mkdir(mode=0o755, exist_ok=True)
+                os.chmod(staging / directory, 0o755)  # explicit: a umask of 0 would leave 0777
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                os.fchmod(handle.fileno(), 0o644)
+                handle.write(content)
+        staging.rename(root)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not os.path.lexists(root):
+            raise
+        # Another process won the race; its tree is checked like any other below.
+    problem = tree_problem(root, files)
+    if problem:
+        raise UntrustedDir(problem)
+    return root
+
+
+def _discard(root: Path, parent: Path) -> None:
+    """Move a failed tree aside (so the name is free at once) and remove it; rmtree never
+    follows a symlink it finds inside."""
+    if os.path.islink(root) or not os.path.isdir(root):
+        os.unlink(root)
+        return
+    graveyard = Path(tempfile.mkdtemp(prefix=".discarded-", dir=parent))
+    os.rename(root, graveyard / "tree")
+    shutil.rmtree(graveyard, ignore_errors=True)

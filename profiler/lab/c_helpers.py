@@ -15,12 +15,18 @@ from profiler.lab.scenarios import ScenarioUnavailable
 def ensure_c_helper(source_path: Path, cache_dir: Path | None = None, flags: tuple[str, ...] = ()) -> Path:
     """Compile `source_path` (once per source version) into the cache dir; return the binary."""
     from profiler.kernel.shim import default_cache_dir
+    from profiler.kernel.trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir
 
     source = source_path.read_bytes()
     digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:12]
-    directory = (cache_dir or default_cache_dir()) / "lab"
+    # Root runs this binary: never one from a cache another user can write (sudo -E's HOME).
+    try:
+        directory = make_trusted_dir((cache_dir or default_cache_dir()) / "lab")
+    except (UntrustedDir, OSError):
+        directory = make_trusted_dir(private_dir() / "lab")
     binary = directory / f"{source_path.stem}-{digest}"
-    if binary.is_file() and os.access(binary, os.X_OK):
+    if binary.is_file() and os.access(binary, os.X_OK) and \
+            component_problem(binary, os.lstat(binary), allow_sticky=False) is None:
         return binary
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:

@@ -60,7 +60,7 @@ def race_cpus() -> tuple[int, int]:
 
 
 def ensure_race_helper(cache_dir: Path | None = None) -> Path:
-    """ct_race.c, compiled once per source version into the cache dir."""
+    """ct_race.c, compiled once per source version into a cache root trusts."""
     return ensure_c_helper(RACE_SOURCE, cache_dir, ("-pthread",))
 
 

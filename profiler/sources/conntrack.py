@@ -40,6 +40,7 @@ from types import MappingProxyType
 
 from ..errors import NetprofError
 from ..kernel.features import KernelInfo
+from ..kernel.kernel_files import KALLSYMS_MAX_BYTES, read_kernel_text
 from ..kernel.loader import BpfLoader
 from ..pods import PodDirectory
 from ..probes.base import ProbeStatus
@@ -103,10 +104,10 @@ def confirm_probe_status(info: KernelInfo, root: Path = Path("/")) -> ProbeStatu
 
 def _kernel_has_symbol(symbol: str, root: Path) -> bool:
     try:
-        with open(root / "proc/kallsyms") as kallsyms:
-            return any(line.split(maxsplit=3)[2:3] == [symbol] for line in kallsyms)
+        text = read_kernel_text(root / "proc/kallsyms", KALLSYMS_MAX_BYTES)
     except OSError:
         return False
+    return any(line.split(maxsplit=3)[2:3] == [symbol] for line in text.splitlines())
 
 
 class ConntrackSource:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from ..kernel.kernel_files import read_kernel_text
+
 from .netns import NetnsResult, read_in_each_netns, read_proc_net, run_in_netns
 
 STAT_FILE = "stat/nf_conntrack"  # relative to /proc/net (of the reading thread's netns)
@@ -146,8 +148,8 @@ def read_limits(root: Path = Path("/")) -> ConntrackLimits | None:
     directory = root / NETFILTER_SYSCTL_DIR
     try:
         return ConntrackLimits(
-            max_entries=int((directory / "nf_conntrack_max").read_text()),
-            buckets=int((directory / "nf_conntrack_buckets").read_text()),
+            max_entries=int(read_kernel_text(directory / "nf_conntrack_max")),
+            buckets=int(read_kernel_text(directory / "nf_conntrack_buckets")),
         )
     except FileNotFoundError:
         return None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -179,9 +180,13 @@ class NetnsListeners:
         def open_here() -> NetnsListeners:
             sock = open_diag_socket()
             try:
-                fd: int | None = os.open(SOMAXCONN_PATH, os.O_RDONLY | os.O_CLOEXEC)
+                # O_NONBLOCK and the fstat: never wait on, or keep, anything but a regular file.
+                fd: int | None = os.open(SOMAXCONN_PATH, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 fd = None  # /proc/sys read-only or hidden: the limit still shows as wqueue
+            if fd is not None and not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                fd = None
             return cls(DiagQuery(sock), fd)
 
         return run_in_netns(netns, open_here)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, TypeVar, Union
 
 from ..errors import NetprofError
+from ..kernel.kernel_files import read_kernel_text
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -36,8 +37,9 @@ def _setns(fd: int) -> None:
 def _enter(netns: Path | str) -> None:
     """Move the calling thread into the netns at `netns`."""
     # O_NOFOLLOW is not applicable to /proc ns links (they are magic links that must be
-    # followed); callers pass paths from /run/netns or /proc/<pid>/ns only.
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    # followed); callers pass paths from /run/netns or /proc/<pid>/ns only. O_NONBLOCK: a FIFO
+    # planted under /run/netns must not hang the opener (setns then refuses it: EINVAL).
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         _setns(fd)
     finally:
@@ -132,4 +134,4 @@ def read_in_each_netns(paths: Mapping[int, Path], reader: Callable[[], T],
 
 def read_proc_net(name: str) -> str:
     """A /proc/net file as the calling thread's netns sees it."""
-    return Path("/proc/thread-self/net", name).read_text()
+    return read_kernel_text(Path("/proc/thread-self/net", name))

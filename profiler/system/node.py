@@ -11,6 +11,7 @@ from typing import Any
 
 from .irqs import IrqTopology, format_cpu_list, irqbalance_running, read_cpus_online, read_irq_topology
 from ..errors import NetprofError
+from ..kernel.kernel_files import read_kernel_text
 from .netns import read_in_each_netns
 
 # Node-global: set once for the whole node, whatever netns reads them.
@@ -46,7 +47,7 @@ def read_sysctls(keys: tuple[str, ...], proc_sys: Path = Path("/proc/sys")) -> d
     values = {}
     for key in keys:
         try:
-            values[key] = " ".join((proc_sys / key.replace(".", "/")).read_text().split())
+            values[key] = " ".join(read_kernel_text(proc_sys / key.replace(".", "/")).split())
         except OSError:
             continue
     return values
@@ -110,7 +111,7 @@ def collect_node_context(netns_paths: dict[int, Path], root: Path = Path("/")) -
             raise reading
         pod_sysctls[inode] = reading
     try:
-        boot_id = (root / "proc/sys/kernel/random/boot_id").read_text().strip()
+        boot_id = read_kernel_text(root / "proc/sys/kernel/random/boot_id").strip()
     except OSError:
         boot_id = ""
     return NodeContext(

@@ -1,0 +1,60 @@
+"""`netprof profile` on a node whose tracefs has FIFOs for `format` and `id` files (issue 12,
+item 7): it used to block 40 s and more; now each probe whose tracepoint files are not
+regular is refused with one line and the capture runs with the rest."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("bpf_ready")
+
+EVENTS = ("skb/kfree_skb", "irq/softirq_entry", "irq/softirq_exit", "irq/softirq_raise",
+          "tcp/tcp_retransmit_skb", "napi/napi_poll", "syscalls/sys_enter_listen")
+
+
+def _fifo_tracefs(tracefs: Path) -> None:
+    for event in EVENTS:
+        (tracefs / "events" / event).mkdir(parents=True)
+        os.mkfifo(tracefs / "events" / event / "format")
+        os.mkfifo(tracefs / "events" / event / "id")
+
+
+# The real tracefs replaced by the fixture in a private mount namespace, so BCC's own reads
+# (it looks only at /sys/kernel/debug/tracing, then /sys/kernel/tracing) meet the FIFOs too;
+# nothing outside this one process tree sees the mount.
+_IN_PRIVATE_MOUNT_NS = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$0" /sys/kernel/tracing && exec "$@"']
+
+
+@pytest.mark.parametrize("where", ["NETPROF_TRACEFS", "mounted-over-tracefs"])
+def test_profile_on_a_fifo_tracefs_returns_promptly_naming_the_fifo(tmp_path: Path, where: str):
+    tracefs = tmp_path / "tracing"
+    _fifo_tracefs(tracefs)
+    argv = [sys.executable, "-m", "profiler.cli", "profile", "--duration", "1", "--json"]
+    env = dict(os.environ)
+    if where == "NETPROF_TRACEFS":
+        env["NETPROF_TRACEFS"] = str(tracefs)
+    else:
+        if os.path.isdir("/sys/kernel/debug/tracing/events"):
+            pytest.skip("BCC would read /sys/kernel/debug/tracing, which this test does not replace")
+        argv = [*_IN_PRIVATE_MOUNT_NS, str(tracefs), *argv]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("netprof profile blocked for 60 s on a tracefs of FIFOs")
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"took {elapsed:.1f}s"
+    assert "Traceback" not in err and "internal error" not in err
+    assert proc.returncode in (0, 1), err
+    refused = [line for line in err.splitlines() if "is a FIFO, not a regular file" in line]
+    assert any("tracepoint tcp:tcp_retransmit_skb:" in line for line in refused), err
+    assert any("tracepoint skb:kfree_skb:" in line for line in refused), err
