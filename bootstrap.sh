@@ -30,7 +30,9 @@ esac
 os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
 # Only the tests need these: the real consumers of netprof's exports.
 # chromium: opens the flame-graph SVG headless and runs its script.
-test_packages=(chromium)
+# prometheus: promtool checks the rules; the server (run by the tests on 127.0.0.1, never
+# the packaged service) scrapes `netprof serve` and evaluates every shipped query.
+test_packages=(chromium prometheus)
 if [ "$action" = test ]; then
   os_packages+=("${test_packages[@]}")
 fi

@@ -105,6 +105,11 @@ class RunningTotals:
                 before = self._pods.get(netns)
                 if before is None:
                     self._pods[netns] = PodInterval(label, netns)
+                elif before.pod != label and netns in self._gone_since:
+                    # The netns had gone and its inode is back under another name: the kernel
+                    # reused it for a new pod, which starts from zero.
+                    self._pods[netns] = PodInterval(label, netns)
+                    self._identities.pop(netns, None)
                 elif before.pod != label:
                     self._pods[netns] = replace(before, pod=label)  # a better name came up
             for pod in snapshot.pods:

@@ -5,6 +5,7 @@ docs/exports.md, of deploy/grafana-dashboard.json and of deploy/prometheus-rules
 then evaluated by it and must return data of the right shape."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -23,7 +24,7 @@ import pytest
 
 from profiler.lab.scenario_conntrack import ConntrackFullScenario, ScenarioUnavailable
 from profiler.lab.scenario_listen import ListenOverflowDropScenario
-from profiler.lab.scenarios import RetransmitScenario, Scenario
+from profiler.lab.scenarios import RetransmitScenario
 from tests.conftest import skip_or_fail
 from tests.integration.test_serve import SERVING, ServeProcess
 from tests.prometheus_queries import RULES, Query, all_queries
@@ -110,21 +111,6 @@ class Scraped:
     pods: dict[tuple[str, str], str]   # (scenario, lab pod) → its label in netprof's series
 
 
-def run_scenario(prometheus: "PrometheusServer", scenario: Scenario, duration_s: float,
-                 pods: dict[tuple[str, str], str]) -> None:
-    with scenario:
-        # The lab's pods exist before their traffic: Prometheus must have their series at 0
-        # (twice: rate() needs a sample before the first increment) before it starts.
-        names = "|".join(scenario.lab.netns_of(name) for name in scenario.lab.pods)
-        wait_for_zeros(prometheus, f'netprof_retransmits_total{{pod=~"{names}"}}', len(scenario.lab.pods))
-        scenario.start(duration_s)
-        scenario.wait()
-        for name in scenario.lab.pods:
-            pods[(scenario.name, name)] = scenario.lab.netns_of(name)   # a named netns: its name
-        # Keep the lab up while serve samples its last interval and Prometheus scrapes it.
-        time.sleep(2.5)
-
-
 def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, timeout_s: float = 30) -> None:
     expr = f"count_over_time({selector}[1m]) >= 2 and {selector} == 0"
     deadline = time.monotonic() + timeout_s
@@ -132,7 +118,8 @@ def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, t
         if len(prometheus.query(expr)["result"]) == series:
             return
         time.sleep(0.3)
-    raise AssertionError(f"{series} quiet pods never scraped at 0: {selector}: {prometheus.query(selector)['result']}; targets: {[(t['health'], t['lastError']) for t in prometheus.get('/api/v1/targets')['data']['activeTargets']]}")
+    pods = sorted({r["metric"].get("pod", "") for r in prometheus.query("netprof_retransmits_total")["result"]})
+    raise AssertionError(f"{series} quiet pods never scraped at 0: {selector}; pods known: {pods}")
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +132,25 @@ def scraped(tmp_path_factory) -> Iterator[Scraped]:
         serve.wait_for("sampling every")
         prometheus = PrometheusServer(workdir, port)
         prometheus.wait_ready()
-        pods: dict[tuple[str, str], str] = {}
-        run_scenario(prometheus, ListenOverflowDropScenario(backlog=64, burst=60), 3.0, pods)
-        run_scenario(prometheus, RetransmitScenario(), 3.0, pods)
-        assert serve.proc.poll() is None, serve.lines[-20:]
-        try:
-            run_scenario(prometheus, ConntrackFullScenario(), 2.0, pods)
-        except ScenarioUnavailable as exc:
-            skip_or_fail(str(exc))
-        # Every rule group evaluated at least once on the final data.
-        time.sleep(3)
-        yield Scraped(prometheus, serve, pods)
+        with contextlib.ExitStack() as labs:
+            # All three labs up at once, and until the last test is done: a netns inode the
+            # kernel freed could be reused by the next lab's pod (a new pod, from zero).
+            try:
+                scenarios = [labs.enter_context(scenario) for scenario in (
+                    ListenOverflowDropScenario(backlog=64, burst=60), RetransmitScenario(), ConntrackFullScenario())]
+            except ScenarioUnavailable as exc:
+                skip_or_fail(str(exc))
+            pods = {(scenario.name, name): scenario.lab.netns_of(name)   # a named netns: its name
+                    for scenario in scenarios for name in scenario.lab.pods}
+            # The pods exist before their traffic: Prometheus must have their series at 0
+            # (twice: rate() needs a sample before the first increment) before it starts.
+            wait_for_zeros(prometheus, f'netprof_retransmits_total{{pod=~"{"|".join(pods.values())}"}}', len(pods))
+            for scenario, duration_s in zip(scenarios, (3.0, 3.0, 2.0)):
+                scenario.start(duration_s)
+                scenario.wait()
+            # serve samples the last interval, Prometheus scrapes it, every rule group runs.
+            time.sleep(3)
+            yield Scraped(prometheus, serve, pods)
     finally:
         if prometheus is not None:
             prometheus.stop()

@@ -68,6 +68,15 @@ def test_a_pod_gets_its_better_name_and_a_vanished_one_ages_out():
     assert totals.document()["pods"] == []
 
 
+def test_a_reused_netns_inode_is_a_new_pod_from_zero():
+    totals = RunningTotals()
+    totals.add(snapshot(0, [drops("lab1-server", 10, 3)]), {10: "lab1-server"})
+    totals.add(snapshot(1), {})                                   # its netns is gone
+    totals.add(snapshot(2), {10: "lab2-sender"})                  # the kernel reused the inode
+    (pod,) = totals.document()["pods"]
+    assert (pod["pod"], pod["drops"]) == ("lab2-sender", {}), "the old pod's drops are not the new one's"
+
+
 def test_listener_counters_and_fill_ratios_accumulate():
     totals = RunningTotals()
     # Per interval: one empty sample and two at 5 of a limit of 4 (ratio 1.25).
