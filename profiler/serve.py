@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .capture import MAX_DROP_SITES, cpu_json, merge_cpus, merge_pods, pod_json
+from .capture import MAX_DROP_SITES, SCHEMA, cpu_json, merge_cpus, merge_pods, pod_json
 from .cost import Cost, ProgramCost
 from .errors import NetprofError
 from .exports import atomic_write_text
@@ -133,6 +133,7 @@ class RunningTotals:
     def document(self) -> dict:
         with self._lock:
             return {
+                "schema": SCHEMA,
                 "started_at": self.started_at,
                 "duration_s": round(self._sampled_s, 3),
                 "intervals": self._intervals,
