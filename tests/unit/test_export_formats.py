@@ -505,3 +505,12 @@ def test_stacks_carry_the_pods_latest_label():
     doc = cap.to_json()
     assert [p["pod"] for p in doc["pods"]] == ["default/web-0"]
     assert parse_folded(folded_text(doc)) == {("default/web-0", "SOCKET_RCVBUFF", *UDP_PATH): 9}
+
+
+def test_the_netstat_zeros_are_the_counters_the_listen_source_reads():
+    from profiler.exports.prometheus import CONNTRACK_ALWAYS, NETSTAT_ALWAYS
+    from profiler.sources.conntrack import COUNTERS as CONNTRACK_COUNTERS
+    from profiler.sources.listen import NETSTAT_COUNTERS
+
+    assert NETSTAT_ALWAYS == NETSTAT_COUNTERS
+    assert set(CONNTRACK_ALWAYS) <= set(CONNTRACK_COUNTERS)
