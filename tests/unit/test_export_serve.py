@@ -179,3 +179,12 @@ def test_bad_listen_addresses_are_one_line_errors(text):
 def test_serve_defaults_bind_to_loopback_only():
     args = build_parser().parse_args(["serve"])
     assert args.listen == "127.0.0.1:9464" and args.textfile is None and not args.no_listen
+
+
+def test_no_per_cpu_reaches_the_serve_options(monkeypatch):
+    seen = []
+    monkeypatch.setattr("profiler.serve.run_serve", lambda options, log: seen.append(options) or 0)
+    from profiler.cli import main
+
+    assert main(["serve", "--no-per-cpu"]) == 0 and main(["serve"]) == 0
+    assert [options.per_cpu for options in seen] == [False, True]
