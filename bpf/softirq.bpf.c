@@ -24,7 +24,8 @@
  *  - An exit whose entry happened before attach is counted as exits_without_entry and
  *    nothing else; a run whose raise happened before attach gives no queue-delay sample.
  *    Both histograms are updated at exit, so the run-time one always sums to count and
- *    the queue-delay one to at most count.
+ *    the queue-delay one to at most count; queue_delay_ns is the sum of exactly the delays
+ *    in the queue-delay histogram (Prometheus' _sum beside its _count).
  */
 #include "softirq.h"
 
@@ -111,10 +112,14 @@ TRACEPOINT_PROBE(irq, softirq_exit)
     /* Recorded with the run, not at entry, so the two histograms describe the same runs
      * even when an exit goes unseen (docs/probes/softirq.md, "Known gap"). */
     if (ts->entry_raise_ns != 0 && ts->entry_ns >= ts->entry_raise_ns) {
-        index = histogram_index(vec, ts->entry_ns - ts->entry_raise_ns);
+        u64 delay_ns = ts->entry_ns - ts->entry_raise_ns;
+        index = histogram_index(vec, delay_ns);
         bucket = softirq_queue_delay_log2.lookup(&index);
-        if (bucket)
+        if (bucket) {
             *bucket += 1;
+            /* Summed with the bucket, so the sum covers exactly the delays counted. */
+            stats->queue_delay_ns += delay_ns;
+        }
     }
     ts->entry_ns = 0;
     return 0;

@@ -8,6 +8,7 @@ struct softirq_vector_stats {
     u64 count;                 /* handler runs seen from entry to exit */
     u64 time_ns;               /* sum of their entry → exit times */
     u64 exits_without_entry;   /* runs already under way when the probe attached */
+    u64 queue_delay_ns;        /* sum of the raise → entry delays in softirq_queue_delay_log2 */
 };
 
 /* Value of softirq_timestamps, one per vector, per CPU; 0 means "none pending". */

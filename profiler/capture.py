@@ -122,6 +122,7 @@ def cpu_json(cpu: CpuInterval) -> dict:
                 "time_ns": stats.time_ns,
                 "latency_log2_ns": list(stats.latency_log2_ns),
                 "queue_delay_log2_ns": list(stats.queue_delay_log2_ns),
+                "queue_delay_ns": stats.queue_delay_ns,
             }
             for vector, stats in sorted(cpu.softirq.items())
         },

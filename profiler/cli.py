@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="live counters and histograms for Prometheus (HTTP and/or node_exporter textfile)",
         description="Attach the probes and keep sampling until SIGINT/SIGTERM; expose the totals since start "
-                    "(counters, histograms; pods as pod/netns labels, CPUs as cpu) in Prometheus format.",
+                    "(counters, histograms; pods as namespace/pod/netns labels, CPUs as cpu) in Prometheus format.",
     )
     serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                        help=f"where to serve /metrics (default {DEFAULT_LISTEN}; [::1]:PORT for IPv6; port 0 picks one)")
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "textfile collector; removed on exit")
     serve.add_argument("--interval", "-i", type=_interval, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
                        help=f"how often the kernel counters are read (default {DEFAULT_INTERVAL_S:g})")
+    serve.add_argument("--no-per-cpu", action="store_true",
+                       help="sum the per-CPU series over the node's CPUs (no cpu label): a fixed number of "
+                            "series per node, whatever its CPU count (see docs/exports.md for the cardinality)")
     serve.set_defaults(func=_cmd_serve)
 
     fix = sub.add_parser(
@@ -287,7 +290,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.no_listen and args.textfile is None:
         raise NetprofError("--no-listen without --textfile would expose nothing")
     options = ServeOptions(listen=None if args.no_listen else parse_listen(args.listen),
-                           textfile=args.textfile, interval_s=args.interval)
+                           textfile=args.textfile, interval_s=args.interval, per_cpu=not args.no_per_cpu)
     return run_serve(options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
-from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, CostMeter, CostReading, MeteredLoader, cost_of_span
+from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, Cost, CostMeter, CostReading, MeteredLoader, cost_of_span
 from .errors import NetprofError
 from .inert import inert
 from .kernel.features import KernelInfo, probe_kernel, require_capture_ready
@@ -54,6 +54,10 @@ class LiveSession:
         self._cost_sample_every = max(1, cost_sample_every)
         self._intervals = 0
         self._meter: CostMeter | None = None
+        self._last_reading: CostReading | None = None
+        # What the latest sampled interval cost (None when cost is not measured): serve
+        # adds these up into counters.
+        self.last_interval_cost: Cost | None = None
         self._stats_state: dict = {}
         # sample() runs on a worker thread while views ask for captures: one lock for both.
         self._lock = threading.Lock()
@@ -92,6 +96,7 @@ class LiveSession:
             self._stats_state = self._stats.describe()
             self._meter = CostMeter(loader.loaded)
             self._window_start_reading = self._meter.read()
+            self._last_reading = self._window_start_reading
         return self.statuses
 
     def sample(self, final: bool = False) -> Snapshot:
@@ -105,6 +110,10 @@ class LiveSession:
         timed = self._stats is not None and self._stats.enabled
         if reading is not None:
             self._time_next_interval()
+            if self._last_reading is not None:
+                self.last_interval_cost = cost_of_span(self._last_reading, [reading], [timed],
+                                                       bpf_stats=self._stats_state)
+            self._last_reading = reading
         with self._lock:
             self._snapshots.append(snapshot)
             if reading is not None:
@@ -124,6 +133,10 @@ class LiveSession:
                 if identity is not None:
                     with self._lock:
                         self._identities[inode] = identity
+
+    def identities(self) -> dict[int, PodIdentity]:
+        """netns inode → Kubernetes pod, for every pod a resolver has named so far."""
+        return self._known_identities()
 
     def _known_identities(self) -> dict[int, PodIdentity]:
         with self._lock:

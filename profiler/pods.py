@@ -180,10 +180,11 @@ class PodDirectory:
         return found
 
     def label(self, inode: int) -> str:
-        # Only resolvers better than the one that named it are asked again; a vanished pod
-        # keeps the label it had.
+        # Resolvers better than the one that named it are asked again, and that one too: the
+        # kernel reuses a freed netns inode, so a new pod may now own it. A vanished pod keeps
+        # the label it had (its resolver still remembers it).
         rank = self._rank.get(inode, len(self._resolvers))
-        for better, resolver in enumerate(self._resolvers[:rank]):
+        for better, resolver in enumerate(self._resolvers[:rank + 1]):
             name = resolver.lookup(inode)
             if name:
                 self._labels[inode] = name

@@ -18,14 +18,16 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .capture import cpu_json, merge_cpus, merge_pods, pod_json
+from .capture import MAX_DROP_SITES, SCHEMA, cpu_json, merge_cpus, merge_pods, pod_json
+from .cost import Cost, ProgramCost
 from .errors import NetprofError
 from .exports import atomic_write_text
+from .k8s.base import PodIdentity
 from .probes.base import ProbeStatus
 from .snapshot import CpuInterval, PodInterval, Snapshot
 
@@ -65,6 +67,12 @@ class RunningTotals:
         self._ignored: Counter[str] = Counter()
         self._gone_since: dict[int, float] = {}
         self._probes: list[ProbeStatus] = []
+        self._kernel: dict | None = None
+        self._identities: dict[int, PodIdentity] = {}
+        # Drop sites with a series of their own, first come first served up to the cap, and
+        # kept: a site never moves between its own series and "other", so both only grow.
+        self._sites: dict[tuple[str, str], int] = {}
+        self._cost: Cost | None = None
         self._intervals = 0
         self._sampled_s = 0.0
 
@@ -72,15 +80,37 @@ class RunningTotals:
         with self._lock:
             self._probes = list(statuses)
 
-    def add(self, snapshot: Snapshot, present_pods: dict[int, str]) -> None:
+    def set_node(self, kernel: dict, cpus: Iterable[int]) -> None:
+        """The kernel (for build_info) and the online CPUs, each of which gets its per-CPU
+        series from the start, at 0 until something happens there."""
+        with self._lock:
+            self._kernel = dict(kernel)
+            for cpu in cpus:
+                self._cpus.setdefault(cpu, CpuInterval(cpu))
+
+    def add(self, snapshot: Snapshot, present_pods: dict[int, str],
+            identities: Mapping[int, PodIdentity] | None = None, cost: Cost | None = None) -> None:
         """Fold one interval in; `present_pods` (netns inode → label) are the pods that exist
-        now, so quiet ones show zeros and vanished ones age out."""
+        now, so quiet ones show zeros and vanished ones age out. `identities`: the Kubernetes
+        pods known so far; `cost`: what netprof cost over this interval."""
         now = self._clock()
         with self._lock:
+            self._identities.update(identities or {})
+            for site in snapshot.drop_sites:
+                key = (site.reason, site.symbol)
+                if key in self._sites or len(self._sites) < MAX_DROP_SITES:
+                    self._sites[key] = self._sites.get(key, 0) + site.count
+            if cost is not None:
+                self._cost = cost if self._cost is None else _add_costs(self._cost, cost)
             for netns, label in present_pods.items():
                 before = self._pods.get(netns)
                 if before is None:
                     self._pods[netns] = PodInterval(label, netns)
+                elif before.pod != label and netns in self._gone_since:
+                    # The netns had gone and its inode is back under another name: the kernel
+                    # reused it for a new pod, which starts from zero.
+                    self._pods[netns] = PodInterval(label, netns)
+                    self._identities.pop(netns, None)
                 elif before.pod != label:
                     self._pods[netns] = replace(before, pod=label)  # a better name came up
             for pod in snapshot.pods:
@@ -99,19 +129,40 @@ class RunningTotals:
                     self._gone_since.pop(netns, None)
                 elif now - self._gone_since.setdefault(netns, now) > GONE_POD_TTL_S:
                     del self._pods[netns], self._gone_since[netns]
+                    self._identities.pop(netns, None)
 
     def document(self) -> dict:
         with self._lock:
             return {
+                "schema": SCHEMA,
                 "started_at": self.started_at,
                 "duration_s": round(self._sampled_s, 3),
                 "intervals": self._intervals,
+                "kernel": self._kernel,
                 "probes": [status.to_json() for status in self._probes],
-                "pods": [pod_json(pod) for _, pod in sorted(self._pods.items())],
+                "pods": [pod_json(pod, self._identities.get(netns)) for netns, pod in sorted(self._pods.items())],
                 "cpus": [cpu_json(cpu) for _, cpu in sorted(self._cpus.items())],
+                "drop_sites": [{"reason": reason, "symbol": symbol, "count": count}
+                               for (reason, symbol), count in self._sites.items()],
                 "lost_events": dict(self._lost),
                 "ignored_events": dict(self._ignored),
+                "cost": self._cost.to_json() if self._cost is not None else None,
             }
+
+
+def _add_costs(a: Cost, b: Cost) -> Cost:
+    """Two consecutive spans' costs as one: program and CPU counters add, memory is the later."""
+    programs = {(p.program, p.hook): p for p in a.programs}
+    for p in b.programs:
+        seen = programs.get((p.program, p.hook))
+        programs[(p.program, p.hook)] = p if seen is None else ProgramCost(
+            p.program, p.hook, seen.events + p.events, seen.run_time_ns + p.run_time_ns,
+            seen.recursion_misses + p.recursion_misses)
+    return replace(b, duration_s=a.duration_s + b.duration_s, timed_s=a.timed_s + b.timed_s,
+                   programs=tuple(programs.values()),
+                   process_user_cpu_s=a.process_user_cpu_s + b.process_user_cpu_s,
+                   process_system_cpu_s=a.process_system_cpu_s + b.process_system_cpu_s,
+                   peak_rss_bytes=max(a.peak_rss_bytes, b.peak_rss_bytes))
 
 
 @dataclass(frozen=True)
@@ -119,6 +170,7 @@ class ServeOptions:
     listen: tuple[str, int] | None = ("127.0.0.1", 9464)   # None: no HTTP endpoint
     textfile: Path | None = None
     interval_s: float = DEFAULT_INTERVAL_S
+    per_cpu: bool = True   # False: per-CPU families summed over the node (no cpu label)
 
 
 def start_metrics_server(host: str, port: int, registry, log: Callable[[str], None] = lambda msg: None, **limits):
@@ -150,13 +202,14 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
 
     from .exports.prometheus import registry_for
     from .live import LiveSession
+    from .system.irqs import read_cpus_online
     from .textfile import TextfileWriter
 
     stop = stop or threading.Event()
     totals = RunningTotals()
     # The textfile gets netprof's metrics only: node_exporter has process_* metrics of its own.
-    textfile_registry = registry_for(totals.document)
-    http_registry = registry_for(totals.document)
+    textfile_registry = registry_for(totals.document, options.per_cpu)
+    http_registry = registry_for(totals.document, options.per_cpu)
     ProcessCollector(registry=http_registry)
     if options.textfile is not None and not options.textfile.name.endswith(".prom"):
         log(f"note: node_exporter's textfile collector reads only *.prom files, not {options.textfile.name}")
@@ -190,6 +243,7 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
             with LiveSession(root=root, sources=sources, window_s=options.interval_s * 2) as session:
                 statuses = session.start(log)
                 totals.set_probes(statuses)
+                totals.set_node(session.info.to_json(), read_cpus_online(root))
                 if textfile is not None:
                     textfile.write()
                     log(f"writing {options.textfile} every {options.interval_s:g}s")
@@ -197,7 +251,8 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
                 next_at = time.monotonic() + options.interval_s
                 while not stop.wait(max(0.0, next_at - time.monotonic())):
                     snapshot = session.sample()
-                    totals.add(snapshot, {netns: session.pods.label(netns) for netns in session.pods.netns_paths()})
+                    totals.add(snapshot, {netns: session.pods.label(netns) for netns in session.pods.netns_paths()},
+                               session.identities(), session.last_interval_cost)
                     if textfile is not None:
                         textfile.write()
                     # Behind schedule (a slow sample): the next one comes now, not in a burst.

@@ -50,6 +50,10 @@ class Listener:
     samples_full: int = 0             # samples in which the queue was at its limit
     # Samples by accept-queue depth: bucket 0 empty, bucket i >= 1 depth in [2^(i-1), 2^i).
     accept_queue_depth_log2: tuple[int, ...] = ()
+    # The same samples by depth / limit over profiler.system.listeners.FILL_RATIO_BOUNDS
+    # (count i: ratios in (bound i-1, bound i], the last above every bound), and their sum.
+    accept_queue_fill_ratio: tuple[int, ...] = ()
+    accept_queue_fill_ratio_sum: float = 0.0
 
     def merge(self, other: "Listener") -> "Listener":
         return Listener(
@@ -62,6 +66,8 @@ class Listener:
             overflow_drops=self.overflow_drops + other.overflow_drops,
             samples_full=self.samples_full + other.samples_full,
             accept_queue_depth_log2=_add_hist(self.accept_queue_depth_log2, other.accept_queue_depth_log2),
+            accept_queue_fill_ratio=_add_hist(self.accept_queue_fill_ratio, other.accept_queue_fill_ratio),
+            accept_queue_fill_ratio_sum=self.accept_queue_fill_ratio_sum + other.accept_queue_fill_ratio_sum,
         )
 
     def to_json(self) -> dict:
@@ -72,6 +78,8 @@ class Listener:
             "requested_backlog": self.requested_backlog, "somaxconn": self.somaxconn,
             "overflow_drops": self.overflow_drops, "samples_full": self.samples_full,
             "accept_queue_depth_log2": list(self.accept_queue_depth_log2),
+            "accept_queue_fill_ratio": list(self.accept_queue_fill_ratio),
+            "accept_queue_fill_ratio_sum": round(self.accept_queue_fill_ratio_sum, 6),
         }
 
 
@@ -98,6 +106,7 @@ class SoftirqVector:
     latency_log2_ns: tuple[int, ...] = ()
     # log2 histogram of raise → entry delay (time the work waited to run).
     queue_delay_log2_ns: tuple[int, ...] = ()
+    queue_delay_ns: int = 0   # the kernel's sum of the delays in queue_delay_log2_ns
 
     def merge(self, other: "SoftirqVector") -> "SoftirqVector":
         return SoftirqVector(
@@ -105,6 +114,7 @@ class SoftirqVector:
             self.time_ns + other.time_ns,
             _add_hist(self.latency_log2_ns, other.latency_log2_ns),
             _add_hist(self.queue_delay_log2_ns, other.queue_delay_log2_ns),
+            self.queue_delay_ns + other.queue_delay_ns,
         )
 
 

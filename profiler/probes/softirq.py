@@ -20,7 +20,8 @@ LOG2_SLOTS = 32
 
 ARRAY_INDEX = np.dtype([("index", "<u4")])
 # Mirrors struct softirq_vector_stats in bpf/softirq.h.
-VECTOR_STATS = np.dtype([("count", "<u8"), ("time_ns", "<u8"), ("exits_without_entry", "<u8")])
+VECTOR_STATS = np.dtype([("count", "<u8"), ("time_ns", "<u8"), ("exits_without_entry", "<u8"),
+                         ("queue_delay_ns", "<u8")])
 # Mirrors struct softirq_timestamps (read only by the layout test; Python has no use for it).
 TIMESTAMPS = np.dtype([("entry_ns", "<u8"), ("entry_raise_ns", "<u8"), ("raise_ns", "<u8")])
 BUCKET = np.dtype([("count", "<u8")])
@@ -38,6 +39,7 @@ class SoftirqCounts:
     exits_without_entry: np.ndarray  # (cpus, nr_vectors) uint64: runs under way at attach
     run_time_log2: np.ndarray        # (cpus, nr_vectors, LOG2_SLOTS) uint64
     queue_delay_log2: np.ndarray     # (cpus, nr_vectors, LOG2_SLOTS) uint64
+    queue_delay_ns: np.ndarray       # (cpus, nr_vectors) uint64: sum of the delays in queue_delay_log2
 
 
 def traced_vector_mask(vectors: Mapping[int, str], names: Iterable[str]) -> tuple[int, dict[int, str]]:
@@ -146,6 +148,7 @@ class SoftirqProbe:
             exits_without_entry=stats["exits_without_entry"].copy(),
             run_time_log2=run_time["count"].reshape(shape),
             queue_delay_log2=queue_delay["count"].reshape(shape),
+            queue_delay_ns=stats["queue_delay_ns"].copy(),
         )
 
     def detach(self) -> None:

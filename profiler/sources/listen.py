@@ -262,6 +262,8 @@ class ListenSource:
                 overflow_drops=dropped,
                 samples_full=row.samples_full,
                 accept_queue_depth_log2=row.depth_log2,
+                accept_queue_fill_ratio=row.fill_ratio,
+                accept_queue_fill_ratio_sum=row.fill_ratio_sum,
             ))
         for port, dropped in drops_by_listener.get(None, {}).items():
             # Drops charged to a listener the sampler never saw (it closed in between).
@@ -279,7 +281,8 @@ def _unsampled(known: NetnsQueues | None) -> NetnsQueues | None:
     if known is None:
         return None
     return NetnsQueues(known.somaxconn, tuple(
-        replace(row, accept_queue_peak=0, samples=0, samples_full=0, depth_log2=()) for row in known.listeners))
+        replace(row, accept_queue_peak=0, samples=0, samples_full=0, depth_log2=(), fill_ratio=(),
+                fill_ratio_sum=0.0) for row in known.listeners))
 
 
 def _assign_drops(rows: list[ListenerQueue], drops_by_port: Mapping[int, int]) -> dict:

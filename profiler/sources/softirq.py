@@ -22,6 +22,7 @@ def softirq_deltas(previous: SoftirqCounts | None, counts: SoftirqCounts) -> dic
     time_ns = _delta(counts.time_ns, previous.time_ns if previous else None)
     run_time = _delta(counts.run_time_log2, previous.run_time_log2 if previous else None)
     queue_delay = _delta(counts.queue_delay_log2, previous.queue_delay_log2 if previous else None)
+    queue_delay_ns = _delta(counts.queue_delay_ns, previous.queue_delay_ns if previous else None)
     per_cpu: dict[int, dict[str, SoftirqVector]] = {}
     for row, cpu in enumerate(counts.cpus):
         for vector, name in counts.vectors.items():
@@ -32,6 +33,7 @@ def softirq_deltas(previous: SoftirqCounts | None, counts: SoftirqCounts) -> dic
                 time_ns=int(time_ns[row, vector]),
                 latency_log2_ns=trimmed(run_time[row, vector]),
                 queue_delay_log2_ns=trimmed(queue_delay[row, vector]),
+                queue_delay_ns=int(queue_delay_ns[row, vector]),
             )
     return per_cpu
 

@@ -226,11 +226,32 @@ class ListenerQueue:
     # Samples by queue depth (the deepest socket's): bucket 0 holds empty queues, bucket
     # i >= 1 depths in [2^(i-1), 2^i) — see depth_bucket().
     depth_log2: tuple[int, ...] = ()
+    # The same samples by fill ratio, depth / limit: count i is ratios in
+    # (FILL_RATIO_BOUNDS[i-1], FILL_RATIO_BOUNDS[i]], the last one above every bound.
+    fill_ratio: tuple[int, ...] = ()
+    fill_ratio_sum: float = 0.0
+
+
+# Upper bounds (Prometheus `le`) of the fill-ratio histogram: one fixed set whatever the
+# limit, so listeners with limits 4 and 4096 aggregate. The kernel drops at depth > limit,
+# so 1 is "at the limit" and anything above it a full queue.
+FILL_RATIO_BOUNDS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
 
 
 def depth_bucket(depth: int) -> int:
     """The depth histogram's bucket of one sampled accept-queue depth."""
     return depth.bit_length()
+
+
+def fill_ratio(depth: int, limit: int) -> float:
+    """How full a queue of `limit` is at `depth` (a limit of 0 — listen(fd, 0) — counts as 1:
+    one waiting connection already overflows it)."""
+    return depth / max(limit, 1)
+
+
+def fill_ratio_bucket(ratio: float) -> int:
+    """The fill-ratio histogram's count a ratio goes into (le semantics: ratio <= bound)."""
+    return next((i for i, bound in enumerate(FILL_RATIO_BOUNDS) if ratio <= bound), len(FILL_RATIO_BOUNDS))
 
 
 @dataclass(frozen=True)
@@ -241,7 +262,7 @@ class NetnsQueues:
 
 class _Accumulator:
     __slots__ = ("family", "peak", "limit", "samples", "samples_full", "inodes", "seen_pass", "full_pass",
-                 "depth_log2")
+                 "depth_log2", "fill_ratio", "fill_ratio_sum")
 
     def __init__(self, family: int):
         self.family = family
@@ -253,6 +274,8 @@ class _Accumulator:
         self.seen_pass = -1
         self.full_pass = -1
         self.depth_log2: list[int] = []
+        self.fill_ratio = [0] * (len(FILL_RATIO_BOUNDS) + 1)
+        self.fill_ratio_sum = 0.0
 
 
 class ListenerSampler:
@@ -346,10 +369,10 @@ class ListenerSampler:
 
     def _accumulate(self, inode: int, rows: list[ListenerRow]) -> None:
         stats = self._stats.setdefault(inode, {})
-        deepest: dict[tuple[str, int], int] = {}
+        deepest: dict[tuple[str, int], tuple[int, int]] = {}   # (depth, that socket's limit)
         for row in rows:
             key = (row.address, row.port)
-            deepest[key] = max(deepest.get(key, 0), row.accept_queue)
+            deepest[key] = max(deepest.get(key, (0, 0)), (row.accept_queue, row.accept_queue_limit))
             acc = stats.get((row.address, row.port))
             if acc is None:
                 acc = stats[(row.address, row.port)] = _Accumulator(row.family)
@@ -364,12 +387,16 @@ class ListenerSampler:
                 acc.full_pass = self._pass
                 acc.samples_full += 1
         # One depth per address per pass, like `samples`: the deepest of the sockets sharing it.
-        for key, depth in deepest.items():
-            histogram = stats[key].depth_log2
+        for key, (depth, limit) in deepest.items():
+            acc = stats[key]
+            histogram = acc.depth_log2
             bucket = depth_bucket(depth)
             if bucket >= len(histogram):
                 histogram.extend([0] * (bucket + 1 - len(histogram)))
             histogram[bucket] += 1
+            ratio = fill_ratio(depth, limit)
+            acc.fill_ratio[fill_ratio_bucket(ratio)] += 1
+            acc.fill_ratio_sum += ratio
 
     def drain(self) -> dict[int, NetnsQueues]:
         """Everything sampled since the previous drain, by netns inode; starts afresh."""
@@ -382,7 +409,8 @@ class ListenerSampler:
                 somaxconn=somaxconn.get(inode),
                 listeners=tuple(
                     ListenerQueue(acc.family, address, port, acc.peak, acc.limit, acc.samples,
-                                  acc.samples_full, frozenset(acc.inodes), tuple(acc.depth_log2))
+                                  acc.samples_full, frozenset(acc.inodes), tuple(acc.depth_log2),
+                                  tuple(acc.fill_ratio) if acc.samples else (), acc.fill_ratio_sum)
                     for (address, port), acc in sorted(per_netns.items())
                 ),
             )

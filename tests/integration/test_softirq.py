@@ -148,5 +148,9 @@ def test_histograms_add_up_to_counts_and_time(net_rx_runs):
                 # it reports separately must lie within what the buckets allow.
                 low, high = histogram_bounds_ns(vector.latency_log2_ns)
                 assert low <= vector.time_ns and (high is None or vector.time_ns <= high), (where, vector)
+                # The same for the queue delays' sum, kept beside their histogram.
+                low, high = histogram_bounds_ns(vector.queue_delay_log2_ns)
+                assert low <= vector.queue_delay_ns and (high is None or vector.queue_delay_ns <= high), \
+                    (where, vector)
         target = run.net_rx(run.target_cpu)
         assert sum(target.queue_delay_log2_ns) > 0, target

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 from profiler.capture import Capture
+from profiler.cost import Cost, ProgramCost
+from profiler.inert import inert
+from profiler.k8s.base import PodIdentity
 from profiler.cli import main
 from profiler.exports import EXPORT_FORMATS, render, write_all
 from profiler.exports.folded import folded_text
@@ -27,8 +30,8 @@ from profiler.exports.speedscope import speedscope_json
 from profiler.kernel.features import KernelInfo
 from profiler.probes.base import ProbeStatus
 from profiler.probes.softirq import LOG2_SLOTS, log2_slots
-from profiler.snapshot import CpuInterval, Listener, PodInterval, Snapshot, SoftirqVector, StackSample
-from profiler.system.listeners import depth_bucket
+from profiler.snapshot import CpuInterval, DropSite, Listener, PodInterval, Snapshot, SoftirqVector, StackSample
+from profiler.system.listeners import FILL_RATIO_BOUNDS, depth_bucket, fill_ratio, fill_ratio_bucket
 from tests.export_readers import (
     FormatError, of_kind, parse_folded, read_csv, read_prometheus, read_speedscope, sample_value,
 )
@@ -46,19 +49,32 @@ def sample_capture() -> Capture:
     """Two intervals: receiver drops 600 + 391 SOCKET_RCVBUFF (one stack), lossy retransmits,
     a pod whose label needs cleaning, softirq histograms on two CPUs, a listener's depths."""
     cap = Capture(KERNEL, [ProbeStatus("skb_drops", True, "tracepoint:skb:kfree_skb"),
-                           ProbeStatus("drop_stacks", False, "bpf_get_stackid", "refused")],
-                  known_pods={11: "receiver", 12: "lossy", 13: EVIL, 1: "host"})
+                           ProbeStatus("drop_stacks", False, "bpf_get_stackid", "refused"),
+                           ProbeStatus("tcp_retransmits", True, "tracepoint:tcp:tcp_retransmit_skb"),
+                           ProbeStatus("softnet", True, "procfs:/proc/net/softnet_stat"),
+                           ProbeStatus("netns_counters", True, "/proc/net/netstat+snmp in each pod netns"),
+                           ProbeStatus("conntrack_stats", True, "procfs:/proc/net/stat/nf_conntrack")],
+                  known_pods={11: "receiver", 12: "lossy", 13: EVIL, 1: "host"},
+                  pod_identities={12: PodIdentity("payments", "lossy", "uid-12", ("app",), "containerd")})
+    # Queue delays: 10 of ~600 ns; then 2 of ~700 ns and 4 of ~1500 ns (sums inside their buckets).
     rx1 = SoftirqVector(count=10, time_ns=40_000, latency_log2_ns=(0,) * 11 + (6, 4),
-                        queue_delay_log2_ns=(0,) * 9 + (10,))
+                        queue_delay_log2_ns=(0,) * 9 + (10,), queue_delay_ns=6_000)
     rx2 = SoftirqVector(count=6, time_ns=30_000, latency_log2_ns=(0,) * 12 + (3, 3),
-                        queue_delay_log2_ns=(0,) * 9 + (2, 4))
+                        queue_delay_log2_ns=(0,) * 9 + (2, 4), queue_delay_ns=7_400)
+    # 8 samples: 2 empty, 1 of depth 5 (5/64 of the limit), 5 at 65 (65/64).
     listener = Listener("0.0.0.0", 8080, accept_queue_peak=65, accept_queue_limit=64, overflow_drops=3,
-                        samples_full=4, accept_queue_depth_log2=(2, 0, 0, 1, 0, 0, 0, 5))
+                        samples_full=4, accept_queue_depth_log2=(2, 0, 0, 1, 0, 0, 0, 5),
+                        accept_queue_fill_ratio=(2, 1, 0, 0, 0, 0, 5), accept_queue_fill_ratio_sum=330 / 64)
     cap.add(Snapshot(0.0, 1.0,
                      (PodInterval("receiver", 11, drops=MappingProxyType({"SOCKET_RCVBUFF": 600})),
                       PodInterval("lossy", 12, retransmits=30, retransmitted_segments=41,
-                                  drops=MappingProxyType({"NETFILTER_DROP": 7}), listeners=(listener,))),
-                     cpus=(CpuInterval(0, softirq=MappingProxyType({"NET_RX": rx1})),),
+                                  drops=MappingProxyType({"NETFILTER_DROP": 7}), listeners=(listener,),
+                                  netstat=MappingProxyType({"TcpExt.ListenOverflows": 3, "Tcp.RetransSegs": 41}),
+                                  conntrack=MappingProxyType({"insert_failed": 2, "count_now": 10, "max_now": 100}))),
+                     cpus=(CpuInterval(0, softirq=MappingProxyType({"NET_RX": rx1}),
+                                       softnet=MappingProxyType({"processed": 100, "time_squeeze": 3}),
+                                       drops=MappingProxyType({"SOCKET_RCVBUFF": 600})),),
+                     drop_sites=(DropSite("SOCKET_RCVBUFF", "udp_queue_rcv_one_skb+0x1a", 600),),
                      stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 600),
                              StackSample("lossy", 12, "TCP_RETRANSMIT", RETRANSMIT_PATH, 30),
                              StackSample("lossy", 12, "NETFILTER_DROP", NFT_PATH, 7))))
@@ -70,6 +86,9 @@ def sample_capture() -> Capture:
                      stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 391),
                              StackSample(EVIL, 13, "SOCKET_RCVBUFF", UDP_PATH, 5)),
                      lost={"drop_stacks_no_stack_id": 2}))
+    cap.cost = Cost(duration_s=2.0, programs=(ProgramCost("drops", "tracepoint:skb:kfree_skb", 1003, 401_200, 4),),
+                    process_user_cpu_s=0.25, process_system_cpu_s=0.125, rss_bytes=90_000_000,
+                    peak_rss_bytes=95_000_000, online_cpus=2, timed_s=1.0)
     return cap
 
 
@@ -256,18 +275,134 @@ def test_every_distribution_of_the_capture_is_a_histogram(doc):
 
 def test_prometheus_exposition_parses_and_counts_agree(doc):
     families = read_prometheus(exposition_text(doc))
-    assert sample_value(families, "netprof_drops_total", pod="receiver", netns="11", reason="SOCKET_RCVBUFF") == 991
-    assert sample_value(families, "netprof_retransmits_total", pod="lossy") == 30
+    assert sample_value(families, "netprof_drops_total", namespace="", pod="receiver", netns="11",
+                        reason="SOCKET_RCVBUFF") == 991
+    assert sample_value(families, "netprof_retransmits_total", namespace="payments", pod="lossy") == 30
     assert sample_value(families, "netprof_retransmitted_segments_total", pod="lossy") == 41
-    assert sample_value(families, "netprof_retransmits_total", pod="host") == 0, "quiet pods are zeros"
-    assert sample_value(families, "netprof_drops_total", pod=EVIL, reason="SOCKET_RCVBUFF") == 5, \
-        "label values are escaped, not cleaned"
+    assert sample_value(families, "netprof_retransmits_total", namespace="", pod="host") == 0, "quiet pods are zeros"
+    assert sample_value(families, "netprof_drops_total", pod=inert(EVIL, multiline=True), reason="SOCKET_RCVBUFF") == 5, \
+        "label values are made inert (the format escapes their line breaks itself), then escaped"
     assert sample_value(families, "netprof_listen_overflow_drops_total", pod="lossy", port="8080") == 3
     assert sample_value(families, "netprof_listen_accept_queue_limit", pod="lossy", port="8080") == 64
+    assert sample_value(families, "netprof_listen_accept_queue_peak", pod="lossy", port="8080") == 65
     assert sample_value(families, "netprof_lost_events_total", map="drop_stacks_no_stack_id") == 2
     assert sample_value(families, "netprof_probe_attached", probe="drop_stacks") == 0
     assert sample_value(families, "netprof_softirq_runs_total", cpu="0", vector="NET_RX") == 16
     assert sample_value(families, "netprof_softirq_seconds_total", cpu="0", vector="NET_RX") == pytest.approx(70e-6)
+
+
+def test_pods_carry_namespace_and_pod_as_kube_state_metrics_does(doc):
+    families = read_prometheus(exposition_text(doc))
+    pods = {(s.labels["namespace"], s.labels["pod"], s.labels["netns"])
+            for s in families["netprof_retransmits"]}
+    # A Kubernetes pod by its namespace and name; netns that are not pods by their label.
+    assert pods == {("payments", "lossy", "12"), ("", "receiver", "11"), ("", inert(EVIL, multiline=True), "13"),
+                    ("", "host", "1")}
+
+
+def test_one_metric_per_counter_named_as_node_exporter_names_it(doc):
+    families = read_prometheus(exposition_text(doc))
+    assert sample_value(families, "netprof_softnet_times_squeezed_total", cpu="0") == 3
+    assert sample_value(families, "netprof_softnet_processed_total", cpu="0") == 100
+    assert sample_value(families, "netprof_netstat_TcpExt_ListenOverflows", pod="lossy") == 3
+    assert sample_value(families, "netprof_netstat_Tcp_RetransSegs", pod="lossy") == 41
+    assert sample_value(families, "netprof_nf_conntrack_stat_insert_failed", pod="lossy") == 2
+    assert sample_value(families, "netprof_nf_conntrack_entries", pod="lossy") == 10
+    assert sample_value(families, "netprof_nf_conntrack_entries_limit", pod="lossy") == 100
+    for family, samples in families.items():
+        generic = {"counter", "stat"} & {label for sample in samples for label in sample.labels}
+        assert not generic, f"{family} has a generic {generic} label"
+
+
+def test_series_exist_at_zero_once_their_probe_is_attached(doc):
+    families = read_prometheus(exposition_text(doc))
+    # CPU 1 had no softnet counter move, the host no listen overflow nor conntrack failure.
+    assert sample_value(families, "netprof_softnet_times_squeezed_total", cpu="1") == 0
+    assert sample_value(families, "netprof_netstat_TcpExt_ListenOverflows", pod="host") == 0
+    assert sample_value(families, "netprof_nf_conntrack_stat_insert_failed", pod="host") == 0
+    # Per-reason zeros: every pod for every reason seen on the node, and no other reason.
+    assert sample_value(families, "netprof_drops_total", pod="host", reason="NETFILTER_DROP") == 0
+    assert {s.labels["reason"] for s in families["netprof_drops"]} == {"SOCKET_RCVBUFF", "NETFILTER_DROP"}
+    assert sample_value(families, "netprof_cpu_drops_total", cpu="1", reason="SOCKET_RCVBUFF") == 0
+    # A probe that is not attached gets no zeros.
+    doc["probes"] = [p for p in doc["probes"] if p["name"] not in ("tcp_retransmits", "softnet")]
+    families = read_prometheus(exposition_text(doc))
+    assert [s.labels["pod"] for s in families["netprof_retransmits"]] == ["lossy"]
+    assert [s.labels["cpu"] for s in families["netprof_softnet_times_squeezed"]] == ["0"]
+
+
+def test_drop_sites_add_up_to_the_drops_with_an_other_bucket(doc):
+    families = read_prometheus(exposition_text(doc))
+    sites = {(s.labels["reason"], s.labels["site"]): s.value for s in families["netprof_drop_site_drops"]}
+    assert sites == {("SOCKET_RCVBUFF", "udp_queue_rcv_one_skb+0x1a"): 600, ("SOCKET_RCVBUFF", "other"): 396,
+                     ("NETFILTER_DROP", "other"): 7}
+    for reason in ("SOCKET_RCVBUFF", "NETFILTER_DROP"):
+        drops = sum(s.value for s in families["netprof_drops"] if s.labels["reason"] == reason)
+        assert sum(v for (r, _), v in sites.items() if r == reason) == drops
+
+
+def test_netprof_identity_and_cost_are_metrics(doc):
+    families = read_prometheus(exposition_text(doc))
+    (info,) = families["netprof_build_info"]
+    assert info.value == 1 and info.labels["version"] == "0.1.0" and info.labels["kernel"] == "6.18.44"
+    hook = {"program": "drops", "hook": "tracepoint:skb:kfree_skb"}
+    assert sample_value(families, "netprof_bpf_runs_total", **hook) == 1003
+    assert sample_value(families, "netprof_bpf_run_seconds_total", **hook) == pytest.approx(401_200e-9)
+    assert sample_value(families, "netprof_bpf_recursion_misses_total", **hook) == 4
+    assert sample_value(families, "netprof_bpf_timed_seconds_total") == 1.0
+    assert sample_value(families, "netprof_process_cpu_seconds_total", mode="user") == 0.25
+    assert sample_value(families, "netprof_process_cpu_seconds_total", mode="system") == 0.125
+    assert sample_value(families, "netprof_process_resident_memory_bytes") == 90_000_000
+
+
+def histogram_series(samples: list) -> dict[tuple, dict[str, float]]:
+    """Series (labels without le) → {"le=…": bucket, "_count": …, "_sum": …}."""
+    series: dict[tuple, dict[str, float]] = {}
+    for sample in samples:
+        key = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+        part = f"le={sample.labels['le']}" if sample.name.endswith("_bucket") else sample.name.rsplit("_", 1)[1]
+        series.setdefault(key, {})[part] = sample.value
+    return series
+
+
+def test_every_histogram_has_one_le_set_and_count_and_sum(doc):
+    families = read_prometheus(exposition_text(doc))
+    histograms = [name for name, samples in families.items() if any(s.name.endswith("_bucket") for s in samples)]
+    assert sorted(histograms) == ["netprof_listen_accept_queue_fill_ratio", "netprof_softirq_latency_seconds",
+                                  "netprof_softirq_queue_delay_seconds"]
+    for name in histograms:
+        series = histogram_series(families[name])
+        le_sets = {frozenset(k for k in parts if k.startswith("le=")) for parts in series.values()}
+        assert len(le_sets) == 1, f"{name}: one le set for every series"
+        for parts in series.values():
+            assert parts["count"] == parts["le=+Inf"] and "sum" in parts, name
+
+
+def test_listen_queue_fill_ratio_histogram(doc):
+    families = read_prometheus(exposition_text(doc))
+    (series,) = histogram_series(families["netprof_listen_accept_queue_fill_ratio"]).values()
+    buckets = {k.removeprefix("le="): v for k, v in series.items() if k.startswith("le=")}
+    assert buckets == {"0.0": 2, "0.25": 3, "0.5": 3, "0.75": 3, "0.9": 3, "1.0": 3, "1.25": 8, "1.5": 8,
+                       "2.0": 8, "+Inf": 8}
+    assert series["sum"] == pytest.approx(330 / 64) and series["count"] == 8
+    # histogram_quantile over it says "above the limit" for the queue that sat at 65 of 64.
+    assert 1.0 < prometheus_quantile(0.9, [(float(le), n) for le, n in buckets.items()]) <= 1.25
+
+
+def test_fill_ratio_buckets_are_le_bounds():
+    assert [fill_ratio_bucket(fill_ratio(d, 4)) for d in (0, 1, 2, 3, 4, 5, 6, 8, 9)] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert fill_ratio(1, 0) == 1.0, "listen(fd, 0): one waiting connection fills it"
+    assert fill_ratio_bucket(fill_ratio(65, 64)) == FILL_RATIO_BOUNDS.index(1.25)
+
+
+def test_per_cpu_series_can_be_summed_over_the_node(doc):
+    families = read_prometheus(exposition_text(doc, per_cpu=False))
+    for name, samples in families.items():
+        assert all("cpu" not in s.labels for s in samples), name
+    assert sample_value(families, "netprof_softirq_runs_total", vector="NET_RX") == 16 + 6
+    delay = histogram_series(families["netprof_softirq_queue_delay_seconds"])
+    (series,) = delay.values()
+    assert series["count"] == 16 + 6 and series["sum"] == pytest.approx((6_000 + 7_400 * 2) / 1e9)
 
 
 def prometheus_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
@@ -298,12 +433,12 @@ def test_prometheus_histograms_are_the_kernels_buckets(doc):
     histogram = next(h for h in capture_histograms(doc) if h.name == "softirq_latency_ns" and h.labels["cpu"] == 0)
     for q, ours in zip((0.5, 0.9, 0.99), histogram.percentiles()):
         assert prometheus_quantile(q, buckets) * 1e9 == pytest.approx(ours)
-    delay = [s for s in families["netprof_softirq_queue_delay_seconds"] if s.labels.get("cpu") == "0"]
-    assert not [s for s in delay if s.name.endswith("_sum")], "no made-up sum"
-    depth = families["netprof_listen_accept_queue_depth"]
-    depth_buckets = {s.labels["le"]: s.value for s in depth if s.name.endswith("_bucket")}
-    assert depth_buckets["0"] == 2 and depth_buckets["7"] == 3 and depth_buckets["127"] == 8
-    assert depth_buckets["+Inf"] == 8
+    # Queue delays: le from 64 ns, so the ~600 ns delays are not all in the first bucket, and
+    # the kernel's own sum of the delays.
+    delay = histogram_series([s for s in families["netprof_softirq_queue_delay_seconds"] if s.labels.get("cpu") == "0"])
+    (series,) = delay.values()
+    assert series["le=6.4e-08"] == 0 and series["le=5.12e-07"] == 0 and series["le=1.024e-06"] == 12
+    assert series["sum"] == pytest.approx((6_000 + 7_400) / 1e9) and series["count"] == 16
 
 
 def test_write_all_writes_every_format_atomically(doc, tmp_path):
@@ -371,3 +506,12 @@ def test_stacks_carry_the_pods_latest_label():
     doc = cap.to_json()
     assert [p["pod"] for p in doc["pods"]] == ["default/web-0"]
     assert parse_folded(folded_text(doc)) == {("default/web-0", "SOCKET_RCVBUFF", *UDP_PATH): 9}
+
+
+def test_the_netstat_zeros_are_the_counters_the_listen_source_reads():
+    from profiler.exports.prometheus import CONNTRACK_ALWAYS, NETSTAT_ALWAYS
+    from profiler.sources.conntrack import COUNTERS as CONNTRACK_COUNTERS
+    from profiler.sources.listen import NETSTAT_COUNTERS
+
+    assert NETSTAT_ALWAYS == NETSTAT_COUNTERS
+    assert set(CONNTRACK_ALWAYS) <= set(CONNTRACK_COUNTERS)

@@ -172,7 +172,14 @@ def test_an_overflowing_pod_reports_its_counters_and_full_listener(tmp_path):
     assert by_port[8080] == Listener("0.0.0.0", 8080, accept_queue_peak=5, accept_queue_limit=4,
                                      requested_backlog=64, somaxconn=128, overflow_drops=0,
                                      samples_full=by_port[8080].samples_full,
-                                     accept_queue_depth_log2=by_port[8080].accept_queue_depth_log2)
+                                     accept_queue_depth_log2=by_port[8080].accept_queue_depth_log2,
+                                     accept_queue_fill_ratio=by_port[8080].accept_queue_fill_ratio,
+                                     accept_queue_fill_ratio_sum=by_port[8080].accept_queue_fill_ratio_sum)
+    # Every sample was 5 of a limit of 4: fill ratio 1.25, in the bucket le=1.25 (index 6).
+    samples = sum(by_port[8080].accept_queue_depth_log2)
+    assert samples >= 1
+    assert by_port[8080].accept_queue_fill_ratio == (0,) * 6 + (samples,) + (0,) * 3
+    assert by_port[8080].accept_queue_fill_ratio_sum == 1.25 * samples
     assert by_port[8080].samples_full >= 1
     # Every sample saw depth 5: bucket 3 holds depths [4, 8).
     depths = by_port[8080].accept_queue_depth_log2

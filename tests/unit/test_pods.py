@@ -54,6 +54,28 @@ def test_a_netns_named_later_gets_its_name(tmp_path):
     assert pods.label(late) == "late"
 
 
+class FixedNames:
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+
+    def lookup(self, inode: int) -> str | None:
+        return self.names.get(inode)
+
+    def known(self) -> dict[int, str]:
+        return dict(self.names)
+
+    def paths(self) -> dict:
+        return {}
+
+
+def test_a_reused_netns_inode_gets_the_new_pods_name():
+    named = FixedNames({10: "lab1-server"})
+    pods = PodDirectory([FixedNames({}), named])
+    assert pods.label(10) == "lab1-server"
+    named.names[10] = "lab2-sender"   # the old netns is gone and the kernel reused its inode
+    assert pods.label(10) == "lab2-sender"
+
+
 def test_known_lists_quiet_pods(tmp_path):
     root = make_tree(tmp_path)
     known = PodDirectory.default(root).known()

@@ -79,7 +79,7 @@ def counts(cpus: int = 2, **arrays: np.ndarray) -> SoftirqCounts:
     hist_shape = (*shape, LOG2_SLOTS)
     fields = {
         "count": np.zeros(shape, np.uint64), "time_ns": np.zeros(shape, np.uint64),
-        "exits_without_entry": np.zeros(shape, np.uint64),
+        "exits_without_entry": np.zeros(shape, np.uint64), "queue_delay_ns": np.zeros(shape, np.uint64),
         "run_time_log2": np.zeros(hist_shape, np.uint64), "queue_delay_log2": np.zeros(hist_shape, np.uint64),
     }
     fields.update(arrays)
@@ -92,6 +92,7 @@ def net_rx_on_cpu1(runs: int, run_ns: int, queue_ns: int) -> SoftirqCounts:
     c.time_ns[1, 3] = runs * run_ns
     c.run_time_log2[1, 3, log2_slots(np.array([run_ns]))[0]] = runs
     c.queue_delay_log2[1, 3, log2_slots(np.array([queue_ns]))[0]] = runs
+    c.queue_delay_ns[1, 3] = runs * queue_ns
     return c
 
 
@@ -102,13 +103,14 @@ def test_first_interval_reports_everything_since_attach():
     assert vector.count == 10 and vector.time_ns == 50_000
     assert sum(vector.latency_log2_ns) == 10 and len(vector.latency_log2_ns) == 13  # 5000 ns: bucket 12
     assert vector.queue_delay_log2_ns[8] == 10   # 300 ns: [256, 512)
+    assert vector.queue_delay_ns == 3000, "the kernel's sum of the delays, beside their histogram"
 
 
 def test_later_intervals_are_differences_and_quiet_vectors_are_left_out():
     before = net_rx_on_cpu1(runs=10, run_ns=5000, queue_ns=300)
     after = net_rx_on_cpu1(runs=25, run_ns=5000, queue_ns=300)
     deltas = softirq_deltas(before, after)
-    assert deltas == {1: {"NET_RX": SoftirqVector(15, 75_000, (0,) * 12 + (15,), (0,) * 8 + (15,))}}
+    assert deltas == {1: {"NET_RX": SoftirqVector(15, 75_000, (0,) * 12 + (15,), (0,) * 8 + (15,), 4500)}}
     assert softirq_deltas(after, after) == {}
 
 
@@ -163,6 +165,9 @@ def test_c_structs_match_the_numpy_dtypes(loader):
             t = bpf[table]
             assert ctypes.sizeof(t.Key) == key.itemsize, table
             assert ctypes.sizeof(t.sLeaf) == value.itemsize, table
+            if value.names != ("count",):   # a struct: the same fields at the same offsets
+                fields = [(name, getattr(t.sLeaf, name).offset) for name, _ in t.sLeaf._fields_]
+                assert fields == [(name, value.fields[name][1]) for name in value.names], table
         nr_vectors = max(loader.layout.softirq_vectors) + 1
         assert bpf[b"softirq_stats"].max_entries == nr_vectors
         assert bpf[b"softirq_run_time_log2"].max_entries == nr_vectors * LOG2_SLOTS
