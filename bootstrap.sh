@@ -28,6 +28,11 @@ esac
 # --system-site-packages.
 # ruby: only to syntax-check vagrant/Vagrantfile in the tests.
 os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
+# The test suite's Kubernetes tier (tests/k8s) runs a private containerd with its CRI plugin,
+# runc and the CNI plugins, and makes its pods' image from busybox-static (no registry).
+if [ "$action" = test ]; then
+  os_packages+=(containerd runc containernetworking-plugins busybox-static)
+fi
 missing=()
 for pkg in "${os_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
