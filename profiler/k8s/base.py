@@ -4,10 +4,11 @@ names read from the node, and a cache that rescans lazily and forgets with expir
 A resolver's `_scan()` lists what the node has now (`PodNetns`: netns inode, pod, a path to
 enter the netns). The cache answers `lookup` / `known` / `paths` (the `NetnsResolver`
 protocol of `profiler.pods`) from the last scan and rescans at most every `rescan_s`: on a
-lookup of an inode it does not know, or when asked for the full list. An inode never asked
-about before gets a rescan sooner (at most every `first_miss_rescan_s`): it is most likely a
-pod created since the last scan, and a pod is expected to be named in the first interval
-that shows its traffic, not after the capture has labelled it by its netns. A pod that vanished
+lookup of an inode it does not know, or when asked for the full list. An inode first asked
+about less than `rescan_s` ago gets rescans sooner (at most every `first_miss_rescan_s`): it
+is most likely a pod being created — its netns can carry packets (CNI setup) before the
+runtime has written the sandbox's record — and a pod is expected to be named in the first
+interval that shows its traffic, not after the capture has labelled it by its netns. A pod that vanished
 keeps answering lookups for `forget_after_s` (an event read from a BPF map can name a netns
 that died a moment ago), then is forgotten: netns inode numbers are reused by the kernel.
 `PodDirectory` itself remembers every label it handed out for the rest of the capture.
@@ -121,7 +122,7 @@ class CachedScanResolver:
                  clock: Callable[[], float] = time.monotonic, first_miss_rescan_s: float = 0.25):
         self._rescan_s = rescan_s
         self._first_miss_rescan_s = min(first_miss_rescan_s, rescan_s)
-        self._missed: set[int] = set()  # inodes looked up and not found
+        self._missed: dict[int, float] = {}  # inode looked up and not found → when, first
         self._forget_after_s = forget_after_s
         self._clock = clock
         self._live: dict[int, PodNetns] = {}
@@ -144,8 +145,8 @@ class CachedScanResolver:
             self._gone = {inode: (entry, since) for inode, (entry, since) in self._gone.items()
                           if inode not in found and now - since < self._forget_after_s}
 
-    def _refresh_if_stale(self, first_miss: bool = False) -> None:
-        limit = self._first_miss_rescan_s if first_miss else self._rescan_s
+    def _refresh_if_stale(self, young_miss: bool = False) -> None:
+        limit = self._first_miss_rescan_s if young_miss else self._rescan_s
         if self._clock() - self._scanned_at >= limit:
             self.refresh()
 
@@ -156,12 +157,14 @@ class CachedScanResolver:
                 del self._gone[inode]
                 gone = None
             if inode not in self._live and gone is None:
-                self._refresh_if_stale(first_miss=inode not in self._missed)
+                first_missed = self._missed.get(inode)
+                self._refresh_if_stale(
+                    young_miss=first_missed is None or self._clock() - first_missed < self._rescan_s)
             entry = self._live.get(inode)
-            if entry is None and inode not in self._gone:
+            if entry is None and inode not in self._gone and inode not in self._missed:
                 if len(self._missed) >= MAX_MISSES:
                     self._missed.clear()
-                self._missed.add(inode)
+                self._missed[inode] = self._clock()
             if entry is None and inode in self._gone:
                 entry = self._gone[inode][0]
             return entry

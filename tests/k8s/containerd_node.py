@@ -64,8 +64,10 @@ def config_toml(release: ContainerdRelease, node: Path, sandbox_image: str) -> s
     """containerd's configuration: version 2 for 1.x, version 3 for 2.x (the CRI plugin split
     into images and runtime plugins, and the sandbox image moved to `pinned_images`)."""
     root, state = node / "var/lib/containerd", node / "run/containerd"
+    # NRI would listen on the machine-wide /var/run/nri/nri.sock (on by default in 2.x).
     common = f'''root = "{root}"
 state = "{state}"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 [grpc]
   address = "{state}/containerd.sock"
 [ttrpc]
@@ -77,7 +79,9 @@ state = "{state}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{node}/opt/containerd"
 '''
-    cni = f'''bin_dir = "{CNI_BIN_DIR}"
+    # 2.x reads a list of plugin dirs (bin_dir is deprecated there).
+    bin_dirs = f'bin_dirs = ["{CNI_BIN_DIR}"]' if release.major >= 2 else f'bin_dir = "{CNI_BIN_DIR}"'
+    cni = f'''{bin_dirs}
     conf_dir = "{node}/etc/cni/net.d"
     max_conf_num = 1'''
     runc = '''runtime_type = "io.containerd.runc.v2"

@@ -124,23 +124,26 @@ def test_rescans_are_lazy_and_rate_limited():
     assert resolver.scans == 2
 
 
-def test_a_never_seen_inode_rescans_sooner_so_new_pods_are_named_at_once():
-    """A pod created just after a scan is named on its first lookup (the next interval), not
-    `rescan_s` later; an inode already asked about waits for `rescan_s` like before."""
+def test_a_new_inode_rescans_sooner_so_new_pods_are_named_at_once():
+    """A pod created just after a scan is named on its next lookup (the next interval), not
+    `rescan_s` later, even when its netns showed up before the runtime's record of it (CNI
+    setup runs first); an inode unknown for longer than `rescan_s` waits like before."""
     now = [100.0]
     resolver = CountingResolver([entry(1, "a")], rescan_s=2.0, clock=lambda: now[0])
     assert resolver.lookup(1) == "ns/a" and resolver.scans == 1
     now[0] += 0.5
-    resolver.entries.append(entry(2, "new"))
-    assert resolver.lookup(2) == "ns/new" and resolver.scans == 2
-    now[0] += 0.5
-    assert resolver.lookup(3) is None and resolver.scans == 3    # never seen: rescanned
+    assert resolver.lookup(2) is None and resolver.scans == 2     # its netns, no record yet
     now[0] += 0.1
-    assert resolver.lookup(4) is None and resolver.scans == 3    # within the first-miss floor
+    assert resolver.lookup(2) is None and resolver.scans == 2     # within the fast floor
+    now[0] += 0.4
+    resolver.entries.append(entry(2, "new"))
+    assert resolver.lookup(2) == "ns/new" and resolver.scans == 3  # 1 s later: named
     now[0] += 0.5
-    assert resolver.lookup(3) is None and resolver.scans == 3    # asked before: rate-limited
-    now[0] += 1.5
-    assert resolver.lookup(3) is None and resolver.scans == 4    # rescan_s since the last scan
+    assert resolver.lookup(3) is None and resolver.scans == 4
+    now[0] += 2.5                                                 # 3 unknown for 2.5 s
+    assert resolver.lookup(3) is None and resolver.scans == 5     # rescan_s since the last
+    now[0] += 0.5
+    assert resolver.lookup(3) is None and resolver.scans == 5     # old miss: rate-limited
 
 
 def test_vanished_pods_expire_so_reused_inodes_get_new_names():
