@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where `e` writes its netprof-<host>-<time>/ directories (default: the current directory)")
     tui.set_defaults(func=_cmd_tui)
 
+    pods = sub.add_parser(
+        "pods",
+        help="list this node's network namespaces and the pod netprof names each after",
+        description="Every network namespace netprof can see, the name a capture would give it and where "
+                    "that name comes from: the container runtime's record (containerd, cri-o), a kubepods "
+                    "cgroup (cgroup+pod-logs, cgroup+kubelet-pods, cgroup), the node itself (host), a "
+                    "/run/netns name, or none (netns:<inode>). Nothing is captured; no BPF is loaded. "
+                    "NETPROF_NODE_ROOT=/host reads the runtime's state under /host (kubectl debug node/...).",
+    )
+    pods.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pods.set_defaults(func=_cmd_pods)
+
     from .lab.commands import add_lab_parser
 
     add_lab_parser(sub)
@@ -233,6 +245,19 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
     return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
                    out_dir=args.out, only=only, console=Console())
+
+
+def _cmd_pods(args: argparse.Namespace) -> int:
+    from .k8s.listing import netns_rows, render_rows
+    from .pods import PodDirectory
+
+    rows = netns_rows(PodDirectory.default())
+    if args.json:
+        json.dump([row.to_json() for row in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_rows(rows))
+    return 0
 
 
 def _cmd_tui(args: argparse.Namespace) -> int:

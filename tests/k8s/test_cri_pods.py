@@ -9,10 +9,13 @@ count in each), `doomed` is deleted after the first interval and `netprof-a/late
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,7 +47,7 @@ class CriRun:
     snapshots: list[Snapshot]
     late_created_at: float          # monotonic, once RunPodSandbox + StartContainer returned
     doomed_known_after_delete: bool
-    errors: list[BaseException] = field(default_factory=list)
+    listing: list[dict]             # `netprof pods --json` while the first pods ran
 
     def pod_json(self, key: str) -> dict:
         inode = self.pods[key].netns_inode
@@ -88,6 +91,8 @@ def cri_run(request, tmp_path_factory) -> CriRun:
             "doomed": node.run_pod("netprof-a", "doomed", str(uuid.uuid4())),
             "hostnet": node.run_pod("netprof-a", "hostnet", str(uuid.uuid4()), host_network=True),
         }
+        listing = subprocess.run([str(Path(sys.executable).with_name("netprof")), "pods", "--json"],
+                                 capture_output=True, text=True, timeout=60, check=True)
         snapshots: list[Snapshot] = []
         first_interval = threading.Event()
         shared: dict = {}
@@ -115,7 +120,8 @@ def cri_run(request, tmp_path_factory) -> CriRun:
         if errors:
             raise errors[0]
         doomed_known = pods["doomed"].netns_inode in ContainerdResolver(Path("/"), node_root).known()
-        return CriRun(release.name, capture, dict(pods), snapshots, shared["late_created_at"], doomed_known)
+        return CriRun(release.name, capture, dict(pods), snapshots, shared["late_created_at"], doomed_known,
+                      json.loads(listing.stdout))
 
 
 def _expected_identity(pod: CriPod) -> dict:
@@ -172,3 +178,13 @@ def test_a_host_network_pod_never_becomes_host(cri_run):
     assert "kubernetes" not in entry, entry["kubernetes"]
     assert not any(p["pod"] == hostnet.label for p in cri_run.capture.to_json()["pods"])
     assert hostnet.label not in cri_run.capture.known_pods.values()
+
+
+def test_netprof_pods_lists_each_pods_netns_and_the_source_of_its_name(cri_run):
+    by_netns = {row["netns"]: row for row in cri_run.listing}
+    for key in ("a-web", "b-web", "doomed"):
+        pod = cri_run.pods[key]
+        row = by_netns[pod.netns_inode]
+        assert (row["pod"], row["source"], row["uid"], row["containers"]) == (pod.label, "containerd", pod.uid, ["app"])
+    host = by_netns[cri_run.pods["hostnet"].netns_inode]
+    assert (host["pod"], host["source"], host["uid"]) == ("host", "host", "")
