@@ -299,6 +299,26 @@ class PrivateContainerd:
         return {d.name.split("_")[-1] for d in self.log_root.iterdir()} if self.log_root.is_dir() else set()
 
 
+def leftovers(node: Path, uids: set[str], netns_paths: set[str]) -> list[str]:
+    """What a PrivateContainerd left behind on the machine after its `with` block: nothing,
+    unless its teardown is broken."""
+    found = []
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        found.append(f"bridge {BRIDGE}")
+    found += [f"netns {path}" for path in sorted(netns_paths) if path and Path(path).exists()]
+    found += [f"cgroup {d}" for uid in sorted(uids) for d in cgroup_dirs(f"kubepods/besteffort/pod{uid}") if d.exists()]
+    found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if line.split()[4].startswith(f"{node}/")]
+    marker = str(node).encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdecimal() and marker in (entry / "cmdline").read_bytes():
+                found.append(f"process {entry.name}")
+        except OSError:
+            continue
+    return found
+
+
 def _remove_cgroup_tree(directory: Path) -> None:
     if not directory.is_dir():
         return

@@ -48,6 +48,7 @@ class CriRun:
     late_created_at: float          # monotonic, once RunPodSandbox + StartContainer returned
     doomed_known_after_delete: bool
     listing: list[dict]             # `netprof pods --json` while the first pods ran
+    left_behind: list[str]          # what the private containerd left on the machine
 
     def pod_json(self, key: str) -> dict:
         inode = self.pods[key].netns_inode
@@ -71,7 +72,7 @@ def _workload(node, pods: dict[str, CriPod], first_interval: threading.Event, ru
 @pytest.fixture(scope="module", params=RELEASES or [None], ids=lambda r: f"containerd-{r.version}" if r else "none")
 def cri_run(request, tmp_path_factory) -> CriRun:
     from tests.conftest import missing_for_bpf, skip_or_fail
-    from tests.k8s.containerd_node import PrivateContainerd
+    from tests.k8s.containerd_node import PrivateContainerd, leftovers
     from tests.k8s.oci_image import image_archive, is_static, BUSYBOX
 
     reason = missing_for_bpf() or missing_for_cri() or (None if request.param else "no containerd found")
@@ -120,8 +121,9 @@ def cri_run(request, tmp_path_factory) -> CriRun:
         if errors:
             raise errors[0]
         doomed_known = pods["doomed"].netns_inode in ContainerdResolver(Path("/"), node_root).known()
-        return CriRun(release.name, capture, dict(pods), snapshots, shared["late_created_at"], doomed_known,
-                      json.loads(listing.stdout))
+    left = leftovers(node_root, {pod.uid for pod in pods.values()}, {pod.netns_path for pod in pods.values()})
+    return CriRun(release.name, capture, dict(pods), snapshots, shared["late_created_at"], doomed_known,
+                      json.loads(listing.stdout), left)
 
 
 def _expected_identity(pod: CriPod) -> dict:
@@ -188,3 +190,8 @@ def test_netprof_pods_lists_each_pods_netns_and_the_source_of_its_name(cri_run):
         assert (row["pod"], row["source"], row["uid"], row["containers"]) == (pod.label, "containerd", pod.uid, ["app"])
     host = by_netns[cri_run.pods["hostnet"].netns_inode]
     assert (host["pod"], host["source"], host["uid"]) == ("host", "host", "")
+
+
+def test_the_private_containerd_leaves_nothing_behind(cri_run):
+    """Pods, shims, netns, the bridge, pod cgroups and mounts are gone once it stops."""
+    assert cri_run.left_behind == []
