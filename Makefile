@@ -6,6 +6,7 @@
 #   make image        the DaemonSet image from deploy/Dockerfile with podman, no registry
 #                     (deploy/build-image.sh: a debootstrap base; NETPROF_IMAGE=… to retag)
 #   make image-test   build it, then run it in the DaemonSet's shape next to a CRI pod
+#                     (also part of ./bootstrap.sh test; NETPROF_IMAGE_TEST=0 leaves it out)
 
 PYTHON ?= .venv/bin/python
 BENCH_ARGS ?=
@@ -23,4 +24,4 @@ image:
 	deploy/build-image.sh
 
 image-test:
-	NETPROF_IMAGE_TEST=1 NETPROF_REQUIRE_BPF=1 $(PYTHON) -m pytest -q tests/k8s/test_image.py
+	NETPROF_REQUIRE_BPF=1 $(PYTHON) -m pytest -q tests/k8s/test_image.py

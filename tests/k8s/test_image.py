@@ -6,8 +6,8 @@ no-new-privileges, the default seccomp profile, the manifest's hostPath mounts; 
 /metrics. The container reads the runtime's state where a DaemonSet pod does
 (/run/containerd, mounted from the private containerd's state dir), with no NETPROF_NODE_ROOT.
 
-Building is slow (debootstrap about a minute, then apt and pip in the build): this test runs
-only with NETPROF_IMAGE_TEST=1 (`make image-test`), and says so when skipped.
+Measured here: 75 s from nothing (debootstrap, apt and pip in the build, the run), 20 s
+with the image built. NETPROF_IMAGE_TEST=0 leaves it out (said in the skip reason).
 """
 from __future__ import annotations
 
@@ -68,9 +68,8 @@ def image() -> str:
     from tests.conftest import missing_for_bpf, skip_or_fail
     from tests.k8s.releases import missing_for_cri
 
-    if os.environ.get("NETPROF_IMAGE_TEST") != "1":
-        pytest.skip("building the image takes minutes (debootstrap, apt, pip): run with "
-                    "NETPROF_IMAGE_TEST=1, or `make image-test`")
+    if os.environ.get("NETPROF_IMAGE_TEST") == "0":
+        pytest.skip("NETPROF_IMAGE_TEST=0: the image is not built or run")
     reason = missing_for_bpf() or missing_for_cri()
     if reason:
         skip_or_fail(reason)
@@ -99,11 +98,11 @@ def test_the_image_in_the_daemonsets_shape_names_a_cri_pod_on_metrics(image, tmp
         assert "--privileged" not in shape.options
         # The manifest's args, on a free loopback port (other tests may hold 9464).
         args = [a if not a.endswith(":9464") else f"127.0.0.1:{port}" for a in shape.args]
-        started = subprocess.run([*PODMAN, "run", "-d", "--name", name, *shape.options,
-                                  *machine_ulimits(), image, *args],
-                                 capture_output=True, text=True)
-        assert started.returncode == 0, started.stderr
-        try:
+        try:  # a container podman created but could not start is removed too
+            started = subprocess.run([*PODMAN, "run", "-d", "--name", name, *shape.options,
+                                      *machine_ulimits(), image, *args],
+                                     capture_output=True, text=True)
+            assert started.returncode == 0, started.stderr
             metrics, drops = "", None
             deadline = time.monotonic() + SERVE_READY_S
             while time.monotonic() < deadline and drops is None:
