@@ -155,6 +155,15 @@ class Capture:
     findings: list[Finding] = field(default_factory=list)  # ranked, from profiler.analysis
     cost: Cost | None = None  # what netprof cost the node over these snapshots (profiler.cost)
 
+    def __post_init__(self) -> None:
+        # The labels the pod directory gave when the capture was assembled are its best (a
+        # netns first seen before its runtime record was read is named better by then): they
+        # beat the label an interval carried. Netns it did not name keep their latest label.
+        self._directory_named = frozenset(self.known_pods)
+
+    def label_of(self, netns: int, seen: str) -> str:
+        return self.known_pods[netns] if netns in self._directory_named else seen
+
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
         for pod in snapshot.pods:
@@ -171,6 +180,7 @@ class Capture:
         for snapshot in self.snapshots:
             for pod in snapshot.pods:
                 totals[pod.netns] = merge_pods(totals[pod.netns], pod) if pod.netns in totals else pod
+        totals = {n: replace(pod, pod=self.label_of(n, pod.pod)) for n, pod in totals.items()}
         return sorted(totals.values(), key=lambda p: (-_pod_activity(p), -p.retransmits, p.pod))
 
     def cpu_totals(self) -> list[CpuInterval]:
@@ -191,7 +201,8 @@ class Capture:
                 segments[row.flow] += row.segments
                 states[row.flow][row.state] += row.retransmits
                 pods[row.flow] = row.pod
-        flows = [FlowTotals(pods[k], k, n, segments[k], dict(states[k])) for k, n in counts.items()]
+        flows = [FlowTotals(self.label_of(k.netns, pods[k]), k, n, segments[k], dict(states[k]))
+                 for k, n in counts.items()]
         return sorted(flows, key=lambda f: (-f.retransmits, f.pod, f.flow.sport))
 
     def drop_site_totals(self) -> list[DropSite]:
@@ -226,7 +237,7 @@ class Capture:
                 labels[stack.netns] = stack.pod
             for pod in snapshot.pods:
                 labels[pod.netns] = pod.pod
-        stacks = [StackSample(labels[netns], netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
+        stacks = [StackSample(self.label_of(netns, labels[netns]), netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
         return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
 
     def lost(self) -> dict[str, int]:

@@ -28,7 +28,9 @@ examples:
   netprof fix                              a short capture, then the fixes for what it found (dry run)
   netprof fix --from capture.json --apply  apply the node-scope fixes of a saved capture
   netprof fix --rollback                   undo the last --apply
+  netprof fix --apply --verify             apply, capture again, keep only the fixes that helped
   netprof diff before.json after.json      what changed between two captures, beyond noise
+  netprof pods                             each network namespace and the pod it is named after
   netprof lab up                           bring up fake pods to try things on
   netprof lab run retransmits              a lossy pod among healthy ones
 """
@@ -208,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_capture_limit(diff)
     diff.set_defaults(func=_cmd_diff)
 
+    pods = sub.add_parser(
+        "pods",
+        help="list this node's network namespaces and the pod netprof names each after",
+        description="Every network namespace netprof can see, the name a capture would give it and where "
+                    "that name comes from: the container runtime's record (containerd, cri-o), a kubepods "
+                    "cgroup (cgroup+pod-logs, cgroup+kubelet-pods, cgroup), the node itself (host), a "
+                    "/run/netns name, or none (netns:<inode>). Nothing is captured; no BPF is loaded. "
+                    "NETPROF_NODE_ROOT=/host reads the runtime's state under /host (kubectl debug node/...).",
+    )
+    pods.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pods.set_defaults(func=_cmd_pods)
+
     from .lab.commands import add_lab_parser
 
     add_lab_parser(sub)
@@ -351,6 +365,19 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         return 1
     if args.fail_on == "change" and result.changed:
         return 1
+    return 0
+
+
+def _cmd_pods(args: argparse.Namespace) -> int:
+    from .k8s.listing import netns_rows, render_rows
+    from .pods import PodDirectory
+
+    rows = netns_rows(PodDirectory.default())
+    if args.json:
+        json.dump([row.to_json() for row in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_rows(rows))
     return 0
 
 

@@ -125,10 +125,14 @@ class LiveSession:
                         self._window_start_reading = self._readings.popleft()[0]
         return snapshot
 
-    def _remember_identities(self, inodes: Iterable[int]) -> None:
+    def _remember_identities(self, inodes: Iterable[int], refresh: bool = False) -> None:
         # sample() and capture() may run on different threads (serve, the TUI's export).
+        # A pod read between its sandbox and its first container has no containers yet:
+        # that identity is asked again (and every known one when a capture is assembled),
+        # so the first reading does not stick for the rest of the capture.
         for inode in inodes:
-            if inode not in self._identities:
+            remembered = self._identities.get(inode)
+            if refresh or remembered is None or not remembered.containers:
                 identity = self.pods.identity(inode)
                 if identity is not None:
                     with self._lock:
@@ -165,7 +169,7 @@ class LiveSession:
             first = next((i for i, s in enumerate(snapshots) if end - s.started_s <= last_s), len(snapshots))
             snapshots = snapshots[first:]
         known = self.pods.known()
-        self._remember_identities(known)
+        self._remember_identities(known, refresh=True)
         capture = Capture(kernel=self.info, probes=list(self.statuses), started_at=self.started_at,
                           known_pods=known, pod_identities=self._known_identities())
         for snapshot in snapshots:

@@ -4,7 +4,11 @@ names read from the node, and a cache that rescans lazily and forgets with expir
 A resolver's `_scan()` lists what the node has now (`PodNetns`: netns inode, pod, a path to
 enter the netns). The cache answers `lookup` / `known` / `paths` (the `NetnsResolver`
 protocol of `profiler.pods`) from the last scan and rescans at most every `rescan_s`: on a
-lookup of an inode it has never seen, or when asked for the full list. A pod that vanished
+lookup of an inode it does not know, or when asked for the full list. An inode first asked
+about less than `rescan_s` ago gets rescans sooner (at most every `first_miss_rescan_s`): it
+is most likely a pod being created — its netns can carry packets (CNI setup) before the
+runtime has written the sandbox's record — and a pod is expected to be named in the first
+interval that shows its traffic, not after the capture has labelled it by its netns. A pod that vanished
 keeps answering lookups for `forget_after_s` (an event read from a BPF map can name a netns
 that died a moment ago), then is forgotten: netns inode numbers are reused by the kernel.
 `PodDirectory` itself remembers every label it handed out for the rest of the capture.
@@ -35,6 +39,9 @@ MAX_SUBDOMAIN_LEN = 253
 # its manifest.
 POD_UID = re.compile(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$")
 MAX_CONTAINERS = 64  # more than any pod spec a person writes; a bound on hostile directories
+# Inodes remembered as "asked about and not found"; past this the memory starts over (each
+# forgotten one may then cost one more early rescan, nothing else).
+MAX_MISSES = 4096
 
 
 def valid_namespace(text: object) -> str | None:
@@ -112,8 +119,10 @@ class CachedScanResolver:
     source = ""
 
     def __init__(self, rescan_s: float = 2.0, forget_after_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first_miss_rescan_s: float = 0.25):
         self._rescan_s = rescan_s
+        self._first_miss_rescan_s = min(first_miss_rescan_s, rescan_s)
+        self._missed: dict[int, float] = {}  # inode looked up and not found → when, first
         self._forget_after_s = forget_after_s
         self._clock = clock
         self._live: dict[int, PodNetns] = {}
@@ -136,8 +145,9 @@ class CachedScanResolver:
             self._gone = {inode: (entry, since) for inode, (entry, since) in self._gone.items()
                           if inode not in found and now - since < self._forget_after_s}
 
-    def _refresh_if_stale(self) -> None:
-        if self._clock() - self._scanned_at >= self._rescan_s:
+    def _refresh_if_stale(self, young_miss: bool = False) -> None:
+        limit = self._first_miss_rescan_s if young_miss else self._rescan_s
+        if self._clock() - self._scanned_at >= limit:
             self.refresh()
 
     def _entry(self, inode: int) -> PodNetns | None:
@@ -147,8 +157,14 @@ class CachedScanResolver:
                 del self._gone[inode]
                 gone = None
             if inode not in self._live and gone is None:
-                self._refresh_if_stale()
+                first_missed = self._missed.get(inode)
+                self._refresh_if_stale(
+                    young_miss=first_missed is None or self._clock() - first_missed < self._rescan_s)
             entry = self._live.get(inode)
+            if entry is None and inode not in self._gone and inode not in self._missed:
+                if len(self._missed) >= MAX_MISSES:
+                    self._missed.clear()
+                self._missed[inode] = self._clock()
             if entry is None and inode in self._gone:
                 entry = self._gone[inode][0]
             return entry

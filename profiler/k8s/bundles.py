@@ -9,6 +9,9 @@ container, an OCI runtime spec whose annotations say which pod it belongs to, an
   a fresh one (then the sandbox's pid file leads to `/proc/<pid>/ns/net`), or no network
   entry at all for a hostNetwork pod (which shares the node's netns: that one is `host`);
 - an app container: `/proc/<sandbox pid>/ns/net` (containerd) or the sandbox's path (CRI-O).
+  containerd writes that path for a hostNetwork pod's containers too, where the pause
+  process lives in the node's netns: so a container never speaks for a hostNetwork sandbox,
+  and nothing here ever names the node's own netns (it is `host`, no one pod's).
 
 The runtime modules turn annotations into `Bundle`s; `pods_from_bundles` joins them. Only the
 validated names, UID and the netns inode are kept. A spec is parsed once per file version
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..pods import netns_inode
+from ..pods import HostResolver, netns_inode
 from .base import MAX_CONTAINERS, PodIdentity, PodNetns
 from .files import decode_json, proc_netns_inode, read_pid_file, read_regular_capped, resolve_in_root
 
@@ -137,22 +140,27 @@ def locate_netns(network_path: str | None, pid_file: str | None, root: Path,
 def pods_from_bundles(bundles: Iterable[Bundle], root: Path, node_root: Path,
                       source: str) -> list[PodNetns]:
     """Sandboxes give the pod and its netns; app containers add their names, and stand in
-    for a sandbox whose own record is missing or unreadable."""
+    for a sandbox whose own record is missing or unreadable (never for a hostNetwork one)."""
     bundles = list(bundles)
     containers: dict[str, list[str]] = {}
+    host_network_sandboxes: set[str] = set()
     for bundle in bundles:
         if not bundle.is_sandbox and bundle.container_name:
             names = containers.setdefault(bundle.sandbox_id, [])
             if bundle.container_name not in names and len(names) < MAX_CONTAINERS:
                 names.append(bundle.container_name)
+        if bundle.is_sandbox and bundle.network_path is None:
+            host_network_sandboxes.add(bundle.sandbox_id)
+    node_netns = set(HostResolver(root).known())
     found: list[PodNetns] = []
     located_sandboxes: set[str] = set()
     # Sandboxes first: a container stands in only for a sandbox that could not be located.
     for bundle in sorted(bundles, key=lambda b: not b.is_sandbox):
-        if not bundle.is_sandbox and bundle.sandbox_id in located_sandboxes:
+        if not bundle.is_sandbox and (bundle.sandbox_id in located_sandboxes
+                                      or bundle.sandbox_id in host_network_sandboxes):
             continue
         where = locate_netns(bundle.network_path, bundle.pid_file, root, node_root)
-        if where is None:
+        if where is None or where[0] in node_netns:
             continue
         if bundle.is_sandbox:
             located_sandboxes.add(bundle.sandbox_id)

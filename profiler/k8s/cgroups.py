@@ -77,8 +77,9 @@ class CgroupResolver(CachedScanResolver):
     source = "cgroup"
 
     def __init__(self, root: Path = Path("/"), kubelet: KubeletPods | None = None,
-                 rescan_s: float = 5.0, **cache):
-        super().__init__(rescan_s=rescan_s, **cache)
+                 rescan_s: float = 5.0, first_miss_rescan_s: float = 1.0, **cache):
+        # A scan here reads every process's cgroup file: new inodes rescan less eagerly.
+        super().__init__(rescan_s=rescan_s, first_miss_rescan_s=first_miss_rescan_s, **cache)
         self._root = root
         self._kubelet = kubelet if kubelet is not None else KubeletPods(root)
         self._host_netns = set(HostResolver(root).known())

@@ -95,3 +95,43 @@ def test_empty_capture_report():
     assert "not attached: tcp_retransmits (tracepoint:tcp:tcp_retransmit_skb): boom" in text
     assert "(no pods seen)" in text and "probes attached (0/1): none" in text
     assert "Top flows" not in text  # sections without data are left out
+
+
+def test_the_directorys_label_at_assembly_beats_the_one_an_interval_carried():
+    """A pod created mid-capture whose only traffic came in the interval before its runtime
+    record was read is labelled by its CNI netns name there; the directory named it by the
+    time the capture was assembled, and every total must carry that name (seen with a real
+    containerd: tests/k8s). A netns the directory never named keeps its interval label."""
+    flow = FlowKey(netns=21, family=2, saddr="198.18.77.5", sport=40000, daddr="198.18.77.1", dport=53)
+    cap = Capture(KERNEL, [ProbeStatus("tcp_retransmits", True, "tracepoint:tcp:tcp_retransmit_skb")],
+                  known_pods={21: "netprof-a/late"})
+    cap.add(Snapshot(0.0, 1.0, (PodInterval("cni-500164be", 21, 3, 3), PodInterval("netns:22", 22, 1, 1)),
+                     (FlowRetransmits("cni-500164be", flow, "ESTABLISHED", 3, 3),)))
+    doc = cap.to_json()
+    assert {p["netns"]: p["pod"] for p in doc["pods"]} == {21: "netprof-a/late", 22: "netns:22"}
+    assert [f["pod"] for f in doc["flows"]] == ["netprof-a/late"]
+
+
+def test_a_pod_first_read_before_its_containers_gets_them_later(tmp_path):
+    """Read between RunPodSandbox and CreateContainer, a pod has no containers; the session
+    must not keep that first reading for the whole capture (seen with a real containerd)."""
+    from profiler.k8s.base import PodIdentity
+    from profiler.live import LiveSession
+
+    class Directory:
+        def __init__(self):
+            self.now = PodIdentity("netprof-a", "late", "", (), "containerd")
+
+        def identity(self, inode):
+            return self.now if inode == 21 else None
+
+    session = LiveSession(root=tmp_path, measure_cost=False)
+    session.pods = Directory()
+    session._remember_identities([21])
+    session.pods.now = PodIdentity("netprof-a", "late", "", ("app",), "containerd")
+    session._remember_identities([21])
+    assert session._known_identities()[21].containers == ("app",)
+    # Once complete, a vanished pod keeps what was read of it.
+    session.pods.now = None
+    session._remember_identities([21], refresh=True)
+    assert session._known_identities()[21].containers == ("app",)

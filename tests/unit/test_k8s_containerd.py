@@ -99,6 +99,34 @@ def test_nothing_left_to_locate_is_unknown(tmp_path):
     assert COREDNS in ContainerdResolver(root).known().values()
 
 
+def host_network_container(root):
+    """kube-proxy's app container as containerd really records it for a hostNetwork pod: the
+    sandbox spec has no network entry, yet the container's points at the pause process,
+    /proc/<pause pid>/ns/net, which is the node's own netns (seen on containerd 1.6.20,
+    1.7.24 and 2.1.9; the fixture records it so)."""
+    task = task_of(root, "kube-proxy-h7x2z", "container")
+    spec = json.loads((task / "config.json").read_text())
+    assert {"type": "network", "path": "/proc/1501/ns/net"} in spec["linux"]["namespaces"]
+    return task
+
+
+def test_a_host_network_pods_container_does_not_claim_the_nodes_netns(tmp_path):
+    root = copy_tree("containerd-1.7", tmp_path)
+    host_network_container(root)
+    resolver = ContainerdResolver(root)
+    assert HOST_NETNS not in resolver.known()
+    assert resolver.identity(HOST_NETNS) is None
+    assert WEB in resolver.known().values() and COREDNS in resolver.known().values()
+
+
+def test_a_container_pointing_into_the_nodes_netns_never_names_it(tmp_path):
+    # Even with the sandbox's own record gone, the node's netns is `host`, no one pod's.
+    root = copy_tree("containerd-1.7", tmp_path)
+    host_network_container(root)
+    shutil.rmtree(task_of(root, "kube-proxy-h7x2z"))
+    assert ContainerdResolver(root).identity(HOST_NETNS) is None
+
+
 def test_no_state_dir_is_no_pods(tmp_path):
     assert ContainerdResolver(tmp_path).known() == {}
 

@@ -29,6 +29,16 @@ def test_default_directory_names_pods_on_a_containerd_node(tmp_path):
     assert pods.identity(HOST_NETNS) is None
 
 
+def test_the_host_entry_has_no_kubernetes_identity_with_a_host_network_pod(tmp_path):
+    """kube-proxy is hostNetwork (as netprof's own DaemonSet pod is); containerd records its
+    app container's netns as /proc/<pause pid>/ns/net, the node's: `host` stays `host`."""
+    root = consistent_copy("containerd-1.7", tmp_path)  # kube-proxy's container: /proc/1501/ns/net
+    pods = PodDirectory.default(root)
+    assert pods.label(HOST_NETNS) == HOST_LABEL
+    assert pods.identity(HOST_NETNS) is None
+    assert pods.known()[HOST_NETNS] == HOST_LABEL
+
+
 def test_cgroups_name_pods_where_runtime_state_is_unreadable(tmp_path):
     root = consistent_copy("containerd-1.7", tmp_path)
     shutil.rmtree(root / "run/containerd")
@@ -104,6 +114,28 @@ def test_rescans_are_lazy_and_rate_limited():
     resolver.known()
     resolver.paths()
     assert resolver.scans == 2
+
+
+def test_a_new_inode_rescans_sooner_so_new_pods_are_named_at_once():
+    """A pod created just after a scan is named on its next lookup (the next interval), not
+    `rescan_s` later, even when its netns showed up before the runtime's record of it (CNI
+    setup runs first); an inode unknown for longer than `rescan_s` waits like before."""
+    now = [100.0]
+    resolver = CountingResolver([entry(1, "a")], rescan_s=2.0, clock=lambda: now[0])
+    assert resolver.lookup(1) == "ns/a" and resolver.scans == 1
+    now[0] += 0.5
+    assert resolver.lookup(2) is None and resolver.scans == 2     # its netns, no record yet
+    now[0] += 0.1
+    assert resolver.lookup(2) is None and resolver.scans == 2     # within the fast floor
+    now[0] += 0.4
+    resolver.entries.append(entry(2, "new"))
+    assert resolver.lookup(2) == "ns/new" and resolver.scans == 3  # 1 s later: named
+    now[0] += 0.5
+    assert resolver.lookup(3) is None and resolver.scans == 4
+    now[0] += 2.5                                                 # 3 unknown for 2.5 s
+    assert resolver.lookup(3) is None and resolver.scans == 5     # rescan_s since the last
+    now[0] += 0.5
+    assert resolver.lookup(3) is None and resolver.scans == 5     # old miss: rate-limited
 
 
 def test_vanished_pods_expire_so_reused_inodes_get_new_names():
