@@ -90,6 +90,25 @@ class FlowTotals:
         }
 
 
+NETWORK_SOFTIRQS = ("NET_RX", "NET_TX")
+
+
+def events_counted(doc: Mapping) -> int:
+    """Tracepoint hits the probes counted: softirq runs of the network vectors, NAPI polls,
+    skb drops, retransmits and receive-queue-full events (not the counters read from /proc)."""
+    total = 0
+    for cpu in doc.get("cpus") or ():
+        softirq = cpu.get("softirq") or {}
+        total += sum((softirq.get(v) or {}).get("count", 0) for v in NETWORK_SOFTIRQS)
+        total += sum(d.get("polls", 0) for d in cpu.get("napi") or ())
+        total += sum((cpu.get("drops") or {}).values())
+    for pod in doc.get("pods") or ():
+        total += pod.get("retransmits", 0) + pod.get("rcvqueue_full", 0)
+    total += sum((doc.get("ignored_events") or {}).values())
+    return total
+
+
+
 def flow_drops_json(row: FlowDrops) -> dict:
     return {
         "pod": row.pod, "netns": row.flow.netns, "family": "ipv6" if row.flow.family == 10 else "ipv4",

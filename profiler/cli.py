@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long to capture (default 10)")
     profile.add_argument("--interval", "-i", type=_interval, default=1.0, metavar="SECONDS",
                          help="how often the kernel counters are read (default 1)")
-    profile.add_argument("--json", action="store_true",
-                         help="print one JSON document (schema netprof.profile/v1) instead of the report")
+    profile.add_argument("--format", "-f", choices=("report", "json", "tsv"), default=None,
+                         help="report (default: tables for people; no wrapping when piped), json (one "
+                              "netprof.profile/v1 document, the complete contract) or tsv (the report's "
+                              "tables, tab-separated, for scripts)")
+    profile.add_argument("--json", action="store_true", help="the same as --format json")
     profile.add_argument("--output", "-o", type=Path, metavar="DIR",
                          help="also write capture.json, stacks.folded, speedscope.json, flamegraph.svg, histograms.json, "
                               "histograms.csv and metrics.prom into DIR (each atomically)")
@@ -112,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "See docs/exports.md for each format and how to view it.",
     )
     export.add_argument("capture", type=Path, metavar="CAPTURE.json")
-    export.add_argument("--format", "-f", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--format", "-f", required=True, choices=EXPORT_FORMATS,
+                        help="folded (flamegraph.pl/inferno input), speedscope (speedscope.app), "
+                             "flamegraph-svg (an interactive SVG, any browser), histograms-json, "
+                             "histograms-csv, prometheus (text exposition); docs/exports.md has each")
     export.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
     _add_capture_limit(export)
     export.set_defaults(func=_cmd_export)
@@ -163,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --verify: how long to capture after the changes (default: as long as the "
                           "capture before them)")
     fix.add_argument("--only", metavar="KIND,…", help="only these finding kinds (e.g. listen-overflow)")
-    fix.add_argument("--out", type=Path, metavar="DIR",
-                     help="also write each fix's YAML / code / script snippet into DIR")
+    fix.add_argument("--output", "-o", "--out", dest="out", type=Path, metavar="DIR",
+                     help="also write each fix's YAML / code / script snippet into DIR (--out: the old name)")
     fix.add_argument("--journal-dir", type=Path, default=Path("/var/lib/netprof"), metavar="DIR",
                      help="where --apply journals old values for --rollback (default /var/lib/netprof)")
     _add_capture_limit(fix)
@@ -233,17 +239,30 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import ProfileOptions, run_profile
     from .report import print_report
 
+    from .progress import ProgressLine
+    from .report import render_tsv
+
+    if args.json and args.format not in (None, "json"):
+        raise NetprofError(f"--json and --format {args.format} ask for two outputs: pick one")
+    output_format = "json" if args.json else (args.format or "report")
     # Before the probes attach: an output error found at the end would cost the whole capture.
     check_stdout()
     if args.output is not None:
         check_output_dir(args.output)
-    capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval))
+    progress = ProgressLine(args.duration)
+    try:
+        capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval),
+                              on_snapshot=progress.snapshot, on_started=progress.started)
+    finally:
+        progress.close()
     document = capture.to_json()
     failures: list[str] = []
     try:
-        if args.json:
+        if output_format == "json":
             json.dump(document, sys.stdout, indent=2)
             sys.stdout.write("\n")
+        elif output_format == "tsv":
+            sys.stdout.write(render_tsv(document))
         else:
             print_report(document)
         sys.stdout.flush()
@@ -252,7 +271,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         failures.append(f"cannot write to stdout: {exc.strerror or exc}")
     if args.output is not None:
         try:
-            _write_exports(document, args.output, sys.stderr if args.json or failures else sys.stdout)
+            _write_exports(document, args.output,
+                           sys.stderr if output_format != "report" or failures else sys.stdout)
         except NetprofError as exc:
             failures.append(str(exc))
     if failures:
@@ -286,6 +306,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .capture_file import load_capture
     from .exports import atomic_write_text, render
 
+    if args.output is not None and not args.output.parent.is_dir():
+        # A typo in a folder name must not quietly make new folders as root.
+        raise NetprofError(f"cannot write {args.output}: no folder {args.output.parent} (create it first)")
     text = render(load_capture(args.capture, args.max_capture_mb), args.format)
     if args.output is None:
         sys.stdout.write(text)

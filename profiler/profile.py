@@ -46,13 +46,17 @@ def run_profile(
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     root: Path = Path("/"),
     sources: list[Source] | None = None,
+    on_started: Callable[[int, int], None] | None = None,
 ) -> Capture:
+    """on_started(attached, total): the probes are in place and sampling begins."""
     session = LiveSession(root=root, sources=sources)
     with _sigterm_as_interrupt(), session:
         try:
-            session.start(log)
+            statuses = session.start(log)
             log(f"capturing for {options.duration_s:g}s ({session.loader.mode}); "
                 "Ctrl-C ends early and still reports")
+            if on_started:
+                on_started(sum(1 for status in statuses if status.attached), len(statuses))
             if on_attached:
                 on_attached()
         except KeyboardInterrupt:

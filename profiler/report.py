@@ -7,6 +7,8 @@ it goes into tables as rich `Text`, never as a str (which rich would read as mar
 named "[red]x" would turn red instead of showing its name)."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -261,12 +263,16 @@ def _cost(capture: dict) -> RenderableType | None:
     return Group(Text(title, style="bold"), table)
 
 
-def render(capture: dict) -> Group:
-    capture = inert_tree(capture)
-    sections: list[RenderableType | None] = [
+def _sections(capture: dict) -> list[RenderableType | None]:
+    return [
         _header(capture), _findings(capture), _pods(capture), _listeners(capture), _flows(capture),
         _cpus(capture), _drop_sites(capture), _probes(capture), _cost(capture),
     ]
+
+
+def render(capture: dict) -> Group:
+    capture = inert_tree(capture)
+    sections = _sections(capture)
     parts: list[RenderableType] = []
     for section in sections:
         if section is not None:
@@ -278,5 +284,32 @@ def render(capture: dict) -> Group:
     return Group(*parts)
 
 
+def _plain(cell: object) -> str:
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return " ".join(text.split())  # no tab or line break inside a field
+
+
+def render_tsv(capture: dict) -> str:
+    """The report's tables as tab-separated text for scripts: for each table a `# title`
+    line, a header line, then its rows -- the same cells the report shows, from the same
+    code, so the two never disagree. (The JSON, `--json`, is the complete contract.)"""
+    capture = inert_tree(capture)
+    lines: list[str] = []
+    for section in _sections(capture):
+        if not isinstance(section, Table):
+            continue
+        title = section.title.plain if isinstance(section.title, Text) else str(section.title or "")
+        lines.append(f"# {_plain(title)}")
+        lines.append("\t".join(_plain(column.header) for column in section.columns))
+        for row in range(section.row_count):
+            lines.append("\t".join(_plain(column._cells[row]) for column in section.columns))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def print_report(capture: dict, console: Console | None = None) -> None:
-    (console or Console()).print(render(capture))
+    if console is None:
+        # Piped or redirected: no width to fit, so no wrapping (a pod name cut across lines
+        # breaks grep); at a terminal, rich fits the tables to its width.
+        console = Console() if sys.stdout.isatty() else Console(width=100_000)
+    console.print(render(capture))

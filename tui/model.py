@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
 from profiler.inert import inert, inert_tree
+from profiler.capture import NETWORK_SOFTIRQS, events_counted  # noqa: F401  (the one definition)
 from profiler.system.irqs import parse_cpu_list
 
 HISTORY_LENGTH = 60
@@ -28,7 +29,6 @@ SEVERITY_LABEL = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 # conntrack statistics that mean a packet or a new flow was refused (see pod_rates).
 CONNTRACK_FAILURE_STATS = ("drop", "insert_failed")
-NETWORK_SOFTIRQS = ("NET_RX", "NET_TX")
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 
 
@@ -197,21 +197,6 @@ def cpu_row(cpu: Mapping[str, Any], duration_s: float) -> CpuRow:
 def softirq_share(cpu: Mapping[str, Any], vector: str, duration_s: float) -> float:
     time_ns = ((cpu.get("softirq") or {}).get(vector) or {}).get("time_ns", 0)
     return min(1.0, time_ns / (duration_s * 1e9)) if duration_s > 0 else 0.0
-
-
-def events_counted(doc: Mapping[str, Any]) -> int:
-    """Tracepoint hits the probes counted: softirq runs of the network vectors, NAPI polls,
-    skb drops, retransmits and receive-queue-full events (not the counters read from /proc)."""
-    total = 0
-    for cpu in doc.get("cpus") or ():
-        softirq = cpu.get("softirq") or {}
-        total += sum((softirq.get(v) or {}).get("count", 0) for v in NETWORK_SOFTIRQS)
-        total += sum(d.get("polls", 0) for d in cpu.get("napi") or ())
-        total += sum((cpu.get("drops") or {}).values())
-    for pod in doc.get("pods") or ():
-        total += pod.get("retransmits", 0) + pod.get("rcvqueue_full", 0)
-    total += sum((doc.get("ignored_events") or {}).values())
-    return total
 
 
 def queue_irq_affinities(node: Mapping[str, Any] | None) -> Iterator[tuple[dict, dict, str, frozenset[int]]]:
