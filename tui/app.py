@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from profiler.exports import write_all
+from profiler.fix.apply import AppliedEvent, latest_apply
 from profiler.inert import inert
 
 from .feed import Feed
@@ -64,7 +65,7 @@ class NetprofApp(App):
         Binding("e", "export", "export"),
     ]
 
-    def __init__(self, feed: Feed, export_dir: Path | None = None):
+    def __init__(self, feed: Feed, export_dir: Path | None = None, journal_dir: Path | None = None):
         super().__init__()
         self.feed = feed
         self.export_dir = export_dir
@@ -77,6 +78,11 @@ class NetprofApp(App):
         self.baseline_marked_at = 0.0
         self.baseline_reason = "marked"
         self.baseline: BaselineView | None = None
+        # `netprof fix --apply` elsewhere shows up here as an event: the screen before it
+        # becomes the baseline, so every table can show what the fix changed (`d`).
+        self.journal_dir = journal_dir
+        self.started_wall = time.time()
+        self.fix_events: list[AppliedEvent] = []
         set_monochrome(self.no_color)
 
     def on_mount(self) -> None:
@@ -84,6 +90,8 @@ class NetprofApp(App):
         self.feed.start(self._tell_new_model)
         if self.feed.mode == "live":
             self.set_interval(1.0, self._check_stale)
+        if self.journal_dir is not None:
+            self.set_interval(2.0, self.check_fix_journal)
 
     def _tell_new_model(self) -> None:
         # Runs on the feed's thread. post_message is thread-safe and returns at once.
@@ -133,14 +141,30 @@ class NetprofApp(App):
         self.notify("paused: the display is frozen, sampling goes on (p resumes)" if self.paused
                     else "resumed", timeout=2)
 
-    def mark_baseline(self, reason: str = "marked") -> None:
+    def check_fix_journal(self) -> None:
+        """A new apply in the fix journal since this dashboard started: an event on the
+        timeline, and the baseline is the screen as it was when netprof noticed."""
+        event = latest_apply(self.journal_dir)
+        if event is None or event.applied_at < self.started_wall:
+            return
+        if self.fix_events and self.fix_events[-1].apply_id == event.apply_id:
+            return
+        self.fix_events.append(event)
+        when = time.strftime("%H:%M:%S", time.localtime(event.applied_at))
+        self.notify(f"{len(event.changes)} change(s): " + "; ".join(inert(c) for c in event.changes[:3]),
+                    title=f"fix applied at {when}", timeout=8, markup=False)
+        if self.model is not None:
+            self.mark_baseline(reason="fix applied", at=event.applied_at)
+
+    def mark_baseline(self, reason: str = "marked", at: float | None = None) -> None:
         if self.model is None:
             self.notify("nothing captured yet", severity="warning")
             return
         self.baseline_document = dict(self.model.document)
-        self.baseline_marked_at = time.time()
+        self.baseline_marked_at = time.time() if at is None else at
         self.baseline_reason = reason
-        self.notify("baseline marked: d shows every table as the change since", timeout=4)
+        if reason == "marked":
+            self.notify("baseline marked: d shows every table as the change since", timeout=4)
         self.show_model(self.model)
 
     def clear_baseline(self) -> None:

@@ -981,6 +981,31 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
                            unrestorable=tuple(unrestorable), note=note, operation="rollback")
 
 
+@dataclass(frozen=True)
+class AppliedEvent:
+    """The newest apply in the journal: what the TUI marks on its timeline."""
+
+    apply_id: str
+    applied_at: float       # wall clock of its first journaled write
+    changes: tuple[str, ...]  # describe() of each change, in order
+
+
+def latest_apply(journal_dir: Path = DEFAULT_JOURNAL_DIR) -> AppliedEvent | None:
+    """The newest apply the journal records (rolled back or not), or None without a journal.
+    Read with the same trust checks as a rollback; a journal that fails them is no event."""
+    try:
+        journal = _load_journal(Path(journal_dir) / JOURNAL_NAME)
+    except (FixError, OSError):
+        return None
+    entries = [entry for entry in (journal or {}).get("entries", []) if entry.get("apply_id")]
+    if not entries:
+        return None
+    newest = max(entries, key=lambda entry: float(entry.get("journaled_at") or 0.0))["apply_id"]
+    mine = [entry for entry in entries if entry["apply_id"] == newest]
+    return AppliedEvent(str(newest), min(float(entry.get("journaled_at") or 0.0) for entry in mine),
+                        tuple(describe(_entry_change(entry)) for entry in mine))
+
+
 def record_verdicts(journal_dir: Path, apply_id: str, verdicts: list[dict[str, Any]]) -> None:
     """Keep `fix --verify`'s verdicts (kept / rolled back, with the figures before and after)
     in the journal beside the entries of the apply they judged."""

@@ -412,3 +412,62 @@ def test_baseline_then_deltas_show_what_changed_since(busy):
         assert app.baseline is None and "Δ" not in screen_text(app).split("\n")[0]
 
     drive(busy, steps, size=(160, 48))
+
+
+def test_a_fix_applied_elsewhere_becomes_an_event_with_its_baseline(busy, tmp_path):
+    """`netprof fix --apply` writes its journal; the dashboard notices the new apply, says
+    so, and makes the screen of that moment the baseline, so `d` shows what the fix changed."""
+    from copy import deepcopy
+
+    from profiler.analysis.findings import Change
+    from profiler.fix import apply_changes, current_identity, rollback
+    from tui.model import build_model
+
+    target = Path("/proc/sys/net/core/netdev_budget")
+    before = target.read_text().strip()
+    journal = tmp_path / "journal"
+    shown: list[str] = []
+
+    async def steps(app, pilot):
+        notify = app.notify
+        app.notify = lambda message, **kwargs: (shown.append(f"{kwargs.get('title')}: {message}"),
+                                                notify(message, **kwargs))[1]
+        app.check_fix_journal()
+        assert app.fix_events == [] and app.baseline is None, "no journal yet: no event"
+        report = apply_changes([Change("sysctl", "net.core.netdev_budget", str(int(before) + 1), None, before)],
+                               current_identity(), journal)
+        try:
+            assert report.ok, report
+            app.check_fix_journal()
+            await pilot.pause()
+            (event,) = app.fix_events
+            assert event.apply_id == report.apply_id
+            assert len(event.changes) == 1 and "net.core.netdev_budget" in event.changes[0]
+            assert any(line.startswith("fix applied at") and "netdev_budget" in line for line in shown)
+            assert app.baseline is not None and app.baseline.reason == "fix applied"
+            assert app.baseline.marked_at == pytest.approx(event.applied_at)
+            assert "Δ fix applied" in screen_text(app)
+            app.check_fix_journal()
+            assert len(app.fix_events) == 1, "the same apply is one event"
+            later = deepcopy(busy)
+            app.show_model(build_model(later, mode="replay", sequence=2))
+            await pilot.pause()
+            assert app.baseline.reason == "fix applied"
+        finally:
+            rollback(journal)
+            assert target.read_text().strip() == before
+
+    import os
+
+    from tests.conftest import skip_or_fail
+
+    if os.geteuid() != 0:
+        skip_or_fail("not root: the test applies (and rolls back) a real sysctl")
+
+    async def main():
+        app = NetprofApp(ReplayFeed(busy), journal_dir=journal)
+        async with app.run_test(size=(160, 48), notifications=True) as pilot:
+            await pilot.pause()
+            await steps(app, pilot)
+
+    asyncio.run(main())
