@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import NetprofError
+from .inert import inert
 
 DESCRIPTION = """\
 eBPF network profiler for Kubernetes nodes: finds where the node's network hurts
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NetprofError as exc:
-        print(f"netprof: {exc}", file=sys.stderr)
+        # Messages quote paths, names and values from outside: one line, inert.
+        print(f"netprof: {inert(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("netprof: interrupted", file=sys.stderr)
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line for the operator, details on request
         if os.environ.get("NETPROF_DEBUG"):
             raise
-        print(f"netprof: internal error: {type(exc).__name__}: {exc} "
+        print(f"netprof: internal error: {type(exc).__name__}: {inert(exc)} "
               "(rerun with NETPROF_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return 70
 

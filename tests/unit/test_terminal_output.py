@@ -108,3 +108,12 @@ def test_output_is_the_same_word_everywhere_and_formats_are_explained():
 def test_json_and_another_format_are_refused_in_one_line():
     result = netprof("profile", "--json", "--format", "tsv", "-d", "1")
     assert result.returncode == 1 and result.stderr.startswith("netprof: --json and --format tsv")
+
+
+def test_error_lines_are_inert_and_one_line(tmp_path):
+    hostile = tmp_path / "evil\x1b]0;pwned\x07\nname.json"
+    hostile.write_text('{"schema": "netprof.profile/v1", "pods": 5}')
+    result = netprof("export", str(hostile), "--format", "folded")
+    assert result.returncode == 1
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "\\x1b]0;pwned" in result.stderr
