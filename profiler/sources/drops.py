@@ -31,6 +31,15 @@ MAX_SITES_PER_INTERVAL = 50
 MAX_FLOWS_PER_INTERVAL = 200
 
 
+def busiest(prev_keys: np.ndarray | None, prev_counts: np.ndarray | None, keys: np.ndarray, counts: np.ndarray,
+            limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the keys that grew this interval, busiest first, at most `limit`; the
+    per-key increase) -- for the per-interval top lists of drop sites and flows."""
+    delta = counter_deltas(prev_keys, prev_counts, keys, counts)["count"]
+    grew = np.flatnonzero(delta > 0)
+    return grew[np.argsort(-delta[grew], kind="stable")][:limit], delta
+
+
 class DropSource(ProbeSource[DropCounts]):
     name = "drops"
     probe: DropProbe
@@ -107,11 +116,8 @@ class DropSource(ProbeSource[DropCounts]):
                 frame.cpu(cpu, drops=MappingProxyType(dropped))
 
     def _collect_sites(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
-        delta = counter_deltas(previous.sites if previous else None,
-                               previous.per_site if previous else None,
-                               counts.sites, counts.per_site)["count"]
-        busy = np.flatnonzero(delta > 0)
-        busy = busy[np.argsort(-delta[busy], kind="stable")][:MAX_SITES_PER_INTERVAL]
+        busy, delta = busiest(previous.sites if previous else None, previous.per_site if previous else None,
+                              counts.sites, counts.per_site, MAX_SITES_PER_INTERVAL)
         for index in busy:
             key = counts.sites[index]
             frame.drop_sites.append(DropSite(
@@ -121,11 +127,8 @@ class DropSource(ProbeSource[DropCounts]):
             ))
 
     def _collect_flows(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
-        delta = counter_deltas(previous.flows if previous else None,
-                               previous.per_flow if previous else None,
-                               counts.flows, counts.per_flow)["count"]
-        busy = np.flatnonzero(delta > 0)
-        busy = busy[np.argsort(-delta[busy], kind="stable")][:MAX_FLOWS_PER_INTERVAL]
+        busy, delta = busiest(previous.flows if previous else None, previous.per_flow if previous else None,
+                              counts.flows, counts.per_flow, MAX_FLOWS_PER_INTERVAL)
         for index in busy:
             key = counts.flows[index]
             family = int(key["family"])

@@ -46,6 +46,16 @@ def drive(document: dict, steps: Callable[[NetprofApp, Pilot], Awaitable[None]],
     return asyncio.run(main())
 
 
+async def export_and_wait(app: NetprofApp, pilot: Pilot) -> None:
+    """`e`, then until the export's worker thread has handed back what it wrote."""
+    await pilot.press("e")
+    await app.workers.wait_for_complete()
+    for _ in range(50):
+        if app.exports:
+            break
+        await pilot.pause(0.02)
+
+
 def pod_names(app: NetprofApp) -> list[str]:
     table = app.screen.query_one("#pods", PodsTable)
     return [table.get_row_at(i)[0].sort for i in range(table.row_count)]
@@ -202,12 +212,7 @@ def test_wide_terminal_shows_pods_and_cpus_together(busy):
 
 def test_export_writes_the_capture(busy, tmp_path):
     async def steps(app, pilot):
-        await pilot.press("e")
-        await app.workers.wait_for_complete()
-        for _ in range(50):
-            if app.exports:
-                break
-            await pilot.pause(0.02)
+        await export_and_wait(app, pilot)
         assert app.exports, "nothing exported"
         await pilot.pause(0.1)
         text = screen_text(app)
@@ -232,12 +237,7 @@ def test_export_defaults_to_netprofs_data_folder_not_the_current_directory(busy,
     async def steps(app, pilot):
         notify = app.notify
         app.notify = lambda message, **kwargs: (told.append(str(message)), notify(message, **kwargs))[1]
-        await pilot.press("e")
-        await app.workers.wait_for_complete()
-        for _ in range(50):
-            if app.exports:
-                break
-            await pilot.pause(0.02)
+        await export_and_wait(app, pilot)
         await pilot.pause(0.1)
         # The user is told the whole path: it is not where they started netprof.
         assert any(message.startswith(str(home / ".local/share/netprof/exports/netprof-vm-")) for message in told)

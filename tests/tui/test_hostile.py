@@ -4,7 +4,7 @@ holds a control character, and markup-looking names show as text."""
 from __future__ import annotations
 
 from tests.hostile import MARKUP, controls, hostile_capture
-from tests.tui.test_app import drive, screen_text
+from tests.tui.test_app import drive, export_and_wait, screen_text
 from tui.screens.cpu import CpuScreen
 from tui.screens.finding import FindingScreen
 from tui.screens.pod import PodScreen
@@ -33,12 +33,7 @@ def test_every_screen_of_a_hostile_capture_is_inert(tmp_path):
             seen[name] = screen_text(app)
             app.pop_screen()
             await pilot.pause()
-        await pilot.press("e")
-        await app.workers.wait_for_complete()
-        for _ in range(50):
-            if app.exports:
-                break
-            await pilot.pause(0.02)
+        await export_and_wait(app, pilot)
 
     app = drive(doc, steps, size=SIZE, export_dir=tmp_path)
     assert set(seen) == {"main", "finding", "clipboard", "pod", "cpu", "probes"}
