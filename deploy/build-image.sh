@@ -47,7 +47,10 @@ if ! "${podman[@]}" image exists "$base"; then
     rootfs="$cache/rootfs.partial"
     rm -rf "$rootfs"
     echo "build-image: debootstrap --variant=minbase bookworm (a few minutes)"
-    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    # The mirror this machine's apt uses (none named here); debootstrap's default without one.
+    # shellcheck source=deploy/debian-mirror.sh
+    . "$here/deploy/debian-mirror.sh"
+    debootstrap --variant=minbase bookworm "$rootfs" $(debian_mirror) >/dev/null
     cat >"$rootfs/etc/dpkg/dpkg.cfg.d/netprof-slim" <<'SLIM'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
