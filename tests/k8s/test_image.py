@@ -49,10 +49,12 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def pod_drops(metrics: str, label: str, netns: int) -> float | None:
-    """The pod's SOCKET_RCVBUFF drops in a /metrics page, or None if it is not there."""
+    """The pod's SOCKET_RCVBUFF drops in a /metrics page, or None if it is not there. The
+    pod's `namespace/name` label is the two labels kube-state-metrics joins on."""
+    namespace, _, name = label.partition("/")
     for sample in _SAMPLE.finditer(metrics):
         labels = dict(_LABEL.findall(sample["labels"]))
-        if labels == {"pod": label, "netns": str(netns), "reason": "SOCKET_RCVBUFF"}:
+        if labels == {"namespace": namespace, "pod": name, "netns": str(netns), "reason": "SOCKET_RCVBUFF"}:
             return float(sample["value"])
     return None
 
