@@ -15,3 +15,21 @@ bench:
 
 bench-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES)
+
+# The kernel matrix under QEMU (tests/kernels/, docs/kernels.md): installs qemu, the kernel
+# packages and virtme-ng (own venv) on first use. Hours for the whole matrix on 2 CPUs.
+#   make kernels                       every kernel, the integration tests inside each
+#   make kernels KERNELS=bookworm-6.1  one kernel (space-separated names for several)
+#   make kernels-docs                  re-render docs/kernels.md from build/kernels/
+KERNELS ?=
+KERNEL_ARGS ?=
+
+.PHONY: kernels kernels-docs
+
+kernels:
+	$(PYTHON) -m tests.kernels $(foreach k,$(KERNELS),-k $(k)) --docs docs/kernels.md $(KERNEL_ARGS)
+
+kernels-docs:
+	$(PYTHON) -c "from pathlib import Path; from tests.kernels import results; \
+	Path('docs/kernels.md').write_text(results.render_markdown(results.load_all(Path('build/kernels')), \
+	Path('tests/kernels/kernels_header.md').read_text()))"
