@@ -50,6 +50,10 @@ class Listener:
     samples_full: int = 0             # samples in which the queue was at its limit
     # Samples by accept-queue depth: bucket 0 empty, bucket i >= 1 depth in [2^(i-1), 2^i).
     accept_queue_depth_log2: tuple[int, ...] = ()
+    # SYNs refused on the SYN path (no drop reason; kprobe listen_syn_path, where attached):
+    # because the accept queue was full, and because the SYN queue was (syncookies off).
+    syn_drops_accept_queue_full: int = 0
+    syn_drops_syn_queue_full: int = 0
 
     def merge(self, other: "Listener") -> "Listener":
         return Listener(
@@ -62,6 +66,8 @@ class Listener:
             overflow_drops=self.overflow_drops + other.overflow_drops,
             samples_full=self.samples_full + other.samples_full,
             accept_queue_depth_log2=_add_hist(self.accept_queue_depth_log2, other.accept_queue_depth_log2),
+            syn_drops_accept_queue_full=self.syn_drops_accept_queue_full + other.syn_drops_accept_queue_full,
+            syn_drops_syn_queue_full=self.syn_drops_syn_queue_full + other.syn_drops_syn_queue_full,
         )
 
     def to_json(self) -> dict:
@@ -72,6 +78,8 @@ class Listener:
             "requested_backlog": self.requested_backlog, "somaxconn": self.somaxconn,
             "overflow_drops": self.overflow_drops, "samples_full": self.samples_full,
             "accept_queue_depth_log2": list(self.accept_queue_depth_log2),
+            "syn_drops_accept_queue_full": self.syn_drops_accept_queue_full,
+            "syn_drops_syn_queue_full": self.syn_drops_syn_queue_full,
         }
 
 

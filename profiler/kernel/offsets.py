@@ -28,6 +28,15 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # napi_poll names the device but not its netns, and every pod has an "eth0":
     # napi->dev, then NETPROF_NETDEV_NET_OFFSET (bpf/napi.bpf.c).
     "NETPROF_NAPI_DEV_OFFSET": (("napi_struct", "dev"),),
+    # A listener's queues and drop count, for the SYN-path kprobe (bpf/listen_syn_path.bpf.c):
+    # accept-queue length and limit, SYN-queue length (request_sock_queue.qlen), sk_drops
+    # (what tcp_listendrop bumps), and the pod netns' net.ipv4.tcp_syncookies.
+    "NETPROF_SOCK_DROPS_OFFSET": (("sock", "sk_drops"),),
+    "NETPROF_SOCK_ACK_BACKLOG_OFFSET": (("sock", "sk_ack_backlog"),),
+    "NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET": (("sock", "sk_max_ack_backlog"),),
+    "NETPROF_ICSK_SYN_QUEUE_LEN_OFFSET": (("inet_connection_sock", "icsk_accept_queue"),
+                                          ("request_sock_queue", "qlen")),
+    "NETPROF_NET_TCP_SYNCOOKIES_OFFSET": (("net", "ipv4"), ("netns_ipv4", "sysctl_tcp_syncookies")),
 }
 
 # The same values, expressed for compilation against real kernel headers (no BTF).
@@ -40,6 +49,11 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NETDEV_NET_OFFSET": "__builtin_offsetof(struct net_device, nd_net)",
     "NETPROF_SOCK_NUM_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_num)",
     "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
+    "NETPROF_SOCK_DROPS_OFFSET": "__builtin_offsetof(struct sock, sk_drops)",
+    "NETPROF_SOCK_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_ack_backlog)",
+    "NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_max_ack_backlog)",
+    "NETPROF_ICSK_SYN_QUEUE_LEN_OFFSET": "(__builtin_offsetof(struct inet_connection_sock, icsk_accept_queue) + __builtin_offsetof(struct request_sock_queue, qlen))",
+    "NETPROF_NET_TCP_SYNCOOKIES_OFFSET": "(__builtin_offsetof(struct net, ipv4) + __builtin_offsetof(struct netns_ipv4, sysctl_tcp_syncookies))",
 }
 
 

@@ -141,9 +141,28 @@ def test_probe_statuses_are_honest(flood_run, loader):
     assert flood_run.status("listen_backlog").attached
     assert flood_run.status("listen_queues").attached
     syn_path = flood_run.status("listen_syn_path")
-    assert not syn_path.attached and syn_path.via == "kprobe:tcp_conn_request"
+    assert syn_path.via == "kprobe:tcp_conn_request"
     if not loader.info.kprobes:
-        assert "CONFIG_KPROBES" in syn_path.error
+        assert not syn_path.attached and "CONFIG_KPROBES" in syn_path.error
+    else:
+        assert syn_path.attached, syn_path.error
+
+
+def test_syn_path_drops_are_the_full_listeners(flood_run, loader):
+    """A kprobe kernel (6.1 in tests/kernels): the listen_syn_path probe counts the SYNs the
+    server refused for its full accept queue — which no tracepoint sees — on the server's
+    listener and nowhere else."""
+    if not loader.info.kprobes:
+        pytest.skip("no kprobes on this kernel: the probe table says why (test above)")
+    listener = flood_run.listener("server", SERVER_PORT)
+    server = flood_run.pod("server")
+    # Each refused SYN is a ListenOverflows and a ListenDrops of the pod; the final-ACK path
+    # adds overflows too, so the SYN path's share is at most the pod's own count.
+    assert 0 < listener.syn_drops_accept_queue_full <= server.netstat.get("TcpExt.ListenDrops", 0)
+    assert listener.syn_drops_syn_queue_full == 0  # syncookies answer a full SYN queue
+    for name in ("flood1", "flood2", "calm"):
+        assert not any(l.syn_drops_accept_queue_full or l.syn_drops_syn_queue_full
+                       for l in flood_run.pod(name).listeners), name
 
 
 def test_somaxconn_is_the_limit_that_bites(somaxconn_run):
