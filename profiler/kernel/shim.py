@@ -156,7 +156,17 @@ def ensure_shim(cache_dir: Path | None = None, release: str | None = None) -> Pa
     digest = hashlib.sha256(
         repr((SHIM_FORMAT, sorted(files.items()))).encode()
     ).hexdigest()[:12]
-    root = (cache_dir or default_cache_dir()) / "kernel-shim" / f"{release}-{digest}"
+    preferred = cache_dir or default_cache_dir()
+    try:
+        return _write_shim(preferred / "kernel-shim" / f"{release}-{digest}", files)
+    except OSError:
+        # A read-only home (a VM over a read-only root, a locked-down container): the shim
+        # is ~10 small files, cheap to write anew into this process's own temp directory.
+        fallback = Path(tempfile.gettempdir()) / f"netprof-{os.getuid()}"
+        return _write_shim(fallback / "kernel-shim" / f"{release}-{digest}", files)
+
+
+def _write_shim(root: Path, files: dict[str, str]) -> Path:
     if (root / "include/linux/kconfig.h").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
