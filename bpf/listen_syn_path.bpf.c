@@ -36,6 +36,7 @@ struct syn_in_flight {
 };
 
 BPF_PERCPU_ARRAY(syn_entry_state, struct syn_in_flight, 1);
+BPF_PERCPU_ARRAY(final_ack_entry_state, struct syn_in_flight, 1);
 BPF_HASH(syn_drops, struct syn_drop_key, struct syn_drop_count, NETPROF_MAX_LISTENERS);
 
 static __always_inline s32 read_s32(const void *base, unsigned long offset)
@@ -77,16 +78,14 @@ int syn_entry(struct pt_regs *ctx)
     return 0;
 }
 
-int syn_return(struct pt_regs *ctx)
+static __always_inline void count_if_dropped(struct syn_in_flight *state)
 {
-    int zero = 0;
-    struct syn_in_flight *state = syn_entry_state.lookup(&zero);
     if (!state || !state->sk)
-        return 0;
+        return;
     const void *sk = state->sk;
     state->sk = 0;
     if (read_s32(sk, NETPROF_SOCK_DROPS_OFFSET) == state->drops_at_entry)
-        return 0;  /* the SYN was queued (or answered with a cookie) */
+        return;  /* queued (or answered with a cookie): tcp_listendrop was not called */
 
     struct syn_drop_key key = {};
     key.netns = netns_inode_of_sock(sk);
@@ -96,5 +95,41 @@ int syn_return(struct pt_regs *ctx)
     struct syn_drop_count *count = syn_drops.lookup_or_try_init(&key, &zero_count);
     if (count)
         __sync_fetch_and_add(&count->drops, 1);
+}
+
+int syn_return(struct pt_regs *ctx)
+{
+    int zero = 0;
+    count_if_dropped(syn_entry_state.lookup(&zero));
+    return 0;
+}
+
+/* The final-ACK path, attached only where skb:kfree_skb has no TCP_LISTEN_OVERFLOW reason
+ * (profiler/probes/listen_syn_path.py decides). tcp_v{4,6}_syn_recv_sock(sk, skb, req, …)
+ * creates the child socket for a completed handshake; with the listener's accept queue
+ * full it counts ListenOverflows, calls tcp_listendrop (sk_drops) and returns NULL, and
+ * tcp_check_req then drops the ACK (6.1: reason NOT_SPECIFIED, which netprof ignores). */
+int final_ack_entry(struct pt_regs *ctx)
+{
+    const void *sk = (const void *)PT_REGS_PARM1(ctx);
+    int zero = 0;
+    struct syn_in_flight *state = final_ack_entry_state.lookup(&zero);
+    if (!state || !sk)
+        return 0;
+    state->sk = sk;
+    state->drops_at_entry = read_s32(sk, NETPROF_SOCK_DROPS_OFFSET);
+    u32 backlog = (u32)read_s32(sk, NETPROF_SOCK_ACK_BACKLOG_OFFSET);
+    u32 max_backlog = (u32)read_s32(sk, NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET);
+    state->cause = backlog > max_backlog ? SYN_DROP_FINAL_ACK_OVERFLOW : SYN_DROP_OTHER;
+    return 0;
+}
+
+int final_ack_return(struct pt_regs *ctx)
+{
+    int zero = 0;
+    struct syn_in_flight *state = final_ack_entry_state.lookup(&zero);
+    if (state && PT_REGS_RC(ctx) != 0)
+        state->sk = 0;  /* a child socket was made: no drop */
+    count_if_dropped(state);
     return 0;
 }

@@ -30,7 +30,11 @@ MAX_LISTENERS = 4096
 SYN_DROP_KEY = np.dtype([("netns", "<u4"), ("port", "<u2"), ("cause", "u1"), ("pad", "u1")])
 SYN_DROP_COUNT = np.dtype([("drops", "<u8")])
 # The SYN_DROP_* values of the header, by the name the snapshot uses.
-CAUSES = {1: "syn_queue_full", 2: "accept_queue_full", 3: "other"}
+CAUSES = {1: "syn_queue_full", 2: "accept_queue_full", 3: "other", 4: "final_ack_overflow"}
+# Where the final ACK of a handshake is refused for a full accept queue.
+FINAL_ACK_SYMBOLS = ("tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock")
+# The drop reason that shows the final-ACK overflow on kernels that have it (6.4+).
+FINAL_ACK_DROP_REASON = "TCP_LISTEN_OVERFLOW"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ListenSynPathProbe:
         self.root = root
         self._bpf = None
         self._drops: MapReader | None = None
+        self.final_ack: tuple[str, ...] = ()   # the final-ACK kprobes attached, if any
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         why_not = why_not_kprobe(loader.info, SYMBOL, self.root)
@@ -57,6 +62,7 @@ class ListenSynPathProbe:
             self._bpf = loader.compile("listen_syn_path", [f"-DNETPROF_MAX_LISTENERS={MAX_LISTENERS}"])
             self._bpf.attach_kprobe(event=SYMBOL.encode(), fn_name=b"syn_entry")
             self._bpf.attach_kretprobe(event=SYMBOL.encode(), fn_name=b"syn_return")
+            self.final_ack = self._attach_final_ack(loader)
         except NetprofError as exc:
             self.detach()
             return ProbeStatus(NAME, False, VIA, str(exc))
@@ -64,7 +70,21 @@ class ListenSynPathProbe:
             self.detach()
             return ProbeStatus(NAME, False, VIA, f"attaching to {SYMBOL} failed: {exc}")
         self._drops = MapReader(self._bpf[b"syn_drops"], MapLayout(SYN_DROP_KEY, SYN_DROP_COUNT))
-        return ProbeStatus(NAME, True, VIA)
+        return ProbeStatus(NAME, True, VIA + (f" + final ACK: {', '.join(self.final_ack)}" if self.final_ack else ""))
+
+    def _attach_final_ack(self, loader: BpfLoader) -> tuple[str, ...]:
+        """Kprobes on the final-ACK path, only where skb:kfree_skb cannot show it: kernels
+        whose drop reasons lack TCP_LISTEN_OVERFLOW. Elsewhere the drops probe counts it, and
+        counting it here too would charge each overflow twice."""
+        if FINAL_ACK_DROP_REASON in loader.layout.drop_reasons.values():
+            return ()
+        attached = []
+        for symbol in FINAL_ACK_SYMBOLS:
+            if why_not_kprobe(loader.info, symbol, self.root) is None:
+                self._bpf.attach_kprobe(event=symbol.encode(), fn_name=b"final_ack_entry")
+                self._bpf.attach_kretprobe(event=symbol.encode(), fn_name=b"final_ack_return")
+                attached.append(f"kprobe:{symbol}")
+        return tuple(attached)
 
     @property
     def attached(self) -> bool:

@@ -226,8 +226,13 @@ class ListenSource:
         if self._backlog_attached:
             self.backlogs.update(self.backlog_probe.read())
         self.backlogs.keep_live({i for q in queues.values() for l in q.listeners for i in l.inodes})
-        drops = self._overflow_drop_deltas()
+        drops = dict(self._overflow_drop_deltas())
         syn_drops = self._syn_drop_deltas()
+        for key, by_cause in syn_drops.items():
+            # Final-ACK overflows from the kprobe (kernels without TCP_LISTEN_OVERFLOW): the
+            # same event the drops source charges to the listener on newer kernels.
+            if by_cause.get("final_ack_overflow"):
+                drops[key] = drops.get(key, 0) + by_cause["final_ack_overflow"]
 
         for netns in sorted(set(netstat) | set(queues) | {n for n, _ in drops} | {n for n, _ in syn_drops}):
             sampled = queues.get(netns) or _unsampled(self._known.get(netns))

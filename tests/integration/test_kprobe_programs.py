@@ -10,7 +10,7 @@ BPF_PROG_TYPE_KPROBE = 2
 
 
 @pytest.mark.parametrize("program, cflags, functions", [
-    ("listen_syn_path", ["-DNETPROF_MAX_LISTENERS=64"], (b"syn_entry", b"syn_return")),
+    ("listen_syn_path", ["-DNETPROF_MAX_LISTENERS=64"], (b"syn_entry", b"syn_return", b"final_ack_entry", b"final_ack_return")),
     ("conntrack_confirm", ["-DNETPROF_MAX_NETNS=64"], (b"confirm_entry", b"confirm_return")),
 ])
 def test_kprobe_program_loads(loader, program, cflags, functions):

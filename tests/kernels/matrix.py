@@ -31,12 +31,19 @@ class KernelSpec:
 GUEST_CPUS = 2
 GUEST_MEMORY = "2G"
 
+HEADERS_PATH_TESTS = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+                      "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration/test_headers_path.py")
+
 MATRIX: tuple[KernelSpec, ...] = (
     KernelSpec("bookworm-6.1", "apt", package="linux-image-amd64",
                note="Debian 12's LTS kernel with its headers (split build/ and source/ trees)"),
     KernelSpec("bookworm-6.1-noheaders", "apt", package="linux-image-amd64", headers=False,
                note="the same kernel with /usr/src masked: BTF only, like Talos or COS"),
     KernelSpec("bookworm-6.1-headers-only", "apt", package="linux-image-amd64", btf=False,
+               # Without BTF the suite's fixtures refuse (they require it, as netprof's
+               # normal path); what this entry tests is the headers path: every probe
+               # attached through it, and the probe table of a capture compiled with it.
+               command=HEADERS_PATH_TESTS,
                note="the same kernel with /sys/kernel/btf masked: the kernel-headers path"),
     KernelSpec("host", "host",
                note="the kernel this machine runs, when /boot holds its image"),
