@@ -44,8 +44,12 @@
 #endif
 
 /* BCC's generated struct for skb:kfree_skb declares `enum skb_drop_reason reason;`, and the
- * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. */
+ * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. With
+ * real kernel headers (no BTF) the kernel's own definition is there, and a second one would
+ * not compile. */
+#ifdef NETPROF_HEADER_SHIM
 enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
+#endif
 
 /* The one map every drop touches: per-CPU values, so the dropping CPU only ever adds to its
  * own counter (no atomics, no cache line shared with other CPUs), and one hash operation

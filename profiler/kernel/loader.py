@@ -47,7 +47,8 @@ class BpfLoader:
             except BtfError as exc:
                 raise NetprofError(f"cannot use this kernel's BTF: {exc}") from None
             self._kernel_source = str(ensure_shim(cache_dir, info.release))
-            self._base_cflags = self.layout.cflags()
+            # NETPROF_HEADER_SHIM: programs declare the few kernel types the shim lacks.
+            self._base_cflags = [*self.layout.cflags(), "-DNETPROF_HEADER_SHIM=1"]
         elif info.headers:
             self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")
             # A split tree (Debian's build/ + source/) is BCC's own default for the running
