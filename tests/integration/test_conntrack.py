@@ -15,7 +15,7 @@ from profiler.lab.scenario_conntrack import (
     CONNTRACK_MAX_SYSCTL, ConntrackDnsRaceScenario, ConntrackFullScenario, ConntrackRaceScenario,
     ConntrackScenario, ScenarioUnavailable,
 )
-from profiler.lab.scenarios import ScenarioResult
+from profiler.lab.scenarios import ScenarioResult, lab_time_scale
 from profiler.lab.sysctl import read_sysctl
 from profiler.pods import PodDirectory
 from profiler.profile import ProfileOptions, run_profile
@@ -68,9 +68,14 @@ def _run(scenario: ConntrackScenario, workload_s: float = 1.0) -> ConntrackRun:
         with scenario:
             # Read once the lab is up: its nft `ct` rules are what loads nf_conntrack.
             max_before = read_sysctl(CONNTRACK_MAX_SYSCTL)
-            capture = run_profile(ProfileOptions(duration_s=workload_s + 1.0, interval_s=0.5),
+            # The workload must end inside the capture, however slow the machine (the racer's
+            # 20000 rounds took 2 s to 20 s on a busy host or a guest under emulation): the
+            # capture lasts until it exits, capped.
+            capture = run_profile(ProfileOptions(duration_s=(workload_s + 30.0) * lab_time_scale(),
+                                                 interval_s=0.5),
                                   on_attached=start, log=lambda msg: None,
-                                  sources=[ConntrackSource(PodDirectory.default())])
+                                  sources=[ConntrackSource(PodDirectory.default())],
+                                  until=scenario.finished)
             result = scenario.wait()
             inodes = {name: pod.netns_inode for name, pod in scenario.lab.pods.items()}
     except ScenarioUnavailable as exc:

@@ -17,7 +17,7 @@ from profiler.capture import Capture
 from profiler.lab.scenario_listen import (
     CALM_PORT, SERVER_PORT, ListenOverflowDropScenario, ListenOverflowScenario, ListenSomaxconnScenario,
 )
-from profiler.lab.scenarios import Scenario, ScenarioResult
+from profiler.lab.scenarios import Scenario, ScenarioResult, lab_time_scale
 from profiler.lab.sysctl import read_sysctl
 from profiler.pods import PodDirectory
 from profiler.probes.base import ProbeStatus
@@ -68,9 +68,11 @@ def capture_scenario(scenario: Scenario, with_drops: bool = False) -> ListenRun:
             drops = DropSource()
             sources.append(drops)  # before the listen source: it reads this interval's drops
         sources.append(ListenSource(PodDirectory.default(), drops=drops))
-        capture = run_profile(ProfileOptions(duration_s=RUN_S + 1.0, interval_s=0.5),
+        # The flood must end inside the capture: it lasts until the workloads exit (on a slow
+        # machine, a guest under emulation, they take seconds just to start), capped.
+        capture = run_profile(ProfileOptions(duration_s=(RUN_S + 15.0) * lab_time_scale(), interval_s=0.5),
                               on_attached=lambda: scenario.start(RUN_S), log=lambda msg: None,
-                              sources=sources)
+                              sources=sources, until=scenario.finished)
         result = scenario.wait()
         lab = scenario.lab
         inodes = {name: pod.netns_inode for name, pod in lab.pods.items()}

@@ -77,6 +77,7 @@ def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
     guest = argv[-1]
     assert "NETPROF_GUEST_HIDE_HEADERS=1" in guest and "NETPROF_GUEST_HIDE_BTF=0" in guest
     assert guest.endswith("'uname -r'")
+    assert f"bash {tmp_path / vm.GUEST_SCRIPT_COPY} " in guest  # its own copy, not the live tree
 
 
 def test_parse_junit_counts_each_outcome():
@@ -114,3 +115,12 @@ def test_results_round_trip_and_render(tmp_path):
     assert "**host**: no image in /boot" in text
     assert "| listen_syn_path | ✗ kprobe:tcp_conn_request: kprobes not available |" in text
     assert "| drops | tracepoint:skb:kfree_skb |" in text
+
+
+def test_lab_time_scale_only_stretches():
+    from profiler.lab.scenarios import lab_time_scale
+
+    assert lab_time_scale({}) == 1.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "10"}) == 10.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "0.1"}) == 1.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "fast"}) == 1.0
