@@ -24,7 +24,12 @@ bench-deps:
 KERNELS ?=
 KERNEL_ARGS ?=
 
-.PHONY: kernels kernels-docs
+.PHONY: kernels kernels-docs kernels-ci
+
+# The subset that covers every probe (tests/kernels/matrix.py CI_SUBSET_FILES) on Debian 6.1.
+kernels-ci:
+	$(PYTHON) -m tests.kernels -k bookworm-6.1 --out build/kernels-ci \
+	  -c "$$($(PYTHON) -c 'from tests.kernels.matrix import CI_SUBSET_TESTS; print(CI_SUBSET_TESTS)')"
 
 kernels:
 	$(PYTHON) -m tests.kernels $(foreach k,$(KERNELS),-k $(k)) --docs docs/kernels.md $(KERNEL_ARGS)

@@ -64,7 +64,15 @@ def run_one(spec, args, vng_bin: Path) -> results.KernelResult:
     return result
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # SystemExit unwinds through boot_and_run's `finally`, which kills QEMU's process group.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     if args.list:
         for spec in MATRIX:

@@ -32,14 +32,20 @@ class GuestRun:
     console: Path
 
 
+GUEST_SCRIPT_COPY = "guest.sh"
+
+
 def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
                 command: str) -> list[str]:
+    """The guest runs its own copy of guest.sh from `out`: bash reads a script as it goes,
+    and the checkout is the host's live tree, so an edit during a run would be read
+    half-way (seen: a command mangled mid-run)."""
     spec = kernel.spec
     guest = (f"NETPROF_GUEST_HIDE_HEADERS={int(not spec.headers)} "
              f"NETPROF_GUEST_HIDE_BTF={int(not spec.btf)} "
              f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
-             f"bash {shlex.quote(str(repo / 'tests/kernels/guest.sh'))} {shlex.quote(command)}")
+             f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
     return ["nice", "-n", str(NICENESS), str(vng_bin / "vng"), "--disable-kvm",
             "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(GUEST_CPUS),
             "--overlay-rwdir", "/root", "--overlay-rwdir", str(repo), "--rwdir", str(out),
@@ -50,6 +56,7 @@ def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
                  command: str) -> GuestRun:
     out.mkdir(parents=True, exist_ok=True)
     (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
+    (out / GUEST_SCRIPT_COPY).write_text(GUEST_SCRIPT.read_text())
     console = out / "console.log"
     argv = vng_command(vng_bin, kernel, repo, out, command)
     (out / "vng-command.txt").write_text(shlex.join(argv) + "\n")
