@@ -191,7 +191,8 @@ def test_final_ack_overflows_are_drops_charged_to_the_listener(drops_run, loader
     listener = drops_run.listener("server", SERVER_PORT)
     reason_40 = server.drops.get("TCP_LISTEN_OVERFLOW", 0)
     assert overflows == drops_run.kernel_overflows("server")
-    if "TCP_LISTEN_OVERFLOW" in loader.layout.drop_reasons.values():
+    has_reason = "TCP_LISTEN_OVERFLOW" in loader.layout.drop_reasons.values()
+    if has_reason:
         # Every TCP_LISTEN_OVERFLOW drop of the pod is charged to this one listener (rx_sk).
         assert listener.overflow_drops == reason_40 > 0
     else:
@@ -211,8 +212,11 @@ def test_final_ack_overflows_are_drops_charged_to_the_listener(drops_run, loader
     # node-global netdev_max_backlog drops SYNs at the CPU backlog and moves overflows to
     # the SYN path.
     backlog_drops = sum(drops_run.pod(n).drops.get("CPU_BACKLOG", 0) for n in ("server", "client"))
+    # What netprof saw on the final-ACK path: the reason-40 drops, or on a kernel without
+    # that reason (6.1) the final-ACK kprobe's count, charged to the listener.
+    final_ack = reason_40 if has_reason else listener.overflow_drops
     if backlog_drops == 0:
-        assert reason_40 == overflows >= 59
+        assert final_ack == overflows >= 59
     else:
         print(f"CPU_BACKLOG drops ({backlog_drops}) in the lab: not checking overflows == reason-40 drops")
 
