@@ -25,3 +25,26 @@ image:
 
 image-test:
 	NETPROF_REQUIRE_BPF=1 $(PYTHON) -m pytest -q tests/k8s/test_image.py
+
+# The kernel matrix under QEMU (tests/kernels/, docs/kernels.md): installs qemu, the kernel
+# packages and virtme-ng (own venv) on first use. Hours for the whole matrix on 2 CPUs.
+#   make kernels                       every kernel, the integration tests inside each
+#   make kernels KERNELS=bookworm-6.1  one kernel (space-separated names for several)
+#   make kernels-docs                  re-render docs/kernels.md from build/kernels/
+KERNELS ?=
+KERNEL_ARGS ?=
+
+.PHONY: kernels kernels-docs kernels-ci
+
+# The subset that covers every probe (tests/kernels/matrix.py CI_SUBSET_FILES) on Debian 6.1.
+kernels-ci:
+	$(PYTHON) -m tests.kernels -k bookworm-6.1 --out build/kernels-ci \
+	  -c "$$($(PYTHON) -c 'from tests.kernels.matrix import CI_SUBSET_TESTS; print(CI_SUBSET_TESTS)')"
+
+kernels:
+	$(PYTHON) -m tests.kernels $(foreach k,$(KERNELS),-k $(k)) --docs docs/kernels.md $(KERNEL_ARGS)
+
+kernels-docs:
+	$(PYTHON) -c "from pathlib import Path; from tests.kernels import results; \
+	Path('docs/kernels.md').write_text(results.render_markdown(results.load_all(Path('build/kernels')), \
+	Path('tests/kernels/kernels_header.md').read_text()))"

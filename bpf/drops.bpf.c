@@ -9,9 +9,10 @@
  * them in as -D macros.
  *
  * The namespace of a drop is the receiving socket's (rx_sk, set by sk_skb_reason_drop) when
- * there is one; else the owning socket's (skb->sk: a packet purged from a receive queue at
- * close, or dropped on its way out); else the namespace of the skb's device
- * (skb->dev->nd_net: packets dropped before any socket, e.g. CPU_BACKLOG); else 0. The CPU
+ * there is one; else the namespace of the skb's device (skb->dev->nd_net: where the packet
+ * is, e.g. CPU_BACKLOG on the receiving veth); else the owning socket's (skb->sk: a packet
+ * purged from a receive queue at close, or dropped on its way out before it has a device);
+ * else 0. The CPU
  * is the one that called kfree_skb: for CPU_BACKLOG that is the CPU enqueuing the packet,
  * not the CPU whose backlog was full (softnet_stat's `dropped` charges that one).
  *
@@ -52,8 +53,12 @@
 #endif
 
 /* BCC's generated struct for skb:kfree_skb declares `enum skb_drop_reason reason;`, and the
- * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. */
+ * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. With
+ * real kernel headers (no BTF) the kernel's own definition is there, and a second one would
+ * not compile. */
+#ifdef NETPROF_HEADER_SHIM
 enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
+#endif
 
 /* The one map every drop touches: per-CPU values, so the dropping CPU only ever adds to its
  * own counter (no atomics, no cache line shared with other CPUs), and one hash operation
@@ -332,11 +337,16 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 #else
     const void *rx_sk = 0;  /* the tracepoint gained rx_sk in Linux 6.11 */
 #endif
+    /* The device before the owning socket: a packet that crossed a veth into another pod
+     * still carries its sender's socket on kernels that do not orphan it there (6.1), and
+     * a drop on the receiving side (CPU_BACKLOG at enqueue_to_backlog) belongs to the pod
+     * whose device holds it. Where both are set in one netns the order changes nothing;
+     * a UDP skb in a receive queue has no device (dev_scratch), so its socket names it. */
     u32 netns = rx_sk ? netns_inode_of_sock(rx_sk) : 0;
     if (!netns)
-        netns = netns_inode_of_skb_owner(args->skbaddr);
-    if (!netns)
         netns = netns_inode_of_skb_dev(args->skbaddr);
+    if (!netns)
+        netns = netns_inode_of_skb_owner(args->skbaddr);
 
     struct drop_key key = {};
     key.location = (u64)args->location;

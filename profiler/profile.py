@@ -47,8 +47,12 @@ def run_profile(
     root: Path = Path("/"),
     sources: list[Source] | None = None,
     on_started: Callable[[int, int], None] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> Capture:
-    """on_started(attached, total): the probes are in place and sampling begins."""
+    """Capture for `options.duration_s`, or, with `until`, until it first returns True at an
+    interval's end (the duration then caps the capture): a lab run ends with its workload,
+    however long a slow machine makes that. on_started(attached, total): the probes are in
+    place and sampling begins."""
     session = LiveSession(root=root, sources=sources)
     with _sigterm_as_interrupt(), session:
         try:
@@ -66,9 +70,12 @@ def run_profile(
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 time.sleep(min(options.interval_s, remaining))
-                snapshot = session.sample(final=time.monotonic() >= deadline)
+                done = until is not None and until()
+                snapshot = session.sample(final=done or time.monotonic() >= deadline)
                 if on_snapshot:
                     on_snapshot(snapshot)
+                if done:
+                    break
         except KeyboardInterrupt:
             interrupted = True
             # The counts since the last interval are still in the maps: keep them.

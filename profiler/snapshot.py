@@ -54,6 +54,10 @@ class Listener:
     # (count i: ratios in (bound i-1, bound i], the last above every bound), and their sum.
     accept_queue_fill_ratio: tuple[int, ...] = ()
     accept_queue_fill_ratio_sum: float = 0.0
+    # SYNs refused on the SYN path (no drop reason; kprobe listen_syn_path, where attached):
+    # because the accept queue was full, and because the SYN queue was (syncookies off).
+    syn_drops_accept_queue_full: int = 0
+    syn_drops_syn_queue_full: int = 0
 
     def merge(self, other: "Listener") -> "Listener":
         return Listener(
@@ -68,6 +72,8 @@ class Listener:
             accept_queue_depth_log2=_add_hist(self.accept_queue_depth_log2, other.accept_queue_depth_log2),
             accept_queue_fill_ratio=_add_hist(self.accept_queue_fill_ratio, other.accept_queue_fill_ratio),
             accept_queue_fill_ratio_sum=self.accept_queue_fill_ratio_sum + other.accept_queue_fill_ratio_sum,
+            syn_drops_accept_queue_full=self.syn_drops_accept_queue_full + other.syn_drops_accept_queue_full,
+            syn_drops_syn_queue_full=self.syn_drops_syn_queue_full + other.syn_drops_syn_queue_full,
         )
 
     def to_json(self) -> dict:
@@ -80,6 +86,8 @@ class Listener:
             "accept_queue_depth_log2": list(self.accept_queue_depth_log2),
             "accept_queue_fill_ratio": list(self.accept_queue_fill_ratio),
             "accept_queue_fill_ratio_sum": round(self.accept_queue_fill_ratio_sum, 6),
+            "syn_drops_accept_queue_full": self.syn_drops_accept_queue_full,
+            "syn_drops_syn_queue_full": self.syn_drops_syn_queue_full,
         }
 
 

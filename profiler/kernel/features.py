@@ -47,11 +47,31 @@ def has_kprobes(tracefs: Path | None, root: Path = Path("/")) -> bool:
 
 
 def find_kernel_headers(release: str, root: Path = Path("/")) -> Path | None:
-    for candidate in (root / "lib/modules" / release / "build", root / "lib/modules" / release / "source",
-                      root / "usr/src" / f"linux-headers-{release}"):
-        if (candidate / "include/linux/kconfig.h").is_file():
-            return candidate
+    """The kernel's build tree: where `include/generated/autoconf.h` (the kernel's CONFIG_*)
+    lives, with `include/linux/kconfig.h` in it or in its `source` sibling.
+
+    Debian and Ubuntu split the headers: /lib/modules/<rel>/build is the arch-specific tree
+    (generated/autoconf.h, arch/x86/include/generated) and /lib/modules/<rel>/source the
+    -common one (include/linux/*.h). Compiling against `source` alone misses autoconf.h, so
+    every CONFIG_* reads as unset and most programs fail; BCC knows the split when given the
+    `build` tree (the loader then leaves BCC_KERNEL_SOURCE unset). A tree with kconfig.h but
+    no autoconf.h anywhere is not configured: not usable.
+    """
+    modules = root / "lib/modules" / release
+    for build, source in ((modules / "build", modules / "source"),
+                          (root / "usr/src" / f"linux-headers-{release}", None)):
+        if not (build / "include/generated/autoconf.h").is_file():
+            continue
+        if (build / "include/linux/kconfig.h").is_file() or \
+                (source is not None and (source / "include/linux/kconfig.h").is_file()):
+            return build
     return None
+
+
+def is_split_build_tree(headers: Path, release: str, root: Path = Path("/")) -> bool:
+    """The distribution's split layout: `build` without include/linux, `source` beside it."""
+    modules = root / "lib/modules" / release
+    return headers == modules / "build" and not (headers / "include/linux/kconfig.h").is_file()
 
 
 def probe_kernel(root: Path = Path("/"), release: str | None = None) -> KernelInfo:

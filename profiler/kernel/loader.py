@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import NetprofError
 from .btf import Btf, BtfError
-from .features import KernelInfo
+from .features import KernelInfo, is_split_build_tree
 from .kernel_files import bcc_tracefs_dirs, tracepoint_files_problem, tracepoints_in_source
 from .offsets import OFFSET_MACROS_FROM_HEADERS, KernelLayout, read_layout, read_layout_from_tracefs
 from .shim import ensure_shim
@@ -44,16 +44,22 @@ class BpfLoader:
                  log: Callable[[str], None] | None = None, tracefs_root: Path = Path("/")):
         self.info = info
         self.tracefs_root = tracefs_root  # where BCC's own tracefs paths are looked up (tests: a fixture)
+        self._kernel_source: str | None
         if info.btf:
             try:
                 self.layout: KernelLayout = read_layout(Btf.from_file())
             except BtfError as exc:
                 raise NetprofError(f"cannot use this kernel's BTF: {exc}") from None
             self._kernel_source = str(ensure_shim(cache_dir, info.release, **({"log": log} if log else {})))
-            self._base_cflags = self.layout.cflags()
+            # NETPROF_HEADER_SHIM: programs declare the few kernel types the shim lacks.
+            self._base_cflags = [*self.layout.cflags(), "-DNETPROF_HEADER_SHIM=1"]
         elif info.headers:
             self.layout = read_layout_from_tracefs(info.tracefs or "/sys/kernel/tracing")
-            self._kernel_source = info.headers
+            # A split tree (Debian's build/ + source/) is BCC's own default for the running
+            # kernel: it adds both trees' include paths. BCC_KERNEL_SOURCE would make it
+            # read one tree only, and miss either autoconf.h or include/linux.
+            split = is_split_build_tree(Path(info.headers), info.release)
+            self._kernel_source = None if split else info.headers
             self._base_cflags = [
                 "-include", "net/sock.h", "-include", "net/net_namespace.h", "-include", "net/tcp.h",
                 *(f"-D{name}={expr}" for name, expr in OFFSET_MACROS_FROM_HEADERS.items()),
@@ -63,7 +69,11 @@ class BpfLoader:
 
     @property
     def mode(self) -> str:
-        return "btf+shim" if self.info.btf else "kernel-headers"
+        """Which path compiles the programs; where a kernel has both, says the headers were
+        there and not used (BTF wins: its offsets are this kernel's by construction)."""
+        if self.info.btf:
+            return f"btf+shim; headers at {self.info.headers} not used" if self.info.headers else "btf+shim"
+        return f"kernel-headers at {self.info.headers}"
 
     def compile(self, program: str, cflags: list[str] | tuple[str, ...] = ()):
         """Compile and load bpf/<program>.bpf.c; returns the bcc.BPF object."""
@@ -76,7 +86,10 @@ class BpfLoader:
         if problem:
             raise NetprofError(f"not loading the {program} BPF program: {problem} (a broken or hostile tracefs)")
         bcc = import_bcc()
-        os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
+        if self._kernel_source is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
         flags = [*self._base_cflags, f"-I{source.parent}", *cflags, "-Wno-unused-function"]
         try:
             return bcc.BPF(src_file=str(source).encode(), cflags=flags)

@@ -32,6 +32,15 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # skb->head + skb->network_header is its IP header.
     "NETPROF_SKB_HEAD_OFFSET": (("sk_buff", "head"),),
     "NETPROF_SKB_NETWORK_HEADER_OFFSET": (("sk_buff", "network_header"),),
+    # A listener's queues and drop count, for the SYN-path kprobe (bpf/listen_syn_path.bpf.c):
+    # accept-queue length and limit, SYN-queue length (request_sock_queue.qlen), sk_drops
+    # (what tcp_listendrop bumps), and the pod netns' net.ipv4.tcp_syncookies.
+    "NETPROF_SOCK_DROPS_OFFSET": (("sock", "sk_drops"),),
+    "NETPROF_SOCK_ACK_BACKLOG_OFFSET": (("sock", "sk_ack_backlog"),),
+    "NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET": (("sock", "sk_max_ack_backlog"),),
+    "NETPROF_ICSK_SYN_QUEUE_LEN_OFFSET": (("inet_connection_sock", "icsk_accept_queue"),
+                                          ("request_sock_queue", "qlen")),
+    "NETPROF_NET_TCP_SYNCOOKIES_OFFSET": (("net", "ipv4"), ("netns_ipv4", "sysctl_tcp_syncookies")),
 }
 
 # The same values, expressed for compilation against real kernel headers (no BTF).
@@ -46,6 +55,11 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
     "NETPROF_SKB_HEAD_OFFSET": "__builtin_offsetof(struct sk_buff, head)",
     "NETPROF_SKB_NETWORK_HEADER_OFFSET": "__builtin_offsetof(struct sk_buff, network_header)",
+    "NETPROF_SOCK_DROPS_OFFSET": "__builtin_offsetof(struct sock, sk_drops)",
+    "NETPROF_SOCK_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_ack_backlog)",
+    "NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_max_ack_backlog)",
+    "NETPROF_ICSK_SYN_QUEUE_LEN_OFFSET": "(__builtin_offsetof(struct inet_connection_sock, icsk_accept_queue) + __builtin_offsetof(struct request_sock_queue, qlen))",
+    "NETPROF_NET_TCP_SYNCOOKIES_OFFSET": "(__builtin_offsetof(struct net, ipv4) + __builtin_offsetof(struct netns_ipv4, sysctl_tcp_syncookies))",
 }
 
 

@@ -12,6 +12,8 @@ flame graph; the drop-site table keeps the exact `function+0xoffset` of the drop
 """
 from __future__ import annotations
 
+import re
+
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -56,12 +58,26 @@ def read_stacks_lost(reader: MapReader) -> dict[str, int]:
     return lost
 
 
+# Suffixes GCC and clang give the copies they make of a function: a split-off part
+# (`__tcp_retransmit_skb.part.0` on Debian's 6.1), a copy with changed arguments (.isra,
+# .constprop), the cold half (.cold), a renamed local (.llvm.<hash>). A flame graph shows
+# the function the source names, or the same code splits into two frames across kernels.
+_CLONE_SUFFIX = re.compile(r"(\.(part|isra|constprop|cold|llvm|lto_priv)(\.\d+)?)+$")
+
+
+def source_function_name(symbol: str) -> str:
+    """`__tcp_retransmit_skb.part.0` → `__tcp_retransmit_skb`; other names unchanged."""
+    base = _CLONE_SUFFIX.sub("", symbol)
+    return base or symbol
+
+
 def frame_name(kallsyms: Kallsyms, address: int) -> str:
     found = kallsyms.lookup(address)
     if found is None:
         return f"0x{address:x}"
     symbol, _offset = found
-    return f"{symbol.name} [{symbol.module}]" if symbol.module else symbol.name
+    name = source_function_name(symbol.name)
+    return f"{name} [{symbol.module}]" if symbol.module else name
 
 
 class SharedKallsyms:

@@ -32,7 +32,20 @@ from profiler.lab.workload_common import GRACE_S, MAX_RUN_S
 # After the foreground workloads end, servers get this long to read what is still in flight
 # (a segment lost just before the client closed is retransmitted after ≥200 ms RTO).
 DRAIN_S = 0.5
-READY_TIMEOUT_S = 5.0
+
+
+def lab_time_scale(environ: dict[str, str] | None = None) -> float:
+    """How much slower than this machine the lab runs: NETPROF_LAB_TIME_SCALE (≥ 1), set by
+    tests/kernels for guests under software emulation (5–10× slower). It stretches only the
+    limits on how long a workload may take to start or finish, never what is measured."""
+    raw = (os.environ if environ is None else environ).get("NETPROF_LAB_TIME_SCALE", "1")
+    try:
+        return max(1.0, float(raw))
+    except ValueError:
+        return 1.0
+
+
+READY_TIMEOUT_S = 5.0 * lab_time_scale()
 
 
 @dataclass(frozen=True)
@@ -164,12 +177,18 @@ class Scenario:
         records = traffic.parse_output(line.decode())
         return records[0] if records else {}
 
+    def finished(self) -> bool:
+        """Every workload that is not a background server has exited (none started: False)."""
+        foreground = [w for w in self._workloads if not w.background]
+        return bool(foreground) and all(w.proc.poll() is not None for w in foreground)
+
     def wait(self, timeout_s: float | None = None) -> ScenarioResult:
         """Wait for the workloads to finish, stop the servers, and collect what happened."""
         if self.lab is None or not self._workloads:
             raise LabError(f"scenario {self.name} was not started")
         lab = self.lab
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._duration_s + 15)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None
+                                       else self._duration_s + 15 * lab_time_scale())
         outputs: dict[int, tuple[str, str]] = {}
         for workload in self._workloads:
             if workload.background:

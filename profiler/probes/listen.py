@@ -1,5 +1,5 @@
-"""The backlog each application asked for in listen(2) (bpf/listen.bpf.c), and the status of
-the SYN-path probe this kernel cannot have.
+"""The backlog each application asked for in listen(2) (bpf/listen.bpf.c). The SYN-path
+kprobe is profiler/probes/listen_syn_path.py.
 
 The kernel keeps min(backlog, net.core.somaxconn) as the accept-queue limit and forgets the
 request; this probe remembers it per (process, fd). Python names the socket with
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetprofError
-from ..kernel.features import KernelInfo
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from .base import ProbeStatus
@@ -26,9 +25,6 @@ MAX_LISTEN_CALLS = 4096
 # Mirrors struct listen_call_key / struct listen_call in bpf/listen.h.
 LISTEN_CALL_KEY = np.dtype([("tgid", "<u4"), ("fd", "<u4")])
 LISTEN_CALL = np.dtype([("backlog", "<i4"), ("calls", "<u4"), ("called_ns", "<u8")])
-
-SYN_PATH_PROBE = "listen_syn_path"
-SYN_PATH_VIA = "kprobe:tcp_conn_request"
 
 
 @dataclass(frozen=True)
@@ -65,19 +61,6 @@ class ListenBacklogProbe:
             self._bpf.cleanup()
             self._bpf = None
             self._calls = None
-
-
-def syn_path_status(info: KernelInfo) -> ProbeStatus:
-    """The exact per-listener SYN-path count needs a kprobe on tcp_conn_request: a SYN refused
-    for a full accept queue is freed with consume_skb, so no tracepoint sees it. Not built:
-    there is no kprobe-capable kernel here to test it on, and an untested probe would be
-    worse than the honest counters-plus-sampling path that covers the signal."""
-    if not info.kprobes:
-        return ProbeStatus(SYN_PATH_PROBE, False, SYN_PATH_VIA,
-                           "kprobes not available on this kernel (CONFIG_KPROBES off)")
-    return ProbeStatus(SYN_PATH_PROBE, False, SYN_PATH_VIA,
-                       "not implemented yet: per-listener SYN-path counts come from "
-                       "ListenOverflows and inet_diag sampling instead")
 
 
 def parse_socket_link(target: str) -> int | None:

@@ -29,8 +29,10 @@ statistics moved at their last read every interval, idle pods in turn on a fixed
 (all of them on a capture's final interval). A pod read after some intervals unread reports
 everything it counted meanwhile in the interval of that read.
 
-Where the kernel has kprobes, a probe on `__nf_conntrack_confirm` could name the failing
-tuple; it is reported, with why it is not attached.
+Where the kernel has kprobes and nf_conntrack is loaded, the conntrack_confirm probe
+(profiler/probes/conntrack_confirm.py, kprobe on `__nf_conntrack_confirm`) also counts each
+pod's failed confirms where they happen, as `confirm_failed`; elsewhere the probe table says
+why it is not attached.
 """
 from __future__ import annotations
 
@@ -39,11 +41,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..errors import NetprofError
-from ..kernel.features import KernelInfo
-from ..kernel.kernel_files import KALLSYMS_MAX_BYTES, read_kernel_text
 from ..kernel.loader import BpfLoader
 from ..pods import PodDirectory
 from ..probes.base import ProbeStatus
+from ..probes.conntrack_confirm import ConntrackConfirmProbe
 from ..snapshot import SnapshotFrame
 from ..system.conntrack import (
     ConntrackStats, conntrack_loaded, counter_deltas, procfs_stats_available, read_limits,
@@ -55,11 +56,8 @@ from .netns_schedule import NetnsSchedule
 COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong",
             "invalid", "search_restart", "insert")
 STATS_PROBE = "conntrack_stats"
-CONFIRM_PROBE = "conntrack_confirm"
 VIA_PROCFS = "procfs:/proc/net/stat/nf_conntrack (per netns)"
 VIA_NETLINK = "netlink:ctnetlink IPCTNL_MSG_CT_GET_STATS_CPU (per netns, pyroute2)"
-VIA_CONFIRM_KPROBE = "kprobe:__nf_conntrack_confirm"
-CONFIRM_SYMBOL = "__nf_conntrack_confirm"
 
 PROCFS = "procfs"
 NETLINK = "netlink"
@@ -88,34 +86,13 @@ def choose_stats_reader(root: Path = Path("/")) -> tuple[str | None, str | None]
     return NETLINK, None
 
 
-def confirm_probe_status(info: KernelInfo, root: Path = Path("/")) -> ProbeStatus:
-    """The optional kprobe on the confirm path: feature-detected, and honest about why not."""
-    if not info.kprobes:
-        return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
-                           "kprobes not available on this kernel (CONFIG_KPROBES off)")
-    if not _kernel_has_symbol(CONFIRM_SYMBOL, root):
-        return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
-                           f"{CONFIRM_SYMBOL} not in /proc/kallsyms (nf_conntrack not loaded)")
-    return ProbeStatus(CONFIRM_PROBE, False, VIA_CONFIRM_KPROBE,
-                       "the failing-tuple kprobe is not built in this version (it could not be "
-                       "tested where it was developed); insert_failed per pod comes from the "
-                       "conntrack statistics")
-
-
-def _kernel_has_symbol(symbol: str, root: Path) -> bool:
-    try:
-        text = read_kernel_text(root / "proc/kallsyms", KALLSYMS_MAX_BYTES)
-    except OSError:
-        return False
-    return any(line.split(maxsplit=3)[2:3] == [symbol] for line in text.splitlines())
-
-
 class ConntrackSource:
     name = "conntrack"
 
     def __init__(self, pods: PodDirectory, root: Path = Path("/"),
                  read_stats: Callable[[Mapping[int, Path], bool], Mapping[int, NetnsResult[ConntrackStats]]]
-                 = read_stats_in_each, schedule: NetnsSchedule | None = None):
+                 = read_stats_in_each, schedule: NetnsSchedule | None = None,
+                 confirm_probe: ConntrackConfirmProbe | None = None):
         self.pods = pods
         self.root = root
         # (netns paths, over netlink?) → stats or error per netns; tests pass fixtures.
@@ -124,14 +101,27 @@ class ConntrackSource:
         self._reader: str | None = None
         self._previous: dict[int, ConntrackStats] = {}
         self._skippable: tuple[type[BaseException], ...] = (OSError, ValueError, NetprofError)
+        self.confirm_probe = confirm_probe or ConntrackConfirmProbe(root)
+        self._confirm_previous: dict[int, int] = {}
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         reader, why_not = choose_stats_reader(self.root)
         if reader is not None:
             self._start(reader)
         via = VIA_NETLINK if reader == NETLINK else VIA_PROCFS
-        return [ProbeStatus(STATS_PROBE, reader is not None, via, why_not),
-                confirm_probe_status(loader.info, self.root)]
+        confirm = self.confirm_probe.attach(loader)
+        if confirm.attached:
+            self._confirm_previous = self.confirm_probe.read().failed_by_netns()
+        return [ProbeStatus(STATS_PROBE, reader is not None, via, why_not), confirm]
+
+    def _confirm_failed_deltas(self) -> dict[int, int]:
+        if not self.confirm_probe.attached:
+            return {}
+        current = self.confirm_probe.read().failed_by_netns()
+        deltas = {netns: n - self._confirm_previous.get(netns, 0) for netns, n in current.items()
+                  if n > self._confirm_previous.get(netns, 0)}
+        self._confirm_previous = current
+        return deltas
 
     def _start(self, reader: str) -> None:
         self._reader = reader
@@ -166,11 +156,14 @@ class ConntrackSource:
                 self._start(reader)  # nf_conntrack loaded mid-capture: baseline now
             return
         limits = read_limits(self.root)
+        confirm_failed = self._confirm_failed_deltas()
         for inode, (before, stats) in self._read_due(self.pods.netns_paths(), frame.final).items():
             if before is None:
                 continue
             deltas = counter_deltas(before, stats)
             values = {name: deltas[name] for name in COUNTERS if name in deltas}
+            if self.confirm_probe.attached:
+                values["confirm_failed"] = confirm_failed.pop(inode, 0)
             if not any(values.values()) and stats.entries == 0:
                 continue
             values["count_now"] = stats.entries
@@ -178,7 +171,11 @@ class ConntrackSource:
                 values["max_now"] = limits.max_entries
                 values["buckets_now"] = limits.buckets
             frame.pod(inode, conntrack=MappingProxyType(values))
+        for inode, failed in confirm_failed.items():
+            # A pod whose statistics were not due this interval: the kprobe's count still lands.
+            frame.pod(inode, conntrack=MappingProxyType({"confirm_failed": failed}))
 
     def detach(self) -> None:
+        self.confirm_probe.detach()
         self._reader = None
         self._previous = {}

@@ -33,7 +33,8 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..pods import PodDirectory
 from ..probes.base import ProbeStatus
-from ..probes.listen import ListenBacklogProbe, ListenCalls, socket_inode, syn_path_status
+from ..probes.listen import ListenBacklogProbe, ListenCalls, socket_inode
+from ..probes.listen_syn_path import ListenSynPathProbe, drops_by_listener
 from ..snapshot import Listener, SnapshotFrame
 from ..system.listeners import ListenerQueue, ListenerSampler, NetnsListeners, NetnsQueues, open_diag_socket
 from ..system.netns import BatchReader
@@ -165,6 +166,7 @@ class ListenSource:
                  sample_period_s: float = DEFAULT_SAMPLE_PERIOD_S,
                  idle_sample_period_s: float = DEFAULT_IDLE_SAMPLE_PERIOD_S,
                  backlog_probe: ListenBacklogProbe | None = None,
+                 syn_path_probe: ListenSynPathProbe | None = None,
                  open_netns: Callable[[Path], NetnsListeners] = NetnsListeners.open,
                  read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
                  proc: Path = Path("/proc")):
@@ -173,6 +175,9 @@ class ListenSource:
         self.pods = pods
         self.drops = drops
         self.backlog_probe = backlog_probe or ListenBacklogProbe()
+        self.syn_path_probe = syn_path_probe or ListenSynPathProbe()
+        # (netns, port) → cumulative SYN-path drops by cause at the previous read.
+        self._syn_previous: dict[tuple[int, int], dict[str, int]] = {}
         self.sampler = ListenerSampler(sample_period_s, idle_sample_period_s, open_netns)
         self.counters = NetnsCounterDeltas(read_counters=read_counters)
         self.backlogs = RequestedBacklogs(proc)
@@ -186,7 +191,10 @@ class ListenSource:
         status = self.backlog_probe.attach(loader)
         self._backlog_attached = status.attached
         paths = self.pods.netns_paths()
-        statuses = [status, syn_path_status(loader.info), self._start_sampling(paths)]
+        syn_status = self.syn_path_probe.attach(loader)
+        if syn_status.attached:
+            self._syn_previous = drops_by_listener(self.syn_path_probe.read())
+        statuses = [status, syn_status, self._start_sampling(paths)]
         self.counters.update(paths)  # baselines: the first interval reports its own deltas
         statuses.append(ProbeStatus("netns_counters", True, "/proc/net/netstat+snmp in each pod netns"))
         return statuses
@@ -218,11 +226,17 @@ class ListenSource:
         if self._backlog_attached:
             self.backlogs.update(self.backlog_probe.read())
         self.backlogs.keep_live({i for q in queues.values() for l in q.listeners for i in l.inodes})
-        drops = self._overflow_drop_deltas()
+        drops = dict(self._overflow_drop_deltas())
+        syn_drops = self._syn_drop_deltas()
+        for key, by_cause in syn_drops.items():
+            # Final-ACK overflows from the kprobe (kernels without TCP_LISTEN_OVERFLOW): the
+            # same event the drops source charges to the listener on newer kernels.
+            if by_cause.get("final_ack_overflow"):
+                drops[key] = drops.get(key, 0) + by_cause["final_ack_overflow"]
 
-        for netns in sorted(set(netstat) | set(queues) | {n for n, _ in drops}):
+        for netns in sorted(set(netstat) | set(queues) | {n for n, _ in drops} | {n for n, _ in syn_drops}):
             sampled = queues.get(netns) or _unsampled(self._known.get(netns))
-            listeners = self._listeners(netns, sampled, netstat.get(netns, {}), drops)
+            listeners = self._listeners(netns, sampled, netstat.get(netns, {}), drops, syn_drops)
             fields: dict = {}
             if netns in netstat:
                 fields["netstat"] = MappingProxyType(netstat[netns])
@@ -242,15 +256,37 @@ class ListenSource:
         self._consumed_drops = interval
         return interval
 
+    def _syn_drop_deltas(self) -> dict[tuple[int, int], dict[str, int]]:
+        """(netns, port) → {cause: SYN-path drops this interval}, from the kprobe's totals."""
+        if not self.syn_path_probe.attached:
+            return {}
+        current = drops_by_listener(self.syn_path_probe.read())
+        deltas = {}
+        for key, causes in current.items():
+            before = self._syn_previous.get(key, {})
+            moved = {cause: n - before.get(cause, 0) for cause, n in causes.items() if n > before.get(cause, 0)}
+            if moved:
+                deltas[key] = moved
+        self._syn_previous = current
+        return deltas
+
     def _listeners(self, netns: int, queues: NetnsQueues | None, netstat: Mapping[str, int],
-                   drops: Mapping[tuple[int, int], int]) -> tuple[Listener, ...]:
+                   drops: Mapping[tuple[int, int], int],
+                   syn_drops: Mapping[tuple[int, int], Mapping[str, int]] = MappingProxyType({}),
+                   ) -> tuple[Listener, ...]:
         pressured = any(netstat.get(name, 0) for name in LISTEN_PRESSURE_COUNTERS)
         rows = list(queues.listeners) if queues else []
         drops_by_listener = _assign_drops(rows, {port: n for (ns, port), n in drops.items() if ns == netns})
+        syn_by_cause = {cause: _assign_drops(rows, {port: by_cause.get(cause, 0)
+                                                    for (ns, port), by_cause in syn_drops.items()
+                                                    if ns == netns and by_cause.get(cause)})
+                        for cause in ("accept_queue_full", "syn_queue_full")}
         listeners = []
         for index, row in enumerate(rows):
             dropped = drops_by_listener.get(index, 0)
-            if not (pressured or row.accept_queue_peak or row.samples_full or dropped):
+            syn_accept = syn_by_cause["accept_queue_full"].get(index, 0)
+            syn_queue = syn_by_cause["syn_queue_full"].get(index, 0)
+            if not (pressured or row.accept_queue_peak or row.samples_full or dropped or syn_accept or syn_queue):
                 continue
             listeners.append(Listener(
                 address=row.address,
@@ -264,15 +300,24 @@ class ListenSource:
                 accept_queue_depth_log2=row.depth_log2,
                 accept_queue_fill_ratio=row.fill_ratio,
                 accept_queue_fill_ratio_sum=row.fill_ratio_sum,
+                syn_drops_accept_queue_full=syn_accept,
+                syn_drops_syn_queue_full=syn_queue,
             ))
+        unseen: dict[int, dict[str, int]] = {}
         for port, dropped in drops_by_listener.get(None, {}).items():
+            unseen.setdefault(port, {})["overflow_drops"] = dropped
+        for cause, assigned in syn_by_cause.items():
+            for port, dropped in assigned.get(None, {}).items():
+                unseen.setdefault(port, {})[f"syn_drops_{cause}"] = dropped
+        for port, counts in sorted(unseen.items()):
             # Drops charged to a listener the sampler never saw (it closed in between).
-            listeners.append(Listener(address=UNKNOWN_ADDRESS, port=port, overflow_drops=dropped))
+            listeners.append(Listener(address=UNKNOWN_ADDRESS, port=port, **counts))
         return tuple(listeners)
 
     def detach(self) -> None:
         self.sampler.stop()
         self.backlog_probe.detach()
+        self.syn_path_probe.detach()
         self._backlog_attached = False
 
 

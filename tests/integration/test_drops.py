@@ -123,7 +123,14 @@ def test_rcvqueue_full_is_charged_to_the_ping_sockets_pod(rcvbuf_run):
     refused = rcvbuf_run.summary("ping-flood")["socket_drops"]
     assert refused > 200
     assert pinger.rcvqueue_full == refused
-    assert pinger.drops.get("SOCKET_RCVBUFF", 0) == refused
+    # Before the fix in later kernels, icmp_rcv (6.1) frees the echo reply itself with the
+    # reason ping_rcv returned after the socket refused, and freed, its clone: the kernel
+    # reports two SOCKET_RCVBUFF drops per refusal, the second at icmp_rcv. Both are real
+    # kfree_skb events; the socket's refusals are the rest, exactly.
+    at_icmp_rcv = sum(site.count for site in rcvbuf_run.capture.drop_site_totals()
+                      if site.reason == "SOCKET_RCVBUFF" and site.symbol.startswith("icmp_rcv"))
+    assert at_icmp_rcv in (0, refused), at_icmp_rcv
+    assert pinger.drops.get("SOCKET_RCVBUFF", 0) - at_icmp_rcv == refused
     assert receiver.rcvqueue_full == 0
 
 

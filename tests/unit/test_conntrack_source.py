@@ -11,8 +11,7 @@ import pytest
 from profiler.kernel.features import KernelInfo
 from profiler.snapshot import SnapshotFrame
 from profiler.sources.conntrack import (
-    CONFIRM_PROBE, STATS_PROBE, VIA_NETLINK, VIA_PROCFS, ConntrackSource, choose_stats_reader,
-    confirm_probe_status,
+    STATS_PROBE, VIA_NETLINK, VIA_PROCFS, ConntrackSource, choose_stats_reader,
 )
 from profiler.system.conntrack import ConntrackStats
 from tests.unit.test_netns_schedule import batch_of
@@ -138,15 +137,18 @@ def test_netlink_when_procfs_statistics_are_compiled_out(tmp_path, netns):
 
 
 def test_confirm_kprobe_status_says_why_not(tmp_path):
-    status = confirm_probe_status(KERNEL, tmp_path)
-    assert status.name == CONFIRM_PROBE and not status.attached
+    from profiler.probes.conntrack_confirm import NAME, ConntrackConfirmProbe
+
+    probe = ConntrackConfirmProbe(tmp_path)
+    status = probe.attach(SimpleNamespace(info=KERNEL))
+    assert status.name == NAME and not status.attached and not probe.attached
     assert status.via == "kprobe:__nf_conntrack_confirm"
     assert status.error == "kprobes not available on this kernel (CONFIG_KPROBES off)"
 
     with_kprobes = KernelInfo(release="6.1.0", btf=True, kprobes=True, tracefs=None, headers=None)
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/kallsyms").write_text("ffffffffc0a01230 t nf_ct_resolve_clash\t[nf_conntrack]\n")
-    assert "not in /proc/kallsyms" in confirm_probe_status(with_kprobes, tmp_path).error
-    (tmp_path / "proc/kallsyms").write_text("ffffffffc0a01000 T __nf_conntrack_confirm\t[nf_conntrack]\n")
-    status = confirm_probe_status(with_kprobes, tmp_path)
-    assert not status.attached and "not built" in status.error
+    status = probe.attach(SimpleNamespace(info=with_kprobes))
+    assert not status.attached
+    assert status.error == "__nf_conntrack_confirm not in /proc/kallsyms (nf_conntrack not loaded)"
+    # With the symbol present the probe compiles and attaches: tests/integration/test_kprobes.py.

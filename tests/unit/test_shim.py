@@ -18,3 +18,29 @@ def test_shim_is_generated_not_checked_in(tmp_path):
     assert ensure_shim(tmp_path, "6.19.0") != root
     # No kernel struct definitions ever go into the shim.
     assert not any("struct sock" in c or "struct net " in c for c in files.values())
+
+
+def test_read_only_cache_falls_back_to_a_temp_directory(tmp_path, monkeypatch):
+    """A read-only home (the guest's /root under tests/kernels without an overlay) crashed
+    `netprof profile` with exit 70; the shim now goes to the temp directory instead."""
+    import os
+    import tempfile
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    writable = tmp_path / "tmp"
+    writable.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(writable))
+    real_mkdir = type(read_only).mkdir
+
+    def refuse_under_read_only(self, *args, **kwargs):
+        # root ignores mode bits: refuse as a read-only filesystem would (EROFS).
+        if str(self).startswith(str(read_only)):
+            raise OSError(30, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(read_only), "mkdir", refuse_under_read_only)
+    root = ensure_shim(read_only, "6.1.0-57-amd64")
+    assert str(root).startswith(str(writable / f"netprof-{os.getuid()}"))
+    assert (root / "include/linux/kconfig.h").is_file()

@@ -1,0 +1,107 @@
+"""python -m tests.kernels — boot each kernel of the matrix, run a command, collect results.
+
+    python -m tests.kernels                         every kernel, the integration tests
+    python -m tests.kernels -k bookworm-6.1         one kernel
+    python -m tests.kernels -k bookworm-6.1 -c 'uname -r'
+    python -m tests.kernels --docs docs/kernels.md  also regenerate the table from --out
+
+Exit status 0 only when every selected kernel booted and its command exited 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import provision, results, vm
+from .matrix import MATRIX, select
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_COMMAND = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+                   "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration")
+DOCS_HEADER = (REPO / "tests/kernels/kernels_header.md")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", "--kernel", action="append", metavar="NAME",
+                        help=f"run only this kernel (repeatable): {', '.join(s.name for s in MATRIX)}")
+    parser.add_argument("-c", "--command", metavar="SHELL",
+                        help="run this in the guest instead of each kernel's default "
+                             "(the integration tests with junit into $NETPROF_GUEST_OUT)")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "kernels",
+                        help="results directory, one subdirectory per kernel (default build/kernels)")
+    parser.add_argument("--time-limit", type=int, metavar="SECONDS",
+                        help="override each kernel's time limit")
+    parser.add_argument("--docs", type=Path, metavar="FILE",
+                        help="render every result under --out into this Markdown file")
+    parser.add_argument("--list", action="store_true", help="print the matrix and exit")
+    return parser.parse_args(argv)
+
+
+def run_one(spec, args, vng_bin: Path) -> results.KernelResult:
+    command = args.command or spec.command or DEFAULT_COMMAND
+    out = args.out.resolve() / spec.name
+    try:
+        kernel = provision.provide(spec)
+    except provision.ProvisionError as exc:
+        result = results.KernelResult(spec.name, "", None, 0.0, False, command, None, not_run=str(exc))
+        results.save(result, out)
+        return result
+    if args.time_limit:
+        from dataclasses import replace
+        kernel = replace(kernel, spec=replace(spec, time_limit_s=args.time_limit))
+    for stale in ("junit.xml", "profile.json", "profile.err"):
+        (out / stale).unlink(missing_ok=True)
+    print(f"kernels: {spec.name} ({kernel.release}): booting, limit {kernel.spec.time_limit_s} s",
+          file=sys.stderr)
+    run = vm.boot_and_run(vng_bin, kernel, REPO, out, command)
+    suite, probes, compiled_with = results.read_guest_outputs(out)
+    result = results.KernelResult(spec.name, kernel.release, run.exit_status, round(run.wall_s, 1),
+                                  run.timed_out, command, suite, compiled_with, probes)
+    results.save(result, out)
+    return result
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # SystemExit unwinds through boot_and_run's `finally`, which kills QEMU's process group.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    args = parse_args(argv)
+    if args.list:
+        for spec in MATRIX:
+            print(f"{spec.name:28} {spec.source:6} {spec.note}")
+        return 0
+    try:
+        specs = select(args.kernel)
+    except ValueError as exc:
+        print(f"kernels: {exc}", file=sys.stderr)
+        return 2
+    try:
+        provision.ensure_packages(provision.HOST_PACKAGES)
+        vng_bin = provision.ensure_vng()
+    except provision.ProvisionError as exc:
+        print(f"kernels: {exc}", file=sys.stderr)
+        return 1
+    outcome = 0
+    for spec in specs:
+        result = run_one(spec, args, vng_bin)
+        print(f"kernels: {spec.name}: {results._suite_cell(result)}"
+              f" (exit {result.exit_status}, {result.wall_s:.0f} s)"
+              + (f" — {result.not_run}" if result.not_run else ""), file=sys.stderr)
+        if not result.ok:
+            outcome = 1
+    if args.docs:
+        args.docs.write_text(results.render_markdown(results.load_all(args.out.resolve()),
+                                                     DOCS_HEADER.read_text()))
+    return outcome
+
+
+if __name__ == "__main__":
+    sys.exit(main())

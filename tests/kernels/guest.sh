@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs inside the guest (tests/kernels/vm.py starts it): shape the guest like the node the
+# matrix entry stands for, record what netprof sees, run the command, write its exit status.
+#
+#   NETPROF_GUEST_OUT           the --rwdir results come back through
+#   NETPROF_GUEST_REPO          the checkout (overlaid: writable here, unchanged on the host)
+#   NETPROF_GUEST_HIDE_HEADERS  1: tmpfs over /usr/src, so /lib/modules/<rel>/{build,source}
+#                               dangle, as on a node without headers
+#   NETPROF_GUEST_HIDE_BTF      1: tmpfs over /sys/kernel/btf, so netprof must use headers
+set -uo pipefail
+out=${NETPROF_GUEST_OUT:?}
+cd "${NETPROF_GUEST_REPO:?}" || exit 99
+
+if [ "${NETPROF_GUEST_HIDE_HEADERS:-0}" = 1 ]; then
+  mount -t tmpfs -o size=1m,mode=755 netprof-no-headers /usr/src || exit 98
+fi
+if [ "${NETPROF_GUEST_HIDE_BTF:-0}" = 1 ]; then
+  mount -t tmpfs -o size=1m,mode=755 netprof-no-btf /sys/kernel/btf || exit 98
+fi
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing
+
+# The lab's conntrack scenarios and the conntrack_confirm kprobe need nf_conntrack; a host
+# with nftables rules has it loaded, a fresh guest does not.
+modprobe nf_conntrack 2>/dev/null || true
+
+# NETPROF_LAB_TIME_SCALE: software emulation runs 5-10x slower; lab workloads get that much
+# longer to start and finish (what they measure is unchanged).
+export NETPROF_REQUIRE_BPF=1 PYTHONDONTWRITEBYTECODE=1 NETPROF_LAB_TIME_SCALE=10
+uname -r > "$out/uname"
+# The probe table of this kernel: what attached, by which method, and why not.
+timeout 600 .venv/bin/netprof profile -d 2 --json > "$out/profile.json" 2> "$out/profile.err"
+echo $? > "$out/profile_status"
+
+bash -c "$1"
+echo $? > "$out/exit_status"

@@ -1,0 +1,77 @@
+"""The declared kernel matrix: which kernels netprof is tested on, and how each is obtained.
+
+Three ways to get a kernel, none of which boots the host into it:
+  apt    a kernel package of this machine's own Debian release, installed with apt-get
+         (its image lands in /boot, its modules in /lib/modules, visible to the guest)
+  host   the image of the kernel this machine runs, if /boot holds it
+  suite  the newest kernel of a newer Debian suite, read through a private apt index and
+         unpacked with dpkg -x into the harness cache (never installed on the host)
+Headers and BTF can be hidden inside the guest (tmpfs over /usr/src, over /sys/kernel/btf)
+so one installed kernel also stands for a node that ships less.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str                  # what docs/kernels.md and --kernel call it
+    source: str                # "apt", "host" or "suite"
+    package: str = ""          # apt: the metapackage to resolve (e.g. linux-image-amd64)
+    suite: str = ""            # suite: the Debian suite whose newest kernel is fetched
+    headers: bool = True       # False: /usr/src is masked in the guest (no build/ or source/)
+    btf: bool = True           # False: /sys/kernel/btf is masked (netprof must use headers)
+    time_limit_s: int = 2700   # boot + command; the guest is killed past it
+    command: str | None = None  # run instead of the integration tests (see __main__.py)
+    note: str = ""
+
+
+# Guest size is fixed so results compare across kernels and runs.
+GUEST_CPUS = 2
+GUEST_MEMORY = "2G"
+
+HEADERS_PATH_TESTS = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+                      "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration/test_headers_path.py")
+
+# The subset of the integration tier that touches every probe at least once (each file's
+# module docstring says which): what CI can afford on 2 CPUs under software emulation.
+# `make kernels-ci` runs it on bookworm-6.1; see docs/kernels.md for the measured times.
+CI_SUBSET_FILES = (
+    "tests/integration/test_kprobe_programs.py",   # both kprobe programs through the verifier
+    "tests/integration/test_listen.py",            # listen_backlog, listen_queues, netns_counters, listen_syn_path
+    "tests/integration/test_conntrack.py",         # conntrack_stats, conntrack_confirm
+    "tests/integration/test_drops.py",             # skb_drops, rcvqueue_full, drop stacks
+    "tests/integration/test_retransmits.py",       # tcp_retransmits, retransmit stacks
+    "tests/integration/test_softirq.py",           # softirq, napi, softnet
+)
+CI_SUBSET_TESTS = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+                   "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(CI_SUBSET_FILES))
+
+MATRIX: tuple[KernelSpec, ...] = (
+    KernelSpec("bookworm-6.1", "apt", package="linux-image-amd64",
+               note="Debian 12's LTS kernel with its headers (split build/ and source/ trees)"),
+    KernelSpec("bookworm-6.1-noheaders", "apt", package="linux-image-amd64", headers=False,
+               note="the same kernel with /usr/src masked: BTF only, like Talos or COS"),
+    KernelSpec("bookworm-6.1-headers-only", "apt", package="linux-image-amd64", btf=False,
+               # Without BTF the suite's fixtures refuse (they require it, as netprof's
+               # normal path); what this entry tests is the headers path: every probe
+               # attached through it, and the probe table of a capture compiled with it.
+               command=HEADERS_PATH_TESTS,
+               note="the same kernel with /sys/kernel/btf masked: the kernel-headers path"),
+    KernelSpec("host", "host",
+               note="the kernel this machine runs, when /boot holds its image"),
+    KernelSpec("trixie", "suite", suite="trixie", note="Debian 13's kernel, unpacked, not installed"),
+    KernelSpec("forky", "suite", suite="forky", note="Debian testing's kernel, unpacked, not installed"),
+)
+
+
+def select(names: list[str] | None) -> list[KernelSpec]:
+    """The specs named (all when names is empty); an unknown name is an error worth one line."""
+    if not names:
+        return list(MATRIX)
+    by_name = {spec.name: spec for spec in MATRIX}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown kernel {', '.join(unknown)} (known: {', '.join(by_name)})")
+    return [by_name[name] for name in names]

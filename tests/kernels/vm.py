@@ -1,0 +1,121 @@
+"""Boot one kernel under QEMU with virtme-ng, run one command inside, bring back its status.
+
+Software emulation only (--disable-kvm): this machine's /dev/kvm is a paravirtual KVM that
+cannot run stock kernels. The guest sees the host's root copy-on-write; the checkout and
+/root are overlaid (writable in the guest, unchanged on the host) and results come back
+only through the --rwdir. QEMU runs under `nice -n 10` in its own process group, so a time
+limit or a Ctrl-C kills the whole group and nothing is left running.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .matrix import GUEST_CPUS, GUEST_MEMORY
+from .provision import BootableKernel
+
+GUEST_SCRIPT = Path(__file__).with_name("guest.sh")
+NICENESS = 10
+EXIT_STATUS_FILE = "exit_status"
+
+
+@dataclass(frozen=True)
+class GuestRun:
+    exit_status: int | None      # the command's, as the guest wrote it; None if it never did
+    wall_s: float
+    timed_out: bool
+    console: Path
+
+
+GUEST_SCRIPT_COPY = "guest.sh"
+
+
+def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
+                command: str) -> list[str]:
+    """The guest runs its own copy of guest.sh from `out`: bash reads a script as it goes,
+    and the checkout is the host's live tree, so an edit during a run would be read
+    half-way (seen: a command mangled mid-run)."""
+    spec = kernel.spec
+    guest = (f"NETPROF_GUEST_HIDE_HEADERS={int(not spec.headers)} "
+             f"NETPROF_GUEST_HIDE_BTF={int(not spec.btf)} "
+             f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
+             f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
+             f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
+    return ["nice", "-n", str(NICENESS), str(vng_bin / "vng"), "--disable-kvm",
+            "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(GUEST_CPUS),
+            "--overlay-rwdir", "/root", "--overlay-rwdir", str(repo), "--rwdir", str(out),
+            "--cwd", str(repo), "--", guest]
+
+
+def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
+                 command: str) -> GuestRun:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
+    (out / GUEST_SCRIPT_COPY).write_text(GUEST_SCRIPT.read_text())
+    console = out / "console.log"
+    argv = vng_command(vng_bin, kernel, repo, out, command)
+    (out / "vng-command.txt").write_text(shlex.join(argv) + "\n")
+    env = {**os.environ, "PATH": f"{vng_bin}:{os.environ.get('PATH', '')}"}
+    started = time.monotonic()
+    timed_out = False
+    # vng's output goes through a pipe (design §9: a direct redirect loses the first lines).
+    with open(console, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            deadline = started + kernel.spec.time_limit_s
+            assert proc.stdout is not None
+            os.set_blocking(proc.stdout.fileno(), False)
+            while proc.poll() is None:
+                _copy_available(proc.stdout, log)
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                time.sleep(0.5)
+            _copy_available(proc.stdout, log)
+        finally:
+            _kill_group(proc)
+    return GuestRun(read_exit_status(out), time.monotonic() - started, timed_out, console)
+
+
+def _copy_available(stream, log) -> None:
+    while True:
+        try:
+            chunk = stream.read(65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        log.write(chunk.decode(errors="replace"))
+        log.flush()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to vng's whole process group (QEMU included)."""
+    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace_s)
+            # The leader is gone; children may linger in the group: one more pass kills them.
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def read_exit_status(out: Path) -> int | None:
+    try:
+        return int((out / EXIT_STATUS_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,126 @@
+"""The kernel-matrix harness's pure parts: matrix selection, apt answers, the vng command
+line, junit and probe-table parsing, and the rendered docs/kernels.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.kernels import matrix, provision, results, vm
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="4">
+<testcase classname="tests.integration.test_a" name="test_ok" time="1.0"/>
+<testcase classname="tests.integration.test_a" name="test_bad" time="1.0"><failure message="x"/></testcase>
+<testcase classname="tests.integration.test_b" name="test_err" time="1.0"><error message="y"/></testcase>
+<testcase classname="tests.integration.test_b" name="test_skip" time="0"><skipped message="z"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_select_names_and_rejects_unknown():
+    assert [s.name for s in matrix.select(["bookworm-6.1"])] == ["bookworm-6.1"]
+    assert len(matrix.select(None)) == len(matrix.MATRIX)
+    with pytest.raises(ValueError, match="unknown kernel nope"):
+        matrix.select(["nope"])
+
+
+def test_matrix_covers_headers_and_btf_variants_and_newer_suites():
+    specs = matrix.MATRIX
+    assert any(s.source == "apt" and s.headers and s.btf for s in specs)
+    assert any(s.source == "apt" and not s.headers for s in specs)
+    assert any(s.source == "apt" and not s.btf for s in specs)
+    assert {s.suite for s in specs if s.source == "suite"} >= {"trixie"}
+    assert len({s.name for s in specs}) == len(specs)
+
+
+def test_parse_dependency_picks_the_versioned_image():
+    text = "linux-image-amd64\n  Depends: linux-base\n  Depends: linux-image-6.1.0-57-amd64\n"
+    assert provision.parse_dependency(text, "linux-image-") == "linux-image-6.1.0-57-amd64"
+    with pytest.raises(provision.ProvisionError):
+        provision.parse_dependency("x\n  Depends: foo\n", "linux-image-")
+
+
+def test_kernel_parts_of_a_split_image_package():
+    text = ("linux-image-7.2.12+deb14-amd64\n  Depends: linux-base-7.2.12+deb14-amd64\n"
+            "  Depends: linux-binary-7.2.12+deb14-amd64\n  Depends: linux-modules-7.2.12+deb14-amd64\n"
+            "  Depends: dracut\n")
+    assert provision.kernel_parts(text, "7.2.12+deb14-amd64") == [
+        "linux-binary-7.2.12+deb14-amd64", "linux-modules-7.2.12+deb14-amd64"]
+    assert provision.release_of_image_package("linux-image-6.1.0-57-amd64") == "6.1.0-57-amd64"
+
+
+def test_unpacked_image_found_in_boot_or_beside_the_modules(tmp_path):
+    assert provision.unpacked_image(tmp_path, "7.2") is None
+    modules_image = tmp_path / "usr/lib/modules/7.2/vmlinuz"
+    modules_image.parent.mkdir(parents=True)
+    modules_image.write_bytes(b"x")
+    assert provision.unpacked_image(tmp_path, "7.2") == modules_image
+
+
+def test_archive_uri_skips_security_and_reads_both_formats():
+    deb822 = "Types: deb\nURIs: http://mirror.example/debian-security\n\nTypes: deb\nURIs: http://mirror.example/debian\n"
+    assert provision.archive_uri_from_sources(deb822) == "http://mirror.example/debian"
+    one_line = "deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
+    assert provision.archive_uri_from_sources(one_line) == "http://mirror.example/debian"
+    assert provision.archive_uri_from_sources("# nothing\n") is None
+
+
+def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
+    spec = matrix.KernelSpec("x", "apt", headers=False, btf=True)
+    kernel = provision.BootableKernel(spec, "6.1.0-57-amd64", Path("/boot/vmlinuz-6.1.0-57-amd64"))
+    argv = vm.vng_command(Path("/v/bin"), kernel, Path("/repo"), tmp_path, "uname -r")
+    assert argv[:3] == ["nice", "-n", "10"]
+    assert argv[argv.index("--cpus") + 1] == str(matrix.GUEST_CPUS)
+    assert argv[argv.index("--memory") + 1] == matrix.GUEST_MEMORY
+    assert "--disable-kvm" in argv and argv[argv.index("--run") + 1] == "/boot/vmlinuz-6.1.0-57-amd64"
+    assert argv[argv.index("--rwdir") + 1] == str(tmp_path)
+    guest = argv[-1]
+    assert "NETPROF_GUEST_HIDE_HEADERS=1" in guest and "NETPROF_GUEST_HIDE_BTF=0" in guest
+    assert guest.endswith("'uname -r'")
+    assert f"bash {tmp_path / vm.GUEST_SCRIPT_COPY} " in guest  # its own copy, not the live tree
+
+
+def test_parse_junit_counts_each_outcome():
+    counts = results.parse_junit(JUNIT)
+    assert (counts.passed, counts.failed, counts.errors, counts.skipped) == (1, 1, 1, 1)
+    assert counts.failed_tests == ("tests.integration.test_a::test_bad", "tests.integration.test_b::test_err")
+
+
+def test_compiled_with_from_profile_stderr():
+    assert results.parse_compiled_with("netprof: capturing for 2s (btf+shim); Ctrl-C\n") == "btf+shim"
+    assert results.parse_compiled_with("nothing here") is None
+
+
+def test_read_exit_status(tmp_path):
+    assert vm.read_exit_status(tmp_path) is None
+    (tmp_path / vm.EXIT_STATUS_FILE).write_text("3\n")
+    assert vm.read_exit_status(tmp_path) == 3
+
+
+def test_results_round_trip_and_render(tmp_path):
+    probes = json.dumps({"probes": [
+        {"name": "drops", "attached": True, "via": "tracepoint:skb:kfree_skb", "error": None},
+        {"name": "listen_syn_path", "attached": False, "via": "kprobe:tcp_conn_request",
+         "error": "kprobes not available"}]})
+    booted = results.KernelResult("bookworm-6.1", "6.1.0-57-amd64", 1, 1260.0, False, "pytest",
+                                  results.parse_junit(JUNIT), "btf+shim", results.parse_probe_table(probes))
+    missing = results.KernelResult("host", "", None, 0.0, False, "pytest", None, not_run="no image in /boot")
+    results.save(booted, tmp_path / "bookworm-6.1")
+    results.save(missing, tmp_path / "host")
+    loaded = results.load_all(tmp_path)
+    assert [r.kernel for r in loaded] == ["bookworm-6.1", "host"]
+    assert loaded[0] == booted and not loaded[0].ok and not loaded[1].ok
+    text = results.render_markdown(loaded, "# Kernels")
+    assert "| bookworm-6.1 | 6.1.0-57-amd64 | btf+shim | `pytest` | 1 passed, 2 failed, 1 skipped | 21.0 min |" in text
+    assert "**host**: no image in /boot" in text
+    assert "| listen_syn_path | ✗ kprobe:tcp_conn_request: kprobes not available |" in text
+    assert "| drops | tracepoint:skb:kfree_skb |" in text
+
+
+def test_lab_time_scale_only_stretches():
+    from profiler.lab.scenarios import lab_time_scale
+
+    assert lab_time_scale({}) == 1.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "10"}) == 10.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "0.1"}) == 1.0
+    assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "fast"}) == 1.0
