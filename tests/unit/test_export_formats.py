@@ -475,6 +475,10 @@ def test_export_command_converts_a_saved_capture(doc, tmp_path, capsys):
     assert main(["export", str(capture), "--format", "folded"]) == 0
     assert capsys.readouterr().out == folded_text(doc)
     target = tmp_path / "deep" / "speedscope.json"
+    assert main(["export", str(capture), "-f", "speedscope", "--output", str(target)]) == 1, "makes no folders"
+    assert not target.parent.exists()
+    capsys.readouterr()
+    target.parent.mkdir()
     assert main(["export", str(capture), "-f", "speedscope", "--output", str(target)]) == 0
     assert f"wrote {target}" in capsys.readouterr().err
     speedscope = read_speedscope(target.read_text())

@@ -23,7 +23,6 @@ def test_shim_is_generated_not_checked_in(tmp_path):
 def test_read_only_cache_falls_back_to_a_temp_directory(tmp_path, monkeypatch):
     """A read-only home (the guest's /root under tests/kernels without an overlay) crashed
     `netprof profile` with exit 70; the shim now goes to the temp directory instead."""
-    import os
     import tempfile
 
     read_only = tmp_path / "ro"
@@ -42,5 +41,6 @@ def test_read_only_cache_falls_back_to_a_temp_directory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(read_only), "mkdir", refuse_under_read_only)
     root = ensure_shim(read_only, "6.1.0-57-amd64")
-    assert str(root).startswith(str(writable / f"netprof-{os.getuid()}"))
+    # Somewhere private and writable instead (profiler/kernel/trusted_dir.py picks where).
+    assert not str(root).startswith(str(read_only))
     assert (root / "include/linux/kconfig.h").is_file()
