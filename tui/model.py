@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from profiler.inert import inert, inert_tree
 from profiler.capture import NETWORK_SOFTIRQS, events_counted  # noqa: F401  (the one definition)
-from profiler.system.irqs import parse_cpu_list
+from profiler.system.irqs import format_cpu_list, landing_cpus_text
 
 HISTORY_LENGTH = 60
 SEVERITY_LABEL = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
@@ -200,17 +200,18 @@ def softirq_share(cpu: Mapping[str, Any], vector: str, duration_s: float) -> flo
 
 
 def queue_irq_affinities(node: Mapping[str, Any] | None) -> Iterator[tuple[dict, dict, str, frozenset[int]]]:
-    """(nic, queue, affinity text, its CPUs) for every NIC queue IRQ in a capture's node
-    section: the effective affinity where the kernel shows one (it is what really runs)."""
+    """(nic, queue, CPU list text, its CPUs) for every NIC queue IRQ in a capture's node
+    section: where its interrupts land (profiler.system.irqs.landing_cpus: the effective
+    affinity unless a write is still pending)."""
     for nic in (node or {}).get("nics") or ():
         for queue in nic.get("queues") or ():
             if queue.get("irq") is None:
                 continue
-            text = queue.get("effective_affinity") or queue.get("affinity") or ""
             try:
-                yield nic, queue, text, parse_cpu_list(text)
+                cpus = landing_cpus_text(queue.get("affinity"), queue.get("effective_affinity"))
             except ValueError:
                 continue
+            yield nic, queue, format_cpu_list(cpus), cpus
 
 
 def irqs_by_cpu(node: Mapping[str, Any] | None) -> dict[int, tuple[NicQueueIrq, ...]]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from . import thresholds as T
 from .findings import Finding, Fix, rank
-from ..system.irqs import parse_cpu_list
+from ..system.irqs import landing_cpus_text, parse_cpu_list
 from .fixes import node_sysctl_fixes, pod_sysctl_fixes, round_up_pow2
 
 
@@ -298,8 +298,18 @@ def detect_syn_backlog_overflow(cap: Capture, ctx: AnalysisContext) -> list[Find
 
 # --- CPUs: softirq, NAPI, backlog ------------------------------------------------------------------
 
+def _online_cpus(cap: Capture) -> set[int]:
+    try:
+        return set(parse_cpu_list(str(cap.node.get("cpus_online") or "")))
+    except ValueError:
+        return set()
+
+
 def _net_softirq_share(cap: Capture) -> dict[int, float]:
-    shares = {}
+    # Every online CPU is in the comparison, the idle ones at 0: the capture lists only CPUs
+    # that did network work, and the worst imbalance -- every queue IRQ on one CPU, the others
+    # doing nothing -- would otherwise leave one CPU to compare with nobody.
+    shares = dict.fromkeys(_online_cpus(cap), 0.0)
     for cpu in cap.cpus:
         softirq = cpu.get("softirq", {})
         busy_ns = sum(softirq.get(v, {}).get("time_ns", 0) for v in ("NET_RX", "NET_TX"))
@@ -327,7 +337,7 @@ def detect_softirq_imbalance(cap: Capture, ctx: AnalysisContext) -> list[Finding
             if queue.get("irq") is None:
                 continue
             try:
-                cpus = parse_cpu_list(queue.get("effective_affinity") or queue.get("affinity") or "")
+                cpus = landing_cpus_text(queue.get("affinity"), queue.get("effective_affinity"))
             except ValueError:
                 continue
             # Pinned to that CPU alone: an IRQ allowed on several CPUs is not "on" this one.
@@ -339,8 +349,9 @@ def detect_softirq_imbalance(cap: Capture, ctx: AnalysisContext) -> list[Finding
     if ctx.topology is not None:
         from .irq_plan import plan_irq_affinity
 
-        rx_share = {cpu["cpu"]: cpu.get("softirq", {}).get("NET_RX", {}).get("time_ns", 0) / (cap.duration_s * 1e9)
-                    for cpu in cap.cpus}
+        rx_share = dict.fromkeys(_online_cpus(cap), 0.0)
+        rx_share.update({cpu["cpu"]: cpu.get("softirq", {}).get("NET_RX", {}).get("time_ns", 0) / (cap.duration_s * 1e9)
+                         for cpu in cap.cpus})
         plan = plan_irq_affinity(ctx.topology, irqbalance_running=ctx.irqbalance_running,
                                  net_rx_share_by_cpu=rx_share, root=ctx.root)
         fix = plan.to_fix(evidence)

@@ -437,10 +437,27 @@ class NicQueue:
 
     @property
     def irq_cpus(self) -> frozenset[int]:
-        """The CPUs this queue's interrupts land on: effective affinity when known."""
-        if self.effective_affinity is not None:
-            return self.effective_affinity
-        return self.affinity
+        """The CPUs this queue's interrupts land on (landing_cpus)."""
+        return landing_cpus(self.affinity, self.effective_affinity)
+
+
+def landing_cpus(affinity: frozenset[int], effective: frozenset[int] | None) -> frozenset[int]:
+    """Where an IRQ's interrupts land: its effective affinity when the kernel shows one inside
+    smp_affinity. An effective CPU outside smp_affinity means a write is still pending -- the
+    kernel moves an IRQ when it next fires, so one that has not fired since (a quiet TX
+    vector) keeps its old effective CPU: smp_affinity is where it will land."""
+    if effective and effective <= affinity:
+        return effective
+    return affinity
+
+
+def landing_cpus_text(affinity: str | None, effective: str | None) -> frozenset[int]:
+    """landing_cpus of a capture's node section (CPU lists as text); ValueError if unparsable."""
+    allowed = parse_cpu_list(affinity or "") if affinity else frozenset()
+    actual = parse_cpu_list(effective) if effective else None
+    if not allowed:
+        return frozenset(actual or ())
+    return landing_cpus(frozenset(allowed), frozenset(actual) if actual is not None else None)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,19 @@ def test_softirq_imbalance_names_the_cpu_and_its_queue():
     assert top.evidence["nic_queue_irqs_on_cpu"] == ["eth0 rx-0 (IRQ 38)"]
 
 
+def test_every_queue_on_one_cpu_and_the_others_idle_is_an_imbalance():
+    """The worst imbalance: the capture lists only the CPU that did network work. The other
+    online CPUs (node.cpus_online) are in the comparison at 0 (issue 19: "No findings")."""
+    doc = copy.deepcopy(BASE)
+    doc["node"]["cpus_online"] = "0-3"
+    doc["cpus"] = [{"cpu": 0, "softirq": {"NET_RX": {"count": 9, "time_ns": 6_000_000_000}},
+                    "napi": [], "softnet": {}, "drops": {}}]
+    top = analyze(doc, CTX)[0]
+    assert top.kind == "softirq-imbalance" and top.cpu == 0
+    assert top.evidence["net_softirq_share_by_cpu"] == {"0": 0.6, "1": 0.0, "2": 0.0, "3": 0.0}
+    assert top.evidence["mean_share_of_others"] == 0.0
+
+
 def test_mild_skew_is_not_an_imbalance():
     doc = copy.deepcopy(BASE)
     doc["cpus"][0]["softirq"] = {"NET_RX": {"count": 9, "time_ns": 300_000_000}}
@@ -190,3 +203,18 @@ def test_a_few_drops_are_evidence_but_not_the_headline():
     finding = next(f for f in analyze(doc, CTX) if f.kind == "tcp-retransmits")
     assert finding.evidence["drops_on_path"] and "dropped" not in finding.summary
     assert [f.title for f in finding.fixes] == ["find where the path loses packets"]
+
+
+def test_a_queue_whose_move_is_pending_is_not_named_on_its_old_cpu():
+    """effective_affinity outside smp_affinity: written elsewhere, not fired since (issue 19)."""
+    from profiler.system.irqs import landing_cpus_text
+
+    assert landing_cpus_text("2", "0") == {2} and landing_cpus_text("0-3", "1") == {1}
+    assert landing_cpus_text("0-3", None) == {0, 1, 2, 3}
+    doc = copy.deepcopy(BASE)
+    doc["node"]["nics"][0]["queues"][0].update(affinity="1", effective_affinity="0")
+    doc["cpus"][0]["softirq"] = {"NET_RX": {"count": 9, "time_ns": 6_000_000_000}}
+    doc["cpus"][1]["softirq"] = {"NET_RX": {"count": 9, "time_ns": 100_000_000}}
+    top = analyze(doc, CTX)[0]
+    assert top.kind == "softirq-imbalance" and top.cpu == 0
+    assert "nic_queue_irqs_on_cpu" not in top.evidence, "its interrupts will land on CPU 1"

@@ -370,3 +370,22 @@ def test_rps_only_plan_does_not_wait_for_irqbalance(tmp_path):
     result = run_script(plan, root, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (root / "sys/class/net/eth0/queues/rx-0/rps_cpus").read_text() == "3\n"
+
+
+def test_a_pending_affinity_write_is_where_the_irq_will_land(tmp_path):
+    """Issue 19: a TX vector that has not fired since its smp_affinity was written keeps its
+    old effective CPU. The planner believed it already sat where the plan wanted it, moved
+    only the RX vector and split the channel. An effective CPU outside smp_affinity is a
+    pending move: plan from smp_affinity, and a channel's RX and TX move together."""
+    def vector(index, kind, irq, affinity, effective):
+        return NicQueue("eth0", index, kind, irq, frozenset(affinity), frozenset(effective), (), None, None)
+
+    queues = (vector(0, "rx", 80, {0}, {0}), vector(0, "tx", 81, {0}, {0}),
+              vector(1, "rx", 82, {0}, {0}), vector(1, "tx", 83, {0}, {1}))   # 83: written to 0, not fired since
+    assert queues[3].irq_cpus == frozenset({0})
+    nic = Nic("eth0", "virtio_net", None, queues, 2, 2, "virtio0", frozenset({0, 1, 2, 3}))
+    root = _synthetic_root(tmp_path, {80: "0", 81: "0", 82: "0", 83: "0"})
+    plan = plan_irq_affinity(IrqTopology(frozenset(range(4)), (nic,), ()), irqbalance_running=False, root=root)
+    moved = {m.irq: m.to_cpu for m in plan.moves}
+    assert 82 in moved and 83 in moved and moved[82] == moved[83] != 0, plan.moves
+    assert [m for m in plan.moves if m.irq == 83][0].from_cpus == frozenset({0})
