@@ -43,6 +43,8 @@ HEADER_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_CONNECTIONS = 512
+RENDER_REUSE_S = 0.5      # a rendering serves the scrapes of the next half second
+RENDER_CACHE_KEYS = 64    # distinct (format, name[] filter, gzip) renderings kept at once
 # A client still sending its request after this long may be evicted to make room.
 EVICT_AFTER_S = 1.0
 BACKLOG = 4096
@@ -76,6 +78,10 @@ class MetricsServer:
                  header_timeout_s: float = HEADER_TIMEOUT_S, write_timeout_s: float = WRITE_TIMEOUT_S,
                  log: Callable[[str], None] = lambda msg: None, clock: Callable[[], float] = time.monotonic):
         self.registry = registry
+        # A burst of scrapes within RENDER_REUSE_S shares one rendering (per format, filter and
+        # encoding): the totals change once per sampling interval, and rendering hundreds of
+        # families for each of 1,000 simultaneous clients would starve the one I/O thread.
+        self._rendered: dict[tuple, tuple[float, bytes, str]] = {}
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
         self.write_timeout_s = write_timeout_s
@@ -281,16 +287,27 @@ class MetricsServer:
             if sep:
                 headers[name.strip().lower()] = value.strip()
         names = parse_qs(urlsplit(target).query).get("name[]")
-        try:
-            encoder, content_type = choose_encoder(headers.get("accept", ""))
-            # ?name[]=…: only those families, as prometheus_client's server allows.
-            body = encoder(self.registry.restricted_registry(names) if names else self.registry)
-        except Exception as exc:  # a collector bug: this scrape fails, the endpoint stays up
-            self._log(f"rendering /metrics failed: {type(exc).__name__}: {exc}")
-            return _plain("500 Internal Server Error", "rendering the metrics failed\n")
+        zipped = gzip_accepted(headers.get("accept-encoding", ""))
+        key = (headers.get("accept", ""), tuple(names) if names else None, zipped)
+        now = self._clock()
+        cached = self._rendered.get(key)
+        if cached is not None and cached[0] > now:
+            body, content_type = cached[1], cached[2]
+        else:
+            try:
+                encoder, content_type = choose_encoder(headers.get("accept", ""))
+                # ?name[]=…: only those families, as prometheus_client's server allows.
+                body = encoder(self.registry.restricted_registry(names) if names else self.registry)
+            except Exception as exc:  # a collector bug: this scrape fails, the endpoint stays up
+                self._log(f"rendering /metrics failed: {type(exc).__name__}: {exc}")
+                return _plain("500 Internal Server Error", "rendering the metrics failed\n")
+            if zipped:
+                body = gzip.compress(body)
+            if len(self._rendered) >= RENDER_CACHE_KEYS:
+                self._rendered.clear()   # clients asking for ever-new filters get no memory
+            self._rendered[key] = (now + RENDER_REUSE_S, body, content_type)
         response_headers = [("Content-Type", content_type)]
-        if gzip_accepted(headers.get("accept-encoding", "")):
-            body = gzip.compress(body)
+        if zipped:
             response_headers.append(("Content-Encoding", "gzip"))
         payload = _response("200 OK", response_headers, body)
         if method == "HEAD":

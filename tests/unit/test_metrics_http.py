@@ -158,3 +158,35 @@ def test_a_collector_that_fails_costs_one_scrape_not_the_endpoint():
         assert failed.value.code == 500
         assert "netprof_test_scrapes_total" in scrape(port)[1]
         assert logged == ["rendering /metrics failed: RuntimeError: a collector bug"]
+
+
+def test_a_burst_of_scrapes_shares_one_rendering_for_half_a_second():
+    """Rendering happens once per RENDER_REUSE_S, not once per client: a burst of scrapes
+    cannot make the one I/O thread render hundreds of families a thousand times."""
+    from prometheus_client.registry import Collector
+
+    from profiler.metrics_http import RENDER_REUSE_S
+
+    class Counting(Collector):
+        renders = 0
+
+        def collect(self):
+            Counting.renders += 1
+            from prometheus_client.core import CounterMetricFamily
+            family = CounterMetricFamily("netprof_renders", "how often the registry was rendered")
+            family.add_metric([], Counting.renders)
+            yield family
+
+    now = [100.0]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Counting())
+    server = start_metrics_server("127.0.0.1", 0, registry, clock=lambda: now[0])
+    try:
+        port = server.server_address[1]
+        bodies = [scrape(port)[1] for _ in range(5)]
+        assert Counting.renders == 1 and len(set(bodies)) == 1
+        now[0] += RENDER_REUSE_S + 0.01
+        assert "netprof_renders_total 2.0" in scrape(port)[1] and Counting.renders == 2
+    finally:
+        server.shutdown()
+        server.server_close()
