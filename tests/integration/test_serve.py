@@ -7,12 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.serve_clients import StderrLog
 
 from profiler.lab.scenario_drops import RcvbufDropScenario
 from tests.export_readers import read_prometheus, sample_value
@@ -32,25 +33,9 @@ class ServeProcess:
              "--textfile", str(textfile)],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: re.Pattern | str, timeout_s: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} from netprof serve; it said: {self.lines[-20:]}")
+        self.log = StderrLog(self.proc)
+        self.lines = self.log.lines
+        self.wait_for = self.log.wait_for
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -28,6 +28,7 @@ import pytest
 
 from tests.conftest import skip_or_fail
 from tests.export_readers import read_prometheus
+from tests.serve_clients import StderrLog, burst
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
@@ -45,27 +46,11 @@ class Serve:
              "--interval", str(interval_s), "--textfile", str(textfile)],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.log = StderrLog(self.proc)
+        self.lines = self.log.lines
+        self.wait_for = self.log.wait_for
         self.port = int(self.wait_for(SERVING).group(1))
         self.wait_for("sampling every")
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: re.Pattern | str, timeout_s: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} from netprof serve; it said: {self.lines[-20:]}")
 
     def scrape(self, timeout_s: float = 5) -> tuple[float, dict]:
         started = time.monotonic()
@@ -233,49 +218,6 @@ def test_slow_clients_and_a_burst_neither_hold_threads_nor_stop_a_scrape(tmp_pat
             assert serve.threads() <= threads_before + 2, (threads_before, serve.threads())
         answered = burst(serve.port, 1000, timeout_s=20)
         assert answered == 1000, f"{1000 - answered} of 1000 not answered within 20 s"
-
-
-def burst(port: int, count: int, timeout_s: float) -> int:
-    """`count` clients connect at once, then each asks for /metrics; how many got a 200."""
-    deadline = time.monotonic() + timeout_s
-    selector = selectors.DefaultSelector()
-    pending: dict[socket.socket, bytearray] = {}
-    answered = 0
-    try:
-        for _ in range(count):
-            client = socket.socket()
-            client.setblocking(False)
-            client.connect_ex(("127.0.0.1", port))
-            pending[client] = bytearray()
-            selector.register(client, selectors.EVENT_WRITE)
-        while pending and time.monotonic() < deadline:
-            for key, events in selector.select(timeout=0.5):
-                client = key.fileobj
-                if events & selectors.EVENT_WRITE:
-                    try:
-                        client.send(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    except OSError:
-                        continue
-                    selector.modify(client, selectors.EVENT_READ)
-                    continue
-                try:
-                    chunk = client.recv(1 << 16)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if chunk:
-                    pending[client] += chunk
-                    continue
-                answered += bytes(pending[client][:12]) in (b"HTTP/1.1 200", b"HTTP/1.0 200")
-                selector.unregister(client)
-                client.close()
-                del pending[client]
-    finally:
-        for client in pending:
-            client.close()
-        selector.close()
-    return answered
 
 
 # -- a real Prometheus --------------------------------------------------------------------

@@ -3,7 +3,6 @@ Loopback only; every loop is bounded by a deadline, every socket closed by the t
 from __future__ import annotations
 
 import gzip
-import selectors
 import socket
 import threading
 import time
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from profiler.metrics_http import EVICT_AFTER_S
 from profiler.serve import start_metrics_server
+from tests.serve_clients import burst
 
 
 @contextmanager
@@ -97,46 +97,9 @@ def test_when_connections_run_out_the_slowest_client_makes_room():
 
 def test_a_burst_of_1000_connections_is_answered_in_full():
     """All connect at once (the listen backlog holds them), then all ask and all get 200."""
-    count, deadline = 1000, time.monotonic() + 20
+    count = 1000
     with serving() as (port, _server):
-        selector = selectors.DefaultSelector()
-        pending: dict[socket.socket, bytearray] = {}
-        answered = 0
-        try:
-            for _ in range(count):
-                client = socket.socket()
-                client.setblocking(False)
-                client.connect_ex(("127.0.0.1", port))
-                pending[client] = bytearray()
-                selector.register(client, selectors.EVENT_WRITE)
-            while pending and time.monotonic() < deadline:
-                for key, events in selector.select(timeout=0.5):
-                    client = key.fileobj
-                    if events & selectors.EVENT_WRITE:
-                        try:
-                            client.send(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                        except OSError:
-                            continue  # not connected yet (SYN retried): try again next turn
-                        selector.modify(client, selectors.EVENT_READ)
-                        continue
-                    try:
-                        chunk = client.recv(65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        chunk = b""
-                    if chunk:
-                        pending[client] += chunk
-                        continue
-                    if pending[client][:9] in (b"HTTP/1.0 ", b"HTTP/1.1 ") and pending[client][9:12] == b"200":
-                        answered += 1
-                    selector.unregister(client)
-                    client.close()
-                    del pending[client]
-        finally:
-            for client in pending:
-                client.close()
-            selector.close()
+        answered = burst(port, count, timeout_s=20)
     assert answered == count, f"{count - answered} of {count} not answered within 20 s"
 
 
