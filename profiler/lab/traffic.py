@@ -3,7 +3,9 @@
     tcp-server --port P [--bind ADDR] [--duration S] [--backlog N]
         accepts any number of connections and reads everything sent to it.
     tcp-client --to IP --port P [--rate N] [--size B] [--duration S]
-        one connection, TCP_NODELAY, N writes of B bytes per second, evenly paced.
+        one connection, TCP_NODELAY, N writes of B bytes per second, evenly paced; then it
+        half-closes and waits for the server to have read everything (its summary says
+        `delivered`).
 
 Pacing is the point of the client (design §8): unpaced bulk TCP over veth produces hundreds
 of retransmits even with no loss at all, which would drown the loss a scenario injects.
@@ -33,6 +35,11 @@ DEFAULT_SERVER_DURATION_S = 60.0
 # A write blocked longer than this is given up on when the run must end, so a peer that
 # stopped reading cannot hold the client past its duration.
 SEND_POLL_S = 0.2
+# How long a client waits, after its last write, for the server to have read everything.
+# Data written to a lossy path can still be in flight (a retransmit waits out its RTO, and
+# a lost retransmit doubles it), so closing at once and stopping the server a moment later
+# would lose the tail; waiting for the server's EOF makes "sent" mean "received".
+FLUSH_TIMEOUT_S = 10.0
 
 _stop = StopFlag()
 _duration = duration_type(MAX_WORKLOAD_S)
@@ -122,6 +129,22 @@ def _send_paced_write(sock: socket.socket, payload: memoryview, give_up_at: floa
     return sent
 
 
+def _wait_until_read(sock: socket.socket) -> bool:
+    """Half-close and wait for the server's EOF: it closes only after reading our FIN, which
+    comes after every byte we sent. False when it did not come in time (or we were told to stop)."""
+    sock.shutdown(socket.SHUT_WR)
+    give_up_at = time.monotonic() + FLUSH_TIMEOUT_S
+    while not _stop.requested and time.monotonic() < give_up_at:
+        try:
+            if not sock.recv(4096):
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return False
+    return False
+
+
 def run_client(host: str, port: int, rate: float, size: int, duration_s: float, connect_timeout_s: float) -> int:
     sock = _connect(host, port, connect_timeout_s)
     if sock is None:
@@ -155,13 +178,15 @@ def run_client(host: str, port: int, rate: float, size: int, duration_s: float, 
                 missed = int(behind / interval)
                 skipped += missed
                 next_write += missed * interval
+        delivered = _wait_until_read(sock)
     except OSError as exc:
+        delivered = False
         emit({"event": "error", "role": "tcp-client", "error": str(exc)})
     finally:
         sock.close()
     emit({
         "event": "summary", "role": "tcp-client", "to": f"{host}:{port}", "connected": True,
-        "bytes": sent_bytes, "writes": writes, "skipped_writes": skipped,
+        "bytes": sent_bytes, "writes": writes, "skipped_writes": skipped, "delivered": delivered,
         "elapsed_s": round(time.monotonic() - start, 3), "stopped_by_signal": _stop.requested,
     })
     return 0

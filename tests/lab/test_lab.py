@@ -359,6 +359,8 @@ def test_retransmit_scenario_blames_the_lossy_pod(lab_prefix: str) -> None:
     assert max(retransmits["steady1"], retransmits["steady2"], retransmits["server"]) <= retransmits["lossy"] // 10
     by_role = {(w.pod, w.role): w for w in result.workloads}
     assert all(w.returncode == 0 for w in result.workloads), result.workloads
+    # Each client waits for the server to have read all it wrote, lost segments included.
+    assert all(by_role[(pod, "client")].summary["delivered"] for pod in ("lossy", "steady1", "steady2"))
     sent = sum(by_role[(pod, "client")].summary["bytes"] for pod in ("lossy", "steady1", "steady2"))
     assert by_role[("server", "server")].summary["bytes"] == sent
 
