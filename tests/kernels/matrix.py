@@ -24,6 +24,9 @@ class KernelSpec:
     btf: bool = True           # False: /sys/kernel/btf is masked (netprof must use headers)
     time_limit_s: int = 2700   # boot + command; the guest is killed past it
     command: str | None = None  # run instead of the integration tests (see __main__.py)
+    # vng --network: "loop" gives the guest two virtio NICs joined by a QEMU hub (real NIC
+    # IRQs and NAPI in /proc/interrupts, no traffic leaves QEMU); None: loopback only.
+    network: str | None = "loop"
     note: str = ""
 
 

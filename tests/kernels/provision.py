@@ -34,6 +34,9 @@ class BootableKernel:
     spec: KernelSpec
     release: str
     image: Path
+    # An unpacked kernel's tree (modules beside its image) outside /boot and /lib/modules:
+    # the guest must be given it explicitly, vng's tmpfs over /var/cache hides it otherwise.
+    tree: Path | None = None
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -189,7 +192,7 @@ def _provide_from_suite(spec: KernelSpec, cache: Path) -> BootableKernel:
         image = unpacked_image(unpacked, release)
     if image is None:
         raise ProvisionError(f"{image_package} unpacked without a vmlinuz for {release}")
-    return BootableKernel(spec, release, image)
+    return BootableKernel(spec, release, image, tree=unpacked)
 
 
 def unpacked_image(unpacked: Path, release: str) -> Path | None:

@@ -46,10 +46,18 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
              f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
              f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
-    return ["nice", "-n", str(NICENESS), str(vng_bin / "vng"), "--disable-kvm",
+    argv = ["nice", "-n", str(NICENESS), str(vng_bin / "vng"), "--disable-kvm",
             "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(GUEST_CPUS),
             "--overlay-rwdir", "/root", "--overlay-rwdir", str(repo), "--rwdir", str(out),
-            "--cwd", str(repo), "--", guest]
+            "--cwd", str(repo)]
+    if kernel.tree is not None:
+        # vng links /lib/modules/<rel> to the unpacked modules, but its guest mounts a tmpfs
+        # over /var/cache (where the harness keeps them): without this the guest loads no
+        # module at all (no nf_conntrack, so no conntrack probes).
+        argv += ["--rodir", str(kernel.tree)]
+    if spec.network:
+        argv += ["--network", spec.network]
+    return argv + ["--", guest]
 
 
 def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,

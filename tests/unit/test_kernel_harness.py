@@ -78,6 +78,20 @@ def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
     assert "NETPROF_GUEST_HIDE_HEADERS=1" in guest and "NETPROF_GUEST_HIDE_BTF=0" in guest
     assert guest.endswith("'uname -r'")
     assert f"bash {tmp_path / vm.GUEST_SCRIPT_COPY} " in guest  # its own copy, not the live tree
+    assert "--rodir" not in argv  # an installed kernel's modules are in the guest's /lib/modules
+
+
+def test_vng_command_exposes_an_unpacked_kernels_modules_and_gives_two_nics(tmp_path):
+    spec = matrix.KernelSpec("trixie", "suite", suite="trixie")
+    tree = Path("/var/cache/netprof-kernels/unpacked/6.12.117+deb13-amd64")
+    kernel = provision.BootableKernel(spec, "6.12.117+deb13-amd64", tree / "boot/vmlinuz-6.12.117+deb13-amd64",
+                                      tree=tree)
+    argv = vm.vng_command(Path("/v/bin"), kernel, Path("/repo"), tmp_path, "true")
+    assert argv[argv.index("--rodir") + 1] == str(tree)
+    assert argv[argv.index("--network") + 1] == "loop"
+    assert argv.index("--rodir") < argv.index("--")
+    quiet = provision.BootableKernel(matrix.KernelSpec("x", "apt", network=None), "6.1", Path("/boot/v"))
+    assert "--network" not in vm.vng_command(Path("/v/bin"), quiet, Path("/repo"), tmp_path, "true")
 
 
 def test_parse_junit_counts_each_outcome():
