@@ -1,9 +1,9 @@
 """Where each NIC queue's IRQ should run, RPS/XPS for single-queue NICs, and irqbalance.
 
 `plan_irq_affinity(topology, ...)` turns what `profiler.system.irqs.read_irq_topology` read into
-an `IrqPlan`: queue IRQ moves, RPS/XPS mask settings, and notes. The plan is data; it renders
-itself as shell commands, as a bash script, as `Change`s for `netprof fix --apply`, and as a
-`Fix`. Planning writes nothing. It reads, under the root it is handed, only the files it
+an `IrqPlan`: queue IRQ moves, RPS/XPS mask settings, and notes. The plan is data
+(irq_plan_model.py); it renders itself as shell commands, as a bash script (irq_script.py), as
+`Change`s for `netprof fix --apply`, and as a `Fix`. Planning writes nothing. It reads, under the root it is handed, only the files it
 proposes to change, so each `Change.expected_current` is exactly what that file held.
 
 The rules, and why (docs/irq-plan.md says the same at more length):
@@ -34,18 +34,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from profiler.analysis.irq_plan_model import (
-    IRQBALANCE_INTERVAL_S,
     IrqPlan,
     NicSpread,
     QueueMove,
     SteeringKind,
     SteeringSetting,
-    _cpus_phrase,
-    _irq_list,
-    _kind_suffix,
-    _mask_width_bits,
-    _safe,
+    mask_width_bits,
 )
+from profiler.analysis.irq_text import IRQBALANCE_INTERVAL_S, cpus_phrase, irq_list, kind_suffix, safe_text
 from profiler.system.irqs import (
     IrqTopology,
     Nic,
@@ -137,7 +133,7 @@ class _NicPlanner:
         root: Path,
     ) -> None:
         self.nic = nic
-        self.name = _safe(nic.name)
+        self.name = safe_text(nic.name)
         self.online = online
         self.housekeeping = housekeeping
         self.share = share
@@ -232,7 +228,7 @@ class _NicPlanner:
         self.spread = NicSpread(
             self.nic.name, count, frozenset(targets),
             reason=(
-                f"{self.name}'s {count} queue IRQs run on {_cpus_phrase(now, empty='unknown CPUs')}; "
+                f"{self.name}'s {count} queue IRQs run on {cpus_phrase(now, empty='unknown CPUs')}; "
                 f"spread round-robin over CPUs {format_cpu_list(targets)}, {self._target_phrase()}, "
                 f"at most {max(load.values())} per CPU, so their NET_RX work runs in parallel "
                 f"({count - staying} queues move, {staying} stay where they are)."
@@ -245,7 +241,7 @@ class _NicPlanner:
                     continue
                 why = self._why_move(vector, channels)
                 reason = (
-                    f"{self.name} queue {channel.index}{_kind_suffix(vector.kind)} (IRQ {vector.irq}) {why}; "
+                    f"{self.name} queue {channel.index}{kind_suffix(vector.kind)} (IRQ {vector.irq}) {why}; "
                     f"CPU {target} is {self._target_phrase()}; it will serve {load[target]} of the "
                     f"NIC's {count} queues."
                 )
@@ -265,7 +261,7 @@ class _NicPlanner:
                 # Off the NIC's node or on a housekeeping CPU: pin to the first candidate.
                 target = candidates[0]
                 reason = (
-                    f"{self.name} queue {vector.index}{_kind_suffix(vector.kind)} (IRQ {vector.irq}) "
+                    f"{self.name} queue {vector.index}{kind_suffix(vector.kind)} (IRQ {vector.irq}) "
                     f"{self._why_move(vector, channels)}; CPU {target} is {self._target_phrase()}."
                 )
                 if self._add_move(vector, target, reason) and vector is rx_vector:
@@ -281,7 +277,7 @@ class _NicPlanner:
         if current is None:
             self.notes.append(
                 f"{self.name} has one rx queue, so one CPU does all of its NET_RX work, but "
-                f"{_safe(path)} could not be read (a kernel without CONFIG_RPS?): RPS cannot be proposed."
+                f"{safe_text(path)} could not be read (a kernel without CONFIG_RPS?): RPS cannot be proposed."
             )
             return
         irq_cpus = rx_vector.irq_cpus if rx_vector is not None else frozenset()
@@ -316,13 +312,13 @@ class _NicPlanner:
         current_text = text.strip()
         reason = (
             f"{self.name} has one rx queue, so the CPU taking its interrupt "
-            f"({_cpus_phrase(irq_cpus, empty='unknown')}) does all of its NET_RX work; RPS spreads its flows "
+            f"({cpus_phrase(irq_cpus, empty='unknown')}) does all of its NET_RX work; RPS spreads its flows "
             f"over CPUs {format_cpu_list(target)}, {self._target_phrase()}, after the driver's poll, "
             f"{placement}."
         ) + self._share_evidence(irq_cpus, target - irq_cpus)
         self.rps.append(SteeringSetting(
             kind="rps", nic=self.nic.name, queue_index=rx_index, from_cpus=current, to_cpus=target,
-            path=path, reason=reason, value=format_cpu_mask(target, _mask_width_bits(current_text)),
+            path=path, reason=reason, value=format_cpu_mask(target, mask_width_bits(current_text)),
             current_text=current_text,
         ))
 
@@ -357,7 +353,7 @@ class _NicPlanner:
                     f"CPU ({self._target_phrase()}) to one tx queue, so a sender keeps to its queue and "
                     f"its tx completions, instead of hashing flows over queues other CPUs use too."
                 ),
-                value=format_cpu_mask(target, _mask_width_bits(current_text)),
+                value=format_cpu_mask(target, mask_width_bits(current_text)),
                 current_text=current_text,
             ))
 
@@ -369,7 +365,7 @@ class _NicPlanner:
                 break
         else:
             self.notes.append(
-                f"{self.name} queue {vector.index}{_kind_suffix(vector.kind)} (IRQ {vector.irq}) should move "
+                f"{self.name} queue {vector.index}{kind_suffix(vector.kind)} (IRQ {vector.irq}) should move "
                 f"to CPU {target}, but /proc/irq/{vector.irq}/smp_affinity_list cannot be read: left out "
                 f"of the plan."
             )
@@ -377,7 +373,7 @@ class _NicPlanner:
         current_text = text.strip()
         if affinity_file == "smp_affinity" and not _is_mask(current_text):
             self.notes.append(
-                f"{self.name} queue {vector.index}{_kind_suffix(vector.kind)} (IRQ {vector.irq}): "
+                f"{self.name} queue {vector.index}{kind_suffix(vector.kind)} (IRQ {vector.irq}): "
                 f"/proc/irq/{vector.irq}/smp_affinity holds no CPU mask: left out of the plan."
             )
             return False
@@ -451,7 +447,7 @@ class _NicPlanner:
         return f"{self.locality} and not a housekeeping CPU"
 
     def _candidates_phrase(self) -> str:
-        return _cpus_phrase(self.candidates)
+        return cpus_phrase(self.candidates)
 
 
 def spread_channels(current_cpus: list[frozenset[int]], candidates: list[int]) -> list[int]:
@@ -521,7 +517,7 @@ def _irqbalance_note(planned_irqs: tuple[int, ...], queue_irqs: tuple[int, ...])
         lead = (f"irqbalance is running: it re-places IRQs every {IRQBALANCE_INTERVAL_S} s, so where the "
                 f"queue IRQs are now is its choice and may change at any pass. To pin them for good:")
         banned = queue_irqs
-    irqs = _irq_list(banned) if banned else "the queue IRQs"
+    irqs = irq_list(banned) if banned else "the queue IRQs"
     banirq = " ".join(f"--banirq={irq}" for irq in banned) or "--banirq=<irq> ..."
     return (
         f"{lead} Either stop it (systemctl stop irqbalance && systemctl disable irqbalance), which "

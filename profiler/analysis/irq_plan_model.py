@@ -1,6 +1,6 @@
 """The IRQ affinity plan as data: queue IRQ moves, RPS/XPS settings, per-NIC spreads, and the
-plan that holds them (`IrqPlan`). The plan renders itself as shell commands, as a bash script,
-as `Change`s for `netprof fix --apply`, and as a `Fix`; `profiler.analysis.irq_plan` makes one.
+plan that holds them (`IrqPlan`). The plan renders itself as shell commands, as a bash script
+(irq_script.py), as `Change`s for `netprof fix --apply`, and as a `Fix`; `profiler.analysis.irq_plan` makes one.
 """
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from profiler.analysis.findings import Change, Fix
+from profiler.analysis.irq_script import render_irq_script
+from profiler.analysis.irq_text import cpus_phrase, irq_list, kind_suffix, safe_text
 from profiler.system.irqs import QueueKind, format_cpu_list, format_cpu_mask
-
-# irqbalance's default rebalancing interval (its --interval option).
-IRQBALANCE_INTERVAL_S = 10
 
 SteeringKind = Literal["rps", "xps"]
 
@@ -43,7 +42,7 @@ class QueueMove:
     @property
     def value(self) -> str:
         if self.affinity_file == "smp_affinity":
-            return format_cpu_mask({self.to_cpu}, _mask_width_bits(self.current_text))
+            return format_cpu_mask({self.to_cpu}, mask_width_bits(self.current_text))
         return str(self.to_cpu)
 
 
@@ -113,104 +112,26 @@ class IrqPlan:
             lines.append(
                 "# irqbalance is running and would undo these writes: first stop it "
                 "(systemctl stop irqbalance && systemctl disable irqbalance) or ban "
-                f"{_irq_list(self.planned_irqs)} from it (--banirq)"
+                f"{irq_list(self.planned_irqs)} from it (--banirq)"
             )
         for path, value, _, comment in self._writes():
             lines.append(f"echo {shlex.quote(value)} > {shlex.quote(path)}  # {comment}")
         return tuple(lines)
 
     def script(self, root: Path | None = None) -> str:
-        """A bash script applying the plan. When it has IRQ affinity to write it refuses to run
-        while irqbalance runs (unless FORCE=1); it skips any file that no longer holds what the
-        plan saw, and exits non-zero if any write was skipped or failed.
+        """A bash script applying the plan (see `render_irq_script`).
 
         root: prefix for every path the script touches, for a host filesystem mounted
         elsewhere (a container with the host's /proc and /sys under /host) or a test tree.
         """
-        prefix = "" if root is None or Path(root) == Path("/") else str(Path(root)).rstrip("/")
-        writes = self._writes()
-        out = [
-            "#!/bin/bash",
-            "# netprof IRQ affinity plan: queue IRQ affinity and RPS/XPS masks.",
-            "# Each write checks that the file still holds what netprof read when it planned;",
-            "# a file that changed since is skipped (re-run netprof for a fresh plan).",
-            "# Run as root. Re-running is harmless: a file already holding its value is left alone.",
-        ]
-        for note in self.notes:
-            out.append("#")
-            out.extend(_comment_block(note))
-        out.append("#")
-        out.extend(_comment_block(self.persistence))
-        out += ["set -eu", ""]
-        if not self.moves:
-            out.append("# No IRQ affinity writes: irqbalance, if it runs, leaves RPS/XPS masks alone.")
-        else:
-            out += self._irqbalance_guard(prefix)
-        out += [
-            "failures=0",
-            "# write_planned FILE SEEN VALUE: write VALUE unless FILE no longer holds SEEN.",
-            "write_planned() {",
-            "    local file=$1 seen=$2 value=$3 current",
-            '    if ! current=$(cat -- "$file" 2>/dev/null); then',
-            '        echo "netprof: cannot read $file; skipped" >&2',
-            "        failures=$((failures + 1))",
-            "        return 0",
-            "    fi",
-            '    [ "$current" = "$value" ] && return 0',
-            '    if [ "$current" != "$seen" ]; then',
-            '        echo "netprof: $file holds \'$current\', not \'$seen\' as planned; skipped" >&2',
-            "        failures=$((failures + 1))",
-            "        return 0",
-            "    fi",
-            "    # A kernel-managed IRQ (pci_alloc_irq_vectors_affinity) refuses new affinity with EIO.",
-            '    if ! { printf \'%s\\n\' "$value" > "$file"; } 2>/dev/null; then',
-            '        echo "netprof: writing $value to $file failed; skipped" >&2',
-            "        failures=$((failures + 1))",
-            "    fi",
-            "}",
-            "",
-        ]
-        if not writes:
-            out.append("# Nothing to change.")
-        for path, value, current, comment in writes:
-            out.append(
-                f"write_planned {shlex.quote(prefix + path)} {shlex.quote(current)} {shlex.quote(value)}  # {comment}"
-            )
-        plural = "write" if len(writes) == 1 else "writes"
-        out += [
-            "",
-            'if [ "$failures" -gt 0 ]; then',
-            f'    echo "netprof: $failures of {len(writes)} {plural} skipped or failed" >&2',
-            "    exit 1",
-            "fi",
-            f'echo "netprof: IRQ affinity plan applied ({len(writes)} {plural})"',
-            "",
-        ]
-        return "\n".join(out)
-
-    def _irqbalance_guard(self, prefix: str) -> list[str]:
-        irqs = _irq_list(self.planned_irqs)
-        return [
-            f"# irqbalance re-places IRQs every {IRQBALANCE_INTERVAL_S} s: writing under it is undone at its next pass.",
-            "irqbalance_running() {",
-            "    local comm name",
-            f"    for comm in {shlex.quote(prefix + '/proc/')}[0-9]*/comm; do",
-            '        { read -r name < "$comm"; } 2>/dev/null || continue',
-            '        [ "$name" = irqbalance ] && return 0',
-            "    done",
-            "    return 1",
-            "}",
-            "if irqbalance_running; then",
-            '    if [ "${FORCE:-0}" != 1 ]; then',
-            f'        echo "netprof: irqbalance is running and would undo this plan. Stop it'
-            f' (systemctl stop irqbalance && systemctl disable irqbalance) or ban {irqs}'
-            f' (--banirq in IRQBALANCE_ARGS), then run again; FORCE=1 writes anyway." >&2',
-            "        exit 1",
-            "    fi",
-            '    echo "netprof: irqbalance is running; FORCE=1, writing anyway (it may move them back)" >&2',
-            "fi",
-            "",
-        ]
+        return render_irq_script(
+            self._writes(),
+            notes=self.notes,
+            persistence=self.persistence,
+            has_affinity_writes=bool(self.moves),
+            planned_irqs=self.planned_irqs,
+            root=root,
+        )
 
     @property
     def persistence(self) -> str:
@@ -256,16 +177,16 @@ class IrqPlan:
         for spread in self.spreads:
             moving = sum(1 for move in self.moves if move.nic == spread.nic)
             parts.append(
-                f"spread {_safe(spread.nic)}'s {spread.queue_count} queue IRQs over CPUs "
+                f"spread {safe_text(spread.nic)}'s {spread.queue_count} queue IRQs over CPUs "
                 f"{format_cpu_list(spread.cpus)} ({moving} move{'s' if moving != 1 else ''})"
             )
         spread_nics = {spread.nic for spread in self.spreads}
         for move in self.moves:
             if move.nic not in spread_nics:
-                parts.append(f"move {_safe(move.nic)} queue {move.queue_index} (IRQ {move.irq}) to CPU {move.to_cpu}")
+                parts.append(f"move {safe_text(move.nic)} queue {move.queue_index} (IRQ {move.irq}) to CPU {move.to_cpu}")
         for setting in (*self.rps, *self.xps):
             parts.append(
-                f"{setting.kind.upper()} on {_safe(setting.nic)} "
+                f"{setting.kind.upper()} on {safe_text(setting.nic)} "
                 f"{'rx' if setting.kind == 'rps' else 'tx'}-{setting.queue_index} over CPUs {format_cpu_list(setting.to_cpus)}"
             )
         title = "IRQ affinity: " + "; ".join(parts[:3])
@@ -282,8 +203,8 @@ class IrqPlan:
                 move.path,
                 move.value,
                 move.current_text,
-                _safe(f"{move.nic} queue {move.queue_index}{_kind_suffix(move.kind)} (IRQ {move.irq}): "
-                      f"{_cpus_phrase(move.from_cpus)} → CPU {move.to_cpu}{node}"),
+                safe_text(f"{move.nic} queue {move.queue_index}{kind_suffix(move.kind)} (IRQ {move.irq}): "
+                      f"{cpus_phrase(move.from_cpus)} → CPU {move.to_cpu}{node}"),
             ))
         for setting in (*self.rps, *self.xps):
             direction = "rx" if setting.kind == "rps" else "tx"
@@ -291,8 +212,8 @@ class IrqPlan:
                 setting.path,
                 setting.value,
                 setting.current_text,
-                _safe(f"{setting.nic} {direction}-{setting.queue_index}: {setting.kind.upper()} "
-                      f"{_cpus_phrase(setting.from_cpus, empty='off')} → CPUs {format_cpu_list(setting.to_cpus)}"),
+                safe_text(f"{setting.nic} {direction}-{setting.queue_index}: {setting.kind.upper()} "
+                      f"{cpus_phrase(setting.from_cpus, empty='off')} → CPUs {format_cpu_list(setting.to_cpus)}"),
             ))
         return writes
 
@@ -300,48 +221,13 @@ class IrqPlan:
 # --------------------------------------------------------------------------- helpers
 
 
-def _irq_list(irqs: tuple[int, ...]) -> str:
-    if len(irqs) == 1:
-        return f"IRQ {irqs[0]}"
-    return f"IRQs {format_cpu_list(irqs)}"
-
-
-def _kind_suffix(kind: QueueKind) -> str:
-    return "" if kind == "combined" else f" {kind}"
-
-
-def _cpus_phrase(cpus: frozenset[int], empty: str = "unknown CPU") -> str:
-    if not cpus:
-        return empty
-    return f"CPU{'s' if len(cpus) > 1 else ''} {format_cpu_list(cpus)}"
-
-
-def _mask_width_bits(text: str) -> int:
+def mask_width_bits(text: str) -> int:
     """How many CPU bits a mask file holds, from its layout: `3` -> 4, `00000000,00000000` -> 64.
 
     Writing back in the same layout keeps the script's "already holds this value" check exact.
     """
     words = text.strip().split(",")
     return 4 * len(words[0]) + 32 * (len(words) - 1)
-
-
-def _safe(text: str) -> str:
-    """Text read from /sys or /proc made safe for a shell comment or a one-line message:
-    printable characters only (an interface name can hold anything but '/', ':' and spaces)."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
-def _comment_block(text: str, width: int = 96) -> list[str]:
-    lines: list[str] = []
-    line = "#"
-    for word in _safe(text).split():
-        if len(line) + 1 + len(word) > width and line != "#":
-            lines.append(line)
-            line = "#"
-        line += " " + word
-    if line != "#":
-        lines.append(line)
-    return lines
 
 
 def _format_evidence(evidence: Mapping[str, Any]) -> str:
@@ -353,7 +239,7 @@ def _format_evidence(evidence: Mapping[str, Any]) -> str:
             parts.append(f"{key}: {{{inner}}}")
         else:
             parts.append(f"{key}: {_format_value(value)}")
-    return _safe("; ".join(parts))
+    return safe_text("; ".join(parts))
 
 
 def _format_value(value: Any) -> str:
