@@ -13,6 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .document import CpuView, ProfileDocument
 from .inert import inert_tree
 
 MAX_FLOWS = 10
@@ -84,32 +85,25 @@ def _probes(capture: dict) -> Text:
     return text
 
 
-def _listen_overflows(pod: dict) -> int:
-    netstat = pod.get("netstat", {})
-    return netstat.get("TcpExt.ListenOverflows", 0) or sum(l.get("overflow_drops", 0) for l in pod.get("listen", []))
-
-
 def _pods(capture: dict) -> Table:
-    duration = float(capture.get("duration_s", 0.0))
+    document = ProfileDocument(capture)
     table = _table("Pods")
     table.add_column("pod", overflow="fold")
     table.add_column("retrans/s", justify="right")
     table.add_column("drops (top reasons)", overflow="fold")
     table.add_column("listen ovf", justify="right")
     table.add_column("conntrack", overflow="fold")
-    pods = capture.get("pods", [])
     quiet = []
-    for pod in pods:
-        conntrack = {k: v for k, v in pod.get("conntrack", {}).items()
-                     if k in ("insert_failed", "drop", "early_drop") and v}
-        overflows = _listen_overflows(pod)
-        if not (pod["retransmits"] or pod.get("drops") or overflows or conntrack):
-            quiet.append(pod["pod"])
+    for pod in document.pods:
+        conntrack = {k: v for k, v in pod.conntrack.items() if k in ("insert_failed", "drop", "early_drop") and v}
+        overflows = pod.listen_overflows
+        if not (pod.retransmits or pod.drops or overflows or conntrack):
+            quiet.append(pod.name)
             continue
         table.add_row(
-            Text(pod["pod"]),
-            _rate(pod["retransmits"], duration) if pod["retransmits"] else "0",
-            _top(pod.get("drops", {})),
+            Text(pod.name),
+            _rate(pod.retransmits, document.duration_s) if pod.retransmits else "0",
+            _top(pod.drops),
             str(overflows) if overflows else "",
             _top(conntrack, 3),
         )
@@ -118,13 +112,13 @@ def _pods(capture: dict) -> Table:
         shown = ", ".join(sorted(quiet)[:QUIET_PODS_NAMED])
         more = f" and {len(quiet) - QUIET_PODS_NAMED} more" if len(quiet) > QUIET_PODS_NAMED else ""
         table.add_row(Text(f"quiet: {shown}{more}", style="dim"), "0", "", "", "")
-    if not pods:
+    if not document.pods:
         table.add_row("(no pods seen)", "", "", "", "")
     return table
 
 
 def _flows(capture: dict) -> Table | None:
-    flows = capture.get("flows", [])
+    flows = ProfileDocument(capture).flows
     if not flows:
         return None
     table = _table(f"Top flows by retransmits (of {len(flows)})")
@@ -139,9 +133,7 @@ def _flows(capture: dict) -> Table | None:
 
 
 def _listeners(capture: dict) -> Table | None:
-    rows = [(pod["pod"], listener) for pod in capture.get("pods", []) for listener in pod.get("listen", [])
-            if listener.get("overflow_drops") or listener.get("samples_full")
-            or listener.get("accept_queue_peak", 0) >= max(1, listener.get("accept_queue_limit", 0))]
+    rows = [(pod, listener) for pod, listener in ProfileDocument(capture).listeners() if listener.under_pressure]
     if not rows:
         return None
     table = _table("Listeners under pressure")
@@ -152,20 +144,19 @@ def _listeners(capture: dict) -> Table | None:
     table.add_column("somaxconn", justify="right")
     table.add_column("overflow drops", justify="right")
     for pod, listener in rows:
-        asked = listener.get("requested_backlog")
-        somaxconn = listener.get("somaxconn")
-        table.add_row(Text(pod), Text(f"{listener['address']}:{listener['port']}"),
-                      f"{listener.get('accept_queue_peak', 0)}/{listener.get('accept_queue_limit', 0)}",
+        asked = listener.requested_backlog
+        somaxconn = listener.somaxconn
+        table.add_row(Text(pod.name), Text(listener.label),
+                      f"{listener.accept_queue_peak}/{listener.accept_queue_limit}",
                       "?" if asked is None else str(asked), "?" if somaxconn is None else str(somaxconn),
-                      str(listener.get("overflow_drops", 0)))
+                      str(listener.overflow_drops))
     return table
 
 
 def _cpus(capture: dict) -> Table | None:
-    cpus = capture.get("cpus", [])
-    if not cpus:
+    document = ProfileDocument(capture)
+    if not document.cpus:
         return None
-    duration_ns = float(capture.get("duration_s", 0.0)) * 1e9
     table = _table("CPUs")
     table.add_column("cpu", justify="right")
     table.add_column("NET_RX", justify="right")
@@ -175,35 +166,29 @@ def _cpus(capture: dict) -> Table | None:
     table.add_column("budget out", justify="right")
     table.add_column("backlog drops", justify="right")
     table.add_column("squeezed", justify="right")
-    for cpu in cpus:
-        softirq = cpu.get("softirq", {})
+    for cpu in document.cpus:
+        def share(vector: str, cpu: CpuView = cpu) -> str:
+            if not document.duration_s:
+                return "-"
+            return f"{100 * cpu.softirq_time_ns(vector) / (document.duration_s * 1e9):.1f}%"
 
-        def share(vector: str) -> str:
-            time_ns = softirq.get(vector, {}).get("time_ns", 0)
-            return f"{100 * time_ns / duration_ns:.1f}%" if duration_ns else "-"
-
-        napi = cpu.get("napi", [])
-        softnet = cpu.get("softnet", {})
-        table.add_row(str(cpu["cpu"]), share("NET_RX"),
-                      _latency_percentiles(softirq.get("NET_RX", {}).get("latency_log2_ns", [])), share("NET_TX"),
-                      str(sum(d["polls"] for d in napi)), str(sum(d["budget_exhausted"] for d in napi)),
-                      str(softnet.get("dropped", cpu.get("drops", {}).get("CPU_BACKLOG", 0))),
-                      str(softnet.get("time_squeeze", 0)))
+        table.add_row(str(cpu.cpu), share("NET_RX"), _latency_percentiles(cpu, "NET_RX"), share("NET_TX"),
+                      str(cpu.napi_polls), str(cpu.napi_budget_exhausted), str(cpu.backlog_drops),
+                      str(cpu.time_squeeze))
     return table
 
 
-def _latency_percentiles(log2_ns: list[int]) -> str:
-    """p50/p90/p99 of a log2 run-time histogram, interpolated in its buckets with numpy
-    (profiler/exports/histograms.py; docs/exports.md says how)."""
-    from .exports.histograms import log2_percentiles_ns
-
-    values = log2_percentiles_ns(log2_ns)
+def _latency_percentiles(cpu: CpuView, vector: str) -> str:
+    """p50/p90/p99 of a log2 run-time histogram, interpolated in its buckets
+    (profiler/percentiles.py; docs/exports.md says how)."""
+    values = cpu.latency_percentiles_ns(vector)
     if any(v is None for v in values):
         return "-"
-    return "/".join(_microseconds(v) for v in values)
+    return "/".join(microseconds(v) for v in values)
 
 
-def _microseconds(value_ns: float) -> str:
+def microseconds(value_ns: float) -> str:
+    """A duration in ns as the report shows it in µs."""
     value = value_ns / 1000
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from collections.abc import Iterator
 from typing import Any, Iterable, Mapping
 
+from profiler.document import CpuView, PodView, ProfileDocument
 from profiler.inert import inert, inert_tree
 from profiler.capture import NETWORK_SOFTIRQS, events_counted  # noqa: F401  (the one definition)
 from profiler.system.irqs import format_cpu_list, landing_cpus_text
@@ -27,8 +28,6 @@ from profiler.system.irqs import format_cpu_list, landing_cpus_text
 HISTORY_LENGTH = 60
 SEVERITY_LABEL = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-# conntrack statistics that mean a packet or a new flow was refused (see pod_rates).
-CONNTRACK_FAILURE_STATS = ("drop", "insert_failed")
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 
 
@@ -88,6 +87,10 @@ class CpuRow:
     budget_exhausted_per_s: float = 0.0  # NAPI polls that used their whole budget
     time_squeeze_per_s: float = 0.0      # softnet: net_rx_action ran out of budget or time
     backlog_drops_per_s: float = 0.0
+    # NET_RX handler run time (ns) over the rate window, interpolated in its log2 buckets
+    # (profiler/percentiles.py, as the report and Prometheus' histogram_quantile()).
+    net_rx_p50_ns: float | None = None
+    net_rx_p99_ns: float | None = None
     irqs: tuple[NicQueueIrq, ...] = ()  # NIC queue IRQs whose effective affinity is this CPU
     worst_severity: str | None = None
 
@@ -148,55 +151,58 @@ def _per_s(count: float, duration_s: float) -> float:
     return count / duration_s if duration_s > 0 else 0.0
 
 
-def listen_overflows(pod: Mapping[str, Any]) -> int:
-    """The pod netns' own ListenOverflows counter; the drop-reason count where it is missing
-    (a SYN refused for a full queue is consumed, not dropped with a reason: the counter sees
-    more)."""
-    netstat = pod.get("netstat") or {}
-    return int(netstat.get("TcpExt.ListenOverflows", 0)
-               or sum(l.get("overflow_drops", 0) for l in pod.get("listen") or ()))
+def listen_overflows(pod: Mapping[str, Any] | PodView) -> int:
+    """The pod's listen overflows as every view counts them (profiler.document.PodView)."""
+    return _pod_view(pod).listen_overflows
 
 
-def conntrack_failures(pod: Mapping[str, Any]) -> int:
-    # A failed insert usually drops the packet, so `drop` and `insert_failed` count the same
-    # event twice; since 5.x a UDP clash is resolved instead (insert_failed without drop).
-    conntrack = pod.get("conntrack") or {}
-    return max((int(conntrack.get(stat, 0)) for stat in CONNTRACK_FAILURE_STATS), default=0)
+def conntrack_failures(pod: Mapping[str, Any] | PodView) -> int:
+    """Packets or new flows conntrack refused (profiler.document.PodView)."""
+    return _pod_view(pod).conntrack_failures
 
 
-def pod_rates(pod: Mapping[str, Any], duration_s: float) -> PodRates:
-    drops = {reason: int(n) for reason, n in (pod.get("drops") or {}).items() if n}
+def _pod_view(pod: Mapping[str, Any] | PodView, duration_s: float = 0.0) -> PodView:
+    return pod if isinstance(pod, PodView) else PodView(pod, duration_s)
+
+
+def _cpu_view(cpu: Mapping[str, Any] | CpuView, duration_s: float) -> CpuView:
+    return cpu if isinstance(cpu, CpuView) else CpuView(cpu, duration_s)
+
+
+def pod_rates(pod: Mapping[str, Any] | PodView, duration_s: float) -> PodRates:
+    view = _pod_view(pod, duration_s)
+    drops = {reason: int(n) for reason, n in view.drops.items() if n}
     top = sorted(drops.items(), key=lambda item: (-item[1], item[0]))
     return PodRates(
-        retransmits_per_s=_per_s(pod.get("retransmits", 0), duration_s),
+        retransmits_per_s=_per_s(view.retransmits, duration_s),
         drops_per_s=_per_s(sum(drops.values()), duration_s),
         top_drops=tuple((reason, _per_s(n, duration_s)) for reason, n in top),
-        listen_overflows_per_s=_per_s(listen_overflows(pod), duration_s),
-        conntrack_failures_per_s=_per_s(conntrack_failures(pod), duration_s),
-        rcvqueue_full_per_s=_per_s(pod.get("rcvqueue_full", 0), duration_s),
+        listen_overflows_per_s=_per_s(view.listen_overflows, duration_s),
+        conntrack_failures_per_s=_per_s(view.conntrack_failures, duration_s),
+        rcvqueue_full_per_s=_per_s(view.rcvqueue_full, duration_s),
     )
 
 
-def cpu_row(cpu: Mapping[str, Any], duration_s: float) -> CpuRow:
+def cpu_row(cpu: Mapping[str, Any] | CpuView, duration_s: float) -> CpuRow:
     """One CPU's network work per second over a document's duration (no trend, IRQs or
     findings: those come from elsewhere)."""
-    napi = cpu.get("napi") or ()
-    softnet = cpu.get("softnet") or {}
-    backlog = softnet.get("dropped", (cpu.get("drops") or {}).get("CPU_BACKLOG", 0))
+    view = _cpu_view(cpu, duration_s)
+    p50, p99 = view.latency_percentiles_ns("NET_RX", (0.5, 0.99))
     return CpuRow(
-        cpu=int(cpu["cpu"]),
-        net_rx_share=softirq_share(cpu, "NET_RX", duration_s),
-        net_tx_share=softirq_share(cpu, "NET_TX", duration_s),
-        napi_polls_per_s=_per_s(sum(d.get("polls", 0) for d in napi), duration_s),
-        budget_exhausted_per_s=_per_s(sum(d.get("budget_exhausted", 0) for d in napi), duration_s),
-        time_squeeze_per_s=_per_s(softnet.get("time_squeeze", 0), duration_s),
-        backlog_drops_per_s=_per_s(backlog, duration_s),
+        cpu=view.cpu,
+        net_rx_share=view.softirq_share("NET_RX"),
+        net_tx_share=view.softirq_share("NET_TX"),
+        napi_polls_per_s=_per_s(view.napi_polls, duration_s),
+        budget_exhausted_per_s=_per_s(view.napi_budget_exhausted, duration_s),
+        time_squeeze_per_s=_per_s(view.time_squeeze, duration_s),
+        backlog_drops_per_s=_per_s(view.backlog_drops, duration_s),
+        net_rx_p50_ns=p50,
+        net_rx_p99_ns=p99,
     )
 
 
-def softirq_share(cpu: Mapping[str, Any], vector: str, duration_s: float) -> float:
-    time_ns = ((cpu.get("softirq") or {}).get(vector) or {}).get("time_ns", 0)
-    return min(1.0, time_ns / (duration_s * 1e9)) if duration_s > 0 else 0.0
+def softirq_share(cpu: Mapping[str, Any] | CpuView, vector: str, duration_s: float) -> float:
+    return _cpu_view(cpu, duration_s).softirq_share(vector)
 
 
 def queue_irq_affinities(node: Mapping[str, Any] | None) -> Iterator[tuple[dict, dict, str, frozenset[int]]]:
@@ -247,18 +253,17 @@ class History:
         self._cpus: dict[int, collections.deque[float]] = {}
 
     def push(self, interval_doc: Mapping[str, Any]) -> None:
-        duration_s = float(interval_doc.get("duration_s") or 0.0)
+        document = ProfileDocument(interval_doc)
         seen: set[int] = set()
-        for pod in interval_doc.get("pods") or ():
-            netns = int(pod["netns"])
-            seen.add(netns)
-            series = self._pods.setdefault(netns, collections.deque(maxlen=self.length))
-            series.append(pod_rates(pod, duration_s).trouble_per_s)
+        for pod in document.pods:
+            seen.add(pod.netns)
+            series = self._pods.setdefault(pod.netns, collections.deque(maxlen=self.length))
+            series.append(pod_rates(pod, document.duration_s).trouble_per_s)
         for netns in set(self._pods) - seen:
             del self._pods[netns]
-        for cpu in interval_doc.get("cpus") or ():
-            series = self._cpus.setdefault(int(cpu["cpu"]), collections.deque(maxlen=self.length))
-            series.append(softirq_share(cpu, "NET_RX", duration_s))
+        for cpu in document.cpus:
+            series = self._cpus.setdefault(cpu.cpu, collections.deque(maxlen=self.length))
+            series.append(cpu.softirq_share("NET_RX"))
 
     def view(self) -> HistoryView:
         return HistoryView(pods={k: tuple(v) for k, v in self._pods.items()},
@@ -338,16 +343,17 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
         if f.data.get("cpu") is not None:
             cpu_severity[int(f.data["cpu"])] = _worse(cpu_severity.get(int(f.data["cpu"])), f.severity)
 
+    now = ProfileDocument(recent)
     pods = tuple(
-        PodRow(netns=int(p["netns"]), name=str(p["pod"]), rates=pod_rates(p, rate_s),
-               trend=history.pods.get(int(p["netns"]), ()), worst_severity=pod_severity.get(str(p["pod"])))
-        for p in recent.get("pods") or ()
+        PodRow(netns=p.netns, name=p.name, rates=pod_rates(p, rate_s),
+               trend=history.pods.get(p.netns, ()), worst_severity=pod_severity.get(p.name))
+        for p in now.pods
     )
 
     pinned = irqs_by_cpu(document.get("node"))
-    cpus = [replace(cpu_row(c, rate_s), net_rx_trend=history.cpus.get(int(c["cpu"]), ()),
-                    irqs=pinned.get(int(c["cpu"]), ()), worst_severity=cpu_severity.get(int(c["cpu"])))
-            for c in recent.get("cpus") or ()]
+    cpus = [replace(cpu_row(c, rate_s), net_rx_trend=history.cpus.get(c.cpu, ()),
+                    irqs=pinned.get(c.cpu, ()), worst_severity=cpu_severity.get(c.cpu))
+            for c in now.cpus]
     # CPUs with nothing to show still belong in an imbalance picture.
     seen = {row.cpu for row in cpus}
     for number in sorted(pinned):
@@ -405,9 +411,9 @@ def baseline_view(baseline: Mapping[str, Any], now: Mapping[str, Any], marked_at
     """`baseline` and `now` are window documents (the model's `document`)."""
     from profiler.analysis.diff import diff_captures
 
-    duration_s = float(baseline.get("duration_s") or 0.0)
-    pods = {int(p["netns"]): pod_rates(p, duration_s) for p in baseline.get("pods") or ()}
-    cpus = {int(c["cpu"]): cpu_row(c, duration_s) for c in baseline.get("cpus") or ()}
+    before = ProfileDocument(baseline)
+    pods = {p.netns: pod_rates(p, before.duration_s) for p in before.pods}
+    cpus = {c.cpu: cpu_row(c, before.duration_s) for c in before.cpus}
     diff = diff_captures(baseline, now)
     worse = sum(1 for change in diff.changes if change.direction == "worse")
     headline = None
@@ -492,17 +498,3 @@ def log2_buckets(histogram: Iterable[int]) -> list[tuple[str, int]]:
     if not used:
         return []
     return [(f"{format_ns(2 ** i)}–{format_ns(2 ** (i + 1))}", counts[i]) for i in range(used[0], used[-1] + 1)]
-
-
-def histogram_percentile(histogram: Iterable[int], fraction: float) -> float | None:
-    """Upper bound (ns) of the bucket holding the given fraction of the samples."""
-    counts = list(histogram)
-    total = sum(counts)
-    if not total:
-        return None
-    running = 0
-    for i, n in enumerate(counts):
-        running += n
-        if running >= fraction * total:
-            return float(2 ** (i + 1))
-    return float(2 ** len(counts))

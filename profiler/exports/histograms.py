@@ -15,7 +15,8 @@ floor(log2 v), with 0 and 1 both in bucket 0 and the last slot open-ended, so bu
 CSV). Accept-queue depths are small integers: bucket 0 is an empty queue [0, 1), bucket
 i >= 1 is [2^(i-1), 2^i).
 
-Percentiles interpolate linearly inside the bucket that holds the wanted rank, the method of
+Percentiles interpolate linearly inside the bucket that holds the wanted rank
+(profiler/percentiles.py, the one interpolation every view uses), the method of
 Prometheus' histogram_quantile(), so the numbers here agree with a Grafana panel over
 `netprof serve`'s metrics. A rank that falls in the open-ended last bucket gives its lower
 bound (the histogram says only "at least this"). Where the largest value is known (a
@@ -31,13 +32,12 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..inert import inert_tree
-from ..probes.softirq import LOG2_SLOTS
+from ..percentiles import (  # noqa: F401  (the one interpolation; imported from here too)
+    PERCENTILES, bucket_percentiles, depth_bounds, log2_ns_bounds, log2_percentiles_ns,
+)
 
 SCHEMA = "netprof.histograms/v1"
-PERCENTILES = (0.5, 0.9, 0.99)
 CSV_COLUMNS = ("histogram", "unit", "pod", "netns", "cpu", "vector", "address", "port", "lo", "hi", "count")
 LABEL_COLUMNS = ("pod", "netns", "cpu", "vector", "address", "port")
 
@@ -77,50 +77,6 @@ class Histogram:
                         for lo, hi, count in zip(self.lower, self.upper, self.counts)],
             "percentiles": {_percentile_name(q): _round(v) for q, v in zip(PERCENTILES, percentiles)},
         }
-
-
-def log2_ns_bounds(buckets: int, slots: int = LOG2_SLOTS) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Bounds of the kernel's log2 histogram buckets (bpf/softirq.bpf.c log2_slot())."""
-    lower = tuple(0.0 if i == 0 else float(1 << i) for i in range(buckets))
-    upper = tuple(math.inf if i == slots - 1 else float(1 << (i + 1)) for i in range(buckets))
-    return lower, upper
-
-
-def depth_bounds(buckets: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Bounds of the accept-queue depth buckets (profiler/system/listeners.py depth_bucket())."""
-    lower = tuple(0.0 if i == 0 else float(1 << (i - 1)) for i in range(buckets))
-    upper = tuple(float(1 << i) for i in range(buckets))
-    return lower, upper
-
-
-def bucket_percentiles(counts: Sequence[int], lower: Sequence[float], upper: Sequence[float],
-                       quantiles: Sequence[float] = PERCENTILES) -> np.ndarray:
-    """Quantiles of the values a histogram counted, interpolated linearly in their bucket.
-
-    NaN for an empty histogram. For quantile q the rank is q·N; the bucket is the first
-    whose cumulative count reaches the rank, and the value lo + (hi - lo)·(rank - below)/count,
-    or lo when that bucket is open-ended.
-    """
-    counts_f = np.asarray(counts, dtype=np.float64)
-    q = np.asarray(quantiles, dtype=np.float64)
-    if counts_f.size == 0 or counts_f.sum() <= 0:
-        return np.full(q.shape, np.nan)
-    cumulative = np.cumsum(counts_f)
-    # q = 0 means the smallest value: the first non-empty bucket, not an empty one before it.
-    ranks = np.maximum(q * cumulative[-1], np.finfo(np.float64).tiny)
-    index = np.minimum(np.searchsorted(cumulative, ranks, side="left"), counts_f.size - 1)
-    below = np.where(index > 0, cumulative[index - 1], 0.0)
-    fraction = np.clip((ranks - below) / counts_f[index], 0.0, 1.0)
-    lo = np.asarray(lower, dtype=np.float64)[index]
-    hi = np.asarray(upper, dtype=np.float64)[index]
-    return np.where(np.isinf(hi), lo, lo + (hi - lo) * fraction)
-
-
-def log2_percentiles_ns(counts: Sequence[int], quantiles: Sequence[float] = PERCENTILES) -> list[float | None]:
-    """Percentiles (ns) of a kernel log2 histogram as the capture stores it."""
-    lower, upper = log2_ns_bounds(len(counts))
-    values = bucket_percentiles(counts, lower, upper, quantiles)
-    return [None if math.isnan(v) else float(v) for v in values]
 
 
 def capture_histograms(doc: dict) -> list[Histogram]:

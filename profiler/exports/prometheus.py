@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..capture import MAX_DROP_SITES
+from ..document import CpuView, ListenerView, ProfileDocument
 from ..inert import inert, inert_tree
 from ..probes.softirq import LOG2_SLOTS
 from ..system.listeners import FILL_RATIO_BOUNDS
@@ -150,43 +151,47 @@ def metric_families(doc: dict, per_cpu: bool = True) -> list[Metric]:
     doc = inert_tree(doc, multiline_fields=None)
     families = _Families()
     attached = _attached(doc)
-    _pod_families(families, doc, attached)
-    _cpu_families(families, doc.get("cpus") or [], attached, per_cpu)
+    document = ProfileDocument(doc)
+    _pod_families(families, document, attached)
+    _cpu_families(families, document.cpus, attached, per_cpu)
     _drop_site_families(families, doc, attached)
     _node_families(families, doc)
     _cost_families(families, doc.get("cost"))
     return families.all()
 
 
-def _node_drop_reasons(doc: dict) -> set[str]:
-    reasons = {reason for pod in doc.get("pods") or [] for reason in pod.get("drops", {})}
-    reasons |= {reason for cpu in doc.get("cpus") or [] for reason in cpu.get("drops", {})}
+def _node_drop_reasons(document: ProfileDocument) -> set[str]:
+    reasons = {reason for pod in document.pods for reason in pod.drops}
+    reasons |= {reason for cpu in document.cpus for reason in cpu.drops}
     return reasons
 
 
-def _pod_families(families: _Families, doc: dict, attached: Callable[[str], bool]) -> None:
-    reasons = sorted(_node_drop_reasons(doc))
-    for pod in doc.get("pods") or []:
-        namespace, name = pod_identity(pod)
-        labels = {"namespace": namespace, "pod": name, "netns": pod["netns"]}
-        if attached("tcp_retransmits") or pod.get("retransmits"):
+def _pod_families(families: _Families, document: ProfileDocument, attached: Callable[[str], bool]) -> None:
+    reasons = sorted(_node_drop_reasons(document))
+    for pod in document.pods:
+        namespace, name = pod_identity(pod.raw)
+        labels = {"namespace": namespace, "pod": name, "netns": pod.netns}
+        if attached("tcp_retransmits") or pod.retransmits:
             families.add(CounterMetricFamily, "retransmits", "TCP retransmitted skbs (tcp:tcp_retransmit_skb hits)",
-                         labels, pod.get("retransmits", 0))
+                         labels, pod.retransmits)
             families.add(CounterMetricFamily, "retransmitted_segments",
                          "MSS segments in retransmitted skbs (comparable to TcpRetransSegs)",
-                         labels, pod.get("retransmitted_segments", 0))
-        drops = pod.get("drops", {})
-        for reason in (reasons if attached("skb_drops") else sorted(drops)):
+                         labels, pod.retransmitted_segments)
+        for reason in (reasons if attached("skb_drops") else sorted(pod.drops)):
             families.add(CounterMetricFamily, "drops", "skbs dropped by the kernel, by drop reason (skb:kfree_skb)",
-                         {**labels, "reason": reason}, drops.get(reason, 0))
-        if attached("rcvqueue_full") or pod.get("rcvqueue_full"):
+                         {**labels, "reason": reason}, pod.drop_count(reason))
+        if attached("rcvqueue_full") or pod.rcvqueue_full:
             families.add(CounterMetricFamily, "rcvqueue_full",
-                         "sock_rcvqueue_full events: a socket receive buffer was full", labels,
-                         pod.get("rcvqueue_full", 0))
-        _pod_netstat(families, labels, pod.get("netstat", {}), attached("netns_counters"))
-        _pod_conntrack(families, labels, pod.get("conntrack", {}), attached("conntrack_stats"))
-        for listener in pod.get("listen", []):
-            _listener(families, {**labels, "address": listener["address"], "port": listener["port"]}, listener)
+                         "sock_rcvqueue_full events: a socket receive buffer was full", labels, pod.rcvqueue_full)
+        if attached("netns_counters") or attached("skb_drops") or pod.listen_overflows:
+            families.add(CounterMetricFamily, "listen_overflows",
+                         "accept-queue overflows in the pod as the findings, report and dashboard count them: "
+                         "the larger of TcpExt.ListenOverflows and its listeners' TCP_LISTEN_OVERFLOW drops",
+                         labels, pod.listen_overflows)
+        _pod_netstat(families, labels, pod.netstat, attached("netns_counters"))
+        _pod_conntrack(families, labels, pod.conntrack, attached("conntrack_stats"))
+        for listener in pod.listeners:
+            _listener(families, {**labels, "address": listener.address, "port": listener.port}, listener)
 
 
 def _pod_netstat(families: _Families, labels: dict, netstat: dict, attached: bool) -> None:
@@ -213,41 +218,39 @@ def _pod_conntrack(families: _Families, labels: dict, conntrack: dict, attached:
                          f"conntrack statistic {stat} of the pod's netns, summed over CPUs, a counter", labels, value)
 
 
-def _listener(families: _Families, labels: dict, listener: dict) -> None:
+def _listener(families: _Families, labels: dict, listener: ListenerView) -> None:
     families.add(CounterMetricFamily, "listen_overflow_drops", "TCP_LISTEN_OVERFLOW drops charged to a listener",
-                 labels, listener.get("overflow_drops", 0))
+                 labels, listener.overflow_drops)
     families.add(CounterMetricFamily, "listen_samples_full", "accept-queue samples that found the queue full",
-                 labels, listener.get("samples_full", 0))
-    limit = int(listener.get("accept_queue_limit", 0))
-    if limit:
+                 labels, listener.samples_full)
+    if listener.accept_queue_limit:
         families.add(GaugeMetricFamily, "listen_accept_queue_limit",
-                     "accept-queue limit: min(listen() backlog, somaxconn)", labels, limit)
+                     "accept-queue limit: min(listen() backlog, somaxconn)", labels, listener.accept_queue_limit)
     families.add(GaugeMetricFamily, "listen_accept_queue_peak",
-                 "deepest accept queue sampled (for serve: since it started)", labels,
-                 listener.get("accept_queue_peak", 0))
-    if "accept_queue_fill_ratio" in listener:
+                 "deepest accept queue sampled (for serve: since it started)", labels, listener.accept_queue_peak)
+    if listener.fill_ratio_counts is not None:
         families.histogram("listen_accept_queue_fill_ratio",
                            "sampled accept-queue depth / limit (1: at the limit; the kernel drops above it)",
-                           labels, fill_ratio_buckets([int(c) for c in listener["accept_queue_fill_ratio"]]),
-                           sum_value=float(listener.get("accept_queue_fill_ratio_sum", 0.0)))
+                           labels, fill_ratio_buckets(list(listener.fill_ratio_counts)),
+                           sum_value=listener.fill_ratio_sum)
 
 
-def _cpu_groups(cpus: list[dict], per_cpu: bool) -> list[tuple[dict, list[dict]]]:
+def _cpu_groups(cpus: tuple[CpuView, ...], per_cpu: bool) -> list[tuple[dict, tuple[CpuView, ...]]]:
     if per_cpu:
-        return [({"cpu": cpu["cpu"]}, [cpu]) for cpu in cpus]
+        return [({"cpu": cpu.cpu}, (cpu,)) for cpu in cpus]
     return [({}, cpus)] if cpus else []
 
 
-def _cpu_families(families: _Families, cpus: list[dict], attached: Callable[[str], bool], per_cpu: bool) -> None:
-    vectors = sorted({vector for cpu in cpus for vector in cpu.get("softirq", {})})
-    drop_reasons = sorted({reason for cpu in cpus for reason in cpu.get("drops", {})})
+def _cpu_families(families: _Families, cpus: tuple[CpuView, ...], attached: Callable[[str], bool],
+                  per_cpu: bool) -> None:
+    vectors = sorted({vector for cpu in cpus for vector in cpu.softirq})
+    drop_reasons = sorted({reason for cpu in cpus for reason in cpu.drops})
     for labels, group in _cpu_groups(cpus, per_cpu):
         for vector in vectors:
-            stats = [cpu.get("softirq", {}).get(vector, {}) for cpu in group]
-            _softirq(families, {**labels, "vector": vector}, stats)
+            _softirq(families, {**labels, "vector": vector}, [cpu.vector(vector) for cpu in group])
         devices: dict[str, Counter[str]] = {}
         for cpu in group:
-            for device in cpu.get("napi", []):
+            for device in cpu.napi:
                 devices.setdefault(str(device["device"]), Counter()).update(
                     {k: device.get(k, 0) for k in ("polls", "packets", "budget_exhausted")})
         for device, counts in sorted(devices.items()):
@@ -259,14 +262,14 @@ def _cpu_families(families: _Families, cpus: list[dict], attached: Callable[[str
                          device_labels, counts["budget_exhausted"])
         softnet: Counter[str] = Counter()
         for cpu in group:
-            softnet.update(cpu.get("softnet", {}))
+            softnet.update(cpu.softnet)
         for column, name in SOFTNET_METRICS.items():
             if attached("softnet") or column in softnet:
                 families.add(CounterMetricFamily, name.removesuffix("_total"),
                              f"/proc/net/softnet_stat {column} (node_exporter's node_{name})", labels, softnet[column])
         drops: Counter[str] = Counter()
         for cpu in group:
-            drops.update(cpu.get("drops", {}))
+            drops.update(cpu.drops)
         for reason in drop_reasons:
             families.add(CounterMetricFamily, "cpu_drops", "skb drops by reason, on the CPU that dropped them",
                          {**labels, "reason": reason}, drops[reason])
@@ -305,8 +308,8 @@ def _drop_site_families(families: _Families, doc: dict, attached: Callable[[str]
         return
     named = named_drop_sites(doc.get("drop_sites") or [])
     totals: Counter[str] = Counter()
-    for pod in doc.get("pods") or []:
-        totals.update(pod.get("drops", {}))
+    for pod in ProfileDocument(doc).pods:
+        totals.update(pod.drops)
     named_by_reason: Counter[str] = Counter()
     documentation = "skb drops by reason and kernel function that dropped them (function+offset; other: the rest)"
     for site in named:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tui.model import (
-    History, build_model, cost_summary, events_counted, format_rate, format_share, histogram_percentile,
+    History, build_model, cost_summary, events_counted, format_rate, format_share,
     irqs_by_cpu, log2_buckets, pod_rates, sparkline,
 )
 
@@ -94,8 +94,6 @@ def test_text_forms():
     assert format_share(0) == "·" and format_share(0.8) == "80%" and format_share(0.03) == "3.0%"
     assert format_share(0.00001) == "<0.1%"
     assert log2_buckets([0, 0, 3, 0, 1, 0]) == [("4ns–8ns", 3), ("8ns–16ns", 0), ("16ns–32ns", 1)]
-    assert histogram_percentile([0, 10, 0, 90], 0.5) == 16.0
-    assert histogram_percentile([], 0.5) is None
 
 
 def test_irqs_by_cpu_needs_one_cpu():

@@ -7,20 +7,17 @@ from typing import Any, Mapping
 from rich.console import RenderableType
 from rich.text import Text
 
+from profiler.document import ProfileDocument
+
 from ..model import (
     queue_irq_affinities,
-    NETWORK_SOFTIRQS, DashboardModel, format_ns, format_share, histogram_percentile, log2_buckets,
-    softirq_share, sparkline,
+    NETWORK_SOFTIRQS, DashboardModel, format_ns, format_share, log2_buckets, sparkline,
 )
 from ..widgets.tables import severity_text
 from .detail import DetailScreen, bar, data_table, kv_table, section
 
 HISTOGRAM_BAR = 30
 TREND_WIDTH = 60
-
-
-def cpu_document(document: Mapping[str, Any], cpu: int) -> Mapping[str, Any] | None:
-    return next((c for c in document.get("cpus") or () if int(c.get("cpu", -1)) == cpu), None)
 
 
 def histogram_table(histogram: list[int], measure: str) -> RenderableType:
@@ -42,7 +39,7 @@ def queue_irqs(node: Mapping[str, Any] | None, cpu: int) -> list[tuple[str, str,
 
 def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
     row = model.cpu(number)
-    cpu = cpu_document(model.document, number)
+    cpu = ProfileDocument(model.document).cpu(number)
     title = Text()
     title.append(" CPU ", style="reverse bold")
     title.append(f"  {number}", style="bold")
@@ -68,32 +65,28 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
         return parts
 
     span = f"last {model.header.window_s:.0f}s" if live else "capture"
-    duration_s = float(model.document.get("duration_s") or 0.0)
-    softirq = cpu.get("softirq") or {}
     for vector in NETWORK_SOFTIRQS:
-        stats = softirq.get(vector)
-        if not stats or not stats.get("count"):
+        count = cpu.softirq_count(vector)
+        if not count:
             parts.append(section(f"{vector} ({span}): no runs"))
             continue
-        count = int(stats["count"])
-        time_ns = int(stats.get("time_ns", 0))
-        latency = list(stats.get("latency_log2_ns") or ())
-        p50 = histogram_percentile(latency, 0.5)
-        p99 = histogram_percentile(latency, 0.99)
+        time_ns = cpu.softirq_time_ns(vector)
+        latency = cpu.latency_log2_ns(vector)
+        p50, p99 = cpu.latency_percentiles_ns(vector, (0.5, 0.99))
         head = (f"{vector} ({span}): {count} runs, {format_ns(time_ns)} in total "
-                f"({format_share(softirq_share(cpu, vector, duration_s))} of the CPU), "
+                f"({format_share(cpu.softirq_share(vector))} of the CPU), "
                 f"mean {format_ns(time_ns / count)}")
-        if p50 is not None:
-            head += f", p50 < {format_ns(p50)}, p99 < {format_ns(p99)}"
+        if p50 is not None and p99 is not None:
+            head += f", p50 {format_ns(p50)}, p99 {format_ns(p99)}"
         parts.append(section(head))
         parts.append(Text("handler run time (softirq entry → exit), log2 buckets", style="dim"))
         parts.append(histogram_table(latency, "run time"))
-        delay = list(stats.get("queue_delay_log2_ns") or ())
+        delay = cpu.queue_delay_log2_ns(vector)
         if any(delay):
             parts.append(Text("raise → entry delay (time the work waited to run)", style="dim"))
             parts.append(histogram_table(delay, "waited"))
 
-    napi = cpu.get("napi") or ()
+    napi = cpu.napi
     parts.append(section(f"NAPI polls ({span})"))
     if napi:
         table = data_table(("device", False), ("polls", True), ("packets", True), ("budget used up", True))
@@ -106,8 +99,8 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
     else:
         parts.append(Text("none", style="dim"))
 
-    softnet = {k: v for k, v in (cpu.get("softnet") or {}).items() if v}
-    drops = {k: v for k, v in (cpu.get("drops") or {}).items() if v}
+    softnet = {k: v for k, v in cpu.softnet.items() if v}
+    drops = {k: v for k, v in cpu.drops.items() if v}
     if softnet or drops:
         parts.append(section(f"softnet and drops on this CPU ({span})"))
         table = kv_table()

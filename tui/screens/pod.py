@@ -7,8 +7,10 @@ from typing import Any, Mapping
 from rich.console import RenderableType
 from rich.text import Text
 
+from profiler.document import ProfileDocument
+
 from ..model import (
-    DashboardModel, conntrack_failures, format_rate, listen_overflows, sparkline,
+    DashboardModel, format_rate, sparkline,
 )
 from ..style import style
 from ..widgets.tables import severity_text
@@ -18,14 +20,11 @@ QUEUE_BAR = 10
 TREND_WIDTH = 60
 
 
-def pod_document(document: Mapping[str, Any], netns: int) -> Mapping[str, Any] | None:
-    return next((p for p in document.get("pods") or () if int(p.get("netns", -1)) == netns), None)
-
-
 def render_pod(model: DashboardModel, netns: int) -> list[RenderableType]:
     row = model.pod(netns)
-    pod = pod_document(model.document, netns)
-    name = row.name if row else pod.get("pod") if pod else f"netns:{netns}"
+    document = ProfileDocument(model.document)
+    pod = document.pod(netns)
+    name = row.name if row else pod.name if pod else f"netns:{netns}"
     title = Text()
     title.append(" POD ", style="reverse bold")
     title.append(f"  {name}", style="bold")
@@ -62,7 +61,7 @@ def render_pod(model: DashboardModel, netns: int) -> list[RenderableType]:
     if pod is None:
         return parts
     span = f"last {model.header.window_s:.0f}s" if live else "capture"
-    flows = [f for f in model.document.get("flows") or () if int(f.get("netns", -1)) == netns]
+    flows = document.flows_of(netns)
     parts.append(section(f"Flows that retransmit ({span})"))
     if flows:
         table = data_table(("source → destination", False), ("retransmits", True), ("segments", True),
@@ -75,37 +74,37 @@ def render_pod(model: DashboardModel, netns: int) -> list[RenderableType]:
         if len(flows) > 20:
             parts.append(Text(f"… and {len(flows) - 20} more (export for all)", style="dim"))
     else:
-        parts.append(Text(f"none (retransmits in the {span}: {pod.get('retransmits', 0)})", style="dim"))
+        parts.append(Text(f"none (retransmits in the {span}: {pod.retransmits})", style="dim"))
 
-    listeners = pod.get("listen") or ()
+    listeners = pod.listeners
     parts.append(section(f"Listeners: accept queue vs limit ({span})"))
     if listeners:
         table = data_table(("listener", False), ("queue\npeak/limit", True), ("", False), ("backlog\nasked", True),
                            ("somaxconn", True), ("overflow\ndrops", True), ("samples\nfull", True))
         for listener in listeners:
-            peak = int(listener.get("accept_queue_peak", 0))
-            limit = int(listener.get("accept_queue_limit", 0))
+            peak = listener.accept_queue_peak
+            limit = listener.accept_queue_limit
             full = bool(limit) and peak >= limit
-            asked = listener.get("requested_backlog")
-            somaxconn = listener.get("somaxconn")
+            asked = listener.requested_backlog
+            somaxconn = listener.somaxconn
             fill = bar(min(peak, limit) if limit else peak, limit or peak or 1, QUEUE_BAR).ljust(QUEUE_BAR, "·")
-            table.add_row(f"{listener.get('address')}:{listener.get('port')}",
+            table.add_row(listener.label,
                           Text(f"{peak}/{limit}" + (" FULL" if full else ""), style=style("alarm") if full else ""),
                           Text(fill, style=style("alarm") if full else ""),
                           "?" if asked is None else str(asked), "?" if somaxconn is None else str(somaxconn),
-                          str(listener.get("overflow_drops", 0)), str(listener.get("samples_full", 0)))
+                          str(listener.overflow_drops), str(listener.samples_full))
         parts.append(table)
-        overflows = listen_overflows(pod)
+        overflows = pod.listen_overflows
         if overflows:
             parts.append(Text(f"ListenOverflows in this pod's netns: {overflows}", style="bold"))
     else:
         parts.append(Text("no listening sockets seen", style="dim"))
 
-    drops = {k: v for k, v in (pod.get("drops") or {}).items() if v}
+    drops = {k: v for k, v in pod.drops.items() if v}
     parts.append(section(f"Drops by reason, and where the kernel dropped ({span})"))
     if drops:
         sites_by_reason: dict[str, list[Mapping[str, Any]]] = {}
-        for site in model.document.get("drop_sites") or ():
+        for site in document.drop_sites:
             sites_by_reason.setdefault(site.get("reason", ""), []).append(site)
         table = data_table(("reason", False), ("drops", True), ("kernel location (node-wide count)", False))
         for reason, count in sorted(drops.items(), key=lambda i: -i[1]):
@@ -118,17 +117,17 @@ def render_pod(model: DashboardModel, netns: int) -> list[RenderableType]:
     else:
         parts.append(Text("none", style="dim"))
 
-    conntrack = {k: v for k, v in (pod.get("conntrack") or {}).items() if v}
+    conntrack = {k: v for k, v in pod.conntrack.items() if v}
     if conntrack:
         parts.append(section(f"Conntrack ({span}; *_now are levels)"))
         table = kv_table()
         for key, value in conntrack.items():
             table.add_row(key, str(value))
         parts.append(table)
-        failures = conntrack_failures(pod)
+        failures = pod.conntrack_failures
         if failures:
             parts.append(Text(f"refused: {failures}", style=style("alarm")))
-    netstat = {k: v for k, v in (pod.get("netstat") or {}).items() if v}
+    netstat = {k: v for k, v in pod.netstat.items() if v}
     if netstat:
         parts.append(section(f"Kernel counters in this netns ({span})"))
         table = kv_table()
