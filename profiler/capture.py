@@ -1,5 +1,9 @@
 """A whole capture: the snapshots of one run, their totals, and the profile JSON.
 
+`SnapshotTotals` is the one place snapshots are added up (with optional pruning of pods gone
+for a while): `Capture` uses it for `profile` and the TUI, serve's `ServedCapture` for its
+running totals.
+
 The JSON schema (`netprof.profile/v1`, profiler/schemas/profile-v1.json) is a contract with
 users' scripts: fields are only ever added.
 
@@ -12,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
@@ -158,6 +162,194 @@ def _pod_activity(pod: PodInterval) -> int:
     return pod.retransmits + sum(pod.drops.values()) + pod.rcvqueue_full + sum(l.overflow_drops for l in pod.listeners)
 
 
+GONE_POD = "(pods gone)"
+# The netns of the `(pods gone)` entry: no namespace's inode (the kernel numbers them up from
+# 0xF0000000, one per live namespace, so it would take 268 million at once), and not 0, which
+# is an entry of its own: events whose namespace the probe could not read ("unknown").
+GONE_NETNS = 0xFFFFFFFF
+UNKNOWN_NETNS = 0
+GONE_LISTENER_ADDRESS = "*"  # a gone pod's listeners are kept by port: pod churn must not grow them
+
+
+def _retired(pod: PodInterval) -> PodInterval:
+    """A pod's totals as they join the `(pods gone)` entry: every counter kept, levels
+    (`*_now`) left out (the last reading of a pod that no longer exists is nobody's level),
+    listeners by port alone."""
+    values = {name: MappingProxyType({k: v for k, v in getattr(pod, name).items() if not k.endswith(LEVEL_SUFFIX)})
+              for name in POD_MAPPING_FIELDS}
+    listeners: dict[int, Listener] = {}
+    for listener in pod.listeners:
+        listener = replace(listener, address=GONE_LISTENER_ADDRESS)
+        listeners[listener.port] = listeners[listener.port].merge(listener) if listener.port in listeners else listener
+    return replace(pod, pod=GONE_POD, netns=GONE_NETNS, listeners=tuple(listeners[p] for p in sorted(listeners)),
+                   **values)
+
+
+class SnapshotTotals:
+    """Snapshots added up: the one place that does it (profile and the TUI through Capture,
+    serve through its ServedCapture). Per pod, per CPU, per drop site, and, with `detail`,
+    per flow, per flow drop and per kernel stack; lost and ignored events.
+
+    With `prune_after`, a pod absent for more than that many intervals in a row (its netns
+    neither exists nor had events) is pruned: its counts join the `(pods gone)` entry, so the
+    totals stay the sum of everything added, while pod churn does not grow them forever. A
+    pod that comes back starts from zero. Presence is known only from what `add` is told
+    exists; netns 0 (events of no readable namespace) is never pruned.
+    """
+
+    def __init__(self, prune_after: int | None = None, detail: bool = True,
+                 preferred_label: Callable[[int], str | None] = lambda netns: None):
+        self.prune_after = prune_after
+        self.detail = detail
+        # A label that beats any an interval carried (the capture's pod directory's), or None.
+        self._preferred_label = preferred_label
+        self.intervals = 0
+        self.sampled_s = 0.0   # the intervals' lengths, summed
+        self._labels: dict[int, str] = {}          # netns → its latest label
+        self._pods: dict[int, PodInterval] = {}
+        self._gone: PodInterval | None = None
+        self._absent: dict[int, int] = {}          # netns → intervals absent in a row
+        self._cpus: dict[int, CpuInterval] = {}
+        self._sites: Counter[tuple[str, str]] = Counter()  # (reason, symbol), in first-seen order
+        self._flows: Counter[FlowKey] = Counter()
+        self._flow_segments: Counter[FlowKey] = Counter()
+        self._flow_states: dict[FlowKey, Counter[str]] = defaultdict(Counter)
+        self._flow_drops: Counter[tuple[FlowKey, str, str]] = Counter()
+        self._stacks: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
+        self._lost: Counter[str] = Counter()
+        self._ignored: Counter[str] = Counter()
+
+    def know(self, pods: Mapping[int, str]) -> None:
+        """Pods known to exist at some point: each gets its entry (zeros when quiet); the
+        label is used only where no interval carried one."""
+        for netns, label in pods.items():
+            self._labels.setdefault(netns, label)
+            self._pods.setdefault(netns, PodInterval(label, netns))
+
+    def know_cpus(self, cpus: Iterable[int]) -> None:
+        for cpu in cpus:
+            self._cpus.setdefault(cpu, CpuInterval(cpu))
+
+    def add(self, snapshot: Snapshot, present: Mapping[int, str] | None = None) -> set[int]:
+        """Fold one interval in. `present` (netns → label): the pods that exist now, under
+        their best name now; None: presence is not tracked (nothing is pruned). Returns the
+        netns whose counts went to `(pods gone)` in this call."""
+        retired: set[int] = set()
+        if present is not None:
+            for netns, label in present.items():
+                if netns in self._pods and netns in self._absent and self._labels.get(netns) != label:
+                    # The netns had gone and its inode is back under another name: the kernel
+                    # reused it for a new pod, which starts from zero.
+                    self._retire(netns)
+                    retired.add(netns)
+                self._labels[netns] = label
+                self._pods.setdefault(netns, PodInterval(label, netns))
+        self._add_rows(snapshot)
+        for pod in snapshot.pods:
+            self._labels[pod.netns] = pod.pod
+            before = self._pods.get(pod.netns)
+            self._pods[pod.netns] = merge_pods(before, pod) if before is not None else pod
+        for cpu in snapshot.cpus:
+            before = self._cpus.get(cpu.cpu)
+            self._cpus[cpu.cpu] = merge_cpus(before, cpu) if before is not None else cpu
+        for site in snapshot.drop_sites:
+            self._sites[(site.reason, site.symbol)] += site.count
+        self._lost.update(snapshot.lost)
+        self._ignored.update(snapshot.ignored)
+        self.intervals += 1
+        self.sampled_s += snapshot.interval_s
+        if present is not None:
+            retired |= self._age(snapshot, present)
+        return retired
+
+    def _add_rows(self, snapshot: Snapshot) -> None:
+        if not self.detail:
+            return
+        for row in snapshot.flows:
+            self._flows[row.flow] += row.retransmits
+            self._flow_segments[row.flow] += row.segments
+            self._flow_states[row.flow][row.state] += row.retransmits
+            self._labels[row.flow.netns] = row.pod
+        for drop in snapshot.flow_drops:
+            self._flow_drops[(drop.flow, drop.reason, drop.symbol)] += drop.count
+            self._labels[drop.flow.netns] = drop.pod
+        for stack in snapshot.stacks:
+            self._stacks[(stack.netns, stack.reason, stack.frames)] += stack.count
+            self._labels[stack.netns] = stack.pod
+
+    def _age(self, snapshot: Snapshot, present: Mapping[int, str]) -> set[int]:
+        active = {pod.netns for pod in snapshot.pods}
+        retired = set()
+        for netns in list(self._pods):
+            if netns in present or netns in active or netns == UNKNOWN_NETNS:
+                self._absent.pop(netns, None)
+                continue
+            self._absent[netns] = self._absent.get(netns, 0) + 1
+            if self.prune_after is not None and self._absent[netns] > self.prune_after:
+                self._retire(netns)
+                retired.add(netns)
+        return retired
+
+    def _retire(self, netns: int) -> None:
+        """The pod's counts join `(pods gone)`; its entry (and per-flow and per-stack rows)
+        leave, so its netns starts from zero if it comes back."""
+        pod = _retired(self._pods.pop(netns))
+        self._gone = merge_pods(self._gone, pod) if self._gone is not None else pod
+        self._absent.pop(netns, None)
+        self._labels.pop(netns, None)
+        for flow in [f for f in self._flows if f.netns == netns]:
+            gone = replace(flow, netns=GONE_NETNS)
+            self._flows[gone] += self._flows.pop(flow)
+            self._flow_segments[gone] += self._flow_segments.pop(flow)
+            self._flow_states[gone].update(self._flow_states.pop(flow))
+        for key in [k for k in self._flow_drops if k[0].netns == netns]:
+            flow, reason, symbol = key
+            self._flow_drops[(replace(flow, netns=GONE_NETNS), reason, symbol)] += self._flow_drops.pop(key)
+        for key in [k for k in self._stacks if k[0] == netns]:
+            self._stacks[(GONE_NETNS,) + key[1:]] += self._stacks.pop(key)
+
+    def label(self, netns: int) -> str:
+        if netns == GONE_NETNS:
+            return GONE_POD
+        return self._preferred_label(netns) or self._labels.get(netns, f"netns:{netns}")
+
+    def pods(self) -> list[PodInterval]:
+        """Every pod's totals under its latest label, in netns order, `(pods gone)` last."""
+        pods = [replace(pod, pod=self.label(netns)) for netns, pod in sorted(self._pods.items())]
+        return pods + ([self._gone] if self._gone is not None else [])
+
+    def cpus(self) -> list[CpuInterval]:
+        return [self._cpus[cpu] for cpu in sorted(self._cpus)]
+
+    def drop_sites(self, limit: int | None = None) -> list[DropSite]:
+        """The busiest `limit` drop sites (all of them without), busiest first."""
+        return [DropSite(reason, symbol, n) for (reason, symbol), n in self._sites.most_common(limit)]
+
+    def drop_site_counts(self) -> Mapping[tuple[str, str], int]:
+        """(reason, symbol) → drops, in the order the sites were first seen."""
+        return MappingProxyType(self._sites)
+
+    def flows(self) -> list[FlowTotals]:
+        flows = [FlowTotals(self.label(k.netns), k, n, self._flow_segments[k], dict(self._flow_states[k]))
+                 for k, n in self._flows.items()]
+        return sorted(flows, key=lambda f: (-f.retransmits, f.pod, f.flow.sport))
+
+    def flow_drops(self, limit: int | None = None) -> list[FlowDrops]:
+        return [FlowDrops(self.label(flow.netns), flow, reason, symbol, n)
+                for (flow, reason, symbol), n in self._flow_drops.most_common(limit)]
+
+    def stacks(self) -> list[StackSample]:
+        stacks = [StackSample(self.label(netns), netns, reason, frames, n)
+                  for (netns, reason, frames), n in self._stacks.items()]
+        return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
+
+    def lost(self) -> dict[str, int]:
+        return dict(self._lost)
+
+    def ignored(self) -> dict[str, int]:
+        return dict(self._ignored)
+
+
 @dataclass
 class Capture:
     kernel: KernelInfo
@@ -179,14 +371,31 @@ class Capture:
         # netns first seen before its runtime record was read is named better by then): they
         # beat the label an interval carried. Netns it did not name keep their latest label.
         self._directory_named = frozenset(self.known_pods)
+        self._totals = SnapshotTotals(preferred_label=self._directory_label)
+        for snapshot in self.snapshots:
+            self._totals.add(snapshot)
+            self._know(snapshot)
+
+    def _directory_label(self, netns: int) -> str | None:
+        return self.known_pods.get(netns) if netns in self._directory_named else None
 
     def label_of(self, netns: int, seen: str) -> str:
-        return self.known_pods[netns] if netns in self._directory_named else seen
+        return self._directory_label(netns) or seen
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
+        self._totals.add(snapshot)
+        self._know(snapshot)
+
+    def _know(self, snapshot: Snapshot) -> None:
         for pod in snapshot.pods:
             self.known_pods.setdefault(pod.netns, pod.pod)
+
+    @property
+    def totals(self) -> SnapshotTotals:
+        """The snapshots added up, every pod known during the capture included."""
+        self._totals.know(self.known_pods)
+        return self._totals
 
     @property
     def duration_s(self) -> float:
@@ -195,81 +404,32 @@ class Capture:
         return self.snapshots[-1].ended_s - self.snapshots[0].started_s
 
     def pod_totals(self) -> list[PodInterval]:
-        totals: dict[int, PodInterval] = {n: PodInterval(label, n) for n, label in self.known_pods.items()}
-        for snapshot in self.snapshots:
-            for pod in snapshot.pods:
-                totals[pod.netns] = merge_pods(totals[pod.netns], pod) if pod.netns in totals else pod
-        totals = {n: replace(pod, pod=self.label_of(n, pod.pod)) for n, pod in totals.items()}
-        return sorted(totals.values(), key=lambda p: (-_pod_activity(p), -p.retransmits, p.pod))
+        """Busiest first."""
+        return sorted(self.totals.pods(), key=lambda p: (-_pod_activity(p), -p.retransmits, p.pod))
 
     def cpu_totals(self) -> list[CpuInterval]:
-        totals: dict[int, CpuInterval] = {}
-        for snapshot in self.snapshots:
-            for cpu in snapshot.cpus:
-                totals[cpu.cpu] = merge_cpus(totals[cpu.cpu], cpu) if cpu.cpu in totals else cpu
-        return [totals[c] for c in sorted(totals)]
+        return self.totals.cpus()
 
     def flow_totals(self) -> list[FlowTotals]:
-        counts: Counter[FlowKey] = Counter()
-        segments: Counter[FlowKey] = Counter()
-        states: dict[FlowKey, Counter[str]] = defaultdict(Counter)
-        pods: dict[FlowKey, str] = {}
-        for snapshot in self.snapshots:
-            for row in snapshot.flows:
-                counts[row.flow] += row.retransmits
-                segments[row.flow] += row.segments
-                states[row.flow][row.state] += row.retransmits
-                pods[row.flow] = row.pod
-        flows = [FlowTotals(self.label_of(k.netns, pods[k]), k, n, segments[k], dict(states[k]))
-                 for k, n in counts.items()]
-        return sorted(flows, key=lambda f: (-f.retransmits, f.pod, f.flow.sport))
+        return self.totals.flows()
 
     def drop_site_totals(self) -> list[DropSite]:
-        counts: Counter[tuple[str, str]] = Counter()
-        for snapshot in self.snapshots:
-            for site in snapshot.drop_sites:
-                counts[(site.reason, site.symbol)] += site.count
-        return [DropSite(r, s, n) for (r, s), n in counts.most_common(MAX_DROP_SITES)]
+        return self.totals.drop_sites(MAX_DROP_SITES)
 
     def flow_drop_totals(self) -> list[FlowDrops]:
         """TCP packets dropped per (flow, where, reason, site) over the capture, busiest first."""
-        counts: Counter[tuple[FlowKey, str, str]] = Counter()
-        labels: dict[int, str] = dict(self.known_pods)
-        for snapshot in self.snapshots:
-            for row in snapshot.flow_drops:
-                counts[(row.flow, row.reason, row.symbol)] += row.count
-                labels[row.flow.netns] = row.pod
-        rows = [FlowDrops(labels[flow.netns], flow, reason, symbol, n)
-                for (flow, reason, symbol), n in counts.most_common(MAX_FLOW_DROPS)]
-        return rows
+        return self.totals.flow_drops(MAX_FLOW_DROPS)
 
     def stack_totals(self) -> list[StackSample]:
         """Events per (pod, reason, kernel stack) over the capture, busiest first. Not capped:
         the kernel's maps bound how many there can be, and exports must add up."""
-        counts: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
-        # A pod's latest label, as pod_totals() gives it: a netns first seen mid-capture may
-        # be "netns:<inode>" in the interval that had its stacks and named only later.
-        labels: dict[int, str] = dict(self.known_pods)
-        for snapshot in self.snapshots:
-            for stack in snapshot.stacks:
-                counts[(stack.netns, stack.reason, stack.frames)] += stack.count
-                labels[stack.netns] = stack.pod
-            for pod in snapshot.pods:
-                labels[pod.netns] = pod.pod
-        stacks = [StackSample(self.label_of(netns, labels[netns]), netns, reason, frames, n) for (netns, reason, frames), n in counts.items()]
-        return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
+        return self.totals.stacks()
 
     def lost(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        for snapshot in self.snapshots:
-            total.update(snapshot.lost)
-        return dict(total)
+        return self.totals.lost()
 
     def ignored(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        for snapshot in self.snapshots:
-            total.update(snapshot.ignored)
-        return dict(total)
+        return self.totals.ignored()
 
     def to_json(self) -> dict:
         return {

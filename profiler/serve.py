@@ -1,8 +1,9 @@
 """`netprof serve`: the live counters and histograms of this node for Prometheus.
 
 One `LiveSession` samples every interval on the main thread; each snapshot is added to
-`RunningTotals`, the sums since start, so every counter only ever grows while the process
-runs (a scrape never sees a window sum shrink). A prometheus-client collector renders the
+`ServedCapture`, the sums since start (capture.SnapshotTotals, as for `profile`), so every
+counter only ever grows while the process runs (a scrape never sees a window sum shrink; the
+counts of a pod gone for GONE_POD_TTL_S move to its `(pods gone)` series). A prometheus-client collector renders the
 totals on each scrape, through the same code as `netprof export --format prometheus`.
 
 Outputs: an HTTP endpoint bound exactly where --listen says (127.0.0.1 by default: exposing
@@ -14,27 +15,28 @@ netprof that is gone.
 """
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .capture import MAX_DROP_SITES, SCHEMA, cpu_json, merge_cpus, merge_pods, pod_json
+from .capture import MAX_DROP_SITES, SCHEMA, SnapshotTotals, cpu_json, pod_json
 from .cost import Cost, ProgramCost
 from .errors import NetprofError
 from .exports import atomic_write_text
 from .k8s.base import PodIdentity
 from .probes.base import ProbeStatus
-from .snapshot import CpuInterval, PodInterval, Snapshot
+from .snapshot import Snapshot
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_INTERVAL_S = 5.0
 # A pod whose netns is gone keeps its series this long (a last scrape sees its final
-# counts), then they are dropped so pod churn does not grow the exposition forever.
+# counts), then its counts join the `(pods gone)` series, so pod churn does not grow the
+# exposition forever and the sums over pods never go down.
 GONE_POD_TTL_S = 300.0
 
 
@@ -54,27 +56,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-class RunningTotals:
-    """Every snapshot since start, summed, as a profile-JSON-shaped document."""
+class ServedCapture:
+    """Every snapshot since start, added up (capture.SnapshotTotals), as a profile document
+    for the exports. Pods gone longer than GONE_POD_TTL_S are pruned into `(pods gone)`."""
 
-    def __init__(self, started_at: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S, started_at: float | None = None):
         self._lock = threading.Lock()
-        self._clock = clock
         self.started_at = time.time() if started_at is None else started_at
-        self._pods: dict[int, PodInterval] = {}
-        self._cpus: dict[int, CpuInterval] = {}
-        self._lost: Counter[str] = Counter()
-        self._ignored: Counter[str] = Counter()
-        self._gone_since: dict[int, float] = {}
+        # Per-flow and per-stack rows are not exported, and would grow with every connection.
+        self._totals = SnapshotTotals(prune_after=max(1, math.ceil(GONE_POD_TTL_S / interval_s)), detail=False)
         self._probes: list[ProbeStatus] = []
         self._kernel: dict | None = None
         self._identities: dict[int, PodIdentity] = {}
-        # Drop sites with a series of their own, first come first served up to the cap, and
-        # kept: a site never moves between its own series and "other", so both only grow.
-        self._sites: dict[tuple[str, str], int] = {}
         self._cost: Cost | None = None
-        self._intervals = 0
-        self._sampled_s = 0.0
 
     def set_probes(self, statuses: list[ProbeStatus]) -> None:
         with self._lock:
@@ -85,67 +79,38 @@ class RunningTotals:
         series from the start, at 0 until something happens there."""
         with self._lock:
             self._kernel = dict(kernel)
-            for cpu in cpus:
-                self._cpus.setdefault(cpu, CpuInterval(cpu))
+            self._totals.know_cpus(cpus)
 
     def add(self, snapshot: Snapshot, present_pods: dict[int, str],
             identities: Mapping[int, PodIdentity] | None = None, cost: Cost | None = None) -> None:
         """Fold one interval in; `present_pods` (netns inode → label) are the pods that exist
         now, so quiet ones show zeros and vanished ones age out. `identities`: the Kubernetes
         pods known so far; `cost`: what netprof cost over this interval."""
-        now = self._clock()
         with self._lock:
             self._identities.update(identities or {})
-            for site in snapshot.drop_sites:
-                key = (site.reason, site.symbol)
-                if key in self._sites or len(self._sites) < MAX_DROP_SITES:
-                    self._sites[key] = self._sites.get(key, 0) + site.count
             if cost is not None:
                 self._cost = cost if self._cost is None else _add_costs(self._cost, cost)
-            for netns, label in present_pods.items():
-                before = self._pods.get(netns)
-                if before is None:
-                    self._pods[netns] = PodInterval(label, netns)
-                elif before.pod != label and netns in self._gone_since:
-                    # The netns had gone and its inode is back under another name: the kernel
-                    # reused it for a new pod, which starts from zero.
-                    self._pods[netns] = PodInterval(label, netns)
-                    self._identities.pop(netns, None)
-                elif before.pod != label:
-                    self._pods[netns] = replace(before, pod=label)  # a better name came up
-            for pod in snapshot.pods:
-                before = self._pods.get(pod.netns)
-                self._pods[pod.netns] = merge_pods(before, pod) if before else pod
-            for cpu in snapshot.cpus:
-                before = self._cpus.get(cpu.cpu)
-                self._cpus[cpu.cpu] = merge_cpus(before, cpu) if before else cpu
-            self._lost.update(snapshot.lost)
-            self._ignored.update(snapshot.ignored)
-            self._intervals += 1
-            self._sampled_s += snapshot.interval_s
-            active = {pod.netns for pod in snapshot.pods}
-            for netns in list(self._pods):
-                if netns in present_pods or netns in active:
-                    self._gone_since.pop(netns, None)
-                elif now - self._gone_since.setdefault(netns, now) > GONE_POD_TTL_S:
-                    del self._pods[netns], self._gone_since[netns]
-                    self._identities.pop(netns, None)
+            for netns in self._totals.add(snapshot, present_pods):
+                self._identities.pop(netns, None)
 
     def document(self) -> dict:
         with self._lock:
+            # Drop sites with a series of their own, first come first served up to the cap, and
+            # kept: a site never moves between its own series and "other", so both only grow.
+            sites = list(self._totals.drop_site_counts().items())[:MAX_DROP_SITES]
             return {
                 "schema": SCHEMA,
                 "started_at": self.started_at,
-                "duration_s": round(self._sampled_s, 3),
-                "intervals": self._intervals,
+                "duration_s": round(self._totals.sampled_s, 3),
+                "intervals": self._totals.intervals,
                 "kernel": self._kernel,
                 "probes": [status.to_json() for status in self._probes],
-                "pods": [pod_json(pod, self._identities.get(netns)) for netns, pod in sorted(self._pods.items())],
-                "cpus": [cpu_json(cpu) for _, cpu in sorted(self._cpus.items())],
+                "pods": [pod_json(pod, self._identities.get(pod.netns)) for pod in self._totals.pods()],
+                "cpus": [cpu_json(cpu) for cpu in self._totals.cpus()],
                 "drop_sites": [{"reason": reason, "symbol": symbol, "count": count}
-                               for (reason, symbol), count in self._sites.items()],
-                "lost_events": dict(self._lost),
-                "ignored_events": dict(self._ignored),
+                               for (reason, symbol), count in sites],
+                "lost_events": self._totals.lost(),
+                "ignored_events": self._totals.ignored(),
                 "cost": self._cost.to_json() if self._cost is not None else None,
             }
 
@@ -206,7 +171,7 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
     from .textfile import TextfileWriter
 
     stop = stop or threading.Event()
-    totals = RunningTotals()
+    totals = ServedCapture(options.interval_s)
     # The textfile gets netprof's metrics only: node_exporter has process_* metrics of its own.
     textfile_registry = registry_for(totals.document, options.per_cpu)
     http_registry = registry_for(totals.document, options.per_cpu)

@@ -13,7 +13,8 @@ from profiler.k8s.base import PodIdentity
 from profiler.errors import NetprofError
 from profiler.exports.prometheus import exposition_text
 from profiler.probes.base import ProbeStatus
-from profiler.serve import GONE_POD_TTL_S, RunningTotals, parse_listen
+from profiler.capture import GONE_NETNS, GONE_POD
+from profiler.serve import GONE_POD_TTL_S, ServedCapture, parse_listen
 from profiler.snapshot import CpuInterval, DropSite, Listener, PodInterval, Snapshot, SoftirqVector
 from tests.export_readers import read_prometheus, sample_value
 
@@ -27,8 +28,7 @@ def drops(label: str, netns: int, n: int, **extra) -> PodInterval:
 
 
 def test_counters_are_totals_since_start_and_never_go_down():
-    now = [0.0]
-    totals = RunningTotals(clock=lambda: now[0])
+    totals = ServedCapture()
     totals.set_probes([ProbeStatus("skb_drops", True, "tracepoint:skb:kfree_skb"),
                        ProbeStatus("tcp_retransmits", True, "tracepoint:tcp:tcp_retransmit_skb")])
     vector = SoftirqVector(count=4, time_ns=4000, latency_log2_ns=(0,) * 10 + (4,))
@@ -53,32 +53,33 @@ def test_counters_are_totals_since_start_and_never_go_down():
 
 
 def test_a_pod_gets_its_better_name_and_a_vanished_one_ages_out():
-    now = [0.0]
-    totals = RunningTotals(clock=lambda: now[0])
+    totals = ServedCapture(interval_s=GONE_POD_TTL_S / 4)    # gone for more than 4 intervals: pruned
     totals.add(snapshot(0, [drops("netns:10", 10, 3)]), {10: "netns:10"})
     totals.add(snapshot(1), {10: "default/web-0"})
     (pod,) = totals.document()["pods"]
     assert (pod["pod"], pod["drops"]) == ("default/web-0", {"SOCKET_RCVBUFF": 3})
     totals.add(snapshot(2), {})                      # the netns is gone
-    now[0] = GONE_POD_TTL_S / 2
     totals.add(snapshot(3), {})
     assert [p["netns"] for p in totals.document()["pods"]] == [10], "kept for a while: a last scrape sees it"
-    now[0] = GONE_POD_TTL_S * 2
-    totals.add(snapshot(4), {})
-    assert totals.document()["pods"] == []
+    for step in range(4, 7):
+        totals.add(snapshot(step), {})
+    # Its series leaves; its counts stay in the sum, under "(pods gone)".
+    assert [(p["pod"], p["netns"], p["drops"]) for p in totals.document()["pods"]] == [
+        (GONE_POD, GONE_NETNS, {"SOCKET_RCVBUFF": 3})]
 
 
 def test_a_reused_netns_inode_is_a_new_pod_from_zero():
-    totals = RunningTotals()
+    totals = ServedCapture()
     totals.add(snapshot(0, [drops("lab1-server", 10, 3)]), {10: "lab1-server"})
     totals.add(snapshot(1), {})                                   # its netns is gone
     totals.add(snapshot(2), {10: "lab2-sender"})                  # the kernel reused the inode
-    (pod,) = totals.document()["pods"]
+    pod, gone = totals.document()["pods"]
     assert (pod["pod"], pod["drops"]) == ("lab2-sender", {}), "the old pod's drops are not the new one's"
+    assert (gone["pod"], gone["drops"]) == (GONE_POD, {"SOCKET_RCVBUFF": 3}), "nor are they lost"
 
 
 def test_listener_counters_and_fill_ratios_accumulate():
-    totals = RunningTotals()
+    totals = ServedCapture()
     # Per interval: one empty sample and two at 5 of a limit of 4 (ratio 1.25).
     listener = Listener("0.0.0.0", 80, accept_queue_limit=4, overflow_drops=2, accept_queue_depth_log2=(1, 0, 0, 2),
                         accept_queue_fill_ratio=(1, 0, 0, 0, 0, 0, 2), accept_queue_fill_ratio_sum=2.5)
@@ -98,7 +99,7 @@ def test_listener_counters_and_fill_ratios_accumulate():
 
 
 def test_online_cpus_and_known_pods_have_series_from_the_start():
-    totals = RunningTotals()
+    totals = ServedCapture()
     totals.set_probes([ProbeStatus("softnet", True, "procfs:/proc/net/softnet_stat"),
                        ProbeStatus("conntrack_stats", True, "procfs:/proc/net/stat/nf_conntrack")])
     totals.set_node({"release": "6.18.44", "btf": True, "kprobes": False}, [0, 1])
@@ -121,7 +122,7 @@ def test_online_cpus_and_known_pods_have_series_from_the_start():
 
 def test_drop_sites_keep_their_series_and_the_rest_is_other(monkeypatch):
     monkeypatch.setattr("profiler.serve.MAX_DROP_SITES", 2)
-    totals = RunningTotals()
+    totals = ServedCapture()
     intervals = [
         [DropSite("NETFILTER_DROP", "nf_hook_slow+0x8c", 5), DropSite("SOCKET_RCVBUFF", "udp_queue_rcv_one_skb+0x1a", 3)],
         [DropSite("SOCKET_RCVBUFF", "__udp_enqueue_schedule_skb+0x2f", 4),   # past the cap: "other"
@@ -144,7 +145,7 @@ def test_drop_sites_keep_their_series_and_the_rest_is_other(monkeypatch):
 
 
 def test_cost_accumulates_over_intervals():
-    totals = RunningTotals()
+    totals = ServedCapture()
     for step in range(3):
         cost = Cost(duration_s=1.0, programs=(ProgramCost("drops", "tracepoint:skb:kfree_skb", 100, 50_000, 1),),
                     process_user_cpu_s=0.01, process_system_cpu_s=0.02, rss_bytes=1000 + step, peak_rss_bytes=2000,

@@ -18,7 +18,7 @@ from profiler.pods import PodDirectory
 from profiler.probes.base import ProbeStatus
 from profiler.report import print_report
 from profiler.sampler import Sampler
-from profiler.serve import RunningTotals
+from profiler.serve import ServedCapture
 from profiler.snapshot import SnapshotFrame
 from tests.export_readers import read_prometheus, sample_value
 from tui.screens.probes import render_probes
@@ -130,7 +130,7 @@ def test_every_view_shows_the_skipped_runs(tmp_path):
     families = read_prometheus(exposition_text(doc))
     assert sample_value(families, "netprof_lost_events_total", map=DROPS_KEY) == 91
 
-    totals = RunningTotals()
+    totals = ServedCapture()
     for snapshot in capture.snapshots:
         totals.add(snapshot, {})
     served = read_prometheus(exposition_text(totals.document()))
