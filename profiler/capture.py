@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
-from .analysis.findings import Finding
+from .findings import Finding
 from .cost import Cost
 from .system.node import NodeContext
 if TYPE_CHECKING:
-    from .k8s.base import PodIdentity
+    from .netns_names import PodIdentity
 from .snapshot import (
     CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowDrops, FlowKey,
     Listener, PodInterval, Snapshot, StackSample,

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .analysis.findings import FINDING_KINDS
+from .findings import FINDING_KINDS
 from .errors import NetprofError
 from .inert import inert
 

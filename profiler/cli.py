@@ -229,10 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     pods.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pods.set_defaults(func=_cmd_pods)
 
-    from .lab.commands import add_lab_parser
+    from .lab.commands import add_lab_parser, positive_seconds
 
-    add_lab_parser(sub)
+    # The demo composes the lab (a scenario, the profiler, the report), so its command is
+    # added here, above both: the lab knows nothing of the demo.
+    lab_commands = add_lab_parser(sub)
+    demo = lab_commands.add_parser(
+        "demo", help="the README demo: a lossy pod among healthy ones, found by the profiler",
+        description="Bring up fake pods, make one pod's path lossy, run `netprof profile` on "
+                    "the real kernel while they talk, print the report and a verdict, and "
+                    "remove the lab (also on Ctrl-C). Exit 0 when the lossy pod is the one "
+                    "netprof blames.")
+    demo.add_argument("--duration", type=positive_seconds, default=5.0, metavar="S",
+                      help="seconds of traffic (default 5)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .lab.commands import require_root
+
+    require_root()
+    from .demo import run_demo
+
+    return run_demo(args.duration)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -393,10 +413,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_pods(args: argparse.Namespace) -> int:
-    from .k8s.listing import netns_rows, render_rows
-    from .pods import PodDirectory
+    from .pod_listing import default_pod_directory, netns_rows, render_rows
 
-    rows = netns_rows(PodDirectory.default())
+    rows = netns_rows(default_pod_directory())
     if args.json:
         json.dump([row.to_json() for row in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")

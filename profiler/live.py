@@ -20,8 +20,8 @@ from .errors import NetprofError
 from .inert import inert
 from .kernel.features import KernelInfo, probe_kernel, require_capture_ready
 from .kernel.loader import BpfLoader
-from .k8s.base import PodIdentity
-from .pods import PodDirectory
+from .netns_names import PodIdentity
+from .pod_listing import default_pod_directory
 from .probes.base import ProbeStatus
 from .sampler import Sampler
 from .snapshot import Snapshot
@@ -39,7 +39,7 @@ class LiveSession:
         self.root = root
         self.window_s = window_s
         self.info: KernelInfo = probe_kernel(root)
-        self.pods = PodDirectory.default(root)
+        self.pods = default_pod_directory(root)
         self._sources = sources
         self._sampler: Sampler | None = None
         self.loader: BpfLoader | None = None

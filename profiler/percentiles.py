@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .probes.softirq import LOG2_SLOTS
+from .kernel.log2_histogram import LOG2_SLOTS
 
 PERCENTILES = (0.5, 0.9, 0.99)
 

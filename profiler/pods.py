@@ -2,7 +2,9 @@
 
 A pod is its network namespace. Resolvers are tried best first; each knows one source of
 names. The Kubernetes resolvers (containerd, CRI-O, kubepods cgroups) plug in ahead of the
-generic ones through the same `NetnsResolver` protocol.
+generic ones through the same `NetnsResolver` protocol (`profiler.netns_names`); the node's
+usual directory is put together in `profiler.pod_listing.default_pod_directory`, so this
+module knows nothing of Kubernetes.
 
 Labels are remembered for the whole capture: a namespace that vanishes mid-run keeps the
 name it had, which is normal on a node where pods come and go.
@@ -10,88 +12,10 @@ name it had, which is normal on a node where pods come and go.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
-from .inert import is_inert
-
-if TYPE_CHECKING:
-    from .k8s.base import PodIdentity
-
-HOST_LABEL = "host"
-MAX_LABEL_LEN = 253  # a Kubernetes name's limit; longer text is not a label anyone typed
-
-
-class NetnsResolver(Protocol):
-    def lookup(self, inode: int) -> str | None:
-        """A label for this netns inode, or None if this resolver does not know it."""
-
-    def known(self) -> dict[int, str]:
-        """Every netns this resolver can name right now (quiet pods included)."""
-
-    def paths(self) -> dict[int, Path]:
-        """A path to enter each netns it knows (setns), for per-netns counters."""
-
-
-def sanitize_label(text: str) -> str:
-    """Labels come from files other programs wrote: keep them bounded, and replace by '?'
-    each character `inert()` would not leave as it is (it alone decides what is safe; a label
-    is a name users filter and match on, so it gets one short mark, not an escape)."""
-    clean = text if is_inert(text) else "".join(ch if is_inert(ch) else "?" for ch in text)
-    return clean[:MAX_LABEL_LEN]
-
-
-def netns_inode(path: Path) -> int | None:
-    """Inode of an nsfs file (a bind mount under /run/netns or /proc/<pid>/ns/net).
-
-    lstat, never stat: a symlink planted under /run/netns must not lead the root-run
-    profiler to some other file.
-    """
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        return None
-    return st.st_ino
-
-
-class HostResolver:
-    """The root network namespace is the node itself: PID 1's netns.
-
-    Where PID 1's ns link is not readable (a sandbox, a PID namespace without hostPID),
-    netprof's own netns stands in: it runs in the node's netns (hostNetwork) by design.
-    """
-
-    def __init__(self, root: Path = Path("/")):
-        self._path = root / "proc/1/ns/net"
-        self._inode = _proc_ns_inode(self._path)
-        if self._inode is None:
-            self._path = root / "proc/self/ns/net"
-            self._inode = _proc_ns_inode(self._path)
-
-    def lookup(self, inode: int) -> str | None:
-        return HOST_LABEL if inode == self._inode else None
-
-    def known(self) -> dict[int, str]:
-        return {self._inode: HOST_LABEL} if self._inode is not None else {}
-
-    def paths(self) -> dict[int, Path]:
-        return {self._inode: self._path} if self._inode is not None else {}
-
-
-def _proc_ns_inode(link: Path) -> int | None:
-    # /proc/<pid>/ns/net is a magic link whose target reads "net:[<inode>]"; readlink
-    # gives the inode without opening or following anything.
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return None
-    if target.startswith("net:[") and target.endswith("]") and target[5:-1].isdecimal():
-        return int(target[5:-1])
-    return None
+from .netns_names import NetnsResolver, PodIdentity, netns_inode, sanitize_label
 
 
 class NamedNetnsResolver:
@@ -144,18 +68,9 @@ class PodDirectory:
         # pod's /run/netns/cni-<uuid> name exists before its runtime record does.
         self._rank: dict[int, int] = {}
 
-    @classmethod
-    def default(cls, root: Path = Path("/")) -> "PodDirectory":
-        from .k8s import kubernetes_resolvers
-
-        # The node's netns first: hostNetwork pods' processes live in it, yet it is no one
-        # pod's. Then the Kubernetes resolvers (containerd, CRI-O, kubepods cgroups), which
-        # name a CNI netns better than its /run/netns/cni-<uuid> name.
-        return cls([HostResolver(root), *kubernetes_resolvers(root), NamedNetnsResolver(root)])
-
     def identity(self, inode: int) -> PodIdentity | None:
         """The Kubernetes pod (namespace, name, UID, containers) of a netns, if a Kubernetes
-        resolver knows it (`profiler.k8s.PodIdentity`), else None."""
+        resolver knows it (`profiler.netns_names.PodIdentity`), else None."""
         for resolver in self._resolvers:
             identity = getattr(resolver, "identity", None)
             found = identity(inode) if identity is not None else None

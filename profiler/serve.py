@@ -28,7 +28,7 @@ from .capture import MAX_DROP_SITES, SCHEMA, SnapshotTotals, cpu_json, pod_json
 from .cost import Cost, ProgramCost
 from .errors import NetprofError
 from .exports import atomic_write_text
-from .k8s.base import PodIdentity
+from .netns_names import PodIdentity
 from .probes.base import ProbeStatus
 from .snapshot import Snapshot
 

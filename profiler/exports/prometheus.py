@@ -36,7 +36,7 @@ from .. import __version__
 from ..capture import MAX_DROP_SITES
 from ..document import CpuView, ListenerView, ProfileDocument
 from ..inert import inert, inert_tree
-from ..probes.softirq import LOG2_SLOTS
+from ..kernel.log2_histogram import LOG2_SLOTS
 from ..system.listeners import FILL_RATIO_BOUNDS
 
 PREFIX = "netprof"

@@ -57,11 +57,11 @@ def _context_for(doc: dict) -> AnalysisContext:
         return AnalysisContext()
     if (doc.get("node") or {}).get("boot_id") != here.boot_id:
         return AnalysisContext()
-    from ..pods import PodDirectory
+    from ..pod_listing import default_pod_directory
     from ..system.irqs import irqbalance_running, read_irq_topology
 
     in_capture = {pod["netns"] for pod in doc["pods"]}
-    paths = PodDirectory.default().netns_paths()
+    paths = default_pod_directory().netns_paths()
     return AnalysisContext(
         netns_paths={inode: str(path) for inode, path in paths.items() if inode in in_capture},
         topology=read_irq_topology(), irqbalance_running=irqbalance_running())

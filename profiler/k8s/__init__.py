@@ -2,9 +2,9 @@
 
 No API server is asked: the container runtime's state (containerd, CRI-O), the kubepods
 cgroups in /proc and kubelet's directories name the pods. Each source is one resolver with
-the `NetnsResolver` surface of `profiler.pods` (`lookup`, `known`, `paths`) plus
+the `NetnsResolver` surface of `profiler.netns_names` (`lookup`, `known`, `paths`) plus
 `identity(inode) -> PodIdentity` (namespace, name, UID, container names).
-`PodDirectory.default()` puts them ahead of the generic resolvers (named netns, netns:<inode>).
+`profiler.pod_listing.default_pod_directory` puts them ahead of the generic resolvers (named netns, netns:<inode>).
 
 Where the node's files are: `root` (default `/`) holds /proc; the runtime and kubelet state
 is read from `node_root`, which is `root` unless the environment says

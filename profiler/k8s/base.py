@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pods import sanitize_label
+# PodIdentity lives below pods and k8s (the directory hands it out too); the resolvers use it from here.
+from ..netns_names import PodIdentity
 
 # Kubernetes' own validation (k8s.io/apimachinery/pkg/util/validation): a namespace and a
 # container name are DNS-1123 labels, a pod name a DNS-1123 subdomain. The API server never
@@ -60,33 +61,6 @@ def valid_container_name(text: object) -> str | None:
 
 def valid_uid(text: object) -> str | None:
     return text if isinstance(text, str) and POD_UID.match(text) else None
-
-
-@dataclass(frozen=True)
-class PodIdentity:
-    """A Kubernetes pod as the node knows it. `namespace`/`name` are empty when only the
-    UID is known (a kubepods cgroup without a kubelet log directory to name it)."""
-    namespace: str
-    name: str
-    uid: str = ""
-    containers: tuple[str, ...] = ()
-    source: str = ""  # which resolver: "containerd", "cri-o", "cgroup+pod-logs", …
-
-    @property
-    def label(self) -> str:
-        if self.namespace and self.name:
-            return sanitize_label(f"{self.namespace}/{self.name}")
-        return sanitize_label(f"pod:{self.uid}")
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.name, self.uid)
-
-    def to_json(self) -> dict:
-        """`pods[].kubernetes` in the profile JSON. Every string was validated as a
-        Kubernetes name or UID when read (never raw text from the node's files)."""
-        return {"namespace": self.namespace, "name": self.name, "uid": self.uid,
-                "containers": list(self.containers), "source": self.source}
 
 
 @dataclass(frozen=True)

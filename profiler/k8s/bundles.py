@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..pods import HostResolver, netns_inode
+from ..netns_names import HostResolver, netns_inode
 from .base import MAX_CONTAINERS, PodIdentity, PodNetns
 from .files import decode_json, proc_netns_inode, read_pid_file, read_regular_capped, resolve_in_root
 

@@ -28,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from ..pods import HostResolver
+from ..netns_names import HostResolver
 from .base import CachedScanResolver, PodIdentity, PodNetns, valid_uid
 from .files import proc_netns_inode, read_regular_capped, resolve_in_root
 from .kubelet import KubeletPods

@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..pods import _proc_ns_inode as proc_netns_inode
+from ..netns_names import proc_ns_inode as proc_netns_inode
 from ..system.irqs import list_dir_in_root, resolve_in_root
 
 __all__ = ["list_dir_in_root", "resolve_in_root", "read_capped", "read_regular_capped",

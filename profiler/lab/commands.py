@@ -45,7 +45,7 @@ RUN_HELP = textwrap.dedent("""\
 )
 
 
-def _require_root() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("netprof lab needs root (it creates network namespaces); run it with sudo")
     if shutil.which("ip") is None:
@@ -59,7 +59,7 @@ def _pod_list(text: str) -> list[str]:
     return pods
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -80,7 +80,7 @@ def _print_pods(lab: Lab, expected_pod: str | None = None) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _require_root()
+    require_root()
     lab = Lab.up(args.pods, prefix=args.prefix)
     lab.detach()
     if args.json:
@@ -97,7 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    _require_root()
+    require_root()
     if args.prefix is None and not args.force:
         # A lab whose owner still runs is somebody's test or demo in progress: removing it
         # under them turns their run into a confusing failure. Crashed leftovers go.
@@ -156,7 +156,7 @@ def _print_result(result: ScenarioResult) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _require_root()
+    require_root()
     scenario = SCENARIOS[args.scenario](prefix=args.prefix)
 
     def terminate(signum: int, frame: FrameType | None) -> None:
@@ -194,15 +194,9 @@ def _result_json(result: ScenarioResult) -> dict[str, Any]:
     return data
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    _require_root()
-    from ..demo import run_demo
-
-    return run_demo(args.duration)
-
-
-def add_lab_parser(subparsers: Any) -> None:
-    """Add `lab` and its subcommands to the main CLI's subparsers; handlers return exit codes."""
+def add_lab_parser(subparsers: Any) -> Any:
+    """Add `lab` and its subcommands to the main CLI's subparsers; handlers return exit codes.
+    Returns lab's own subparsers, for commands above the lab to add theirs (`lab demo`)."""
     lab = subparsers.add_parser(
         "lab", help="fake pods in network namespaces, to watch netprof find real problems",
         description=LAB_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,18 +234,9 @@ def add_lab_parser(subparsers: Any) -> None:
     run = sub.add_parser("run", help="run a scenario end to end (up, fault, traffic, down)",
                          description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("scenario", choices=sorted(SCENARIOS), help="which problem to reproduce")
-    run.add_argument("--duration", type=_positive_seconds, default=10.0, metavar="S",
+    run.add_argument("--duration", type=positive_seconds, default=10.0, metavar="S",
                      help="seconds of traffic (default 10)")
     run.add_argument("--prefix", help="name prefix for the scenario's lab (default: random)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
-
-    demo = sub.add_parser(
-        "demo", help="the README demo: a lossy pod among healthy ones, found by the profiler",
-        description="Bring up fake pods, make one pod's path lossy, run `netprof profile` on "
-                    "the real kernel while they talk, print the report and a verdict, and "
-                    "remove the lab (also on Ctrl-C). Exit 0 when the lossy pod is the one "
-                    "netprof blames.")
-    demo.add_argument("--duration", type=_positive_seconds, default=5.0, metavar="S",
-                      help="seconds of traffic (default 5)")
-    demo.set_defaults(func=cmd_demo)
+    return sub

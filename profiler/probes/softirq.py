@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
+from ..kernel.log2_histogram import LOG2_SLOTS
 from ..kernel.maps import MapLayout, MapReader
 from .base import ProbeStatus
 
@@ -15,9 +16,6 @@ TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
 # The vectors netprof is about. Others (TIMER, SCHED, RCU, ...) can be asked for by name;
 # by default they cost one compare per event in the kernel and are not counted.
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
-# Bucket i holds [2^i, 2^(i+1)) ns; 2^31 ns ≈ 2.1 s, so the last bucket means "seconds".
-LOG2_SLOTS = 32
-
 ARRAY_INDEX = np.dtype([("index", "<u4")])
 # Mirrors struct softirq_vector_stats in bpf/softirq.h.
 VECTOR_STATS = np.dtype([("count", "<u8"), ("time_ns", "<u8"), ("exits_without_entry", "<u8"),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..kernel.maps import counter_deltas
-from ..pods import HOST_LABEL
+from ..netns_names import HOST_LABEL
 from ..probes.napi import NapiCounts, NapiProbe, device_name
 from ..snapshot import NapiDevice, SnapshotFrame
 from .base import ProbeSource

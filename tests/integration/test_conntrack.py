@@ -17,7 +17,7 @@ from profiler.lab.scenario_conntrack import (
 )
 from profiler.lab.scenarios import ScenarioResult, lab_time_scale
 from profiler.lab.sysctl import read_sysctl
-from profiler.pods import PodDirectory
+from profiler.pod_listing import default_pod_directory
 from profiler.profile import ProfileOptions, run_profile
 from profiler.sources.conntrack import ConntrackSource
 
@@ -74,7 +74,7 @@ def _run(scenario: ConntrackScenario, workload_s: float = 1.0) -> ConntrackRun:
             capture = run_profile(ProfileOptions(duration_s=(workload_s + 30.0) * lab_time_scale(),
                                                  interval_s=0.5),
                                   on_attached=start, log=lambda msg: None,
-                                  sources=[ConntrackSource(PodDirectory.default())],
+                                  sources=[ConntrackSource(default_pod_directory())],
                                   until=scenario.finished)
             result = scenario.wait()
             inodes = {name: pod.netns_inode for name, pod in scenario.lab.pods.items()}

@@ -20,7 +20,7 @@ from profiler.exports import write_all
 from profiler.lab.scenario_drops import RcvbufDropScenario
 from profiler.lab.scenario_listen import SERVER_PORT, ListenOverflowDropScenario
 from profiler.lab.scenarios import RetransmitScenario, Scenario, ScenarioResult
-from profiler.pods import PodDirectory
+from profiler.pod_listing import default_pod_directory
 from profiler.profile import ProfileOptions, run_profile
 from profiler.sources.drops import DropSource
 from profiler.sources.listen import ListenSource
@@ -105,7 +105,7 @@ def capture_and_export(scenario: Scenario, run_s: float, out: Path, listen: bool
         if listen:
             # The listener sampler must run while the queue is full: the scenario runs beside
             # the sampling loop, not inside on_attached.
-            sources.append(ListenSource(PodDirectory.default(), drops=drops))
+            sources.append(ListenSource(default_pod_directory(), drops=drops))
             capture = run_profile(ProfileOptions(duration_s=run_s + 1.0, interval_s=0.5),
                                   on_attached=lambda: scenario.start(run_s), log=lambda msg: None, sources=sources)
             results.append(scenario.wait())

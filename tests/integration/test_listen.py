@@ -19,7 +19,7 @@ from profiler.lab.scenario_listen import (
 )
 from profiler.lab.scenarios import Scenario, ScenarioResult, lab_time_scale
 from profiler.lab.sysctl import read_sysctl
-from profiler.pods import PodDirectory
+from profiler.pod_listing import default_pod_directory
 from profiler.probes.base import ProbeStatus
 from profiler.profile import ProfileOptions, run_profile
 from profiler.snapshot import Listener, PodInterval
@@ -67,7 +67,7 @@ def capture_scenario(scenario: Scenario, with_drops: bool = False) -> ListenRun:
 
             drops = DropSource()
             sources.append(drops)  # before the listen source: it reads this interval's drops
-        sources.append(ListenSource(PodDirectory.default(), drops=drops))
+        sources.append(ListenSource(default_pod_directory(), drops=drops))
         # The flood must end inside the capture: it lasts until the workloads exit (on a slow
         # machine, a guest under emulation, they take seconds just to start), capped.
         capture = run_profile(ProfileOptions(duration_s=(RUN_S + 15.0) * lab_time_scale(), interval_s=0.5),

@@ -48,7 +48,7 @@ def test_totals_and_quiet_pods():
 
 
 def test_pods_a_kubernetes_resolver_knows_carry_their_identity():
-    from profiler.k8s.base import PodIdentity
+    from profiler.netns_names import PodIdentity
 
     cap = sample_capture()
     cap.pod_identities[11] = PodIdentity("shop", "lossy-6d8f7c9b5-x2x4q", "0c8f2a8e-3d7e-4a53-9c1f-2b1c7c1f3d11",
@@ -115,7 +115,7 @@ def test_the_directorys_label_at_assembly_beats_the_one_an_interval_carried():
 def test_a_pod_first_read_before_its_containers_gets_them_later(tmp_path):
     """Read between RunPodSandbox and CreateContainer, a pod has no containers; the session
     must not keep that first reading for the whole capture (seen with a real containerd)."""
-    from profiler.k8s.base import PodIdentity
+    from profiler.netns_names import PodIdentity
     from profiler.live import LiveSession
 
     class Directory:

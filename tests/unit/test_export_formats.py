@@ -17,7 +17,7 @@ import pytest
 from profiler.capture import Capture
 from profiler.cost import Cost, ProgramCost
 from profiler.inert import inert
-from profiler.k8s.base import PodIdentity
+from profiler.netns_names import PodIdentity
 from profiler.cli import main
 from profiler.exports import EXPORT_FORMATS, render, write_all
 from profiler.exports.folded import folded_text

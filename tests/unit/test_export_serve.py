@@ -9,7 +9,7 @@ import pytest
 
 from profiler.cli import build_parser
 from profiler.cost import Cost, ProgramCost
-from profiler.k8s.base import PodIdentity
+from profiler.netns_names import PodIdentity
 from profiler.errors import NetprofError
 from profiler.exports.prometheus import exposition_text
 from profiler.probes.base import ProbeStatus

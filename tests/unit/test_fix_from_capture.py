@@ -16,7 +16,7 @@ from profiler.analysis.detectors import AnalysisContext, analyze
 from profiler.analysis.findings import FINDING_KINDS, Change, Finding, Fix
 from profiler.analysis.fixes import APPLICABLE_SYSCTLS, node_sysctl_fixes, pod_sysctl_fixes
 from profiler.errors import NetprofError
-from profiler.pods import PodDirectory
+from profiler.pod_listing import default_pod_directory
 from profiler.fix.command import applicable, replan, snippet_path, write_snippets
 
 ROOT = Path(__file__).parents[2]
@@ -111,7 +111,7 @@ def test_replan_of_this_boot_enters_only_netns_paths_netprof_resolves(monkeypatc
     monkeypatch.setattr("profiler.fix.command.analyze", lambda d, ctx: seen.append(ctx) or analyze(d, ctx))
     replan(doc)
     inodes = {pod["netns"] for pod in doc["pods"]}
-    resolved = {inode: str(path) for inode, path in PodDirectory.default().netns_paths().items() if inode in inodes}
+    resolved = {inode: str(path) for inode, path in default_pod_directory().netns_paths().items() if inode in inodes}
     assert seen[0].netns_paths == resolved  # this node's own paths, for the capture's pods only
     assert seen[0].topology is not None
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from profiler.k8s import CgroupResolver, ContainerdResolver, KubeletPods, kubernetes_resolvers
 from profiler.k8s.base import CachedScanResolver, PodIdentity, PodNetns
-from profiler.pods import HOST_LABEL, HostResolver, NamedNetnsResolver, PodDirectory
+from profiler.netns_names import HOST_LABEL, HostResolver
+from profiler.pod_listing import default_pod_directory
+from profiler.pods import NamedNetnsResolver, PodDirectory
 from tests.unit.test_k8s_trees import HOST_NETNS, consistent_copy, copy_tree, inode
 
 WEB = "default/web-7d4b9c8f6d-x8k2p"
@@ -16,7 +18,7 @@ WEB_NETNS = "run/netns/cni-3f9c1d2e-8a7b-4c5d-9e0f-1a2b3c4d5e6f"
 
 def test_default_directory_names_pods_on_a_containerd_node(tmp_path):
     root = consistent_copy("containerd-1.7", tmp_path)
-    pods = PodDirectory.default(root)
+    pods = default_pod_directory(root)
     web = inode(root / WEB_NETNS)
     # The named-netns resolver would say "cni-3f9c…"; the Kubernetes name wins.
     assert pods.label(web) == WEB
@@ -33,7 +35,7 @@ def test_the_host_entry_has_no_kubernetes_identity_with_a_host_network_pod(tmp_p
     """kube-proxy is hostNetwork (as netprof's own DaemonSet pod is); containerd records its
     app container's netns as /proc/<pause pid>/ns/net, the node's: `host` stays `host`."""
     root = consistent_copy("containerd-1.7", tmp_path)  # kube-proxy's container: /proc/1501/ns/net
-    pods = PodDirectory.default(root)
+    pods = default_pod_directory(root)
     assert pods.label(HOST_NETNS) == HOST_LABEL
     assert pods.identity(HOST_NETNS) is None
     assert pods.known()[HOST_NETNS] == HOST_LABEL
@@ -42,7 +44,7 @@ def test_the_host_entry_has_no_kubernetes_identity_with_a_host_network_pod(tmp_p
 def test_cgroups_name_pods_where_runtime_state_is_unreadable(tmp_path):
     root = consistent_copy("containerd-1.7", tmp_path)
     shutil.rmtree(root / "run/containerd")
-    pods = PodDirectory.default(root)
+    pods = default_pod_directory(root)
     web = inode(root / WEB_NETNS)
     assert pods.label(web) == WEB
     assert pods.identity(web).source == "cgroup+pod-logs"
@@ -58,7 +60,7 @@ def test_every_fixture_node_gets_kubernetes_names(tmp_path):
     }
     for name, labels in expected.items():
         root = consistent_copy(name, tmp_path / name) if name != "kubelet-cgroupfs-v1" else copy_tree(name, tmp_path)
-        known = PodDirectory.default(root).known()
+        known = default_pod_directory(root).known()
         assert set(known.values()) == labels | {HOST_LABEL}, name
 
 

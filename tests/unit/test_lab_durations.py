@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from profiler.lab import traffic, workload_cpu, workload_drops, workload_listen
-from profiler.lab.commands import _positive_seconds
+from profiler.lab.commands import positive_seconds
 from profiler.lab.workload_common import GRACE_S, MAX_RUN_S, MAX_WORKLOAD_S
 
 
@@ -26,7 +26,7 @@ def test_conntrack_sink_takes_the_same_bound():
 
 
 def test_the_cli_accepts_exactly_what_the_workloads_can_run():
-    assert _positive_seconds(str(MAX_RUN_S)) == MAX_RUN_S
+    assert positive_seconds(str(MAX_RUN_S)) == MAX_RUN_S
     for bad in (str(MAX_RUN_S + 1), "0", "-1", "nan"):
         with pytest.raises(argparse.ArgumentTypeError):
-            _positive_seconds(bad)
+            positive_seconds(bad)

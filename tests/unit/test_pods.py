@@ -1,7 +1,9 @@
 import os
 from pathlib import Path
 
-from profiler.pods import HOST_LABEL, PodDirectory, HostResolver, NamedNetnsResolver, sanitize_label
+from profiler.netns_names import HOST_LABEL, HostResolver, sanitize_label
+from profiler.pod_listing import default_pod_directory
+from profiler.pods import NamedNetnsResolver, PodDirectory
 
 
 def make_tree(tmp_path: Path) -> Path:
@@ -21,7 +23,7 @@ def make_tree(tmp_path: Path) -> Path:
 
 def test_named_host_and_unknown(tmp_path):
     root = make_tree(tmp_path)
-    pods = PodDirectory.default(root)
+    pods = default_pod_directory(root)
     web = os.stat(root / "run/netns/web").st_ino
     assert pods.label(web) == "web"
     assert pods.label(4026531840) == HOST_LABEL
@@ -38,7 +40,7 @@ def test_symlinks_under_run_netns_are_not_followed(tmp_path):
 
 def test_a_pod_that_vanishes_keeps_its_label(tmp_path):
     root = make_tree(tmp_path)
-    pods = PodDirectory.default(root)
+    pods = default_pod_directory(root)
     db = os.stat(root / "run/netns/db").st_ino
     assert pods.label(db) == "db"
     (root / "run/netns/db").unlink()
@@ -78,7 +80,7 @@ def test_a_reused_netns_inode_gets_the_new_pods_name():
 
 def test_known_lists_quiet_pods(tmp_path):
     root = make_tree(tmp_path)
-    known = PodDirectory.default(root).known()
+    known = default_pod_directory(root).known()
     assert sorted(known.values()) == ["db", HOST_LABEL, "web"]
 
 
@@ -96,7 +98,7 @@ def test_host_falls_back_to_own_netns(tmp_path):
 
 def test_netns_paths_for_entering_pods(tmp_path):
     root = make_tree(tmp_path)
-    paths = PodDirectory.default(root).netns_paths()
+    paths = default_pod_directory(root).netns_paths()
     web = os.stat(root / "run/netns/web").st_ino
     assert paths[web] == root / "run/netns/web"
     assert paths[4026531840] == root / "proc/1/ns/net"

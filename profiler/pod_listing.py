@@ -1,4 +1,7 @@
-"""`netprof pods`: every network namespace this node has, the pod netprof names it after,
+"""The node's pod directory, put together from the generic resolvers (`profiler.pods`) and the
+Kubernetes ones (`profiler.k8s`), which know nothing of each other; and `netprof pods`.
+
+`netprof pods`: every network namespace this node has, the pod netprof names it after,
 and where that name came from — what a user checks before trusting per-pod numbers.
 
 Nothing is captured: the same `PodDirectory` the profiler uses is asked once, so the list is
@@ -8,9 +11,22 @@ a /run/netns name, or nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..inert import inert
-from ..pods import HOST_LABEL, PodDirectory
+from .inert import inert
+from .k8s import kubernetes_resolvers
+from .netns_names import HOST_LABEL, HostResolver
+from .pods import NamedNetnsResolver, PodDirectory
+
+
+def default_pod_directory(root: Path = Path("/")) -> PodDirectory:
+    """The directory a capture uses on a node.
+
+    The node's netns first: hostNetwork pods' processes live in it, yet it is no one pod's.
+    Then the Kubernetes resolvers (containerd, CRI-O, kubepods cgroups), which name a CNI
+    netns better than its /run/netns/cni-<uuid> name.
+    """
+    return PodDirectory([HostResolver(root), *kubernetes_resolvers(root), NamedNetnsResolver(root)])
 
 
 @dataclass(frozen=True)
