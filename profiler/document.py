@@ -81,6 +81,11 @@ class ListenerView:
     def somaxconn(self) -> int | None:
         return self.raw.get("somaxconn")
 
+    def reported(self, name: str) -> Any:
+        """A field as the listen source reported it, None when it did not (evidence quotes what
+        was seen, not a default)."""
+        return self.raw.get(name)
+
     @property
     def fill(self) -> float:
         """Peak / limit (0 when the limit is unknown)."""
@@ -256,6 +261,15 @@ class CpuView:
     @property
     def softnet(self) -> Raw:
         return self.raw.get("softnet") or {}
+
+    @property
+    def softnet_dropped(self) -> int:
+        """softnet_stat's `dropped`: packets dropped because this CPU's input backlog was full."""
+        return int(self.softnet.get("dropped", 0))
+
+    def drop_count(self, reason: str) -> int:
+        """skb drops of a reason on this CPU (charged to the CPU that tried to enqueue)."""
+        return int(self.drops.get(reason, 0))
 
     @property
     def time_squeeze(self) -> int:

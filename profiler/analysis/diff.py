@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..document import CpuView, PodView, ProfileDocument
 from .findings import SEVERITY_RANK
 
 ALPHA = 1e-3          # per figure; a diff tests hundreds, so a lenient α would cry wolf
@@ -72,41 +73,39 @@ class Figure:
     unit: Literal["events", "ns"] = "events"
 
 
-def _pod_figures(pod: Mapping[str, Any]) -> Iterator[Figure]:
-    label = str(pod.get("pod", ""))
-    yield Figure("pod", label, "retransmitted segments",
-                 pod.get("retransmitted_segments") or pod.get("retransmits", 0))
-    for reason, count in (pod.get("drops") or {}).items():
+def _pod_figures(pod: PodView) -> Iterator[Figure]:
+    label = pod.name
+    yield Figure("pod", label, "retransmitted segments", pod.retransmitted_segments_or_skbs)
+    for reason, count in pod.drops.items():
         yield Figure("pod", label, f"drops {reason}", count)
-    yield Figure("pod", label, "receive queue full", pod.get("rcvqueue_full", 0))
-    netstat = pod.get("netstat") or {}
-    yield Figure("pod", label, "listen overflows", netstat.get("TcpExt.ListenOverflows", 0))
-    conntrack = pod.get("conntrack") or {}
+    yield Figure("pod", label, "receive queue full", pod.rcvqueue_full)
+    # The larger of the netns counter and the overflow drops, as every view counts them.
+    yield Figure("pod", label, "listen overflows", pod.listen_overflows)
     for stat in _CONNTRACK_TROUBLE:
-        if stat in conntrack:
-            yield Figure("pod", label, f"conntrack {stat}", conntrack[stat])
-    for listener in pod.get("listen") or []:
-        subject = f"{label} {listener.get('address', '')}:{listener.get('port', '')}"
-        yield Figure("listener", subject, "overflow drops", listener.get("overflow_drops", 0))
+        if stat in pod.conntrack:
+            yield Figure("pod", label, f"conntrack {stat}", pod.conntrack[stat])
+    for listener in pod.listeners:
+        yield Figure("listener", f"{label} {listener.address}:{listener.port}", "overflow drops",
+                     listener.overflow_drops)
 
 
-def _cpu_figures(cpu: Mapping[str, Any]) -> Iterator[Figure]:
-    subject = f"cpu{cpu.get('cpu')}"
-    for vector, softirq in (cpu.get("softirq") or {}).items():
-        yield Figure("cpu", subject, f"{vector} time", softirq.get("time_ns", 0), "ns")
-    for napi in cpu.get("napi") or []:
+def _cpu_figures(cpu: CpuView) -> Iterator[Figure]:
+    subject = f"cpu{cpu.cpu}"
+    for vector in cpu.softirq:
+        yield Figure("cpu", subject, f"{vector} time", cpu.softirq_time_ns(vector), "ns")
+    for napi in cpu.napi:
         yield Figure("cpu", subject, f"NAPI budget exhausted {napi.get('device', '')}",
                      napi.get("budget_exhausted", 0))
-    softnet = cpu.get("softnet") or {}
     for stat in _SOFTNET_TROUBLE:
-        if stat in softnet:
-            yield Figure("cpu", subject, f"softnet {stat}", softnet[stat])
-    for reason, count in (cpu.get("drops") or {}).items():
+        if stat in cpu.softnet:
+            yield Figure("cpu", subject, f"softnet {stat}", cpu.softnet[stat])
+    for reason, count in cpu.drops.items():
         yield Figure("cpu", subject, f"drops {reason}", count)
 
 
-def capture_figures(doc: Mapping[str, Any]) -> dict[tuple[str, str, str], Figure]:
+def capture_figures(doc: Mapping[str, Any] | ProfileDocument) -> dict[tuple[str, str, str], Figure]:
     """Every trouble figure of a capture, keyed by (group, subject, metric)."""
+    document = doc if isinstance(doc, ProfileDocument) else ProfileDocument(doc)
     figures: dict[tuple[str, str, str], Figure] = {}
 
     def add(figure: Figure) -> None:
@@ -115,17 +114,17 @@ def capture_figures(doc: Mapping[str, Any]) -> dict[tuple[str, str, str], Figure
         figures[key] = figure if old is None else Figure(*key, old.value + figure.value, figure.unit)
 
     reasons: dict[str, float] = {}
-    for pod in doc.get("pods") or []:
+    for pod in document.pods:
         for figure in _pod_figures(pod):
             add(figure)
-        for reason, count in (pod.get("drops") or {}).items():
+        for reason, count in pod.drops.items():
             reasons[reason] = reasons.get(reason, 0) + count
     for reason, count in reasons.items():
         add(Figure("reason", reason, "drops", count))
-    for cpu in doc.get("cpus") or []:
+    for cpu in document.cpus:
         for figure in _cpu_figures(cpu):
             add(figure)
-    for site in doc.get("drop_sites") or []:
+    for site in document.drop_sites:
         add(Figure("site", f"{site.get('symbol', '')} {site.get('reason', '')}", "drops", site.get("count", 0)))
     return figures
 

@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..document import ProfileDocument
 from ..inert import inert_tree
 from ..percentiles import (  # noqa: F401  (the one interpolation; imported from here too)
     PERCENTILES, bucket_percentiles, depth_bounds, log2_ns_bounds, log2_percentiles_ns,
@@ -81,29 +82,28 @@ class Histogram:
 
 def capture_histograms(doc: dict) -> list[Histogram]:
     """Every non-empty distribution in a profile JSON document."""
-    doc = inert_tree(doc)  # its labels (pod, address, vector) are outside text
+    document = ProfileDocument(inert_tree(doc))  # its labels (pod, address, vector) are outside text
     histograms: list[Histogram] = []
-    for cpu in doc.get("cpus", []):
-        for vector, stats in sorted(cpu.get("softirq", {}).items()):
-            for field, name, description in (
-                ("latency_log2_ns", "softirq_latency_ns", "softirq handler run time, softirq_entry to softirq_exit"),
-                ("queue_delay_log2_ns", "softirq_queue_delay_ns", "delay from softirq_raise to softirq_entry"),
+    for cpu in document.cpus:
+        for vector in sorted(cpu.softirq):
+            for counts_of, name, description in (
+                (cpu.latency_log2_ns, "softirq_latency_ns", "softirq handler run time, softirq_entry to softirq_exit"),
+                (cpu.queue_delay_log2_ns, "softirq_queue_delay_ns", "delay from softirq_raise to softirq_entry"),
             ):
-                counts = tuple(int(c) for c in stats.get(field, []))
+                counts = tuple(counts_of(vector))
                 if sum(counts):
                     lower, upper = log2_ns_bounds(len(counts))
-                    histograms.append(Histogram(name, "ns", description, {"cpu": cpu["cpu"], "vector": vector},
+                    histograms.append(Histogram(name, "ns", description, {"cpu": cpu.cpu, "vector": vector},
                                                 lower, upper, counts))
-    for pod in doc.get("pods", []):
-        for listener in pod.get("listen", []):
-            counts = tuple(int(c) for c in listener.get("accept_queue_depth_log2", []))
-            if sum(counts):
-                lower, upper = depth_bounds(len(counts))
-                histograms.append(Histogram(
-                    "listen_accept_queue_depth", "connections",
-                    "sampled accept-queue depth of a listener (connections waiting for accept())",
-                    {"pod": pod["pod"], "netns": pod["netns"], "address": listener["address"], "port": listener["port"]},
-                    lower, upper, counts, max_value=listener.get("accept_queue_peak")))
+    for pod, listener in document.listeners():
+        counts = listener.depth_log2
+        if sum(counts):
+            lower, upper = depth_bounds(len(counts))
+            histograms.append(Histogram(
+                "listen_accept_queue_depth", "connections",
+                "sampled accept-queue depth of a listener (connections waiting for accept())",
+                {"pod": pod.name, "netns": pod.netns, "address": listener.address, "port": listener.port},
+                lower, upper, counts, max_value=listener.reported("accept_queue_peak")))
     return histograms
 
 

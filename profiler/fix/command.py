@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..analysis.detectors import AnalysisContext, analyze
+from ..document import ProfileDocument
 from ..analysis.findings import FINDING_KINDS, Change, Finding, rank
 from ..analysis.fixes import APPLICABLE_SYSCTLS
 from ..errors import NetprofError
@@ -47,20 +48,21 @@ def replan(doc: dict) -> list[Finding]:
     node's own, and only when the capture is from this boot: a netns inode or an IRQ number
     of another boot names nothing here.
     """
-    return analyze(doc, _context_for(doc))
+    document = ProfileDocument(doc)
+    return analyze(document, _context_for(document))
 
 
-def _context_for(doc: dict) -> AnalysisContext:
+def _context_for(document: ProfileDocument) -> AnalysisContext:
     try:
         here = current_identity()
     except NetprofError:
         return AnalysisContext()
-    if (doc.get("node") or {}).get("boot_id") != here.boot_id:
+    if document.node.get("boot_id") != here.boot_id:
         return AnalysisContext()
     from ..pod_listing import default_pod_directory
     from ..system.irqs import irqbalance_running, read_irq_topology
 
-    in_capture = {pod["netns"] for pod in doc["pods"]}
+    in_capture = {pod.netns for pod in document.pods}
     paths = default_pod_directory().netns_paths()
     return AnalysisContext(
         netns_paths={inode: str(path) for inode, path in paths.items() if inode in in_capture},

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ..analysis.diff import Figure, FigureChange, capture_figures, compare_figure
 from ..analysis.findings import Change, Finding
+from ..document import ProfileDocument
 from .apply import ApplyReport, PlanIdentity, apply_changes, node_scope_changes, record_verdicts, rollback
 
 Outcome = Literal["kept", "rolled-back", "inconclusive"]
@@ -55,10 +56,11 @@ def _figure_key(finding: Mapping[str, Any], before: Mapping[FigureKey, Figure]) 
 
 def packets_processed(doc: Mapping[str, Any]) -> int:
     """The node's receive work: packets its CPUs processed (softnet), or NET_RX runs."""
-    processed = sum(int((cpu.get("softnet") or {}).get("processed", 0)) for cpu in doc.get("cpus") or [])
+    cpus = ProfileDocument(doc).cpus
+    processed = sum(int(cpu.softnet.get("processed", 0)) for cpu in cpus)
     if processed:
         return processed
-    return sum(int(((cpu.get("softirq") or {}).get("NET_RX") or {}).get("count", 0)) for cpu in doc.get("cpus") or [])
+    return sum(cpu.softirq_count("NET_RX") for cpu in cpus)
 
 
 def load_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> FigureChange:
