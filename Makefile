@@ -48,3 +48,10 @@ kernels-docs:
 	$(PYTHON) -c "from pathlib import Path; from tests.kernels import results; \
 	Path('docs/kernels.md').write_text(results.render_markdown(results.load_all(Path('build/kernels')), \
 	Path('tests/kernels/kernels_header.md').read_text()))"
+
+# Issue 19's NIC guests: bookworm-6.1-mq (4 vCPUs, a 4-queue virtio-net NIC on a multi_queue
+# tap in a private netns: IRQ affinity, RPS/XPS and irqbalance measured with the kernel's own
+# counters) and bookworm-6.1-nics (e1000e + vmxnet3 queue IRQ names). tests/kernels/{mq,nics}.
+.PHONY: kernels-mq
+kernels-mq:
+	$(PYTHON) -m tests.kernels -k bookworm-6.1-mq -k bookworm-6.1-nics $(KERNEL_ARGS)

@@ -28,6 +28,14 @@ class KernelSpec:
     # IRQs and NAPI in /proc/interrupts, no traffic leaves QEMU); None: loopback only.
     network: str | None = "loop"
     note: str = ""
+    cpus: int = 0              # vCPUs; 0: GUEST_CPUS
+    nics: tuple[str, ...] = ()  # NIC models (guest_net.NIC_MODELS) on taps in a private netns
+    traffic: bool = False      # flows from that netns into the first NIC (traffic.py)
+    tier: str = ""             # NETPROF_GUEST_TIER in the guest: which tests/kernels/<tier> run
+
+    @property
+    def guest_cpus(self) -> int:
+        return self.cpus or GUEST_CPUS
 
 
 # Guest size is fixed so results compare across kernels and runs.
@@ -51,6 +59,17 @@ CI_SUBSET_FILES = (
 CI_SUBSET_TESTS = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
                    "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(CI_SUBSET_FILES))
 
+
+def _tier_tests(tier: str) -> str:
+    return (f".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+            f"--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/kernels/{tier}")
+
+
+# Guests with real NICs (issue 19): the multi-queue tier measures IRQ affinity and RPS/XPS
+# with the kernel's own counters; the NIC tier reads other drivers' /proc/interrupts lines.
+MQ_TESTS = _tier_tests("mq")
+NICS_TESTS = _tier_tests("nics")
+
 MATRIX: tuple[KernelSpec, ...] = (
     KernelSpec("bookworm-6.1", "apt", package="linux-image-amd64",
                note="Debian 12's LTS kernel with its headers (split build/ and source/ trees)"),
@@ -62,6 +81,12 @@ MATRIX: tuple[KernelSpec, ...] = (
                # attached through it, and the probe table of a capture compiled with it.
                command=HEADERS_PATH_TESTS,
                note="the same kernel with /sys/kernel/btf masked: the kernel-headers path"),
+    KernelSpec("bookworm-6.1-mq", "apt", package="linux-image-amd64", cpus=4,
+               nics=("virtio-mq4",), network=None, traffic=True, tier="mq", command=MQ_TESTS, time_limit_s=1800,
+               note="4 vCPUs, a 4-queue virtio-net NIC (one MSI-X vector per queue): IRQ affinity, RPS/XPS, irqbalance"),
+    KernelSpec("bookworm-6.1-nics", "apt", package="linux-image-amd64", nics=("e1000e", "vmxnet3"),
+               network=None, tier="nics", command=NICS_TESTS, time_limit_s=900,
+               note="e1000e and vmxnet3 NICs: their queue IRQ names as the drivers print them"),
     KernelSpec("host", "host",
                note="the kernel this machine runs, when /boot holds its image"),
     KernelSpec("trixie", "suite", suite="trixie", note="Debian 13's kernel, unpacked, not installed"),

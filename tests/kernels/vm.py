@@ -12,16 +12,21 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .matrix import GUEST_CPUS, GUEST_MEMORY
+from . import guest_net
+from .matrix import GUEST_MEMORY
 from .provision import BootableKernel
 
 GUEST_SCRIPT = Path(__file__).with_name("guest.sh")
 NICENESS = 10
 EXIT_STATUS_FILE = "exit_status"
+# Per flow (8 flows): enough interrupts per second on each queue to tell CPUs apart in a few
+# seconds, little enough for a 4-vCPU guest under software emulation on 2 host CPUs.
+TRAFFIC_PPS = 100
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ GUEST_SCRIPT_COPY = "guest.sh"
 
 
 def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
-                command: str) -> list[str]:
+                command: str, network: guest_net.GuestNetwork | None = None) -> list[str]:
     """The guest runs its own copy of guest.sh from `out`: bash reads a script as it goes,
     and the checkout is the host's live tree, so an edit during a run would be read
     half-way (seen: a command mangled mid-run)."""
@@ -45,9 +50,13 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
              f"NETPROF_GUEST_HIDE_BTF={int(not spec.btf)} "
              f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
-             f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
-    argv = ["nice", "-n", str(NICENESS), str(vng_bin / "vng"), "--disable-kvm",
-            "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(GUEST_CPUS),
+             + (f"NETPROF_GUEST_TIER={shlex.quote(spec.tier)} " if spec.tier else "")
+             + (f"NETPROF_GUEST_NET={shlex.quote(guest_net.guest_env(network.nics))} " if network else "")
+             + f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
+    # QEMU runs inside the guest network's namespace, where its taps are.
+    netns = network.exec_prefix() if network else []
+    argv = ["nice", "-n", str(NICENESS), *netns, str(vng_bin / "vng"), "--disable-kvm",
+            "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(spec.guest_cpus),
             "--overlay-rwdir", "/root", "--overlay-rwdir", str(repo), "--rwdir", str(out),
             "--cwd", str(repo)]
     if kernel.tree is not None:
@@ -57,6 +66,9 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
         argv += ["--rodir", str(kernel.tree)]
     if spec.network:
         argv += ["--network", spec.network]
+    if network:
+        # The `=` form: the value starts with "-" and would be read as one of vng's options.
+        argv.append(f"--qemu-opts={guest_net.qemu_opts(network.nics)}")
     return argv + ["--", guest]
 
 
@@ -66,15 +78,37 @@ def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
     (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
     (out / GUEST_SCRIPT_COPY).write_text(GUEST_SCRIPT.read_text())
     console = out / "console.log"
-    argv = vng_command(vng_bin, kernel, repo, out, command)
+    if kernel.spec.nics:
+        with guest_net.GuestNetwork(kernel.spec.nics) as network:
+            return _boot(vng_bin, kernel, repo, out, command, console, network)
+    return _boot(vng_bin, kernel, repo, out, command, console, None)
+
+
+def _traffic(network: guest_net.GuestNetwork) -> subprocess.Popen:
+    """Flows from the namespace into the guest's first NIC for the guest's whole life."""
+    return subprocess.Popen([*network.exec_prefix(), sys.executable, "-m", "tests.kernels.traffic",
+                             "--dest", network.nics[0].guest_address, "--flows", "8", "--pps", str(TRAFFIC_PPS)],
+                            cwd=str(Path(__file__).resolve().parents[2]), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _boot(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path, command: str,
+          console: Path, network: guest_net.GuestNetwork | None) -> GuestRun:
+    argv = vng_command(vng_bin, kernel, repo, out, command, network)
     (out / "vng-command.txt").write_text(shlex.join(argv) + "\n")
     env = {**os.environ, "PATH": f"{vng_bin}:{os.environ.get('PATH', '')}"}
     started = time.monotonic()
     timed_out = False
+    traffic = _traffic(network) if network and kernel.spec.traffic else None
     # vng's output goes through a pipe (design §9: a direct redirect loses the first lines).
     with open(console, "w") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError:
+            if traffic is not None:
+                _kill_group(traffic)
+            raise
         try:
             deadline = started + kernel.spec.time_limit_s
             assert proc.stdout is not None
@@ -88,6 +122,8 @@ def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
             _copy_available(proc.stdout, log)
         finally:
             _kill_group(proc)
+            if traffic is not None:
+                _kill_group(traffic)
     return GuestRun(read_exit_status(out), time.monotonic() - started, timed_out, console)
 
 

@@ -1,0 +1,99 @@
+"""Helpers for the tests that run inside a NIC guest (tests/kernels/mq, tests/kernels/nics).
+
+They read the kernel's own counters (/proc/interrupts, /proc/net/softnet_stat) and the files
+netprof writes (/proc/irq/N/smp_affinity*, rps_cpus, xps_cpus) directly, never through
+netprof's views, so a test measures what the kernel did.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from profiler.system.irqs import NicQueue, parse_cpu_list, parse_interrupts, read_irq_topology
+from tests.kernels.guest_net import parse_guest_env
+
+
+def guest_nics() -> list[tuple[str, str, str]]:
+    """(ifname, guest address/len, host address) of each NIC the harness gave this guest, in
+    NETPROF_GUEST_NET's order, each up with its address (idempotent)."""
+    env = os.environ.get("NETPROF_GUEST_NET")
+    assert env, "NETPROF_GUEST_NET is unset: this tier runs only inside a harness NIC guest"
+    by_mac = {Path(f"/sys/class/net/{name}/address").read_text().strip().lower(): name
+              for name in os.listdir("/sys/class/net")}
+    nics = []
+    for mac, address, host in parse_guest_env(env):
+        ifname = by_mac.get(mac)
+        assert ifname, f"no interface with MAC {mac} (have {sorted(by_mac)})"
+        subprocess.run(["ip", "addr", "replace", address, "dev", ifname], check=True)
+        subprocess.run(["ip", "link", "set", ifname, "up"], check=True)
+        nics.append((ifname, address, host))
+    return nics
+
+
+def interrupt_counts() -> dict[int, tuple[int, ...]]:
+    return {row.irq: row.interrupts_per_cpu for row in parse_interrupts(Path("/proc/interrupts").read_text())}
+
+
+def count_deltas(seconds: float, irqs: list[int]) -> dict[int, tuple[int, ...]]:
+    """Per IRQ, how many interrupts each CPU took over `seconds`."""
+    before = interrupt_counts()
+    time.sleep(seconds)
+    after = interrupt_counts()
+    return {irq: tuple(a - b for a, b in zip(after[irq], before[irq])) for irq in irqs}
+
+
+def cpus_taking(deltas: dict[int, tuple[int, ...]], minimum: int = 1) -> set[int]:
+    return {cpu for counts in deltas.values() for cpu, count in enumerate(counts) if count >= minimum}
+
+
+def queues(ifname: str) -> list[NicQueue]:
+    nic = read_irq_topology().nic(ifname)
+    assert nic is not None, f"netprof sees no NIC {ifname}"
+    return list(nic.queues)
+
+
+def affinity_list(irq: int) -> frozenset[int]:
+    return parse_cpu_list(Path(f"/proc/irq/{irq}/smp_affinity_list").read_text())
+
+
+def set_affinity(irq: int, cpus: str) -> None:
+    Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(cpus)
+
+
+def tunables(ifname: str, irqs: list[int]) -> dict[str, str]:
+    """Every value netprof's IRQ plan may write for this NIC, by path."""
+    paths = [f"/proc/irq/{irq}/{name}" for irq in irqs for name in ("smp_affinity", "smp_affinity_list")]
+    queues_dir = Path(f"/sys/class/net/{ifname}/queues")
+    for queue in sorted(os.listdir(queues_dir)):
+        name = "rps_cpus" if queue.startswith("rx-") else "xps_cpus"
+        if (queues_dir / queue / name).exists():
+            paths.append(str(queues_dir / queue / name))
+    values = {}
+    for path in paths:
+        try:
+            values[path] = Path(path).read_text().strip()
+        except OSError as exc:  # xps_cpus of a single-queue device reads ENOENT on some kernels
+            values[path] = f"<{exc.strerror}>"
+    return values
+
+
+def softnet_processed() -> dict[int, int]:
+    """Packets each CPU's backlog/NAPI processed (/proc/net/softnet_stat column 0, by CPU id)."""
+    processed = {}
+    for position, line in enumerate(Path("/proc/net/softnet_stat").read_text().splitlines()):
+        fields = line.split()
+        cpu = int(fields[12], 16) if len(fields) > 12 else position
+        processed[cpu] = int(fields[0], 16)
+    return processed
+
+
+def poke(host: str, count: int = 20) -> None:
+    """UDP datagrams to the namespace's address: nothing listens there, so each one that is not
+    rate-limited brings back an ICMP port unreachable, received on this NIC."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for port in range(count):
+            sock.sendto(b"poke", (host, 33434 + port))
+            time.sleep(0.05)
