@@ -167,7 +167,7 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
 
     from .exports.prometheus import registry_for
     from .live import LiveSession
-    from .system.irqs import read_cpus_online
+    from .system.cpus import read_cpus_online
     from .textfile import TextfileWriter
 
     stop = stop or threading.Event()

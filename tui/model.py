@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping
 from profiler.document import CpuView, PodView, ProfileDocument
 from profiler.inert import inert, inert_tree
 from profiler.capture import NETWORK_SOFTIRQS, events_counted  # noqa: F401  (the one definition)
-from profiler.system.irqs import format_cpu_list, landing_cpus_text
+from profiler.system.cpus import format_cpu_list
+from profiler.system.irqs import landing_cpus_text
 
 HISTORY_LENGTH = 60
 SEVERITY_LABEL = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}

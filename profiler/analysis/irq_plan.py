@@ -42,15 +42,9 @@ from profiler.analysis.irq_plan_model import (
     mask_width_bits,
 )
 from profiler.analysis.irq_text import IRQBALANCE_INTERVAL_S, cpus_phrase, irq_list, kind_suffix, safe_text
-from profiler.system.irqs import (
-    IrqTopology,
-    Nic,
-    NicQueue,
-    format_cpu_list,
-    format_cpu_mask,
-    parse_cpu_mask,
-    read_text_in_root,
-)
+from profiler.kernel.root_files import read_text_in_root
+from profiler.system.cpus import format_cpu_list, format_cpu_mask, parse_cpu_mask
+from profiler.system.irqs import IrqTopology, Nic, NicQueue
 
 # The plan's types live in irq_plan_model; they stay importable from here, beside the planner.
 __all__ = [

@@ -13,7 +13,8 @@ from typing import Any, Literal
 from profiler.analysis.findings import Change, Fix
 from profiler.analysis.irq_script import render_irq_script
 from profiler.analysis.irq_text import cpus_phrase, irq_list, kind_suffix, safe_text
-from profiler.system.irqs import QueueKind, format_cpu_list, format_cpu_mask
+from profiler.system.cpus import format_cpu_list, format_cpu_mask
+from profiler.system.irqs import QueueKind
 
 SteeringKind = Literal["rps", "xps"]
 

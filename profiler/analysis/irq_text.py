@@ -2,7 +2,8 @@
 words, and text read from /sys or /proc made safe to print."""
 from __future__ import annotations
 
-from profiler.system.irqs import QueueKind, format_cpu_list
+from profiler.system.cpus import format_cpu_list
+from profiler.system.irqs import QueueKind
 
 # irqbalance's default rebalancing interval (its --interval option).
 IRQBALANCE_INTERVAL_S = 10

@@ -43,7 +43,8 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 from ..analysis.findings import Change, Fix
 from ..errors import NetprofError
-from ..system.irqs import parse_cpu_list, parse_cpu_mask, read_cpus_online, resolve_in_root
+from ..kernel.root_files import resolve_in_root
+from ..system.cpus import parse_cpu_list, parse_cpu_mask, read_cpus_online
 from ..system.netns import run_in_netns
 
 T = TypeVar("T")

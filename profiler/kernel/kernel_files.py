@@ -3,7 +3,7 @@
 A tracefs whose `format` files were FIFOs blocked netprof for 40 s: `Path.read_text()` opens
 a FIFO and waits for a writer. So a file netprof expects to be regular is lstat'ed first and
 not opened at all when it is anything else (opening a device node can have side effects),
-then read with profiler/k8s/files.py's reader (O_NONBLOCK, O_NOFOLLOW, fstat again, capped).
+then read with profiler/kernel/root_files.py's reader (O_NONBLOCK, O_NOFOLLOW, fstat again, capped).
 
 BCC reads two files of every TRACEPOINT_PROBE itself, outside netprof's control: the
 tracepoint's `format` (when compiling, to build the args struct) and its `id` (when
@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..k8s.files import read_regular_capped
+from .root_files import read_regular_capped
 
 # /proc/kallsyms is ≈5 MB and BTF ≈5.5 MB on 6.18; a format file a few KB.
 DEFAULT_MAX_BYTES = 64 << 20

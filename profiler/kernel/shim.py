@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import NetprofError
-from ..k8s.files import read_regular_capped
+from .root_files import read_regular_capped
 from . import trusted_dir
 from .trusted_dir import UntrustedDir, component_problem, make_trusted_dir, private_dir, tighten_own_dir
 

@@ -2,256 +2,37 @@
 
 Every reader takes a filesystem root (default `/`) so unit tests run on recorded trees of other
 machines (tests/fixtures/nodes/) and the live code is the same code. The text parsers
-(`parse_interrupts`, `parse_cpu_list`, `parse_cpu_mask`) take file contents, like psutil's.
+(`parse_interrupts`, `classify_irq_name`) take file contents, like psutil's; CPU lists and
+masks are `profiler.system.cpus`'s.
 
-Symlinks in /sys are followed by reading them (os.readlink) and doing the path arithmetic here,
-never by the OS: a recorded tree (or a hostile one) may hold a link that points outside its
-root, and such a link is treated as unresolvable instead of being followed.
+Files are read through `profiler.kernel.root_files`: symlinks in /sys are followed by reading
+them and doing the path arithmetic there, never by the OS, so a recorded tree (or a hostile
+one) holding a link that points outside its root is treated as unresolvable.
 """
 from __future__ import annotations
 
 import os
 import re
-import stat
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Literal
 
+from ..kernel.root_files import list_dir_in_root, read_regular_text, read_text_in_root, relative_in_root, resolve_in_root, root_path
+from .cpus import (
+    cpus_from_list_or_mask,
+    interrupts_header_cpus,
+    parse_cpu_list,
+    parse_cpu_mask,
+    read_cpus_online,
+)
+
 QueueKind = Literal["rx", "tx", "combined"]
-
-# The kernel gives up after 40 links in one lookup (ELOOP); so do we.
-MAX_SYMLINK_HOPS = 40
-# /proc/interrupts on a 256-CPU box with a few thousand vectors is a few MB; the cap only stops
-# a planted giant file from being read whole.
-MAX_FILE_BYTES = 64 * 1024 * 1024
-
-# The largest CONFIG_NR_CPUS mainline allows (x86 MAXSMP). A CPU number beyond it is garbage,
-# and refusing it keeps a hostile "0-4000000000" from building a four-billion-element set.
-MAX_CPUS = 8192
 
 # str.isdigit() also says yes to "²", which int() then refuses.
 _DECIMAL = re.compile(r"^[0-9]+$")
 
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 VIRTIO_DEVICE = re.compile(r"^virtio\d+$")
-
-
-# --------------------------------------------------------------------------- files in a root
-
-
-def _root_path(root: Path) -> Path:
-    return Path(os.path.abspath(root))
-
-
-def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path | None:
-    """Where `path` (relative to root; a leading "/" means root) really is, inside root.
-
-    Every symlink on the way is read and applied here: relative targets from the link's
-    directory, absolute targets from root. Returns None when the path does not exist, loops,
-    or would step above root at any point -- it is then not part of the tree we were given.
-    """
-    root = _root_path(root)
-    pending = deque(part for part in str(path).split("/"))
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                return None
-            resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            mode = os.lstat(candidate).st_mode
-        except (OSError, ValueError):  # ValueError: a NUL byte in the path
-            return None
-        if stat.S_ISLNK(mode):
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                return None
-            try:
-                target = os.readlink(candidate)
-            except OSError:
-                return None
-            if target.startswith("/"):
-                resolved = []
-            pending.extendleft(reversed(target.split("/")))
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
-
-
-def _relative(root: Path, resolved: Path) -> str:
-    return str(resolved.relative_to(_root_path(root)))
-
-
-def read_text_in_root(root: Path, path: str | os.PathLike[str]) -> str | None:
-    """Contents of a file inside root, or None if it is missing, unreadable or outside root."""
-    resolved = resolve_in_root(root, path)
-    if resolved is None:
-        return None
-    return _read_regular_text(resolved)
-
-
-def _read_regular_text(path: Path) -> str | None:
-    # O_NOFOLLOW: the path was resolved link by link above; if the last component was swapped
-    # for a link since, refuse rather than follow it. O_NONBLOCK: a FIFO planted in a tree
-    # must not hang the reader.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks: list[bytes] = []
-        total = 0
-        # /proc and /sys files report size 0 (or 4096): read until EOF, not by st_size.
-        while total < MAX_FILE_BYTES:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks).decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def list_dir_in_root(root: Path, path: str | os.PathLike[str]) -> list[str]:
-    """Names in a directory inside root; [] when it is missing, unreadable or outside root."""
-    resolved = resolve_in_root(root, path)
-    if resolved is None:
-        return []
-    try:
-        return sorted(os.listdir(resolved))
-    except OSError:
-        return []
-
-
-# --------------------------------------------------------------------------- CPU lists and masks
-
-
-_CPU_LIST_ITEM = re.compile(r"^(?P<low>[0-9]+)(?:-(?P<high>[0-9]+)(?::(?P<used>[0-9]+)/(?P<group>[0-9]+))?)?$")
-
-
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """`0-3,8,10-11` (smp_affinity_list, cpu/online, local_cpulist) -> {0,1,2,3,8,10,11}.
-
-    Also accepts the `a-b:used/group` stride form bitmap_parselist() takes on input.
-    Raises ValueError on anything else.
-    """
-    cpus: set[int] = set()
-    text = text.strip()
-    if not text:
-        return frozenset()
-    for item in text.split(","):
-        match = _CPU_LIST_ITEM.match(item.strip())
-        if not match:
-            raise ValueError(f"bad CPU list item: {item[:80]!r}")
-        low = int(match["low"])
-        high = int(match["high"]) if match["high"] is not None else low
-        if high < low or high >= MAX_CPUS:
-            raise ValueError(f"bad CPU range: {item!r}")
-        if match["group"] is None:
-            cpus.update(range(low, high + 1))
-            continue
-        used, group = int(match["used"]), int(match["group"])
-        if not 0 < used <= group:
-            raise ValueError(f"bad CPU list stride: {item!r}")
-        cpus.update(cpu for cpu in range(low, high + 1) if (cpu - low) % group < used)
-    return frozenset(cpus)
-
-
-def format_cpu_list(cpus: Iterable[int]) -> str:
-    """{0,1,2,3,8} -> `0-3,8`, the way the kernel prints CPU lists."""
-    ranges: list[str] = []
-    ordered = sorted(set(cpus))
-    index = 0
-    while index < len(ordered):
-        low = high = ordered[index]
-        while index + 1 < len(ordered) and ordered[index + 1] == high + 1:
-            index += 1
-            high = ordered[index]
-        ranges.append(str(low) if low == high else f"{low}-{high}")
-        index += 1
-    return ",".join(ranges)
-
-
-_MASK_WORD = re.compile(r"^[0-9a-fA-F]{1,8}$")
-
-
-def parse_cpu_mask(text: str) -> frozenset[int]:
-    """`ff,00000001` (rps_cpus, xps_cpus, smp_affinity) -> {0, 32..39}.
-
-    Comma-separated 32-bit hex words, most significant first. Raises ValueError otherwise.
-    """
-    words = [word.strip() for word in text.strip().split(",")]
-    # int(word, 16) alone would also take "0x3", "+3" and "f_f".
-    if not all(_MASK_WORD.match(word) for word in words) or len(words) * 32 > MAX_CPUS:
-        raise ValueError(f"bad CPU mask: {text[:80]!r}")
-    value = 0
-    for word in words:
-        value = (value << 32) | int(word, 16)
-    return frozenset(bit for bit in range(value.bit_length()) if value >> bit & 1)
-
-
-def format_cpu_mask(cpus: Iterable[int], nr_cpus: int | None = None) -> str:
-    """{0, 32..39} -> `ff,00000001`.
-
-    With nr_cpus (the kernel's nr_cpu_ids) the layout is the kernel's own: the leading word
-    only as wide as the CPUs beyond the last full 32, so a 2-CPU box reads `3` and a 40-CPU
-    box `ff,ffffffff`. Without it, just wide enough for the highest CPU given.
-    """
-    cpu_set = set(cpus)
-    if any(cpu < 0 or cpu >= MAX_CPUS for cpu in cpu_set):
-        raise ValueError("CPU number out of range")
-    width_bits = max(nr_cpus or 0, max(cpu_set, default=0) + 1, 1)
-    value = sum(1 << cpu for cpu in cpu_set)
-    leading_bits = width_bits % 32 or 32
-    words: list[str] = []
-    remaining_bits = width_bits
-    while remaining_bits > 0:
-        chunk_bits = leading_bits if not words else 32
-        shift = remaining_bits - chunk_bits
-        chunk = (value >> shift) & ((1 << chunk_bits) - 1)
-        words.append(f"{chunk:0{(chunk_bits + 3) // 4}x}")
-        remaining_bits = shift
-    return ",".join(words)
-
-
-def _cpus_from_list_or_mask(root: Path, directory: str, stem: str) -> frozenset[int] | None:
-    # Prefer the `_list` form; the mask form is the fallback kernels and recordings always have.
-    text = read_text_in_root(root, f"{directory}/{stem}_list")
-    parser = parse_cpu_list
-    if text is None:
-        text = read_text_in_root(root, f"{directory}/{stem}")
-        parser = parse_cpu_mask
-    if text is None:
-        return None
-    try:
-        return parser(text)
-    except ValueError:
-        return None
-
-
-def read_cpus_online(root: Path = Path("/")) -> frozenset[int]:
-    text = read_text_in_root(root, "sys/devices/system/cpu/online")
-    if text is not None:
-        try:
-            return parse_cpu_list(text)
-        except ValueError:
-            pass
-    # Without sysfs, the CPUs /proc/interrupts has columns for are the online ones.
-    interrupts = read_text_in_root(root, "proc/interrupts")
-    return frozenset(_header_cpus(interrupts.splitlines()[0])) if interrupts else frozenset()
 
 
 # --------------------------------------------------------------------------- /proc/interrupts
@@ -281,21 +62,10 @@ class Irq:
     effective_affinity: frozenset[int] | None    # None when the kernel does not expose it
 
 
-_HEADER_CPU = re.compile(r"^CPU([0-9]+)$")
 # What show_interrupts() prints between the chip name and the action names: the hwirq number,
 # alone or glued to the flow name ("1-edge", "1572864-edge"), a separate "Edge"/"Level"
 # (GENERIC_IRQ_SHOW_LEVEL, ARM), or a bare flow name ("-event", "-msi-x" on Xen).
 _HWIRQ_TOKEN = re.compile(r"^(\d+(-[A-Za-z][\w-]*)?|Edge|Level|-[A-Za-z][\w-]*)$")
-
-
-def _header_cpus(header: str) -> list[int]:
-    cpus: list[int] = []
-    for token in header.split():
-        match = _HEADER_CPU.match(token)
-        if not match or int(match.group(1)) >= MAX_CPUS:
-            return []
-        cpus.append(int(match.group(1)))
-    return cpus
 
 
 def parse_interrupts(text: str) -> list[InterruptRow]:
@@ -307,7 +77,7 @@ def parse_interrupts(text: str) -> list[InterruptRow]:
     lines = text.splitlines()
     if not lines:
         return []
-    column_cpus = _header_cpus(lines[0])
+    column_cpus = interrupts_header_cpus(lines[0])
     if not column_cpus:
         return []
     width = max(column_cpus) + 1
@@ -350,8 +120,8 @@ def read_irq_affinity(irq: int, root: Path = Path("/")) -> tuple[frozenset[int],
     x86 and arm64 since 4.13) is the CPU the irqchip really targets, usually one of them.
     """
     directory = f"proc/irq/{irq}"
-    affinity = _cpus_from_list_or_mask(root, directory, "smp_affinity") or frozenset()
-    effective = _cpus_from_list_or_mask(root, directory, "effective_affinity")
+    affinity = cpus_from_list_or_mask(root, directory, "smp_affinity") or frozenset()
+    effective = cpus_from_list_or_mask(root, directory, "effective_affinity")
     return affinity, effective
 
 
@@ -502,9 +272,9 @@ def _net_devices(root: Path) -> list[_NetDevice]:
         # Virtual interfaces (lo, veth, bridges, ifb) have no device link and no queue IRQs.
         if not os.path.lexists(netdev / "device"):
             continue
-        netdev_dir = _relative(root, netdev)
+        netdev_dir = relative_in_root(root, netdev)
         device = resolve_in_root(root, f"{netdev_dir}/device")
-        device_dir = _relative(root, device) if device is not None and device.is_dir() else None
+        device_dir = relative_in_root(root, device) if device is not None and device.is_dir() else None
         msi_irqs: frozenset[int] = frozenset()
         if device_dir is not None:
             # msi_irqs/ sits on the PCI function; a virtio device's is on its parent.
@@ -562,7 +332,7 @@ def _driver(root: Path, device_dir: str | None) -> str | None:
         return None
     # Only the link's text is needed (its last component is the driver), never its target.
     try:
-        return os.path.basename(os.readlink(_root_path(root) / device_dir / "driver")) or None
+        return os.path.basename(os.readlink(root_path(root) / device_dir / "driver")) or None
     except OSError:
         return None
 
@@ -762,7 +532,7 @@ def irqbalance_running(root: Path = Path("/")) -> bool:
                 continue
         except OSError:
             continue
-        comm = _read_regular_text(Path(entry.path) / "comm")
+        comm = read_regular_text(Path(entry.path) / "comm")
         if comm is not None and comm.strip() == "irqbalance":
             return True
     return False

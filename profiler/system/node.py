@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .irqs import IrqTopology, format_cpu_list, irqbalance_running, read_cpus_online, read_irq_topology
+from .cpus import format_cpu_list, read_cpus_online
+from .irqs import IrqTopology, irqbalance_running, read_irq_topology
 from ..errors import NetprofError
 from ..kernel.kernel_files import read_kernel_text
 from .netns import read_in_each_netns

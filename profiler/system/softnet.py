@@ -26,7 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .irqs import read_cpus_online, read_text_in_root
+from ..kernel.root_files import read_text_in_root
+from .cpus import read_cpus_online
 
 # The kernel prints these counters as 32-bit values; they wrap on busy boxes within days.
 COUNTER_MODULUS = 1 << 32

@@ -12,7 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from profiler.system.irqs import NicQueue, parse_cpu_list, parse_interrupts, read_irq_topology
+from profiler.system.cpus import parse_cpu_list
+from profiler.system.irqs import NicQueue, parse_interrupts, read_irq_topology
 from tests.kernels.guest_net import parse_guest_env
 
 

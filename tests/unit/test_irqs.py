@@ -4,19 +4,16 @@ from pathlib import Path
 
 import pytest
 
+from profiler.kernel.root_files import resolve_in_root
+from profiler.system.cpus import format_cpu_list, format_cpu_mask, parse_cpu_list, parse_cpu_mask
 from profiler.system.irqs import (
     QueueIrqName,
     classify_irq_name,
     ethtool_channels,
-    format_cpu_list,
-    format_cpu_mask,
     irqbalance_running,
     irqs_by_cpu,
-    parse_cpu_list,
-    parse_cpu_mask,
     parse_interrupts,
     read_irq_topology,
-    resolve_in_root,
 )
 
 NODES = Path(__file__).resolve().parent.parent / "fixtures" / "nodes"

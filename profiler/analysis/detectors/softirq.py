@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...document import ProfileDocument
-from ...system.irqs import landing_cpus_text, parse_cpu_list
+from ...system.cpus import parse_cpu_list
+from ...system.irqs import landing_cpus_text
 from .. import thresholds as T
 from ..findings import Finding, Fix
 from .base import AnalysisContext, capture_s
