@@ -148,8 +148,7 @@ _VIRTIO_QUEUE = re.compile(r"^(?P<device>virtio\d+)-(?P<direction>input|output)\
 # mlx5_comp<n>, which only the PCI function's msi_irqs/ can place.
 _MLX5_QUEUE = re.compile(r"^mlx5_comp(?P<index>\d+)(?:@pci:(?P<pci>\S+))?$")
 # One vector serving an rx and a tx ring: Intel (ixgbe, igb, i40e "i40e-<if>", ice "ice-<if>",
-# iavf), Broadcom bnxt ("<if>-TxRx-<n>"), bnx2x ("<if>-fp-<n>"), Amazon ena ("<if>-Tx-Rx-<n>"),
-# vmxnet3 in its default buddy-share mode ("<if>-rxtx-<n>"; its "<if>-event-<n>" is no queue's).
+# iavf), bnxt ("<if>-TxRx-<n>"), bnx2x ("<if>-fp-<n>"), ena ("<if>-Tx-Rx-<n>"), vmxnet3 ("<if>-rxtx-<n>").
 _COMBINED_QUEUE = re.compile(r"^(?P<owner>.+?)-(?:TxRx|Tx-Rx|txrx|rxtx|fp)-(?P<index>\d+)$")
 # Separate rx and tx vectors: igb/ixgbe when queues outnumber vectors, and many others.
 _SPLIT_QUEUE = re.compile(r"^(?P<owner>.+)-(?P<direction>rx|tx|Rx|Tx)-(?P<index>\d+)$")
