@@ -26,8 +26,8 @@ from .system.node import NodeContext
 if TYPE_CHECKING:
     from .netns_names import PodIdentity
 from .snapshot import (
-    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, CpuInterval, DropSite, FlowDrops, FlowKey,
-    Listener, PodInterval, Snapshot, StackSample,
+    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, UNKNOWN_LISTENER_ADDRESS, CpuInterval, DropSite,
+    FlowDrops, FlowKey, Listener, PodInterval, Snapshot, StackSample,
 )
 
 SCHEMA = "netprof.profile/v1"
@@ -168,7 +168,6 @@ GONE_POD = "(pods gone)"
 # is an entry of its own: events whose namespace the probe could not read ("unknown").
 GONE_NETNS = 0xFFFFFFFF
 UNKNOWN_NETNS = 0
-GONE_LISTENER_ADDRESS = "*"  # a gone pod's listeners are kept by port: pod churn must not grow them
 
 
 def _retired(pod: PodInterval) -> PodInterval:
@@ -179,7 +178,8 @@ def _retired(pod: PodInterval) -> PodInterval:
               for name in POD_MAPPING_FIELDS}
     listeners: dict[int, Listener] = {}
     for listener in pod.listeners:
-        listener = replace(listener, address=GONE_LISTENER_ADDRESS)
+        # By port alone: the addresses of gone pods would grow with pod churn.
+        listener = replace(listener, address=UNKNOWN_LISTENER_ADDRESS)
         listeners[listener.port] = listeners[listener.port].merge(listener) if listener.port in listeners else listener
     return replace(pod, pod=GONE_POD, netns=GONE_NETNS, listeners=tuple(listeners[p] for p in sorted(listeners)),
                    **values)

@@ -24,10 +24,8 @@ def default_sources(pods: PodDirectory) -> list[Source]:
     from .sources.softirq import SoftirqSource
     from .sources.softnet import SoftnetSource
 
-    drops = DropSource()
-    # The listen source reads the drop source's TCP_LISTEN_OVERFLOW counts of the same
-    # interval, so it must come after it.
-    return [RetransmitSource(), drops, ListenSource(pods, drops=drops), SoftirqSource(), NapiSource(),
+    # In any order: sources exchange nothing but what is in the frame (SnapshotFrame).
+    return [RetransmitSource(), DropSource(), ListenSource(pods), SoftirqSource(), NapiSource(),
             SoftnetSource(), ConntrackSource(pods)]
 
 

@@ -12,9 +12,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 EMPTY: Mapping[str, int] = MappingProxyType({})
+# The address of a listener known only by its port: one that closed before it was sampled,
+# or the listeners of pods gone from the totals (profiler.capture), kept by port alone.
+UNKNOWN_LISTENER_ADDRESS = "*"
+
+
+class ListenerPort(NamedTuple):
+    """A listening port in one network namespace: how the kernel side counts listen drops."""
+
+    netns: int
+    port: int
 
 
 @dataclass(frozen=True)
@@ -209,7 +219,10 @@ class SnapshotFrame:
     """What sources write into during one interval; frozen into a Snapshot at the end.
 
     A source sets only its own fields; setting the same field twice for a pod or CPU is a
-    bug in the sources' division of labour, and raises.
+    bug in the sources' division of labour, and raises. Sources exchange nothing but what is
+    in the frame, whatever order they collect in: one that needs what another writes (the
+    listen source, the drops source's per-port listen-overflow drops) reads it in a
+    `when_collected` callback, run once every source has collected.
     """
 
     def __init__(self, started_s: float, label: Any, final: bool = False):
@@ -226,6 +239,15 @@ class SnapshotFrame:
         self.flow_drops: list[FlowDrops] = []
         self.lost: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        # TCP_LISTEN_OVERFLOW drops this interval by listening port (the drops source writes
+        # them, the listen source charges them to its listeners); not part of the Snapshot.
+        self.listen_overflow_drops: Counter[ListenerPort] = Counter()
+        self._when_collected: list[Callable[[], None]] = []
+
+    def when_collected(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once every source has collected this interval, before the frame is
+        frozen: what it reads of the frame is then complete, whatever the sources' order."""
+        self._when_collected.append(callback)
 
     def label(self, netns: int) -> str:
         return self._label(netns)
@@ -239,6 +261,9 @@ class SnapshotFrame:
         _set_once(entry, values, f"cpu {cpu}")
 
     def freeze(self, ended_s: float) -> Snapshot:
+        """The interval as a Snapshot, after the `when_collected` callbacks (in the order given)."""
+        while self._when_collected:
+            self._when_collected.pop(0)()
         return Snapshot(
             started_s=self.started_s,
             ended_s=ended_s,

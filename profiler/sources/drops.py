@@ -1,10 +1,9 @@
 """skb drops by reason per pod, per CPU and per kernel call site; receive-queue-full events.
 
 Per interval this writes `drops` and `rcvqueue_full` of each pod that had any, `drops` of each
-CPU that dropped, the busiest drop sites, and map overflows into `frame.lost`. It also keeps
-the interval's TCP_LISTEN_OVERFLOW drops per (netns, listening port) in
-`listen_overflows_by_port`, for the source that reports listeners (it writes them into the
-frame; this one does not). When the probe samples kernel stacks, each interval's drops per
+CPU that dropped, the busiest drop sites, and map overflows into `frame.lost`. The interval's
+TCP_LISTEN_OVERFLOW drops per (netns, listening port) go to `frame.listen_overflow_drops`, for
+the source that reports listeners (it charges them to its listeners; this one does not). When the probe samples kernel stacks, each interval's drops per
 (pod, reason, stack) go to `frame.stacks`, symbolized once per stack.
 """
 from __future__ import annotations
@@ -22,7 +21,7 @@ from ..kernel.maps import counter_deltas
 from ..kernel.stacks import StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..probes.drops import IGNORED_SLOTS, UNCOUNTED_SLOTS, DropCounts, DropProbe, reason_name
-from ..snapshot import DropSite, FlowDrops, FlowKey, SnapshotFrame
+from ..snapshot import DropSite, FlowDrops, FlowKey, ListenerPort, SnapshotFrame
 from .base import ProbeSource, write_stack_samples
 
 # Drop sites written per interval, busiest first; the capture keeps its own top list.
@@ -50,7 +49,6 @@ class DropSource(ProbeSource[DropCounts]):
         self._reason_names: Mapping[int, str] = {}
         # Kallsyms is parsed on the first drop site or stack, not at attach: most intervals have none.
         self._stacks = StackSymbolizer(lambda stack_id: self.probe.stack_addresses(stack_id), kallsyms)
-        self.listen_overflows_by_port: Mapping[tuple[int, int], int] = MappingProxyType({})
         # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
         self.ignored_totals: Mapping[str, int] = MappingProxyType({})
 
@@ -68,7 +66,7 @@ class DropSource(ProbeSource[DropCounts]):
         self._collect_pods(frame, previous, counts)
         self._collect_cpus(frame, previous, counts)
         self._collect_sites(frame, previous, counts)
-        self._collect_listeners(previous, counts)
+        self._collect_listeners(frame, previous, counts)
         self._collect_stacks(frame, previous, counts)
         self._collect_flows(frame, previous, counts)
         for slot in UNCOUNTED_SLOTS:
@@ -141,14 +139,13 @@ class DropSource(ProbeSource[DropCounts]):
                                               symbol=self._symbolize(int(key["location"])),
                                               count=int(delta[index])))
 
-    def _collect_listeners(self, previous: DropCounts | None, counts: DropCounts) -> None:
+    def _collect_listeners(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
         delta = counter_deltas(previous.listeners if previous else None,
                                previous.per_listener if previous else None,
                                counts.listeners, counts.per_listener)["count"]
-        self.listen_overflows_by_port = MappingProxyType({
-            (int(counts.listeners[index]["netns_inode"]), int(counts.listeners[index]["port"])): int(delta[index])
-            for index in np.flatnonzero(delta > 0)
-        })
+        for index in np.flatnonzero(delta > 0):
+            key = counts.listeners[index]
+            frame.listen_overflow_drops[ListenerPort(int(key["netns_inode"]), int(key["port"]))] += int(delta[index])
 
     def _collect_stacks(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
         write_stack_samples(frame, previous, counts, "drop",

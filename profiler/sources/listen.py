@@ -16,9 +16,10 @@ combines, per pod (network namespace):
   (peak) and limit, and the samples in which it was full — names the socket;
 - syscalls:sys_enter_listen: the backlog the application asked for, joined to the
   listener by socket inode; and the pod's net.core.somaxconn: which of the two is the limit;
-- optionally, TCP_LISTEN_OVERFLOW drops per (netns, port) from the drops source, which
-  charges each such drop to the listener in the tracepoint's rx_sk. Register this source
-  after that one: it reads the drops source's numbers for the interval just collected.
+- TCP_LISTEN_OVERFLOW drops per (netns, port), where the drops source runs: it charges each
+  such drop to the listener in the tracepoint's rx_sk and writes them into the frame
+  (`frame.listen_overflow_drops`). The two exchange nothing else, and this source reads them
+  in a `when_collected` callback, so the order of the sources does not matter.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
@@ -35,14 +35,11 @@ from ..pods import PodDirectory
 from ..probes.base import ProbeStatus
 from ..probes.listen import ListenBacklogProbe, ListenCalls, socket_inode
 from ..probes.listen_syn_path import ListenSynPathProbe, drops_by_listener
-from ..snapshot import Listener, SnapshotFrame
+from ..snapshot import UNKNOWN_LISTENER_ADDRESS, Listener, SnapshotFrame
 from ..system.listeners import ListenerQueue, ListenerSampler, NetnsListeners, NetnsQueues, open_diag_socket
 from ..system.netns import BatchReader
 from ..system.netstat import read_counters_in_each
 from .netns_schedule import NetnsSchedule
-
-if TYPE_CHECKING:
-    from .drops import DropSource
 
 # The pod counters this source reports. The listen ones are its own signal; the others
 # (segments sent and retransmitted, UDP receive-buffer and TCP socket-backlog drops) come
@@ -67,7 +64,6 @@ DEFAULT_IDLE_SAMPLE_PERIOD_S = 1.0   # every other pod
 # A resolved backlog is forgotten once its socket has not been seen listening for this
 # long: longer than the idle sampling period, so a quiet listener keeps it.
 BACKLOG_GRACE_S = 30.0
-UNKNOWN_ADDRESS = "*"
 
 
 class NetnsCounterDeltas:
@@ -162,7 +158,7 @@ class RequestedBacklogs:
 class ListenSource:
     name = "listen"
 
-    def __init__(self, pods: PodDirectory, drops: "DropSource | None" = None,
+    def __init__(self, pods: PodDirectory,
                  sample_period_s: float = DEFAULT_SAMPLE_PERIOD_S,
                  idle_sample_period_s: float = DEFAULT_IDLE_SAMPLE_PERIOD_S,
                  backlog_probe: ListenBacklogProbe | None = None,
@@ -170,10 +166,7 @@ class ListenSource:
                  open_netns: Callable[[Path], NetnsListeners] = NetnsListeners.open,
                  read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
                  proc: Path = Path("/proc")):
-        """`drops`: the drops source, whose `listen_overflows_by_port` holds each interval's
-        TCP_LISTEN_OVERFLOW drops by (netns inode, local port of the listener)."""
         self.pods = pods
-        self.drops = drops
         self.backlog_probe = backlog_probe or ListenBacklogProbe()
         self.syn_path_probe = syn_path_probe or ListenSynPathProbe()
         # (netns, port) → cumulative SYN-path drops by cause at the previous read.
@@ -182,7 +175,6 @@ class ListenSource:
         self.counters = NetnsCounterDeltas(read_counters=read_counters)
         self.backlogs = RequestedBacklogs(proc)
         self._backlog_attached = False
-        self._consumed_drops: object | None = None
         # The listeners each pod had when last sampled: an idle pod is sampled once a
         # second, so an interval can end without a sample of a pod whose counters moved.
         self._known: dict[int, NetnsQueues] = {}
@@ -226,8 +218,13 @@ class ListenSource:
         if self._backlog_attached:
             self.backlogs.update(self.backlog_probe.read())
         self.backlogs.keep_live({i for q in queues.values() for l in q.listeners for i in l.inodes})
-        drops = dict(self._overflow_drop_deltas())
         syn_drops = self._syn_drop_deltas()
+        # The drops source's per-port overflows are in the frame once every source collected.
+        frame.when_collected(lambda: self._write(frame, queues, netstat, syn_drops))
+
+    def _write(self, frame: SnapshotFrame, queues: Mapping[int, NetnsQueues], netstat: Mapping[int, dict[str, int]],
+               syn_drops: dict[tuple[int, int], dict[str, int]]) -> None:
+        drops: dict[tuple[int, int], int] = dict(frame.listen_overflow_drops)
         for key, by_cause in syn_drops.items():
             # Final-ACK overflows from the kprobe (kernels without TCP_LISTEN_OVERFLOW): the
             # same event the drops source charges to the listener on newer kernels.
@@ -244,17 +241,6 @@ class ListenSource:
                 fields["listeners"] = listeners
             if fields:
                 frame.pod(netns, **fields)
-
-    def _overflow_drop_deltas(self) -> Mapping[tuple[int, int], int]:
-        if self.drops is None:
-            return {}
-        # The drops source replaces the mapping every interval: one it already handed over
-        # (this source collected first this time) is not counted twice.
-        interval = self.drops.listen_overflows_by_port
-        if interval is self._consumed_drops:
-            return {}
-        self._consumed_drops = interval
-        return interval
 
     def _syn_drop_deltas(self) -> dict[tuple[int, int], dict[str, int]]:
         """(netns, port) → {cause: SYN-path drops this interval}, from the kprobe's totals."""
@@ -311,7 +297,7 @@ class ListenSource:
                 unseen.setdefault(port, {})[f"syn_drops_{cause}"] = dropped
         for port, counts in sorted(unseen.items()):
             # Drops charged to a listener the sampler never saw (it closed in between).
-            listeners.append(Listener(address=UNKNOWN_ADDRESS, port=port, **counts))
+            listeners.append(Listener(address=UNKNOWN_LISTENER_ADDRESS, port=port, **counts))
         return tuple(listeners)
 
     def detach(self) -> None:

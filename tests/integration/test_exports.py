@@ -99,13 +99,12 @@ def capture_and_export(scenario: Scenario, run_s: float, out: Path, listen: bool
     if reason:
         skip_or_fail(reason)
     with scenario:
-        drops = DropSource()
-        sources = [RetransmitSource(), drops, SoftirqSource()]
+        sources = [RetransmitSource(), DropSource(), SoftirqSource()]
         results: list[ScenarioResult] = []
         if listen:
             # The listener sampler must run while the queue is full: the scenario runs beside
             # the sampling loop, not inside on_attached.
-            sources.append(ListenSource(default_pod_directory(), drops=drops))
+            sources.append(ListenSource(default_pod_directory()))
             capture = run_profile(ProfileOptions(duration_s=run_s + 1.0, interval_s=0.5),
                                   on_attached=lambda: scenario.start(run_s), log=lambda msg: None, sources=sources)
             results.append(scenario.wait())

@@ -60,14 +60,13 @@ def capture_scenario(scenario: Scenario, with_drops: bool = False) -> ListenRun:
     if reason:
         skip_or_fail(reason)
     with scenario:
-        sources = []
-        drops = None
+        sources = [ListenSource(default_pod_directory())]
         if with_drops:
             from profiler.sources.drops import DropSource
 
-            drops = DropSource()
-            sources.append(drops)  # before the listen source: it reads this interval's drops
-        sources.append(ListenSource(default_pod_directory(), drops=drops))
+            # After the listen source, which needs its per-port drops: sources exchange only
+            # what is in the frame, so their order does not matter.
+            sources.append(DropSource())
         # The flood must end inside the capture: it lasts until the workloads exit (on a slow
         # machine, a guest under emulation, they take seconds just to start), capped.
         capture = run_profile(ProfileOptions(duration_s=(RUN_S + 15.0) * lab_time_scale(), interval_s=0.5),

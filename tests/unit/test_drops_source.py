@@ -125,20 +125,21 @@ def test_map_overflows_go_to_lost_and_ignored_frees_do_not():
     assert source.ignored_totals == {"not_specified": 9000, "not_a_drop": 0}
 
 
-def test_listen_overflows_by_port_is_each_intervals_delta():
+def test_listen_overflows_by_port_are_each_intervals_delta_in_the_frame():
     source = attached([
         counts(listeners=[(100, 8080, 60)]),
         counts(listeners=[(100, 8080, 60), (100, 9090, 2)]),
         counts(listeners=[(100, 8080, 60), (100, 9090, 2)]),
     ])
-    collect(source)
-    first = source.listen_overflows_by_port
-    assert first == {(100, 8080): 60}
-    collect(source)
-    assert source.listen_overflows_by_port == {(100, 9090): 2}
-    collect(source)
-    # A new (empty) mapping every interval: a reader can tell "already consumed" by identity.
-    assert source.listen_overflows_by_port == {} and source.listen_overflows_by_port is not first
+
+    def interval_overflows() -> dict:
+        frame = SnapshotFrame(0.0, lambda inode: f"pod-{inode}")
+        source.collect(frame)
+        return dict(frame.listen_overflow_drops)
+
+    assert interval_overflows() == {(100, 8080): 60}
+    assert interval_overflows() == {(100, 9090): 2}
+    assert interval_overflows() == {}
 
 
 def test_not_attached_writes_nothing():

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
+import pytest
 
 from profiler.probes.base import ProbeStatus
 from profiler.probes.listen import LISTEN_CALL, LISTEN_CALL_KEY, ListenCalls, parse_socket_link, socket_inode
@@ -135,12 +136,13 @@ def listener_row(queue: int, port: int, inode: int, limit: int = 4) -> ListenerR
 
 
 def run_one_interval(tmp_path, counters_after: dict[int, dict[str, int]], rows: dict[int, list[ListenerRow]],
-                     drops=None) -> dict[int, object]:
+                     drops: dict[tuple[int, int], int] | None = None) -> dict[int, object]:
+    """`drops`: the interval's TCP_LISTEN_OVERFLOW drops by (netns, port), as the drops source
+    writes them into the frame."""
     counters = {inode: {"TcpExt.ListenOverflows": 0, "TcpExt.ListenDrops": 0} for inode in rows}
     proc = fake_proc(tmp_path, {(10, 3): "socket:[555]"})
     source = ListenSource(
         FakePods({inode: Path(str(inode)) for inode in rows}),
-        drops=drops,
         sample_period_s=3600, idle_sample_period_s=3600,  # one pass at start; then by hand
         backlog_probe=FakeBacklogProbe(calls((10, 3, 64, 100))),
         open_netns=lambda path: FakeNetns([rows[int(path.name)]] * 10, somaxconn=128),
@@ -155,6 +157,7 @@ def run_one_interval(tmp_path, counters_after: dict[int, dict[str, int]], rows: 
         counters.update(counters_after)
         frame = SnapshotFrame(0.0, lambda inode: f"pod{inode}")
         source.collect(frame)
+        frame.listen_overflow_drops.update(drops or {})     # a source collecting after this one
     finally:
         source.detach()
     return {pod.netns: pod for pod in frame.freeze(1.0).pods}
@@ -189,7 +192,7 @@ def test_an_overflowing_pod_reports_its_counters_and_full_listener(tmp_path):
 
 
 def test_listen_overflow_drops_from_the_drops_source_land_on_their_listener(tmp_path):
-    drops = SimpleNamespace(listen_overflows_by_port=MappingProxyType({(1, 8080): 7, (1, 9999): 2, (2, 8080): 1}))
+    drops = {(1, 8080): 7, (1, 9999): 2, (2, 8080): 1}
     pods = run_one_interval(tmp_path, counters_after={},
                             rows={1: [listener_row(3, 8080, 555)], 2: [listener_row(0, 8080, 557)]},
                             drops=drops)
@@ -230,3 +233,30 @@ def test_a_pod_not_sampled_this_interval_still_names_its_listeners(tmp_path):
     assert dict(pod.netstat) == {"TcpExt.ListenOverflows": 9}
     assert pod.listeners == (Listener("0.0.0.0", 8080, accept_queue_peak=0, accept_queue_limit=4,
                                       requested_backlog=64, somaxconn=128),)
+
+
+@pytest.mark.parametrize("listen_first", [True, False], ids=["listen-then-drops", "drops-then-listen"])
+def test_the_listen_source_gets_the_drops_whatever_the_order_of_the_sources(tmp_path, listen_first):
+    """Sources exchange only what is in the frame: the drops source's per-port overflows
+    reach the listen source's listeners in either order (the sampler fixes none)."""
+    from profiler.sampler import Sampler
+    from profiler.sources.drops import DropSource
+    from tests.unit.test_drops_source import KALLSYMS, REASONS, FakeProbe, counts
+
+    pods = FakePods({1: Path("1")})
+    listen = ListenSource(pods, sample_period_s=3600, idle_sample_period_s=3600,
+                          backlog_probe=FakeBacklogProbe(calls()),
+                          open_netns=lambda path: FakeNetns([[listener_row(3, 8080, 555)]] * 10, somaxconn=128),
+                          read_counters=batch_of(lambda path: {"TcpExt.ListenOverflows": 0}),
+                          proc=fake_proc(tmp_path, {}))
+    drops = DropSource(FakeProbe([counts(listeners=[(1, 8080, 7), (1, 9999, 2)])]), kallsyms=KALLSYMS)
+    sampler = Sampler(pods, [listen, drops] if listen_first else [drops, listen])
+    sampler.attach(SimpleNamespace(layout=SimpleNamespace(drop_reasons=REASONS),
+                                   info=SimpleNamespace(kprobes=False)))
+    try:
+        listen.sampler.sample_once(now=time.monotonic() + 7200)  # due whatever the thread did
+        snapshot = sampler.sample()
+    finally:
+        sampler.detach()
+    (pod,) = snapshot.pods
+    assert [(l.address, l.port, l.overflow_drops) for l in pod.listeners] == [("0.0.0.0", 8080, 7), ("*", 9999, 2)]
