@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from profiler.exports import write_all
-from profiler.fix.apply import AppliedEvent, latest_apply
+from profiler.fix.journal import AppliedEvent, latest_apply
 from profiler.inert import inert
 
 from .feed import Feed

@@ -40,7 +40,7 @@ def run_tui(replay: Path | None = None, interval_s: float = 1.0, window_s: float
     # Live: watch `netprof fix --apply`'s journal, so a fix shows up as an event with a baseline.
     journal_dir = None
     if document is None:
-        from profiler.fix.apply import DEFAULT_JOURNAL_DIR
+        from profiler.fix.journal import DEFAULT_JOURNAL_DIR
 
         journal_dir = DEFAULT_JOURNAL_DIR
     app = NetprofApp(feed, export_dir=export_dir, journal_dir=journal_dir)

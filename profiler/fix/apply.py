@@ -25,71 +25,35 @@ Where a value lives depends on the network namespace that looks at it:
 """
 from __future__ import annotations
 
-import ctypes
-import errno
-import fcntl
-import json
 import os
 import re
 import secrets
-import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal
 
 from ..analysis.findings import Change, Fix
 from ..errors import NetprofError
-from ..kernel.root_files import resolve_in_root
-from ..system.cpus import parse_cpu_list, parse_cpu_mask, read_cpus_online
-from ..system.netns import run_in_netns
-
-T = TypeVar("T")
-
-DEFAULT_JOURNAL_DIR = Path("/var/lib/netprof")
-JOURNAL_NAME = "fix-journal.json"
-JOURNAL_FORMAT = "netprof.fix-journal/v1"
-_LOCK_NAME = ".fix-journal.lock"
-# The process's own netns, opened from inside the worker thread (/proc/self is the thread
-# group, so this is where the process lives, whatever the thread did before).
-_OWN_NETNS = "/proc/self/ns/net"
-
-ValueForm = Literal["text", "cpu_mask", "cpu_list", "count"]
-EntryState = Literal["open", "restored", "gone"]
-
-
-class FixError(NetprofError):
-    """The journal cannot be used (corrupt, untrusted) or cannot be written."""
+from ..system.cpus import read_cpus_online
+from .identity import FixError, PlanIdentity, current_identity, missing_privilege
+from .journal import (
+    DEFAULT_JOURNAL_DIR,
+    JOURNAL_NAME,
+    _check_trusted,
+    _entry_change,
+    _journal_for_apply,
+    _journal_lock,
+    _load_journal,
+    _prepare_dir,
+    _save_journal,
+)
+from .netns_files import _at_target, _error_text, _is_live, _netns_inode, _read_for_check, _read_value, _write_value
+from .targets import _canonical, _check_value, _Refused, _same, _Target, _target_of, _Unavailable, describe
 
 
 # --------------------------------------------------------------------------- public data
-
-
-@dataclass(frozen=True)
-class PlanIdentity:
-    """Which node, boot and kernel a plan (or a journal) belongs to.
-
-    boot_id changes on every boot (and on kexec), so values read during another boot say
-    nothing about this one. The hostname is only there to name the node in messages: a plan
-    from another machine already differs in boot_id.
-    """
-
-    kernel_release: str
-    boot_id: str
-    hostname: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"kernel_release": self.kernel_release, "boot_id": self.boot_id, "hostname": self.hostname}
-
-    @classmethod
-    def from_json(cls, data: Any) -> PlanIdentity:
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in
-                                                 ("kernel_release", "boot_id", "hostname")):
-            raise ValueError("identity must hold kernel_release, boot_id and hostname strings")
-        return cls(data["kernel_release"], data["boot_id"], data["hostname"])
 
 
 @dataclass(frozen=True)
@@ -140,344 +104,6 @@ class ApplyReport:
                 and not self.rolled_back)
 
 
-# --------------------------------------------------------------------------- identity, privilege
-
-
-def current_identity(root: Path = Path("/")) -> PlanIdentity:
-    def read(name: str) -> str:
-        try:
-            return (Path(root) / "proc/sys/kernel" / name).read_text().strip()
-        except OSError as exc:
-            raise FixError(f"cannot read /proc/sys/kernel/{name}: {exc.strerror}") from exc
-
-    return PlanIdentity(kernel_release=read("osrelease"), boot_id=read("random/boot_id"),
-                        hostname=read("hostname"))
-
-
-# Writing rps_cpus/xps_cpus checks CAP_NET_ADMIN in the kernel; setns(2) and mounting a
-# sysfs instance need CAP_SYS_ADMIN.
-_REQUIRED_CAPS = {12: "CAP_NET_ADMIN", 21: "CAP_SYS_ADMIN"}
-
-
-def missing_privilege(status_text: str | None = None, euid: int | None = None) -> str | None:
-    """Why this process may not apply fixes, or None. Arguments default to the live process."""
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0:
-        return (f"not root (euid {euid}): applying fixes writes kernel settings; "
-                "run `netprof fix --apply` as root")
-    if status_text is None:
-        try:
-            status_text = Path("/proc/self/status").read_text()
-        except OSError:
-            return None
-    match = re.search(r"^CapEff:\s*([0-9a-fA-F]+)\s*$", status_text, re.MULTILINE)
-    if not match:
-        return None
-    effective = int(match.group(1), 16)
-    missing = [name for bit, name in sorted(_REQUIRED_CAPS.items()) if not effective >> bit & 1]
-    if missing:
-        return f"root without {', '.join(missing)}: applying fixes needs them (a dropped-capability container?)"
-    return None
-
-
-# --------------------------------------------------------------------------- targets
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where a Change lands: a file in procfs or sysfs, as seen from one netns."""
-
-    area: Literal["proc", "sys"]
-    relpath: str                 # inside that filesystem: "sys/net/core/somaxconn"
-    netns: str | None
-    form: ValueForm
-    resolves_to: re.Pattern[str]  # what relpath must resolve to (no symlink out of the area)
-    shown: str                   # how the operator names it
-
-    @property
-    def is_cpu_set(self) -> bool:
-        return self.form in ("cpu_mask", "cpu_list")
-
-
-class _Refused(Exception):
-    pass
-
-
-class _Unavailable(Exception):
-    """The target's file cannot be reached (missing, outside its area, netns replaced)."""
-
-
-_NAME_PART = r"[A-Za-z0-9_.:@+\-]+"
-_SYSCTL_DOTTED = re.compile(r"^net(\.[A-Za-z0-9_:@+\-]+)+$")
-_SYSCTL_SLASHED = re.compile(rf"^net(/{_NAME_PART})+$")
-_IRQ_FILE = re.compile(r"^/proc/irq/(?P<irq>[0-9]{1,6})/(?P<file>smp_affinity_list|smp_affinity)$")
-_QUEUE_FILE = re.compile(
-    r"^/sys/class/net/(?P<dev>[^/\s]{1,15})/queues/"
-    r"(?P<queue>(?P<dir>rx|tx)-[0-9]{1,5})/(?P<file>rps_cpus|rps_flow_cnt|xps_cpus)$")
-_NETNS_PATH = re.compile(r"^(/var)?/run/netns/[^/\s]+$|^/proc/[0-9]+(/task/[0-9]+)?/ns/net$")
-_MAX_VALUE_CHARS = 4096
-
-
-def _target_of(change: Change) -> _Target:
-    """The allow-listed file a Change writes, or _Refused saying why it is not allowed."""
-    if change.netns is not None:
-        if not _NETNS_PATH.match(change.netns) or "/../" in f"{change.netns}/":
-            raise _Refused(f"netns {change.netns!r} is not /run/netns/<name> or /proc/<pid>/ns/net")
-    if change.kind == "sysctl":
-        key = change.key
-        if _SYSCTL_DOTTED.match(key):
-            relpath = key.replace(".", "/")
-        elif _SYSCTL_SLASHED.match(key):
-            # The slashed form is how a name holding a dot (eth0.100) is spelt, as sysctl(8) takes it.
-            relpath = key
-        else:
-            raise _Refused(f"sysctl {key!r} is not under net.: only network sysctls are applied")
-        if any(part in (".", "..") for part in relpath.split("/")):
-            raise _Refused(f"sysctl {key!r} has a . or .. component")
-        return _Target("proc", f"sys/{relpath}", change.netns, "text",
-                       re.compile(re.escape(f"sys/{relpath}")), key)
-    if change.kind != "file":
-        raise _Refused(f"unknown change kind {change.kind!r}")
-    if match := _IRQ_FILE.match(change.key):
-        if change.netns is not None:
-            raise _Refused(f"{change.key}: IRQs belong to the node, not to a network namespace; netns must be empty")
-        relpath = change.key.removeprefix("/proc/")
-        form: ValueForm = "cpu_list" if match["file"] == "smp_affinity_list" else "cpu_mask"
-        return _Target("proc", relpath, None, form, re.compile(re.escape(relpath)), change.key)
-    if match := _QUEUE_FILE.match(change.key):
-        dev, queue, file = match["dev"], match["queue"], match["file"]
-        if dev in (".", ".."):
-            raise _Refused(f"{change.key}: bad interface name")
-        if (file == "xps_cpus") != (match["dir"] == "tx"):
-            raise _Refused(f"{change.key}: {file} belongs to {'tx' if file == 'xps_cpus' else 'rx'} queues")
-        relpath = change.key.removeprefix("/sys/")
-        # /sys/class/net/<dev> is a link into /sys/devices; the file must end up there, under
-        # the same device name and queue, and nowhere else.
-        pattern = re.compile(rf"devices/(?:[^/]+/)*net/{re.escape(dev)}/queues/{queue}/{file}")
-        return _Target("sys", relpath, change.netns, "count" if file == "rps_flow_cnt" else "cpu_mask",
-                       pattern, change.key)
-    raise _Refused(
-        f"{change.key!r} is not an allowed target: netprof writes only net.* sysctls, "
-        "/proc/irq/<n>/smp_affinity[_list] and /sys/class/net/<if>/queues/{rx,tx}-<n>/{rps_cpus,rps_flow_cnt,xps_cpus}")
-
-
-def _check_value(target: _Target, value: str) -> None:
-    if len(value) > _MAX_VALUE_CHARS or not value.isprintable() or "\n" in value:
-        raise _Refused(f"value {value[:40]!r} is not a single printable line")
-    if not value.strip():
-        raise _Refused("empty value")
-    try:
-        cpus = _canonical(target.form, value)
-    except ValueError as exc:
-        raise _Refused(f"value {value!r} is not a valid {target.form.replace('_', ' ')}: {exc}") from None
-    if target.area == "proc" and target.is_cpu_set and not cpus:
-        raise _Refused("an IRQ needs at least one CPU in its affinity")
-
-
-def _canonical(form: ValueForm, text: str) -> Any:
-    text = text.strip()
-    if form == "cpu_mask":
-        return parse_cpu_mask(text)
-    if form == "cpu_list":
-        return parse_cpu_list(text)
-    if form == "count":
-        if not re.fullmatch(r"[0-9]{1,10}", text):
-            raise ValueError("not a decimal count")
-        return int(text)
-    # The kernel prints multi-value sysctls (tcp_rmem) tab-separated; a plan writes spaces.
-    return " ".join(text.split())
-
-
-def _same(form: ValueForm, a: str, b: str) -> bool:
-    try:
-        return bool(_canonical(form, a) == _canonical(form, b))
-    except ValueError:
-        return False
-
-
-def same_value(change: Change, a: str, b: str) -> bool:
-    """Whether two readings of the file `change` writes mean the same setting.
-
-    "00000003" and "3" are the same rps_cpus mask; "0-1" and "0,1" the same affinity list;
-    "4096\\t131072" and "4096 131072" the same tcp_rmem.
-    """
-    try:
-        form = _target_of(change).form
-    except _Refused:
-        form = "text"
-    return _same(form, a, b)
-
-
-def node_scope_changes(fixes: Iterable[Fix]) -> tuple[Change, ...]:
-    """The changes apply_changes() may make: those of node-scope fixes, in order."""
-    return tuple(change for fix in fixes if fix.scope == "node" for change in fix.changes)
-
-
-def describe(change: Change) -> str:
-    where = f" in netns {change.netns}" if change.netns else ""
-    return f"{change.key}{where}"
-
-
-# --------------------------------------------------------------------------- reaching the files
-
-
-def _is_live(root: Path) -> bool:
-    return os.path.abspath(root) == "/"
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-# The new mount API's syscall numbers are the same on every architecture (unified table, 5.2).
-_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
-_FSOPEN_CLOEXEC = 0x1
-_FSCONFIG_CMD_CREATE = 6
-_FSMOUNT_CLOEXEC = 0x1
-_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOEXEC = 0x2, 0x4, 0x8
-_CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_SLAVE = 0x2, 0x4, 0x8, 0x4000, 0x80000
-
-
-def _raise_errno(what: str) -> NoReturn:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _detached_sysfs() -> int:
-    """A sysfs instance for the calling thread's netns, as a mount fd attached nowhere."""
-    fs_fd = _libc.syscall(_SYS_FSOPEN, b"sysfs", _FSOPEN_CLOEXEC)
-    if fs_fd < 0:
-        _raise_errno("fsopen(sysfs)")
-    try:
-        if _libc.syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
-            _raise_errno("fsconfig(sysfs)")
-        mount_fd = _libc.syscall(_SYS_FSMOUNT, fs_fd, _FSMOUNT_CLOEXEC,
-                                 _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC)
-        if mount_fd < 0:
-            _raise_errno("fsmount(sysfs)")
-        return int(mount_fd)
-    finally:
-        os.close(fs_fd)
-
-
-def _private_sysfs() -> Path:
-    """Mount sysfs over /sys in a mount namespace private to the calling (throwaway) thread.
-
-    unshare(CLONE_NEWNS) also unshares the thread's fs_struct, so the rest of the process
-    keeps its mounts; the mount namespace dies with the thread.
-    """
-    if threading.current_thread() is threading.main_thread():
-        raise RuntimeError("_private_sysfs changes the calling thread's mounts; call it in a worker thread")
-    if _libc.unshare(_CLONE_NEWNS) != 0:
-        _raise_errno("unshare(CLONE_NEWNS)")
-    # Slave first: without it the new mount could propagate back to the node's /sys.
-    if _libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
-        _raise_errno("mount --make-rslave /")
-    if _libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
-        _raise_errno("mount sysfs")
-    return Path("/sys")
-
-
-# Tests flip this to exercise the fallback on kernels that have the new mount API.
-_USE_DETACHED_SYSFS = True
-
-
-@contextmanager
-def _fresh_sysfs() -> Iterator[Path]:
-    """The root of a sysfs that shows the calling thread's network namespace."""
-    if _USE_DETACHED_SYSFS:
-        try:
-            mount_fd = _detached_sysfs()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSYS, errno.EPERM):
-                raise
-        else:
-            try:
-                yield Path(f"/proc/self/fd/{mount_fd}")
-            finally:
-                os.close(mount_fd)
-            return
-    yield _private_sysfs()
-
-
-def _resolve(base: Path, target: _Target) -> Path:
-    resolved = resolve_in_root(base, target.relpath)
-    area = f"/{target.area}"
-    if resolved is None:
-        raise _Unavailable(f"{target.shown}: not found in {area} of that netns (or a link leading out of {area})")
-    relative = os.path.relpath(resolved, os.path.abspath(base))
-    if not target.resolves_to.fullmatch(relative):
-        raise _Unavailable(f"{target.shown}: resolves to {area}/{relative}, which is not an allowed target")
-    return resolved
-
-
-def _thread_netns_inode() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-def _at_target(target: _Target, root: Path, op: Callable[[Path], T],
-               netns_inode: int | None = None) -> T:
-    """op(path of the target's file), with the file as the target's netns sees it."""
-    if not _is_live(root):
-        if target.netns is not None:
-            raise _Unavailable(f"{target.shown}: a netns change can only be made on the live node (root /)")
-        return op(_resolve(Path(root) / target.area, target))
-
-    def in_netns() -> T:
-        if netns_inode is not None and _thread_netns_inode() != netns_inode:
-            raise _Unavailable(f"netns {target.netns or 'of the node'} was replaced by another one "
-                               "since the plan was checked")
-        if target.area == "proc":
-            return op(_resolve(Path("/proc"), target))
-        with _fresh_sysfs() as sysfs:
-            return op(_resolve(sysfs, target))
-
-    return run_in_netns(target.netns or _OWN_NETNS, in_netns)
-
-
-def _read_value(path: Path) -> str:
-    # O_NOFOLLOW: the path was resolved link by link; O_NONBLOCK: a FIFO in a fake tree.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _Unavailable(f"{path} is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > 1 << 20:
-                raise _Unavailable(f"{path} is larger than any setting")
-        return b"".join(chunks).decode("utf-8", errors="replace").strip()
-    finally:
-        os.close(fd)
-
-
-def _write_value(path: Path, value: str) -> None:
-    # One write(2) of the whole value from offset 0: that is what sysctl and sysfs stores
-    # parse (a second write would be parsed on its own). O_TRUNC matters for fake trees only.
-    data = f"{value}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _Unavailable(f"{path} is not a regular file")
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
-    finally:
-        os.close(fd)
-
-
-def _read_for_check(path: Path) -> tuple[str, bool]:
-    # effective_ids: a read-only sysctl (nf_conntrack_max inside a pod netns) shows mode 0444
-    # and refuses even root, which access(2) with AT_EACCESS reports.
-    return _read_value(path), os.access(path, os.W_OK, effective_ids=True)
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}"
-    return str(exc)
-
-
 # --------------------------------------------------------------------------- precheck
 
 
@@ -487,23 +113,6 @@ class _Planned:
     target: _Target
     current: str
     netns_inode: int | None
-
-
-def _netns_inode(netns: str | None, root: Path) -> int | None:
-    """The inode of the netns a change targets; _Refused when it is gone or not a netns."""
-    if not _is_live(root):
-        if netns is not None:
-            raise _Refused("a netns change can only be checked on the live node (root /)")
-        return None
-    try:
-        found = os.stat(netns or _OWN_NETNS)
-    except FileNotFoundError:
-        raise _Refused(f"netns {netns} is gone (the pod was deleted or restarted?)") from None
-    except OSError as exc:
-        raise _Refused(f"cannot stat netns {netns}: {exc.strerror}") from None
-    if found.st_dev != os.stat(_OWN_NETNS).st_dev:
-        raise _Refused(f"{netns} is not a namespace file")
-    return found.st_ino
 
 
 def _flatten(items: Sequence[Change | Fix]) -> tuple[list[Change], list[tuple[Change, str]]]:
@@ -597,132 +206,6 @@ def check_plan(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
     A change may be listed once per reason.
     """
     return _precheck(changes, plan_identity, root)[1]
-
-
-# --------------------------------------------------------------------------- the journal
-
-
-def _check_trusted(path: Path, want_dir: bool) -> None:
-    # The journal's values are written back into the kernel by rollback: a file someone else
-    # could have edited is not one to trust.
-    info = os.lstat(path)
-    kind_ok = stat.S_ISDIR(info.st_mode) if want_dir else stat.S_ISREG(info.st_mode)
-    if not kind_ok:
-        raise FixError(f"{path} is not a {'directory' if want_dir else 'regular file'} (a symlink?); "
-                       "refusing to use it as the fix journal")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise FixError(f"{path} is owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}: "
-                       "only its owner may write the fix journal; fix its owner/mode or remove it")
-
-
-def _prepare_dir(journal_dir: Path) -> None:
-    try:
-        journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FixError(f"cannot create the journal directory {journal_dir}: {exc.strerror}") from exc
-    _check_trusted(journal_dir, want_dir=True)
-
-
-@contextmanager
-def _journal_lock(journal_dir: Path) -> Iterator[None]:
-    # One apply or rollback at a time; a separate lock file because the journal itself is
-    # replaced by rename, which would leave a lock on the old inode.
-    fd = os.open(journal_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FixError(f"another netprof fix --apply/--rollback holds {journal_dir / _LOCK_NAME}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _load_journal(path: Path) -> dict[str, Any] | None:
-    try:
-        _check_trusted(path, want_dir=False)
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != JOURNAL_FORMAT:
-            raise ValueError(f"format is not {JOURNAL_FORMAT}")
-        PlanIdentity.from_json(data.get("identity"))
-        entries = data.get("entries")
-        if not isinstance(entries, list):
-            raise ValueError("entries is not a list")
-        for entry in entries:
-            _entry_change(entry)
-            if entry.get("state") not in ("open", "restored", "gone") or not isinstance(entry.get("previous"), str):
-                raise ValueError(f"bad entry {entry!r:.120}")
-            inode = entry.get("netns_inode")
-            if inode is not None and (not isinstance(inode, int) or isinstance(inode, bool)):
-                raise ValueError(f"bad netns_inode in entry {entry!r:.120}")
-    except (OSError, ValueError, TypeError, RecursionError) as exc:
-        raise FixError(f"fix journal {path} is unreadable or corrupt ({exc}); inspect it before removing it") from exc
-    return data
-
-
-def _save_journal(path: Path, data: dict[str, Any]) -> None:
-    # Write, fsync, rename, fsync the directory: after a crash the journal is either the old
-    # complete one or the new complete one, and the rename itself survives a power cut.
-    data["updated_at"] = time.time()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise FixError(f"cannot write the fix journal {path}: {exc.strerror}") from exc
-
-
-def _entry_change(entry: Any) -> Change:
-    if not isinstance(entry, dict) or not isinstance(entry.get("change"), dict):
-        raise ValueError(f"bad entry {entry!r:.120}")
-    raw = entry["change"]
-    for name in ("kind", "key", "value"):
-        if not isinstance(raw.get(name), str):
-            raise ValueError(f"entry change has no {name}")
-    for name in ("netns", "expected_current"):
-        if raw.get(name) is not None and not isinstance(raw[name], str):
-            raise ValueError(f"entry change {name} is not a string")
-    return Change(kind=raw["kind"], key=raw["key"], value=raw["value"], netns=raw.get("netns"),
-                  expected_current=raw.get("expected_current"))
-
-
-def _new_journal(identity: PlanIdentity) -> dict[str, Any]:
-    return {"format": JOURNAL_FORMAT, "identity": identity.to_json(), "created_at": time.time(), "entries": []}
-
-
-def _journal_for_apply(journal_dir: Path, identity: PlanIdentity) -> dict[str, Any]:
-    """The journal this apply appends to.
-
-    Open entries of this boot stay: rollback then undoes every apply since the last rollback,
-    newest first, back to the values before the first. Open entries of another boot are
-    meaningless now; that journal is kept aside (renamed) rather than destroyed.
-    """
-    path = journal_dir / JOURNAL_NAME
-    data = _load_journal(path)
-    if data is None or not any(entry["state"] == "open" for entry in data["entries"]):
-        return _new_journal(identity)
-    old = PlanIdentity.from_json(data["identity"])
-    if old.boot_id == identity.boot_id and old.kernel_release == identity.kernel_release:
-        return data
-    stale = journal_dir / f"fix-journal.stale-{old.boot_id[:8]}.json"
-    try:
-        os.replace(path, stale)
-    except OSError as exc:
-        raise FixError(f"cannot set aside the previous boot's journal {path}: {exc.strerror}") from exc
-    return _new_journal(identity)
 
 
 # --------------------------------------------------------------------------- writing
@@ -980,43 +463,6 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
                                     "they stay in the journal for the next rollback")
         return ApplyReport(tuple(restored), (), journal_path, skipped=tuple(skipped),
                            unrestorable=tuple(unrestorable), note=note, operation="rollback")
-
-
-@dataclass(frozen=True)
-class AppliedEvent:
-    """The newest apply in the journal: what the TUI marks on its timeline."""
-
-    apply_id: str
-    applied_at: float       # wall clock of its first journaled write
-    changes: tuple[str, ...]  # describe() of each change, in order
-
-
-def latest_apply(journal_dir: Path = DEFAULT_JOURNAL_DIR) -> AppliedEvent | None:
-    """The newest apply the journal records (rolled back or not), or None without a journal.
-    Read with the same trust checks as a rollback; a journal that fails them is no event."""
-    try:
-        journal = _load_journal(Path(journal_dir) / JOURNAL_NAME)
-    except (FixError, OSError):
-        return None
-    entries = [entry for entry in (journal or {}).get("entries", []) if entry.get("apply_id")]
-    if not entries:
-        return None
-    newest = max(entries, key=lambda entry: float(entry.get("journaled_at") or 0.0))["apply_id"]
-    mine = [entry for entry in entries if entry["apply_id"] == newest]
-    return AppliedEvent(str(newest), min(float(entry.get("journaled_at") or 0.0) for entry in mine),
-                        tuple(describe(_entry_change(entry)) for entry in mine))
-
-
-def record_verdicts(journal_dir: Path, apply_id: str, verdicts: list[dict[str, Any]]) -> None:
-    """Keep `fix --verify`'s verdicts (kept / rolled back, with the figures before and after)
-    in the journal beside the entries of the apply they judged."""
-    journal_path = Path(journal_dir) / JOURNAL_NAME
-    with _journal_lock(Path(journal_dir)):
-        journal = _load_journal(journal_path)
-        if journal is None:
-            raise FixError(f"no fix journal at {journal_path} to record the verification in")
-        journal.setdefault("verdicts", []).append({"apply_id": apply_id, "at": time.time(), "verdicts": verdicts})
-        _save_journal(journal_path, journal)
 
 
 # --------------------------------------------------------------------------- for the CLI

@@ -25,8 +25,9 @@ from ..report import SEVERITY_STYLE
 
 if TYPE_CHECKING:
     from .verify import VerifiedApply
-from .apply import (PlanIdentity, apply_changes, current_identity, format_report, node_scope_changes,
-                    rollback)
+from .apply import apply_changes, format_report, rollback
+from .identity import PlanIdentity, current_identity
+from .targets import node_scope_changes
 
 
 

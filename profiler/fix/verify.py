@@ -19,7 +19,10 @@ from typing import Any, Literal
 from ..analysis.diff import Figure, FigureChange, capture_figures, compare_figure
 from ..analysis.findings import Change, Finding
 from ..document import ProfileDocument
-from .apply import ApplyReport, PlanIdentity, apply_changes, node_scope_changes, record_verdicts, rollback
+from .apply import ApplyReport, apply_changes, rollback
+from .identity import PlanIdentity
+from .journal import record_verdicts
+from .targets import node_scope_changes
 
 Outcome = Literal["kept", "rolled-back", "inconclusive"]
 FigureKey = tuple[str, str, str]

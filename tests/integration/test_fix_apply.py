@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from profiler.analysis.findings import Change
-from profiler.fix import apply as fix_apply
+from profiler.fix import netns_files
 from profiler.fix import apply_changes, current_identity, format_report, rollback
 from profiler.lab.topology import Lab, kill_netns_processes
 
@@ -93,7 +93,7 @@ def _assert_applied(lab: Lab, before: dict[str, str]) -> None:
 def test_apply_then_rollback_leaves_every_value_as_before(lab, tmp_path, monkeypatch, sysfs):
     if sysfs == "private-mount-namespace":
         # The fallback for kernels without fsopen/fsmount (before 5.2).
-        monkeypatch.setattr(fix_apply, "_USE_DETACHED_SYSFS", False)
+        monkeypatch.setattr(netns_files, "_USE_DETACHED_SYSFS", False)
     sysfs_before = _sysfs_mounts()
     before = _snapshot(lab)
     assert before["web somaxconn"] == "4096" and int(before["web eth0 rps"], 16) == 0

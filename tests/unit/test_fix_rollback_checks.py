@@ -14,7 +14,7 @@ import pytest
 
 from profiler.analysis.findings import Change
 from profiler.fix import apply as fix_apply
-from profiler.fix import apply_changes, current_identity, format_report, rollback
+from profiler.fix import JOURNAL_FORMAT, apply_changes, current_identity, format_report, rollback
 from tests.unit.test_fix_apply import IRQ_LIST, RPS, SOMAXCONN, identity, journal_dir, node  # noqa: F401 (fixtures)
 
 NETPROF = Path(sys.executable).parent / "netprof"
@@ -85,7 +85,7 @@ def test_an_entry_whose_netns_cannot_be_reached_does_not_stop_the_rollback(tmp_p
          "change": Change("sysctl", "net.core.somaxconn", "4096", netns=unreachable).to_json()},
     ]
     (journal_dir / "fix-journal.json").write_text(json.dumps(
-        {"format": fix_apply.JOURNAL_FORMAT, "identity": here.to_json(), "created_at": 0, "entries": entries}))
+        {"format": JOURNAL_FORMAT, "identity": here.to_json(), "created_at": 0, "entries": entries}))
     os.chmod(journal_dir / "fix-journal.json", 0o600)
     real_stat = os.stat
 
