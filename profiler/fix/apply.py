@@ -41,16 +41,16 @@ from .identity import FixError, PlanIdentity, current_identity, missing_privileg
 from .journal import (
     DEFAULT_JOURNAL_DIR,
     JOURNAL_NAME,
-    _check_trusted,
-    _entry_change,
-    _journal_for_apply,
-    _journal_lock,
-    _load_journal,
-    _prepare_dir,
-    _save_journal,
+    check_trusted,
+    entry_change,
+    journal_for_apply,
+    journal_lock,
+    load_journal,
+    prepare_dir,
+    save_journal,
 )
-from .netns_files import _at_target, _error_text, _is_live, _netns_inode, _read_for_check, _read_value, _write_value
-from .targets import _canonical, _check_value, _Refused, _same, _Target, _target_of, _Unavailable, describe
+from .netns_files import at_target, error_text, is_live, netns_inode_of, read_for_check, read_value, write_value
+from .targets import canonical, check_value, Refused, same_in_form, Target, target_of, Unavailable, describe
 
 
 # --------------------------------------------------------------------------- public data
@@ -110,7 +110,7 @@ class ApplyReport:
 @dataclass(frozen=True)
 class _Planned:
     change: Change
-    target: _Target
+    target: Target
     current: str
     netns_inode: int | None
 
@@ -133,7 +133,7 @@ def _flatten(items: Sequence[Change | Fix]) -> tuple[list[Change], list[tuple[Ch
 
 def _privilege_problem(root: Path) -> str | None:
     # A fake tree (unit tests, recorded nodes) is written with ordinary file permissions.
-    return missing_privilege() if _is_live(root) else None
+    return missing_privilege() if is_live(root) else None
 
 
 def _identity_problem(plan: PlanIdentity, current: PlanIdentity, what: str = "the plan was made") -> str | None:
@@ -154,23 +154,23 @@ def _precheck(items: Sequence[Change | Fix], plan_identity: PlanIdentity,
             refused.extend((change, reason) for change in changes)
 
     online = read_cpus_online(root)
-    candidates: list[tuple[Change, _Target, int | None]] = []
+    candidates: list[tuple[Change, Target, int | None]] = []
     seen: dict[tuple[str, str, int | str | None], Change] = {}
     for change in changes:
         try:
-            target = _target_of(change)
-            _check_value(target, change.value)
+            target = target_of(change)
+            check_value(target, change.value)
             if target.is_cpu_set and online:
-                offline = _canonical(target.form, change.value) - online
+                offline = canonical(target.form, change.value) - online
                 if offline:
-                    raise _Refused(f"CPU(s) {sorted(offline)} are not online here")
-            inode = None if privilege else _netns_inode(target.netns, root)
-        except _Refused as exc:
+                    raise Refused(f"CPU(s) {sorted(offline)} are not online here")
+            inode = None if privilege else netns_inode_of(target.netns, root)
+        except Refused as exc:
             refused.append((change, str(exc)))
             continue
         where = (target.area, target.relpath, inode if inode is not None else target.netns)
         if where in seen:
-            if not _same(target.form, seen[where].value, change.value):
+            if not same_in_form(target.form, seen[where].value, change.value):
                 refused.append((change, f"conflicts with another change of the same setting "
                                         f"({seen[where].value!r} vs {change.value!r})"))
             continue
@@ -182,14 +182,14 @@ def _precheck(items: Sequence[Change | Fix], plan_identity: PlanIdentity,
         return planned, refused  # without privileges, reading inside other netns fails anyway
     for change, target, inode in candidates:
         try:
-            current, writable = _at_target(target, root, _read_for_check, inode)
-        except (_Unavailable, OSError, NetprofError) as exc:
-            refused.append((change, f"cannot read it: {_error_text(exc)}"))
+            current, writable = at_target(target, root, read_for_check, inode)
+        except (Unavailable, OSError, NetprofError) as exc:
+            refused.append((change, f"cannot read it: {error_text(exc)}"))
             continue
         if not writable:
             refused.append((change, "read-only here (in a pod netns, a node-global sysctl is read-only "
                                     "or absent: set it on the node instead)"))
-        if change.expected_current is not None and not _same(target.form, current, change.expected_current):
+        if change.expected_current is not None and not same_in_form(target.form, current, change.expected_current):
             refused.append((change, f"changed since the plan: the plan saw {change.expected_current!r}, "
                                     f"now {current!r}"))
         planned.append(_Planned(change, target, current, inode))
@@ -211,36 +211,36 @@ def check_plan(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
 # --------------------------------------------------------------------------- writing
 
 
-def _write_verified(change: Change, target: _Target, expected_now: str, value: str,
+def _write_verified(change: Change, target: Target, expected_now: str, value: str,
                     netns_inode: int | None, root: Path) -> WriteResult:
     """Write `value` if the target still holds `expected_now`, read it back, compare."""
 
     def write_and_read(path: Path) -> WriteResult:
-        now = _read_value(path)
-        if not _same(target.form, now, expected_now):
+        now = read_value(path)
+        if not same_in_form(target.form, now, expected_now):
             return WriteResult(change, now, now, False,
                                f"changed by someone else since the check: expected {expected_now!r}, found {now!r}; not written")
         try:
-            _write_value(path, value)
+            write_value(path, value)
         except OSError as exc:
-            after = _read_value(path)
-            return WriteResult(change, now, after, False, f"the kernel refused {value!r}: {_error_text(exc)}")
-        after = _read_value(path)
-        if not _same(target.form, after, value):
+            after = read_value(path)
+            return WriteResult(change, now, after, False, f"the kernel refused {value!r}: {error_text(exc)}")
+        after = read_value(path)
+        if not same_in_form(target.form, after, value):
             return WriteResult(change, now, after, False, f"wrote {value!r} but it reads back as {after!r}")
         return WriteResult(change, now, after, True, None)
 
     try:
-        return _at_target(target, root, write_and_read, netns_inode)
-    except (_Unavailable, OSError, NetprofError) as exc:
-        return WriteResult(change, expected_now, "", False, _error_text(exc))
+        return at_target(target, root, write_and_read, netns_inode)
+    except (Unavailable, OSError, NetprofError) as exc:
+        return WriteResult(change, expected_now, "", False, error_text(exc))
 
 
 class _Unrestorable(Exception):
     """A journal entry that cannot be restored now; it stays open for the next rollback."""
 
 
-def _check_restorable(target: _Target, change: Change, previous: str) -> None:
+def _check_restorable(target: Target, change: Change, previous: str) -> None:
     """The journaled previous value must be one the kernel could have shown for this target.
 
     The journal is root's own file, but rollback writes its values into the kernel, so it is
@@ -249,8 +249,8 @@ def _check_restorable(target: _Target, change: Change, previous: str) -> None:
     """
     try:
         # Tabs are how the kernel separates the fields of multi-value sysctls (tcp_rmem).
-        _check_value(target, previous.replace("\t", " "))
-    except _Refused as exc:
+        check_value(target, previous.replace("\t", " "))
+    except Refused as exc:
         raise _Unrestorable(f"the journaled previous value is malformed: {exc}") from None
     if target.form == "text" and _value_shape(previous) != _value_shape(change.value):
         raise _Unrestorable(f"the journaled previous value {previous[:40]!r} is not shaped like the "
@@ -268,46 +268,46 @@ def _restore(entry: dict[str, Any], root: Path, force: bool = False) -> tuple[Wr
     Marks the entry restored or gone; leaves it open when the restore failed or was refused.
     _Unrestorable: the entry cannot be restored now (malformed value, unreachable netns).
     """
-    change = _entry_change(entry)
+    change = entry_change(entry)
     previous = entry["previous"]
-    target = _target_of(change)
+    target = target_of(change)
     _check_restorable(target, change, previous)
     undo = Change(change.kind, change.key, previous, change.netns, expected_current=change.value)
     inode = entry.get("netns_inode")
-    if _is_live(root) and target.netns is not None:
+    if is_live(root) and target.netns is not None:
         try:
             found = os.stat(target.netns).st_ino
         except FileNotFoundError:
             found = None
         except OSError as exc:
-            raise _Unrestorable(f"cannot reach netns {target.netns}: {_error_text(exc)}") from None
+            raise _Unrestorable(f"cannot reach netns {target.netns}: {error_text(exc)}") from None
         if found is None or (inode is not None and found != inode):
             entry["state"] = "gone"
             return None, f"netns {target.netns} is gone (or is another one now): the value went with it"
 
     def restore_at(path: Path) -> WriteResult:
-        now = _read_value(path)
-        if _same(target.form, now, previous):
+        now = read_value(path)
+        if same_in_form(target.form, now, previous):
             # Nothing to do: the write never happened (a crash between journal and write, or
             # the write failed) or someone already put it back.
             return WriteResult(undo, now, now, True, None)
-        if not _same(target.form, now, change.value) and not force:
+        if not same_in_form(target.form, now, change.value) and not force:
             return WriteResult(undo, now, now, False,
                                f"changed by someone else since the apply: netprof wrote {change.value!r}, "
                                f"now {now!r}; not restored to {previous!r} (rollback with force to overwrite)")
         try:
-            _write_value(path, previous)
+            write_value(path, previous)
         except OSError as exc:
-            return WriteResult(undo, now, _read_value(path), False, f"the kernel refused {previous!r}: {_error_text(exc)}")
-        after = _read_value(path)
-        if not _same(target.form, after, previous):
+            return WriteResult(undo, now, read_value(path), False, f"the kernel refused {previous!r}: {error_text(exc)}")
+        after = read_value(path)
+        if not same_in_form(target.form, after, previous):
             return WriteResult(undo, now, after, False, f"wrote {previous!r} but it reads back as {after!r}")
         return WriteResult(undo, now, after, True, None)
 
     try:
-        result = _at_target(target, root, restore_at, inode if _is_live(root) else None)
-    except (_Unavailable, OSError, NetprofError) as exc:
-        result = WriteResult(undo, "", "", False, _error_text(exc))
+        result = at_target(target, root, restore_at, inode if is_live(root) else None)
+    except (Unavailable, OSError, NetprofError) as exc:
+        result = WriteResult(undo, "", "", False, error_text(exc))
     if result.verified:
         entry["state"] = "restored"
         entry["restored_at"] = time.time()
@@ -335,8 +335,8 @@ def apply_changes(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
         return tuple(sorted(results, key=lambda result: position[id(result.change)]))
 
     already = [WriteResult(p.change, p.current, p.current, True, None)
-               for p in planned if _same(p.target.form, p.current, p.change.value)]
-    to_write = [p for p in planned if not _same(p.target.form, p.current, p.change.value)]
+               for p in planned if same_in_form(p.target.form, p.current, p.change.value)]
+    to_write = [p for p in planned if not same_in_form(p.target.form, p.current, p.change.value)]
     if dry_run:
         would = [WriteResult(p.change, p.current, p.change.value, False, None) for p in to_write]
         return ApplyReport(in_plan_order(would + already), (), journal_path, note="dry run: nothing was written",
@@ -345,9 +345,9 @@ def apply_changes(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
         return ApplyReport(tuple(already), (), journal_path, note="every value is already set")
 
     journal_dir = Path(journal_dir)
-    _prepare_dir(journal_dir)
-    with _journal_lock(journal_dir):
-        journal = _journal_for_apply(journal_dir, current_identity(root))
+    prepare_dir(journal_dir)
+    with journal_lock(journal_dir):
+        journal = journal_for_apply(journal_dir, current_identity(root))
         apply_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         results: list[WriteResult] = []
         made: list[dict[str, Any]] = []
@@ -358,7 +358,7 @@ def apply_changes(changes: Sequence[Change | Fix], plan_identity: PlanIdentity,
             }
             journal["entries"].append(entry)
             try:
-                _save_journal(journal_path, journal)
+                save_journal(journal_path, journal)
             except FixError as exc:
                 # Not journaled, so not written; undo what was.
                 journal["entries"].remove(entry)
@@ -384,11 +384,11 @@ def _stop_and_undo(journal: dict[str, Any], journal_path: Path, made: list[dict[
         try:
             restored, _ = _restore(entry, root, force=True)
         except _Unrestorable as exc:
-            restored = WriteResult(_entry_change(entry), entry["previous"], "", False, str(exc))
+            restored = WriteResult(entry_change(entry), entry["previous"], "", False, str(exc))
         if restored is not None:
             undone.append(restored)
         try:
-            _save_journal(journal_path, journal)
+            save_journal(journal_path, journal)
         except FixError:
             pass  # restores are idempotent: a stale "open" entry is a no-op for rollback
     complete = all(result.verified for result in undone)
@@ -417,17 +417,17 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
     if not journal_path.exists() and not journal_path.is_symlink():
         return ApplyReport((), (), journal_path, note=f"no fix journal at {journal_path}: nothing to roll back",
                            operation="rollback")
-    _check_trusted(journal_dir, want_dir=True)
-    with _journal_lock(journal_dir):
-        journal = _load_journal(journal_path)
+    check_trusted(journal_dir, want_dir=True)
+    with journal_lock(journal_dir):
+        journal = load_journal(journal_path)
         assert journal is not None
         open_entries = [entry for entry in journal["entries"] if entry["state"] == "open"
                         and (apply_id is None or entry.get("apply_id") == apply_id)
-                        and (only is None or only(_entry_change(entry)))]
+                        and (only is None or only(entry_change(entry)))]
         if not open_entries:
             return ApplyReport((), (), journal_path, operation="rollback",
                                note="nothing to roll back: the last apply was already rolled back")
-        changes = [_entry_change(entry) for entry in open_entries]
+        changes = [entry_change(entry) for entry in open_entries]
         problem = _privilege_problem(root) or _identity_problem(
             PlanIdentity.from_json(journal["identity"]), current_identity(root), "the journal was written")
         if problem:
@@ -436,10 +436,10 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
         refused: list[tuple[Change, str]] = []
         for entry, change in zip(open_entries, changes):
             try:
-                _target_of(change)
+                target_of(change)
                 if allowed_sysctls is not None and change.kind == "sysctl" and change.key not in allowed_sysctls:
-                    raise _Refused(f"{change.key!r} is not a sysctl netprof's fixes change")
-            except _Refused as exc:
+                    raise Refused(f"{change.key!r} is not a sysctl netprof's fixes change")
+            except Refused as exc:
                 refused.append((change, f"journal entry not allowed: {exc}"))
         if refused:
             return ApplyReport((), tuple(refused), journal_path, note="nothing was restored", operation="rollback")
@@ -457,8 +457,8 @@ def rollback(journal_dir: Path = DEFAULT_JOURNAL_DIR, *, root: Path = Path("/"),
                 restored.append(result)
             else:
                 skipped.append((change, why_skipped or ""))
-            _save_journal(journal_path, journal)
-        left = [describe(_entry_change(entry)) for entry in journal["entries"] if entry["state"] == "open"]
+            save_journal(journal_path, journal)
+        left = [describe(entry_change(entry)) for entry in journal["entries"] if entry["state"] == "open"]
         note = "" if not left else (f"{len(left)} value(s) not restored ({', '.join(left)}); "
                                     "they stay in the journal for the next rollback")
         return ApplyReport(tuple(restored), (), journal_path, skipped=tuple(skipped),

@@ -30,7 +30,7 @@ _LOCK_NAME = ".fix-journal.lock"
 EntryState = Literal["open", "restored", "gone"]
 
 
-def _check_trusted(path: Path, want_dir: bool) -> None:
+def check_trusted(path: Path, want_dir: bool) -> None:
     # The journal's values are written back into the kernel by rollback: a file someone else
     # could have edited is not one to trust.
     info = os.lstat(path)
@@ -43,16 +43,16 @@ def _check_trusted(path: Path, want_dir: bool) -> None:
                        "only its owner may write the fix journal; fix its owner/mode or remove it")
 
 
-def _prepare_dir(journal_dir: Path) -> None:
+def prepare_dir(journal_dir: Path) -> None:
     try:
         journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise FixError(f"cannot create the journal directory {journal_dir}: {exc.strerror}") from exc
-    _check_trusted(journal_dir, want_dir=True)
+    check_trusted(journal_dir, want_dir=True)
 
 
 @contextmanager
-def _journal_lock(journal_dir: Path) -> Iterator[None]:
+def journal_lock(journal_dir: Path) -> Iterator[None]:
     # One apply or rollback at a time; a separate lock file because the journal itself is
     # replaced by rename, which would leave a lock on the old inode.
     fd = os.open(journal_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -66,9 +66,9 @@ def _journal_lock(journal_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _load_journal(path: Path) -> dict[str, Any] | None:
+def load_journal(path: Path) -> dict[str, Any] | None:
     try:
-        _check_trusted(path, want_dir=False)
+        check_trusted(path, want_dir=False)
     except FileNotFoundError:
         return None
     try:
@@ -80,7 +80,7 @@ def _load_journal(path: Path) -> dict[str, Any] | None:
         if not isinstance(entries, list):
             raise ValueError("entries is not a list")
         for entry in entries:
-            _entry_change(entry)
+            entry_change(entry)
             if entry.get("state") not in ("open", "restored", "gone") or not isinstance(entry.get("previous"), str):
                 raise ValueError(f"bad entry {entry!r:.120}")
             inode = entry.get("netns_inode")
@@ -91,7 +91,7 @@ def _load_journal(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _save_journal(path: Path, data: dict[str, Any]) -> None:
+def save_journal(path: Path, data: dict[str, Any]) -> None:
     # Write, fsync, rename, fsync the directory: after a crash the journal is either the old
     # complete one or the new complete one, and the rename itself survives a power cut.
     data["updated_at"] = time.time()
@@ -113,7 +113,7 @@ def _save_journal(path: Path, data: dict[str, Any]) -> None:
         raise FixError(f"cannot write the fix journal {path}: {exc.strerror}") from exc
 
 
-def _entry_change(entry: Any) -> Change:
+def entry_change(entry: Any) -> Change:
     if not isinstance(entry, dict) or not isinstance(entry.get("change"), dict):
         raise ValueError(f"bad entry {entry!r:.120}")
     raw = entry["change"]
@@ -131,7 +131,7 @@ def _new_journal(identity: PlanIdentity) -> dict[str, Any]:
     return {"format": JOURNAL_FORMAT, "identity": identity.to_json(), "created_at": time.time(), "entries": []}
 
 
-def _journal_for_apply(journal_dir: Path, identity: PlanIdentity) -> dict[str, Any]:
+def journal_for_apply(journal_dir: Path, identity: PlanIdentity) -> dict[str, Any]:
     """The journal this apply appends to.
 
     Open entries of this boot stay: rollback then undoes every apply since the last rollback,
@@ -139,7 +139,7 @@ def _journal_for_apply(journal_dir: Path, identity: PlanIdentity) -> dict[str, A
     meaningless now; that journal is kept aside (renamed) rather than destroyed.
     """
     path = journal_dir / JOURNAL_NAME
-    data = _load_journal(path)
+    data = load_journal(path)
     if data is None or not any(entry["state"] == "open" for entry in data["entries"]):
         return _new_journal(identity)
     old = PlanIdentity.from_json(data["identity"])
@@ -166,7 +166,7 @@ def latest_apply(journal_dir: Path = DEFAULT_JOURNAL_DIR) -> AppliedEvent | None
     """The newest apply the journal records (rolled back or not), or None without a journal.
     Read with the same trust checks as a rollback; a journal that fails them is no event."""
     try:
-        journal = _load_journal(Path(journal_dir) / JOURNAL_NAME)
+        journal = load_journal(Path(journal_dir) / JOURNAL_NAME)
     except (FixError, OSError):
         return None
     entries = [entry for entry in (journal or {}).get("entries", []) if entry.get("apply_id")]
@@ -175,16 +175,16 @@ def latest_apply(journal_dir: Path = DEFAULT_JOURNAL_DIR) -> AppliedEvent | None
     newest = max(entries, key=lambda entry: float(entry.get("journaled_at") or 0.0))["apply_id"]
     mine = [entry for entry in entries if entry["apply_id"] == newest]
     return AppliedEvent(str(newest), min(float(entry.get("journaled_at") or 0.0) for entry in mine),
-                        tuple(describe(_entry_change(entry)) for entry in mine))
+                        tuple(describe(entry_change(entry)) for entry in mine))
 
 
 def record_verdicts(journal_dir: Path, apply_id: str, verdicts: list[dict[str, Any]]) -> None:
     """Keep `fix --verify`'s verdicts (kept / rolled back, with the figures before and after)
     in the journal beside the entries of the apply they judged."""
     journal_path = Path(journal_dir) / JOURNAL_NAME
-    with _journal_lock(Path(journal_dir)):
-        journal = _load_journal(journal_path)
+    with journal_lock(Path(journal_dir)):
+        journal = load_journal(journal_path)
         if journal is None:
             raise FixError(f"no fix journal at {journal_path} to record the verification in")
         journal.setdefault("verdicts", []).append({"apply_id": apply_id, "at": time.time(), "verdicts": verdicts})
-        _save_journal(journal_path, journal)
+        save_journal(journal_path, journal)

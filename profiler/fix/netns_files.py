@@ -21,7 +21,7 @@ from typing import NoReturn, TypeVar
 
 from ..kernel.root_files import resolve_in_root
 from ..system.netns import run_in_netns
-from .targets import _Refused, _Target, _Unavailable
+from .targets import Refused, Target, Unavailable
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ T = TypeVar("T")
 _OWN_NETNS = "/proc/self/ns/net"
 
 
-def _is_live(root: Path) -> bool:
+def is_live(root: Path) -> bool:
     return os.path.abspath(root) == "/"
 
 
@@ -87,13 +87,13 @@ def _private_sysfs() -> Path:
 
 
 # Tests flip this to exercise the fallback on kernels that have the new mount API.
-_USE_DETACHED_SYSFS = True
+USE_DETACHED_SYSFS = True
 
 
 @contextmanager
 def _fresh_sysfs() -> Iterator[Path]:
     """The root of a sysfs that shows the calling thread's network namespace."""
-    if _USE_DETACHED_SYSFS:
+    if USE_DETACHED_SYSFS:
         try:
             mount_fd = _detached_sysfs()
         except OSError as exc:
@@ -108,14 +108,14 @@ def _fresh_sysfs() -> Iterator[Path]:
     yield _private_sysfs()
 
 
-def _resolve(base: Path, target: _Target) -> Path:
+def _resolve(base: Path, target: Target) -> Path:
     resolved = resolve_in_root(base, target.relpath)
     area = f"/{target.area}"
     if resolved is None:
-        raise _Unavailable(f"{target.shown}: not found in {area} of that netns (or a link leading out of {area})")
+        raise Unavailable(f"{target.shown}: not found in {area} of that netns (or a link leading out of {area})")
     relative = os.path.relpath(resolved, os.path.abspath(base))
     if not target.resolves_to.fullmatch(relative):
-        raise _Unavailable(f"{target.shown}: resolves to {area}/{relative}, which is not an allowed target")
+        raise Unavailable(f"{target.shown}: resolves to {area}/{relative}, which is not an allowed target")
     return resolved
 
 
@@ -123,17 +123,17 @@ def _thread_netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def _at_target(target: _Target, root: Path, op: Callable[[Path], T],
+def at_target(target: Target, root: Path, op: Callable[[Path], T],
                netns_inode: int | None = None) -> T:
     """op(path of the target's file), with the file as the target's netns sees it."""
-    if not _is_live(root):
+    if not is_live(root):
         if target.netns is not None:
-            raise _Unavailable(f"{target.shown}: a netns change can only be made on the live node (root /)")
+            raise Unavailable(f"{target.shown}: a netns change can only be made on the live node (root /)")
         return op(_resolve(Path(root) / target.area, target))
 
     def in_netns() -> T:
         if netns_inode is not None and _thread_netns_inode() != netns_inode:
-            raise _Unavailable(f"netns {target.netns or 'of the node'} was replaced by another one "
+            raise Unavailable(f"netns {target.netns or 'of the node'} was replaced by another one "
                                "since the plan was checked")
         if target.area == "proc":
             return op(_resolve(Path("/proc"), target))
@@ -143,30 +143,30 @@ def _at_target(target: _Target, root: Path, op: Callable[[Path], T],
     return run_in_netns(target.netns or _OWN_NETNS, in_netns)
 
 
-def _read_value(path: Path) -> str:
+def read_value(path: Path) -> str:
     # O_NOFOLLOW: the path was resolved link by link; O_NONBLOCK: a FIFO in a fake tree.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _Unavailable(f"{path} is not a regular file")
+            raise Unavailable(f"{path} is not a regular file")
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
             if sum(map(len, chunks)) > 1 << 20:
-                raise _Unavailable(f"{path} is larger than any setting")
+                raise Unavailable(f"{path} is larger than any setting")
         return b"".join(chunks).decode("utf-8", errors="replace").strip()
     finally:
         os.close(fd)
 
 
-def _write_value(path: Path, value: str) -> None:
+def write_value(path: Path, value: str) -> None:
     # One write(2) of the whole value from offset 0: that is what sysctl and sysfs stores
     # parse (a second write would be parsed on its own). O_TRUNC matters for fake trees only.
     data = f"{value}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _Unavailable(f"{path} is not a regular file")
+            raise Unavailable(f"{path} is not a regular file")
         written = os.write(fd, data)
         if written != len(data):
             raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
@@ -174,31 +174,31 @@ def _write_value(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _read_for_check(path: Path) -> tuple[str, bool]:
+def read_for_check(path: Path) -> tuple[str, bool]:
     # effective_ids: a read-only sysctl (nf_conntrack_max inside a pod netns) shows mode 0444
     # and refuses even root, which access(2) with AT_EACCESS reports.
-    return _read_value(path), os.access(path, os.W_OK, effective_ids=True)
+    return read_value(path), os.access(path, os.W_OK, effective_ids=True)
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     return str(exc)
 
 
-def _netns_inode(netns: str | None, root: Path) -> int | None:
-    """The inode of the netns a change targets; _Refused when it is gone or not a netns."""
-    if not _is_live(root):
+def netns_inode_of(netns: str | None, root: Path) -> int | None:
+    """The inode of the netns a change targets; Refused when it is gone or not a netns."""
+    if not is_live(root):
         if netns is not None:
-            raise _Refused("a netns change can only be checked on the live node (root /)")
+            raise Refused("a netns change can only be checked on the live node (root /)")
         return None
     try:
         found = os.stat(netns or _OWN_NETNS)
     except FileNotFoundError:
-        raise _Refused(f"netns {netns} is gone (the pod was deleted or restarted?)") from None
+        raise Refused(f"netns {netns} is gone (the pod was deleted or restarted?)") from None
     except OSError as exc:
-        raise _Refused(f"cannot stat netns {netns}: {exc.strerror}") from None
+        raise Refused(f"cannot stat netns {netns}: {exc.strerror}") from None
     if found.st_dev != os.stat(_OWN_NETNS).st_dev:
-        raise _Refused(f"{netns} is not a namespace file")
+        raise Refused(f"{netns} is not a namespace file")
     return found.st_ino

@@ -15,7 +15,7 @@ ValueForm = Literal["text", "cpu_mask", "cpu_list", "count"]
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """Where a Change lands: a file in procfs or sysfs, as seen from one netns."""
 
     area: Literal["proc", "sys"]
@@ -30,11 +30,11 @@ class _Target:
         return self.form in ("cpu_mask", "cpu_list")
 
 
-class _Refused(Exception):
+class Refused(Exception):
     pass
 
 
-class _Unavailable(Exception):
+class Unavailable(Exception):
     """The target's file cannot be reached (missing, outside its area, netns replaced)."""
 
 
@@ -49,11 +49,11 @@ _NETNS_PATH = re.compile(r"^(/var)?/run/netns/[^/\s]+$|^/proc/[0-9]+(/task/[0-9]
 _MAX_VALUE_CHARS = 4096
 
 
-def _target_of(change: Change) -> _Target:
-    """The allow-listed file a Change writes, or _Refused saying why it is not allowed."""
+def target_of(change: Change) -> Target:
+    """The allow-listed file a Change writes, or Refused saying why it is not allowed."""
     if change.netns is not None:
         if not _NETNS_PATH.match(change.netns) or "/../" in f"{change.netns}/":
-            raise _Refused(f"netns {change.netns!r} is not /run/netns/<name> or /proc/<pid>/ns/net")
+            raise Refused(f"netns {change.netns!r} is not /run/netns/<name> or /proc/<pid>/ns/net")
     if change.kind == "sysctl":
         key = change.key
         if _SYSCTL_DOTTED.match(key):
@@ -62,50 +62,50 @@ def _target_of(change: Change) -> _Target:
             # The slashed form is how a name holding a dot (eth0.100) is spelt, as sysctl(8) takes it.
             relpath = key
         else:
-            raise _Refused(f"sysctl {key!r} is not under net.: only network sysctls are applied")
+            raise Refused(f"sysctl {key!r} is not under net.: only network sysctls are applied")
         if any(part in (".", "..") for part in relpath.split("/")):
-            raise _Refused(f"sysctl {key!r} has a . or .. component")
-        return _Target("proc", f"sys/{relpath}", change.netns, "text",
+            raise Refused(f"sysctl {key!r} has a . or .. component")
+        return Target("proc", f"sys/{relpath}", change.netns, "text",
                        re.compile(re.escape(f"sys/{relpath}")), key)
     if change.kind != "file":
-        raise _Refused(f"unknown change kind {change.kind!r}")
+        raise Refused(f"unknown change kind {change.kind!r}")
     if match := _IRQ_FILE.match(change.key):
         if change.netns is not None:
-            raise _Refused(f"{change.key}: IRQs belong to the node, not to a network namespace; netns must be empty")
+            raise Refused(f"{change.key}: IRQs belong to the node, not to a network namespace; netns must be empty")
         relpath = change.key.removeprefix("/proc/")
         form: ValueForm = "cpu_list" if match["file"] == "smp_affinity_list" else "cpu_mask"
-        return _Target("proc", relpath, None, form, re.compile(re.escape(relpath)), change.key)
+        return Target("proc", relpath, None, form, re.compile(re.escape(relpath)), change.key)
     if match := _QUEUE_FILE.match(change.key):
         dev, queue, file = match["dev"], match["queue"], match["file"]
         if dev in (".", ".."):
-            raise _Refused(f"{change.key}: bad interface name")
+            raise Refused(f"{change.key}: bad interface name")
         if (file == "xps_cpus") != (match["dir"] == "tx"):
-            raise _Refused(f"{change.key}: {file} belongs to {'tx' if file == 'xps_cpus' else 'rx'} queues")
+            raise Refused(f"{change.key}: {file} belongs to {'tx' if file == 'xps_cpus' else 'rx'} queues")
         relpath = change.key.removeprefix("/sys/")
         # /sys/class/net/<dev> is a link into /sys/devices; the file must end up there, under
         # the same device name and queue, and nowhere else.
         pattern = re.compile(rf"devices/(?:[^/]+/)*net/{re.escape(dev)}/queues/{queue}/{file}")
-        return _Target("sys", relpath, change.netns, "count" if file == "rps_flow_cnt" else "cpu_mask",
+        return Target("sys", relpath, change.netns, "count" if file == "rps_flow_cnt" else "cpu_mask",
                        pattern, change.key)
-    raise _Refused(
+    raise Refused(
         f"{change.key!r} is not an allowed target: netprof writes only net.* sysctls, "
         "/proc/irq/<n>/smp_affinity[_list] and /sys/class/net/<if>/queues/{rx,tx}-<n>/{rps_cpus,rps_flow_cnt,xps_cpus}")
 
 
-def _check_value(target: _Target, value: str) -> None:
+def check_value(target: Target, value: str) -> None:
     if len(value) > _MAX_VALUE_CHARS or not value.isprintable() or "\n" in value:
-        raise _Refused(f"value {value[:40]!r} is not a single printable line")
+        raise Refused(f"value {value[:40]!r} is not a single printable line")
     if not value.strip():
-        raise _Refused("empty value")
+        raise Refused("empty value")
     try:
-        cpus = _canonical(target.form, value)
+        cpus = canonical(target.form, value)
     except ValueError as exc:
-        raise _Refused(f"value {value!r} is not a valid {target.form.replace('_', ' ')}: {exc}") from None
+        raise Refused(f"value {value!r} is not a valid {target.form.replace('_', ' ')}: {exc}") from None
     if target.area == "proc" and target.is_cpu_set and not cpus:
-        raise _Refused("an IRQ needs at least one CPU in its affinity")
+        raise Refused("an IRQ needs at least one CPU in its affinity")
 
 
-def _canonical(form: ValueForm, text: str) -> Any:
+def canonical(form: ValueForm, text: str) -> Any:
     text = text.strip()
     if form == "cpu_mask":
         return parse_cpu_mask(text)
@@ -119,9 +119,9 @@ def _canonical(form: ValueForm, text: str) -> Any:
     return " ".join(text.split())
 
 
-def _same(form: ValueForm, a: str, b: str) -> bool:
+def same_in_form(form: ValueForm, a: str, b: str) -> bool:
     try:
-        return bool(_canonical(form, a) == _canonical(form, b))
+        return bool(canonical(form, a) == canonical(form, b))
     except ValueError:
         return False
 
@@ -133,10 +133,10 @@ def same_value(change: Change, a: str, b: str) -> bool:
     "4096\\t131072" and "4096 131072" the same tcp_rmem.
     """
     try:
-        form = _target_of(change).form
-    except _Refused:
+        form = target_of(change).form
+    except Refused:
         form = "text"
-    return _same(form, a, b)
+    return same_in_form(form, a, b)
 
 
 def node_scope_changes(fixes: Iterable[Fix]) -> tuple[Change, ...]:

@@ -93,7 +93,7 @@ def _assert_applied(lab: Lab, before: dict[str, str]) -> None:
 def test_apply_then_rollback_leaves_every_value_as_before(lab, tmp_path, monkeypatch, sysfs):
     if sysfs == "private-mount-namespace":
         # The fallback for kernels without fsopen/fsmount (before 5.2).
-        monkeypatch.setattr(netns_files, "_USE_DETACHED_SYSFS", False)
+        monkeypatch.setattr(netns_files, "USE_DETACHED_SYSFS", False)
     sysfs_before = _sysfs_mounts()
     before = _snapshot(lab)
     assert before["web somaxconn"] == "4096" and int(before["web eth0 rps"], 16) == 0
@@ -199,14 +199,14 @@ def test_crash_between_journal_and_write_rolls_back(lab, tmp_path):
         "from pathlib import Path\n"
         "from profiler.analysis.findings import Change\n"
         "from profiler.fix import apply as fix_apply\n"
-        "real_write = fix_apply._write_value\n"
+        "real_write = fix_apply.write_value\n"
         "calls = []\n"
         "def dying_write(path, value):\n"
         "    calls.append(path)\n"
         "    if len(calls) == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real_write(path, value)\n"
-        "fix_apply._write_value = dying_write\n"
+        "fix_apply.write_value = dying_write\n"
         "args = json.loads(sys.argv[1])\n"
         "fix_apply.apply_changes([Change(**c) for c in args['plan']], fix_apply.current_identity(), Path(args['journal']))\n"
     )

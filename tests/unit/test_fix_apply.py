@@ -327,7 +327,7 @@ class SimulatedCrash(BaseException):
 
 def test_crash_between_journal_and_write_still_rolls_back(node, identity, journal_dir, monkeypatch):
     before = _values(node)
-    real_write = fix_apply._write_value
+    real_write = fix_apply.write_value
     calls = []
 
     def crash_on_second(path, value):
@@ -336,10 +336,10 @@ def test_crash_between_journal_and_write_still_rolls_back(node, identity, journa
             raise SimulatedCrash
         real_write(path, value)
 
-    monkeypatch.setattr(fix_apply, "_write_value", crash_on_second)
+    monkeypatch.setattr(fix_apply, "write_value", crash_on_second)
     with pytest.raises(SimulatedCrash):
         apply_changes([SOMAXCONN, RPS, XPS], identity, journal_dir, root=node)
-    monkeypatch.setattr(fix_apply, "_write_value", real_write)
+    monkeypatch.setattr(fix_apply, "write_value", real_write)
     journal = json.loads((journal_dir / "fix-journal.json").read_text())
     # The second change was journaled before its write was attempted; the third never was.
     assert [e["change"]["key"] for e in journal["entries"]] == [SOMAXCONN.key, RPS.key]
@@ -355,14 +355,14 @@ def test_crash_between_journal_and_write_still_rolls_back(node, identity, journa
 
 def test_failed_write_stops_and_undoes_this_applys_writes(node, identity, journal_dir, monkeypatch):
     before = _values(node)
-    real_write = fix_apply._write_value
+    real_write = fix_apply.write_value
 
     def refuse_rps(path, value):
         if path.name == "rps_cpus" and value == RPS.value:
             raise OSError(errno.EINVAL, "Invalid argument")
         real_write(path, value)
 
-    monkeypatch.setattr(fix_apply, "_write_value", refuse_rps)
+    monkeypatch.setattr(fix_apply, "write_value", refuse_rps)
     report = apply_changes([SOMAXCONN, RMEM, RPS, XPS], identity, journal_dir, root=node)
     assert not report.ok
     assert [r.verified for r in report.applied] == [True, True, False]  # stopped before XPS
@@ -378,13 +378,13 @@ def test_failed_write_stops_and_undoes_this_applys_writes(node, identity, journa
 
 def test_a_write_that_reads_back_differently_is_not_verified(node, identity, journal_dir, monkeypatch):
     before = _values(node)
-    real_write = fix_apply._write_value
+    real_write = fix_apply.write_value
 
     def clamp(path, value):
         # What the kernel does to a somaxconn above its limit on some versions: keeps another value.
         real_write(path, "65535" if path.name == "somaxconn" and value == "99999999" else value)
 
-    monkeypatch.setattr(fix_apply, "_write_value", clamp)
+    monkeypatch.setattr(fix_apply, "write_value", clamp)
     report = apply_changes([Change("sysctl", "net.core.somaxconn", "99999999")], identity, journal_dir, root=node)
     assert report.applied[0].error == "wrote '99999999' but it reads back as '65535'"
     assert report.rolled_back[0].verified
