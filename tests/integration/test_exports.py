@@ -19,7 +19,7 @@ from profiler.capture import Capture
 from profiler.exports import write_all
 from profiler.lab.scenario_drops import RcvbufDropScenario
 from profiler.lab.scenario_listen import SERVER_PORT, ListenOverflowDropScenario
-from profiler.lab.scenarios import RetransmitScenario, Scenario, ScenarioResult
+from profiler.lab.scenarios import RetransmitScenario, Scenario, ScenarioResult, lab_time_scale
 from profiler.pod_listing import default_pod_directory
 from profiler.profile import ProfileOptions, run_profile
 from profiler.sources.drops import DropSource
@@ -280,23 +280,26 @@ def test_profile_output_writes_every_file_of_a_real_capture(tmp_path):
     receive-buffer scenario runs beside it."""
     out = tmp_path / "exports"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "profile", "--duration", "4", "--interval", "0.5",
-                             "--output", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        for line in proc.stderr:
-            if line.startswith("capturing for") or time.monotonic() > deadline:
-                break
-        with RcvbufDropScenario(pings=0) as scenario:
+    # A slow machine (tests/kernels' guests) takes seconds to make the lab and start its
+    # workloads: the lab is up before the capture starts, and the capture is as much longer.
+    scale = lab_time_scale()
+    with RcvbufDropScenario(pings=0) as scenario:
+        proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "profile", "--duration", f"{4 * scale:g}",
+                                 "--interval", "0.5", "--output", str(out)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60 * scale
+            for line in proc.stderr:
+                if line.startswith("capturing for") or time.monotonic() > deadline:
+                    break
             scenario.start(1.0)
             result = scenario.wait()
             receiver_inode = scenario.lab.pods["receiver"].netns_inode
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            stdout, stderr = proc.communicate(timeout=60 * scale)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, stderr[-2000:]
     assert [line for line in stdout.splitlines() if line.startswith("wrote ")] == [
         f"wrote {out / name}" for name in FILES]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 
 from profiler.capture import Capture
 from profiler.k8s import ContainerdResolver
-from profiler.lab.scenarios import RetransmitScenario, ScenarioResult
+from profiler.lab.scenarios import RetransmitScenario, ScenarioResult, lab_time_scale
 from profiler.lab.topology import NETNS_DIR, Lab
 from profiler.profile import ProfileOptions, run_profile
 from profiler.snapshot import Snapshot
@@ -220,6 +219,15 @@ def demo_programs() -> dict[str, str]:
     return next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"]
 
 
+def wait_for_first_line(proc: subprocess.Popen, timeout_s: float) -> None:
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout_s), f"{proc.args!r} printed nothing in {timeout_s:g} s"
+    assert proc.stdout.readline(), f"{proc.args!r} exited (status {proc.wait()})"
+
+
 def test_vagrant_demo_programs_raise_the_findings_the_docs_promise(tmp_path):
     """The Vagrant box cannot boot here; its demo programs can. In fake pods, under the real
     profiler: the tiny-backlog server under the connect flood must give a listen-overflow
@@ -238,25 +246,32 @@ def test_vagrant_demo_programs_raise_the_findings_the_docs_promise(tmp_path):
         inject_loss(lab, "lossy", 5.0, port=5201)
         env = {"PATH": "/usr/bin:/bin"}
         running = []
+        clients = []
 
-        def start(pod: str, program: str, **settings: str) -> None:
-            running.append(lab.popen(pod, [sys.executable, "-u", str(tmp_path / program)],
-                                     env={**env, **settings}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL))
+        def start(pod: str, program: str, **settings: str) -> subprocess.Popen:
+            proc = lab.popen(pod, [sys.executable, "-u", str(tmp_path / program)],
+                             env={**env, **settings}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            running.append(proc)
+            return proc
 
         def workloads() -> None:
-            start("backlog", "slow_server.py", BACKLOG="4", ACCEPTS_PER_S="20", PORT="8080", DURATION_S="6")
-            start("sink", "sink.py", PORT="5201")
-            time.sleep(0.3)  # the servers listen before the clients connect
-            start("flood", "connect_flood.py", TARGET=f"{lab.pods['backlog'].ip}:8080", CONCURRENCY="32",
-                  DURATION_S="4")
+            servers = [start("backlog", "slow_server.py", BACKLOG="4", ACCEPTS_PER_S="20", PORT="8080",
+                             DURATION_S=str(6 + 10 * lab_time_scale())),
+                       start("sink", "sink.py", PORT="5201")]
+            # The servers listen before the clients connect: each prints one line then.
+            for server in servers:
+                wait_for_first_line(server, 10 * lab_time_scale())
+            clients.append(start("flood", "connect_flood.py", TARGET=f"{lab.pods['backlog'].ip}:8080",
+                                 CONCURRENCY="32", DURATION_S="4"))
             for sender in ("lossy", "steady"):
-                start(sender, "paced_sender.py", TARGET=f"{lab.pods['sink'].ip}:5201", RATE="1000",
-                      DURATION_S="4")
+                clients.append(start(sender, "paced_sender.py", TARGET=f"{lab.pods['sink'].ip}:5201",
+                                     RATE="1000", DURATION_S="4"))
 
         try:
-            capture = run_profile(ProfileOptions(duration_s=4.5, interval_s=0.5), on_attached=workloads,
-                                  log=lambda msg: None)
+            # The capture ends with the clients, however long a slow machine takes to start them.
+            capture = run_profile(ProfileOptions(duration_s=(4.5 + 15) * lab_time_scale(), interval_s=0.5),
+                                  on_attached=workloads, log=lambda msg: None,
+                                  until=lambda: all(proc.poll() is not None for proc in clients))
         finally:
             for proc in running:
                 proc.kill()

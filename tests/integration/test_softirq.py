@@ -13,7 +13,7 @@ import pytest
 
 from profiler.capture import Capture
 from profiler.lab.scenario_cpu import NetRxOneCpuScenario, usable_cpus
-from profiler.lab.scenarios import ScenarioResult
+from profiler.lab.scenarios import ScenarioResult, lab_time_scale
 from profiler.probes.napi import BACKLOG_DEVICE
 from profiler.probes.softirq import histogram_bounds_ns
 from profiler.profile import ProfileOptions, run_profile
@@ -68,10 +68,13 @@ def net_rx_runs() -> list[NetRxRun]:
     with NetRxOneCpuScenario(target_cpu=first, sender_cpu=second) as scenario:
         for target, sender in ((first, second), (second, first)):
             scenario.retarget(target, sender)
+            # The capture ends with the blast (until=), however long a slow machine takes to
+            # start it: a fixed window cut the blast short under emulation, and the checks
+            # below compare the capture with everything the blast sent.
             capture = run_profile(
-                ProfileOptions(duration_s=BLAST_S + 0.5, interval_s=0.5),
+                ProfileOptions(duration_s=(BLAST_S + 15.0) * lab_time_scale(), interval_s=0.5),
                 on_attached=lambda: scenario.start(BLAST_S), log=lambda msg: None,
-                sources=[SoftirqSource(), NapiSource(), SoftnetSource()],
+                sources=[SoftirqSource(), NapiSource(), SoftnetSource()], until=scenario.finished,
             )
             result = scenario.wait()
             runs.append(NetRxRun(target, sender, capture, result))
