@@ -22,6 +22,7 @@ from .kernel.features import KernelInfo
 from .probes.base import ProbeStatus
 from .findings import Finding
 from .cost import Cost
+from .document import ProfileDocument
 from .system.node import NodeContext
 if TYPE_CHECKING:
     from .netns_names import PodIdentity
@@ -372,6 +373,8 @@ class Capture:
         # beat the label an interval carried. Netns it did not name keep their latest label.
         self._directory_named = frozenset(self.known_pods)
         self._totals = SnapshotTotals(preferred_label=self._directory_label)
+        self._sections_key: tuple | None = None
+        self._sections_cache: dict = {}
         for snapshot in self.snapshots:
             self._totals.add(snapshot)
             self._know(snapshot)
@@ -431,7 +434,34 @@ class Capture:
     def ignored(self) -> dict[str, int]:
         return self.totals.ignored()
 
+    def _sections(self) -> dict:
+        """The parts of the profile JSON that add up the snapshots, built once per state of
+        the capture (its snapshots, pods known and their identities), whoever asks first:
+        analysis reads them (live.py) and the saved capture is the same dicts. Shared between
+        to_json() calls: read them, never change them."""
+        key = (len(self.snapshots), dict(self.known_pods), dict(self.pod_identities))
+        if self._sections_key != key:
+            self._sections_cache = {
+                "pods": [pod_json(pod, self.pod_identities.get(pod.netns)) for pod in self.pod_totals()],
+                "flows": [flow.to_json() for flow in self.flow_totals()],
+                "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
+                "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
+                               for s in self.drop_site_totals()],
+                "stacks": [{"pod": s.pod, "netns": s.netns, "reason": s.reason, "frames": list(s.frames),
+                            "count": s.count} for s in self.stack_totals()],
+                "flow_drops": [flow_drops_json(row) for row in self.flow_drop_totals()],
+                "lost_events": self.lost(),
+                "ignored_events": self.ignored(),
+            }
+            self._sections_key = key
+        return self._sections_cache
+
+    def document(self) -> ProfileDocument:
+        """The capture as the typed reader analysis and views read (profiler/document.py)."""
+        return ProfileDocument(self.to_json())
+
     def to_json(self) -> dict:
+        sections = self._sections()
         return {
             "schema": SCHEMA,
             "started_at": self.started_at,
@@ -441,16 +471,14 @@ class Capture:
             "kernel": self.kernel.to_json(),
             "node": self.node.to_json() if self.node else None,
             "probes": [status.to_json() for status in self.probes],
-            "pods": [pod_json(pod, self.pod_identities.get(pod.netns)) for pod in self.pod_totals()],
-            "flows": [flow.to_json() for flow in self.flow_totals()],
-            "cpus": [cpu_json(cpu) for cpu in self.cpu_totals()],
-            "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
-                           for s in self.drop_site_totals()],
-            "stacks": [{"pod": s.pod, "netns": s.netns, "reason": s.reason, "frames": list(s.frames),
-                        "count": s.count} for s in self.stack_totals()],
-            "flow_drops": [flow_drops_json(row) for row in self.flow_drop_totals()],
+            "pods": sections["pods"],
+            "flows": sections["flows"],
+            "cpus": sections["cpus"],
+            "drop_sites": sections["drop_sites"],
+            "stacks": sections["stacks"],
+            "flow_drops": sections["flow_drops"],
             "findings": [finding.to_json() for finding in self.findings],
-            "lost_events": self.lost(),
-            "ignored_events": self.ignored(),
+            "lost_events": sections["lost_events"],
+            "ignored_events": sections["ignored_events"],
             "cost": self.cost.to_json() if self.cost else None,
         }

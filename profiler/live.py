@@ -183,7 +183,9 @@ class LiveSession:
             netns_paths = self.pods.netns_paths()
             capture.node = collect_node_context(netns_paths, self.root)
             if with_findings:
-                capture.findings = analyze(capture.to_json(), AnalysisContext(
+                # Analysis reads the typed document of this capture; the capture keeps the
+                # sections it was built from, so saving it does not add it up again.
+                capture.findings = analyze(capture.document(), AnalysisContext(
                     netns_paths={inode: str(path) for inode, path in netns_paths.items()},
                     topology=capture.node.topology,
                     irqbalance_running=capture.node.irqbalance_running,

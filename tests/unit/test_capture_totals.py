@@ -153,3 +153,64 @@ def test_known_pods_are_zeros_and_an_intervals_label_beats_the_known_one():
     totals.add(snapshot(0, [PodInterval("default/web-0", 7, retransmits=1)]))
     totals.know({7: "netns:7", 8: "quiet"})
     assert [(p.netns, p.pod, p.retransmits) for p in totals.pods()] == [(7, "default/web-0", 1), (8, "quiet", 0)]
+
+
+def test_the_profile_json_adds_the_snapshots_up_once_per_state(monkeypatch):
+    """Analysis reads capture.document(); saving the capture afterwards reuses the sections it
+    was built from (no second pass over the snapshots), and still carries the findings."""
+    from profiler.capture import Capture
+    from profiler.document import ProfileDocument
+    from profiler.findings import Finding
+    from profiler.k8s.base import PodIdentity
+    from tests.unit.test_capture import KERNEL
+
+    passes = []
+    real = Capture.pod_totals
+    monkeypatch.setattr(Capture, "pod_totals", lambda self: passes.append(1) or real(self))
+    capture = Capture(KERNEL, [], known_pods={7: "web"})
+    capture.add(snapshot(0, [pod(7, retransmits=3)]))
+    document = capture.document()
+    assert isinstance(document, ProfileDocument) and document.pod(7).raw["retransmits"] == 3
+    capture.findings = [Finding("tcp-retransmits", "warning", "3 retransmits", {}, pod="web")]
+    capture.interrupted = True
+    doc = capture.to_json()
+    assert len(passes) == 1
+    assert [f["summary"] for f in doc["findings"]] == ["3 retransmits"] and doc["interrupted"] is True
+    # A new interval, or a pod's identity learned since, is a new state: added up again.
+    capture.add(snapshot(1, [pod(7, retransmits=1)]))
+    assert [p["retransmits"] for p in capture.to_json()["pods"]] == [4] and len(passes) == 2
+    capture.pod_identities[7] = PodIdentity("shop", "web-0", "uid", ("app",), "containerd")
+    assert capture.to_json()["pods"][0]["kubernetes"]["name"] == "web-0" and len(passes) == 3
+
+
+def test_a_live_capture_is_analysed_on_its_document_and_added_up_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from profiler.capture import Capture
+    from profiler.document import ProfileDocument
+    from profiler.live import LiveSession
+
+    class Pods:
+        def known(self):
+            return {7: "web"}
+
+        def netns_paths(self):
+            return {}
+
+        def identity(self, inode):
+            return None
+
+    analysed = []
+    monkeypatch.setattr("profiler.live.collect_node_context", lambda paths, root: SimpleNamespace(
+        topology=None, irqbalance_running=False, to_json=lambda: None))
+    monkeypatch.setattr("profiler.live.analyze", lambda document, ctx: analysed.append(document) or [])
+    passes = []
+    real = Capture.pod_totals
+    monkeypatch.setattr(Capture, "pod_totals", lambda self: passes.append(1) or real(self))
+    session = LiveSession(root=tmp_path, measure_cost=False)
+    session.pods = Pods()
+    session._snapshots.append(snapshot(0, [pod(7, retransmits=3)]))
+    doc = session.capture().to_json()
+    (document,) = analysed
+    assert isinstance(document, ProfileDocument) and document.pod(7).raw["retransmits"] == 3
+    assert doc["pods"][0]["retransmits"] == 3 and len(passes) == 1
