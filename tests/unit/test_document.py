@@ -111,3 +111,13 @@ def test_built_from_a_capture_through_its_json():
             return _doc(pods=[_pod(2, 5)])
 
     assert ProfileDocument.from_capture(Capture()).pods[0].listen_overflows == 5
+
+
+def test_built_from_a_real_capture():
+    from tests.unit.test_capture import sample_capture
+
+    doc = ProfileDocument.from_capture(sample_capture())
+    lossy = doc.pod_named("lossy")
+    assert (lossy.netns, lossy.retransmits, lossy.retransmitted_segments) == (11, 42, 70)
+    assert doc.per_s(lossy.retransmits) == pytest.approx(21.0)   # 2 s of capture
+    assert [flow["states"] for flow in doc.flows_of(11)] == [{"ESTABLISHED": 41, "SYN_SENT": 1}]
