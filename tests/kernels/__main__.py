@@ -17,7 +17,7 @@ from . import provision, results, vm
 from .matrix import MATRIX, select
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_COMMAND = (".venv/bin/python -m pytest -q -ra -p no:cacheprovider "
+DEFAULT_COMMAND = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
                    "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration")
 DOCS_HEADER = (REPO / "tests/kernels/kernels_header.md")
 
