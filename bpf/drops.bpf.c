@@ -22,11 +22,12 @@
  * __sock_queue_rcv_skb (raw, ICMP ping, and other sockets using sock_queue_rcv_skb), not
  * for UDP or TCP, which check their receive buffers in their own code.
  *
- * Kernel stacks (only with -DNETPROF_DROPS_STACKS): each drop's stack is taken with
- * bpf_get_stackid into drop_stack_traces and counted per (netns, reason, stack id) in
- * drops_by_stack, for flame graphs, within per-CPU and per-pod stack budgets (bpf/stacks.h
- * says why). Both maps are bounded; a drop past the budget or whose stack
- * finds no room is counted in drop_stacks_lost, never silently missing.
+ * Kernel stacks (only with -DNETPROF_DROPS_STACKS): sampled on a CPU-time budget, at most
+ * once per (site, reason, pod) per 10 ms per CPU, each walk weighted by the drops it stands
+ * for (bpf/stacks.h), into drop_stack_traces_<generation> and counted per (netns, reason,
+ * stack id, generation) in drops_by_stack. The sampling state of a (site, netns, reason)
+ * lives in the same per-CPU value as its count: no extra lookup per drop. Drops whose walk
+ * finds no room are counted in drop_stacks_lost, never silently missing.
  *
  * TCP flows (only with -DNETPROF_DROPS_FLOWS): a dropped packet that is IPv4 or IPv6 TCP
  * (the tracepoint's protocol, then the IP header's protocol / next header; no IPv6
@@ -36,8 +37,8 @@
  * LRU: a flood of distinct flows evicts old ones from this detail, never a drop from the
  * counts above.
  *
- * Cost per drop: one per-CPU hash update (plus, within the stack budget, one stack walk), no
- * ring buffer, no user-space work.
+ * Cost per drop: one per-CPU hash update and a clock read (plus, within the stack
+ * budget, one stack walk), no ring buffer, no user-space work.
  */
 #include "netns.h"
 #include "drops.h"
@@ -65,7 +66,7 @@ enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
  * per drop where per-netns, per-CPU and per-site maps took three. Allocated as keys appear
  * rather than preallocated: a preallocated per-CPU map costs max_entries × 8 B on every
  * CPU whether or not anything drops. Full → counted in UNCOUNTED_DROPS_MAP_FULL. */
-BPF_F_TABLE("percpu_hash", struct drop_key, u64, drops_by_netns_reason_site, NETPROF_DROPS_MAX_KEYS,
+BPF_F_TABLE("percpu_hash", struct drop_key, struct drop_count, drops_by_netns_reason_site, NETPROF_DROPS_MAX_KEYS,
             BPF_F_NO_PREALLOC);
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
@@ -184,62 +185,65 @@ static __always_inline void count_tcp_flow_drop(const void *skb, u16 protocol, c
 #endif
 
 #ifdef NETPROF_DROPS_STACKS
-BPF_STACK_TRACE(drop_stack_traces, NETPROF_DROPS_MAX_STACKS);
-BPF_HASH(drops_by_stack, struct drop_stack_key, u64, NETPROF_DROPS_MAX_STACK_KEYS);
+/* Two generations of stack maps (bpf/stacks.h): user space advances drop_stack_generation
+ * (an epoch; the active map is epoch & 1) at every fold and clears the map it will make
+ * active next. */
+BPF_STACK_TRACE(drop_stack_traces_0, NETPROF_DROPS_MAX_STACKS);
+BPF_STACK_TRACE(drop_stack_traces_1, NETPROF_DROPS_MAX_STACKS);
+BPF_ARRAY(drop_stack_generation, u32, 1);
+BPF_HASH(drops_by_stack, struct drop_stack_key, struct stack_count, NETPROF_DROPS_MAX_STACK_KEYS);
 BPF_PERCPU_ARRAY(drop_stacks_lost, u64, STACK_LOST_SLOTS);
-BPF_PERCPU_ARRAY(drop_stack_budget, struct stack_budget, 1);
-BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, drop_stack_budget_by_netns, NETPROF_STACK_BUDGET_PODS);
+BPF_PERCPU_ARRAY(drop_stack_sampler, struct stack_sampler, 1);
 
-static __always_inline bool drop_stack_allowed(u32 netns)
-{
-    int zero = 0;
-    u64 now_ns = bpf_ktime_get_ns();
-    struct stack_budget *cpu = drop_stack_budget.lookup(&zero);
-    /* The CPU's budget first: in a storm it is spent within milliseconds, and then every
-     * further drop of the second skips the pod budget's LRU lookup as well as the walk. */
-    if (!cpu || !stack_budget_open(cpu, now_ns, NETPROF_STACKS_PER_S))
-        return false;
-    struct stack_budget *pod = drop_stack_budget_by_netns.lookup(&netns);
-    if (!pod) {
-        struct stack_budget fresh = {};
-        /* LRU: a new pod evicts the least recently dropping one, never fails for space. */
-        drop_stack_budget_by_netns.update(&netns, &fresh);
-        pod = drop_stack_budget_by_netns.lookup(&netns);
-    }
-    if (!pod || !stack_budget_open(pod, now_ns, NETPROF_STACKS_PER_S_PER_POD))
-        return false;
-    cpu->taken += 1;
-    pod->taken += 1;
-    return true;
-}
-
-static __always_inline void count_stack_lost(int slot)
+static __always_inline void count_stack_lost(int slot, u64 events)
 {
     u64 *count = drop_stacks_lost.lookup(&slot);
     if (count)
-        *count += 1;
+        *count += events;
 }
 
-static __always_inline void count_by_stack(int stack_id, u32 netns, u32 reason)
+static __always_inline void count_by_stack(int stack_id, u32 generation, u32 netns, u32 reason, u64 weight)
 {
     if (stack_id < 0) {
-        count_stack_lost(STACK_LOST_NO_STACK_ID);
+        count_stack_lost(STACK_LOST_NO_STACK_ID, weight);
         return;
     }
-    struct drop_stack_key key = {.netns_inode = netns, .reason = reason, .stack_id = (u32)stack_id};
-    u64 one = 1;
-    u64 *count = drops_by_stack.lookup(&key);
+    struct drop_stack_key key = {.netns_inode = netns, .reason = reason, .stack_id = (u32)stack_id,
+                                 .generation = generation};
+    struct stack_count first = {.events = weight, .samples = 1};
+    struct stack_count *count = drops_by_stack.lookup(&key);
+    if (!count) {
+        if (drops_by_stack.insert(&key, &first) == 0)
+            return;
+        count = drops_by_stack.lookup(&key);  /* -EEXIST: another CPU inserted it first */
+    }
     if (count) {
-        __sync_fetch_and_add(count, 1);
+        __sync_fetch_and_add(&count->events, weight);
+        __sync_fetch_and_add(&count->samples, 1);
+    } else {
+        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL, weight);
+    }
+}
+
+static __always_inline void sample_drop_stack(void *ctx, struct stack_key_state *state, u32 netns, u32 reason)
+{
+    int zero = 0;
+    struct stack_sampler *sampler = drop_stack_sampler.lookup(&zero);
+    if (!sampler)
+        return;
+    u64 now_ns = bpf_ktime_get_ns();
+    if (!stack_walk_allowed(sampler, state, now_ns)) {
+        state->pending += 1;
         return;
     }
-    if (drops_by_stack.insert(&key, &one) == 0)
-        return;
-    count = drops_by_stack.lookup(&key);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL);
+    u32 *active = drop_stack_generation.lookup(&zero);
+    u32 epoch = active ? *active : 0;
+    u32 generation = epoch & 1;
+    /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST) rather
+     * than replacing it, so an id read earlier in this generation keeps its meaning. */
+    int stack_id = generation ? drop_stack_traces_1.get_stackid(ctx, 0) : drop_stack_traces_0.get_stackid(ctx, 0);
+    u64 weight = stack_walk_done(sampler, state, now_ns, bpf_ktime_get_ns() - now_ns, stack_id, epoch);
+    count_by_stack(stack_id, generation, netns, reason, weight);
 }
 #endif
 
@@ -279,23 +283,26 @@ static __always_inline u32 netns_inode_of_skb_owner(const void *skb)
     return netns_inode_of_sock(sk);
 }
 
-static __always_inline void count_drop(struct drop_key *key)
+/* Counts the drop; returns this CPU's value for the key (its stack state), or 0 when the
+ * map is full. */
+static __always_inline struct drop_count *count_drop(struct drop_key *key)
 {
-    u64 one = 1;
-    u64 *count = drops_by_netns_reason_site.lookup(key);
+    struct drop_count *count = drops_by_netns_reason_site.lookup(key);
     if (count) {
-        *count += 1;  /* this CPU's own slot: tracing programs never nest on a CPU */
-        return;
+        count->count += 1;  /* this CPU's own slot: tracing programs never nest on a CPU */
+        return count;
     }
     /* A new key gets this CPU's value set to 1 and every other CPU's to 0. -EEXIST means
      * a program on another CPU inserted it first; anything else, the map is full. */
-    if (drops_by_netns_reason_site.insert(key, &one) == 0)
-        return;
+    struct drop_count first = {.count = 1};
+    if (drops_by_netns_reason_site.insert(key, &first) == 0)
+        return drops_by_netns_reason_site.lookup(key);
     count = drops_by_netns_reason_site.lookup(key);
     if (count)
-        *count += 1;
+        count->count += 1;
     else
         count_uncounted(UNCOUNTED_DROPS_MAP_FULL);
+    return count;
 }
 
 static __always_inline void count_listen_overflow(const void *listener, u32 netns)
@@ -352,17 +359,13 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     key.location = (u64)args->location;
     key.netns_inode = netns;
     key.reason = reason;
-    count_drop(&key);
+    struct drop_count *count = count_drop(&key);
 #ifdef NETPROF_DROPS_FLOWS
     count_tcp_flow_drop(args->skbaddr, args->protocol, &key);
 #endif
 #ifdef NETPROF_DROPS_STACKS
-    if (drop_stack_allowed(netns))
-        /* Flags 0: a stack whose hash bucket holds another stack is refused (-EEXIST)
-         * rather than replacing it, so an id read earlier never starts meaning another. */
-        count_by_stack(drop_stack_traces.get_stackid(args, 0), netns, reason);
-    else
-        count_stack_lost(STACK_LOST_RATE_LIMITED);
+    if (count)
+        sample_drop_stack(args, &count->stack, netns, reason);
 #endif
     /* rx_sk of a listen overflow is the listener: the final ACK found its accept queue full. */
     if (reason == (u32)NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW && rx_sk)

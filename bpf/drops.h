@@ -3,12 +3,21 @@
 #ifndef NETPROF_DROPS_H
 #define NETPROF_DROPS_H
 
+#include "stacks.h"
+
 /* One counter per (call site, netns, reason), per CPU: the views by pod, by CPU and by site
  * are sums over it, made in user space once per interval. */
 struct drop_key {
     u64 location;     /* kernel text address the tracepoint reports (the dropping call site) */
     u32 netns_inode;  /* 0 when neither rx_sk, skb->sk nor skb->dev named a namespace */
     u32 reason;       /* enum skb_drop_reason value, subsystem bits included */
+};
+
+/* Value of drops_by_netns_reason_site, per CPU: the drops, and (with -DNETPROF_DROPS_STACKS)
+ * this key's stack sampling state on this CPU, found by the same lookup (bpf/stacks.h). */
+struct drop_count {
+    u64 count;
+    struct stack_key_state stack;
 };
 
 /* TCP_LISTEN_OVERFLOW drops by the listening socket (rx_sk) they were charged to. */
@@ -18,11 +27,13 @@ struct listen_overflow_key {
     u16 _pad;
 };
 
-/* Drops per kernel stack (with -DNETPROF_DROPS_STACKS): stack_id indexes drop_stack_traces. */
+/* Drops per kernel stack (with -DNETPROF_DROPS_STACKS): stack_id indexes
+ * drop_stack_traces_<generation>; the value is a struct stack_count. */
 struct drop_stack_key {
     u32 netns_inode;
     u32 reason;
     u32 stack_id;
+    u32 generation;   /* 0 or 1: which stack map */
 };
 
 /* TCP drops per flow (with -DNETPROF_DROPS_FLOWS), from the dropped packet's own IP and TCP

@@ -9,9 +9,9 @@
  *
  * Everything is counted in the kernel; Python reads the maps once per interval, so the cost
  * per retransmit is two map updates whatever the event rate (with -DNETPROF_RETRANSMIT_STACKS,
- * plus one stack walk and one update of retransmits_by_stack, keyed by (netns, stack id), for
- * flame graphs, within per-CPU and per-pod stack budgets, see bpf/stacks.h; what is past a
- * budget or the bounded maps is counted in retransmit_stacks_lost).
+ * plus one stack walk and one update of retransmits_by_stack, keyed by (netns, stack id,
+ * generation), for flame graphs, sampled per pod on a CPU-time budget, see bpf/stacks.h;
+ * what finds no room in the bounded maps is counted in retransmit_stacks_lost).
  */
 #include "netns.h"
 #include "retransmits.h"
@@ -30,60 +30,74 @@ BPF_TABLE("lru_hash", struct retransmit_flow_key, struct retransmit_counts, retr
 BPF_ARRAY(retransmit_map_full, u64, 1);
 
 #ifdef NETPROF_RETRANSMIT_STACKS
-BPF_STACK_TRACE(retransmit_stack_traces, NETPROF_RETRANSMIT_MAX_STACKS);
-BPF_HASH(retransmits_by_stack, struct retransmit_stack_key, u64, NETPROF_RETRANSMIT_MAX_STACK_KEYS);
+BPF_STACK_TRACE(retransmit_stack_traces_0, NETPROF_RETRANSMIT_MAX_STACKS);
+BPF_STACK_TRACE(retransmit_stack_traces_1, NETPROF_RETRANSMIT_MAX_STACKS);
+BPF_ARRAY(retransmit_stack_generation, u32, 1);
+BPF_HASH(retransmits_by_stack, struct retransmit_stack_key, struct stack_count, NETPROF_RETRANSMIT_MAX_STACK_KEYS);
 BPF_PERCPU_ARRAY(retransmit_stacks_lost, u64, STACK_LOST_SLOTS);
-BPF_PERCPU_ARRAY(retransmit_stack_budget, struct stack_budget, 1);
-BPF_TABLE("lru_percpu_hash", u32, struct stack_budget, retransmit_stack_budget_by_netns, NETPROF_STACK_BUDGET_PODS);
+BPF_PERCPU_ARRAY(retransmit_stack_sampler, struct stack_sampler, 1);
+/* The sampling key of a retransmit is its pod; LRU: a pod evicted just starts afresh (its
+ * pending retransmits, at most one spacing's worth per CPU, go unattributed). */
+BPF_TABLE("lru_percpu_hash", u32, struct stack_key_state, retransmit_stack_keys, NETPROF_STACK_KEY_PODS);
 
-static __always_inline bool retransmit_stack_allowed(u32 netns)
-{
-    int zero = 0;
-    u64 now_ns = bpf_ktime_get_ns();
-    struct stack_budget *cpu = retransmit_stack_budget.lookup(&zero);
-    /* As in drops.bpf.c: an exhausted CPU budget skips the pod budget's LRU lookup too. */
-    if (!cpu || !stack_budget_open(cpu, now_ns, NETPROF_STACKS_PER_S))
-        return false;
-    struct stack_budget *pod = retransmit_stack_budget_by_netns.lookup(&netns);
-    if (!pod) {
-        struct stack_budget fresh = {};
-        retransmit_stack_budget_by_netns.update(&netns, &fresh);
-        pod = retransmit_stack_budget_by_netns.lookup(&netns);
-    }
-    if (!pod || !stack_budget_open(pod, now_ns, NETPROF_STACKS_PER_S_PER_POD))
-        return false;
-    cpu->taken += 1;
-    pod->taken += 1;
-    return true;
-}
-
-static __always_inline void count_stack_lost(int slot)
+static __always_inline void count_stack_lost(int slot, u64 events)
 {
     u64 *count = retransmit_stacks_lost.lookup(&slot);
     if (count)
-        *count += 1;
+        *count += events;
 }
 
-static __always_inline void count_by_stack(int stack_id, u32 netns)
+static __always_inline void count_by_stack(int stack_id, u32 generation, u32 netns, u64 weight)
 {
     if (stack_id < 0) {
-        count_stack_lost(STACK_LOST_NO_STACK_ID);
+        count_stack_lost(STACK_LOST_NO_STACK_ID, weight);
         return;
     }
-    struct retransmit_stack_key key = {.netns_inode = netns, .stack_id = (u32)stack_id};
-    u64 one = 1;
-    u64 *count = retransmits_by_stack.lookup(&key);
+    struct retransmit_stack_key key = {.netns_inode = netns, .stack_id = (u32)stack_id, .generation = generation};
+    struct stack_count first = {.events = weight, .samples = 1};
+    struct stack_count *count = retransmits_by_stack.lookup(&key);
+    if (!count) {
+        if (retransmits_by_stack.insert(&key, &first) == 0)
+            return;
+        count = retransmits_by_stack.lookup(&key);
+    }
     if (count) {
-        __sync_fetch_and_add(count, 1);
+        __sync_fetch_and_add(&count->events, weight);
+        __sync_fetch_and_add(&count->samples, 1);
+    } else {
+        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL, weight);
+    }
+}
+
+static __always_inline void sample_retransmit_stack(void *ctx, u32 netns)
+{
+    int zero = 0;
+    struct stack_sampler *sampler = retransmit_stack_sampler.lookup(&zero);
+    if (!sampler)
+        return;
+    struct stack_key_state *state = retransmit_stack_keys.lookup(&netns);
+    if (!state) {
+        struct stack_key_state fresh = {};
+        retransmit_stack_keys.update(&netns, &fresh);  /* LRU: never fails for room */
+        state = retransmit_stack_keys.lookup(&netns);
+        if (!state)
+            return;
+    }
+    /* Retransmits run on kernels older than the coarse clock (5.11): the precise one. */
+    u64 now_ns = bpf_ktime_get_ns();
+    if (!stack_walk_allowed(sampler, state, now_ns)) {
+        state->pending += 1;
         return;
     }
-    if (retransmits_by_stack.insert(&key, &one) == 0)
-        return;
-    count = retransmits_by_stack.lookup(&key);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        count_stack_lost(STACK_LOST_COUNTER_MAP_FULL);
+    u32 *active = retransmit_stack_generation.lookup(&zero);
+    u32 epoch = active ? *active : 0;
+    u32 generation = epoch & 1;
+    /* Flags 0: a bucket held by another stack refuses this one (-EEXIST, counted as lost)
+     * instead of replacing it, so stack ids already counted keep their meaning. */
+    int stack_id = generation ? retransmit_stack_traces_1.get_stackid(ctx, 0)
+                              : retransmit_stack_traces_0.get_stackid(ctx, 0);
+    u64 weight = stack_walk_done(sampler, state, now_ns, bpf_ktime_get_ns() - now_ns, stack_id, epoch);
+    count_by_stack(stack_id, generation, netns, weight);
 }
 #endif
 
@@ -126,12 +140,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     }
 
 #ifdef NETPROF_RETRANSMIT_STACKS
-    if (retransmit_stack_allowed(netns))
-        /* Flags 0: a bucket held by another stack refuses this one (-EEXIST, counted as
-         * lost) instead of replacing it, so stack ids already counted keep their meaning. */
-        count_by_stack(retransmit_stack_traces.get_stackid(args, 0), netns);
-    else
-        count_stack_lost(STACK_LOST_RATE_LIMITED);
+    sample_retransmit_stack(args, netns);
 #endif
 
     struct retransmit_flow_key key = {};

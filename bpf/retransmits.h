@@ -17,10 +17,11 @@ struct retransmit_flow_key {
 /* Retransmits per kernel stack (with -DNETPROF_RETRANSMIT_STACKS). */
 struct retransmit_stack_key {
     u32 netns_inode;
-    u32 stack_id;    /* index into retransmit_stack_traces */
+    u32 stack_id;    /* index into retransmit_stack_traces_<generation> */
+    u32 generation;  /* 0 or 1: which stack map (bpf/stacks.h) */
 };
 
-/* Value of both maps. */
+/* Value of retransmits_by_netns and retransmits_by_flow. */
 struct retransmit_counts {
     u64 retransmits;  /* retransmitted skbs: one per tracepoint hit */
     u64 segments;     /* MSS segments in them: comparable to the RetransSegs SNMP counter */

@@ -12,6 +12,7 @@ PodInterval), so every view can show either.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .kernel.features import KernelInfo
+from .kernel.stacks import RETRANSMIT_STACK_REASON, stack_sampling_json
 from .probes.base import ProbeStatus
 from .findings import Finding
 from .cost import Cost
@@ -217,6 +219,8 @@ class SnapshotTotals:
         self._flow_states: dict[FlowKey, Counter[str]] = defaultdict(Counter)
         self._flow_drops: Counter[tuple[FlowKey, str, str]] = Counter()
         self._stacks: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
+        self._stack_samples: Counter[tuple[int, str, tuple[str, ...]]] = Counter()  # walks per stack
+        self._stack_sampling: Mapping[str, int] = {}   # Snapshot.stack_sampling, summed
         self._lost: Counter[str] = Counter()
         self._ignored: Counter[str] = Counter()
 
@@ -257,6 +261,7 @@ class SnapshotTotals:
             self._sites[(site.reason, site.symbol)] += site.count
         self._lost.update(snapshot.lost)
         self._ignored.update(snapshot.ignored)
+        self._stack_sampling = _sum_mappings(self._stack_sampling, snapshot.stack_sampling)
         self.intervals += 1
         self.sampled_s += snapshot.interval_s
         if present is not None:
@@ -276,6 +281,7 @@ class SnapshotTotals:
             self._labels[drop.flow.netns] = drop.pod
         for stack in snapshot.stacks:
             self._stacks[(stack.netns, stack.reason, stack.frames)] += stack.count
+            self._stack_samples[(stack.netns, stack.reason, stack.frames)] += stack.samples
             self._labels[stack.netns] = stack.pod
 
     def _age(self, snapshot: Snapshot, present: Mapping[int, str]) -> set[int]:
@@ -308,6 +314,7 @@ class SnapshotTotals:
             self._flow_drops[(replace(flow, netns=GONE_NETNS), reason, symbol)] += self._flow_drops.pop(key)
         for key in [k for k in self._stacks if k[0] == netns]:
             self._stacks[(GONE_NETNS,) + key[1:]] += self._stacks.pop(key)
+            self._stack_samples[(GONE_NETNS,) + key[1:]] += self._stack_samples.pop(key, 0)
 
     def label(self, netns: int) -> str:
         if netns == GONE_NETNS:
@@ -340,9 +347,17 @@ class SnapshotTotals:
                 for (flow, reason, symbol), n in self._flow_drops.most_common(limit)]
 
     def stacks(self) -> list[StackSample]:
-        stacks = [StackSample(self.label(netns), netns, reason, frames, n)
+        """Per stack: the events its walks stand for, and the walks (bpf/stacks.h)."""
+        stacks = [StackSample(self.label(netns), netns, reason, frames, n, self._stack_samples[(netns, reason, frames)])
                   for (netns, reason, frames), n in self._stacks.items()]
         return sorted(stacks, key=lambda s: (-s.count, s.pod, s.reason, s.frames))
+
+    def stack_sampling(self, duration_s: float, cpus: int) -> dict | None:
+        """The `stack_sampling` section: how the stacks were sampled, None when none were."""
+        events: Counter[str] = Counter()
+        for (_netns, reason, _frames), n in self._stacks.items():
+            events["retransmit" if reason == RETRANSMIT_STACK_REASON else "drop"] += n
+        return stack_sampling_json(self._stack_sampling, events, duration_s, cpus)
 
     def lost(self) -> dict[str, int]:
         return dict(self._lost)
@@ -428,6 +443,11 @@ class Capture:
         the kernel's maps bound how many there can be, and exports must add up."""
         return self.totals.stacks()
 
+    def stack_sampling(self) -> dict | None:
+        """Stack sampling over the capture (bpf/stacks.h), or None when no stacks were sampled."""
+        cpus = self.cost.online_cpus if self.cost is not None and self.cost.online_cpus else (os.cpu_count() or 1)
+        return self.totals.stack_sampling(self.duration_s, cpus)
+
     def lost(self) -> dict[str, int]:
         return self.totals.lost()
 
@@ -448,7 +468,8 @@ class Capture:
                 "drop_sites": [{"reason": s.reason, "symbol": s.symbol, "count": s.count}
                                for s in self.drop_site_totals()],
                 "stacks": [{"pod": s.pod, "netns": s.netns, "reason": s.reason, "frames": list(s.frames),
-                            "count": s.count} for s in self.stack_totals()],
+                            "count": s.count, "samples": s.samples} for s in self.stack_totals()],
+                "stack_sampling": self.stack_sampling(),
                 "flow_drops": [flow_drops_json(row) for row in self.flow_drop_totals()],
                 "lost_events": self.lost(),
                 "ignored_events": self.ignored(),
@@ -476,6 +497,7 @@ class Capture:
             "cpus": sections["cpus"],
             "drop_sites": sections["drop_sites"],
             "stacks": sections["stacks"],
+            "stack_sampling": sections["stack_sampling"],
             "flow_drops": sections["flow_drops"],
             "findings": [finding.to_json() for finding in self.findings],
             "lost_events": sections["lost_events"],

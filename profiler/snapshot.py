@@ -184,13 +184,15 @@ class FlowDrops:
 @dataclass(frozen=True)
 class StackSample:
     """Events with one kernel stack in one pod: drops (reason = drop reason name) or
-    retransmits (reason = "TCP_RETRANSMIT"). Frames are function names, outer → inner."""
+    retransmits (reason = "TCP_RETRANSMIT"). Frames are function names, outer → inner.
+    Stacks are sampled (bpf/stacks.h): `count` is the events the `samples` walks stand for."""
 
     pod: str
     netns: int
     reason: str
     frames: tuple[str, ...]
     count: int
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,9 @@ class Snapshot:
     lost: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     # Events seen and deliberately not counted (frees that are not drops), by kind.
     ignored: Mapping[str, int] = field(default_factory=lambda: EMPTY)
+    # Stack sampling over the interval, "<program>_<counter>" (walks, walk_ns, skipped_spacing,
+    # skipped_budget; "<program>_pending_now": events not yet given a stack, a level).
+    stack_sampling: Mapping[str, int] = field(default_factory=lambda: EMPTY)
 
     @property
     def interval_s(self) -> float:
@@ -243,6 +248,7 @@ class SnapshotFrame:
         # them, the listen source charges them to its listeners); not part of the Snapshot.
         self.listen_overflow_drops: Counter[ListenerPort] = Counter()
         self._when_collected: list[Callable[[], None]] = []
+        self.stack_sampling: dict[str, int] = {}
 
     def when_collected(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every source has collected this interval, before the frame is
@@ -275,6 +281,7 @@ class SnapshotFrame:
             flow_drops=tuple(self.flow_drops),
             lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
             ignored=MappingProxyType({k: v for k, v in self.ignored.items() if v}),
+            stack_sampling=MappingProxyType(dict(self.stack_sampling)),
         )
 
 

@@ -16,7 +16,10 @@ from ..errors import NetprofError
 from ..kernel.features import tracepoint_fields
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
-from ..kernel.stacks import STACK_LOST_KEY, STACK_LOST_SLOTS, read_stacks_lost, stack_budget_cflags
+from ..kernel.stacks import (
+    DEFAULT_STACK_SHARE, STACK_LOST_KEY, STACK_LOST_SLOTS, STACK_SAMPLER, StackFold, StackGenerations,
+    StackSampling, StackTail, read_stack_sampler, read_stacks_lost, stack_sampling_cflags,
+)
 from .base import ProbeStatus
 
 TRACEPOINT = "skb:kfree_skb"
@@ -27,18 +30,22 @@ MAX_NETNS = 4096
 MAX_DROP_KEYS = 16384
 MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
 # Kernel stacks: distinct drop paths on a node number in the hundreds; a stack map entry
-# takes ~1 KiB (127 frames), so 4096 of them is 4 MiB of locked kernel memory.
-MAX_STACKS = 4096
-MAX_STACK_KEYS = 8192       # (netns, reason, stack) triples
+# takes ~1 KiB (127 frames), so 2 generations × 2048 of them is 4 MiB of locked kernel
+# memory. Each generation holds one interval's stacks only (bpf/stacks.h).
+MAX_STACKS = 2048
+MAX_STACK_KEYS = 8192       # (netns, reason, stack, generation)
 # TCP flows whose packets were dropped, per (site, netns, reason): LRU, 64 B per entry.
 MAX_FLOW_KEYS = 4096
 
 # Mirrors bpf/drops.h.
 DROP_KEY = np.dtype([("location", "<u8"), ("netns_inode", "<u4"), ("reason", "<u4")])
+# struct drop_count: the count, and its key's stack sampling state (struct stack_key_state).
+DROP_COUNT = np.dtype([("count", "<u8"), ("stack_walked_ns", "<u8"), ("stack_pending", "<u8"),
+                       ("stack_id", "<u4"), ("stack_epoch", "<u4")])
 LISTEN_KEY = np.dtype([("netns_inode", "<u4"), ("port", "<u2"), ("_pad", "<u2")])
 NETNS_KEY = np.dtype([("netns_inode", "<u4")])
 SLOT_KEY = np.dtype([("slot", "<u4")])
-STACK_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4"), ("stack_id", "<u4")])
+STACK_KEY = np.dtype([("netns_inode", "<u4"), ("reason", "<u4"), ("stack_id", "<u4"), ("generation", "<u4")])
 FLOW_KEY = np.dtype([("location", "<u8"), ("netns_inode", "<u4"), ("reason", "<u4"), ("family", "<u2"),
                      ("sport", "<u2"), ("dport", "<u2"), ("_pad", "<u2"),
                      ("saddr", "u1", (16,)), ("daddr", "u1", (16,))])
@@ -78,11 +85,13 @@ class DropCounts:
     rcvqueue_netns: np.ndarray  # NETNS_KEY
     per_rcvqueue_netns: np.ndarray  # COUNT: sock_rcvqueue_full events
     uncounted: Mapping[str, int]  # UNCOUNTED_SLOTS → count, summed over CPUs
-    # Drops per (netns, reason, kernel stack id); empty when stacks are not sampled.
-    stack_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, STACK_KEY))
-    per_stack: np.ndarray = field(default_factory=lambda: np.zeros(0, COUNT))
+    # Drops per (netns, reason, kernel stack) sampled since the previous read (not
+    # cumulative: the stack maps are recycled), weighted by the drops each walk stands for;
+    # empty when stacks are not sampled.
+    stacks: StackFold = field(default_factory=lambda: StackFold.empty(STACK_KEY))
     # STACK_LOST_SLOTS → drops with no counted stack, summed over CPUs.
     stacks_lost: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(STACK_LOST_SLOTS, 0)))
+    sampling: StackSampling | None = None   # None when stacks are not sampled
     # TCP drops per (site, netns, reason, flow); cumulative while the flow stays in the LRU map.
     flows: np.ndarray = field(default_factory=lambda: np.zeros(0, FLOW_KEY))
     per_flow: np.ndarray = field(default_factory=lambda: np.zeros(0, COUNT))
@@ -134,6 +143,17 @@ def fold_drop_counts(keys: np.ndarray, per_cpu: np.ndarray) -> DropViews:
     return DropViews(netns_reasons, per_netns_reason, cpu_reasons, per_cpu_reason, sites, per_site)
 
 
+def drop_stack_tail(keys: np.ndarray, per_cpu: np.ndarray) -> StackTail:
+    """Pending drops per (site, netns, reason) and CPU with their last stack, as counter-map
+    keys (bpf/stacks.h)."""
+    rows, cpus = np.nonzero(per_cpu["stack_pending"] > 0) if len(keys) else (np.zeros(0, int), np.zeros(0, int))
+    state = per_cpu[rows, cpus]
+    tail = np.zeros(len(rows), STACK_KEY)
+    tail["netns_inode"], tail["reason"] = keys["netns_inode"][rows], keys["reason"][rows]
+    tail["stack_id"], tail["generation"] = state["stack_id"], state["stack_epoch"] & 1
+    return StackTail(tail, state["stack_epoch"].copy(), state["stack_pending"].astype(np.int64))
+
+
 def reason_name(reason: int, names: Mapping[int, str]) -> str:
     """Name of a drop reason value, e.g. 6 → "SOCKET_RCVBUFF" on 6.18."""
     name = names.get(reason)
@@ -173,7 +193,6 @@ STACK_CFLAGS = (
     "-DNETPROF_DROPS_STACKS",
     f"-DNETPROF_DROPS_MAX_STACKS={MAX_STACKS}",
     f"-DNETPROF_DROPS_MAX_STACK_KEYS={MAX_STACK_KEYS}",
-    *stack_budget_cflags(),
 )
 RCVQUEUE_CFLAGS = ("-DNETPROF_DROPS_RCVQUEUE_FULL",)
 FLOW_CFLAGS = ("-DNETPROF_DROPS_FLOWS", f"-DNETPROF_DROPS_MAX_FLOWS={MAX_FLOW_KEYS}")
@@ -184,8 +203,11 @@ class DropProbe:
     rcvqueue_name = "rcvqueue_full"
     stacks_name = "drop_stacks"
 
-    def __init__(self, stacks: bool = True, flows: bool = True) -> None:
+    def __init__(self, stacks: bool = True, flows: bool = True, stack_share: float = DEFAULT_STACK_SHARE) -> None:
         self._flows = flows
+        self._stack_cflags = (*STACK_CFLAGS, *stack_sampling_cflags(stack_share))
+        self._stack_share = stack_share
+        self._generations: StackGenerations | None = None
         self._bpf = None
         self._readers: dict[str, MapReader] = {}
         self._want_stacks = stacks
@@ -226,7 +248,7 @@ class DropProbe:
         for stacks, rcvqueue in attempts:
             try:
                 # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE attach at load time.
-                self._bpf = loader.compile("drops", [*cflags, *(STACK_CFLAGS if stacks else ()),
+                self._bpf = loader.compile("drops", [*cflags, *(self._stack_cflags if stacks else ()),
                                                      *(RCVQUEUE_CFLAGS if rcvqueue else ())])
             except NetprofError as exc:
                 errors[(stacks, rcvqueue)] = str(exc)
@@ -247,7 +269,7 @@ class DropProbe:
                                              None if self._stacks else errors.get((True, rcvqueue_loaded)))
         table = self._bpf.get_table
         self._readers = {
-            "drops": MapReader(table(b"drops_by_netns_reason_site"), MapLayout(DROP_KEY, COUNT, percpu=True)),
+            "drops": MapReader(table(b"drops_by_netns_reason_site"), MapLayout(DROP_KEY, DROP_COUNT, percpu=True)),
             "listen": MapReader(table(b"listen_overflows_by_port"), MapLayout(LISTEN_KEY, COUNT)),
             "rcvqueue": MapReader(table(b"rcvqueue_full_by_netns"), MapLayout(NETNS_KEY, COUNT)),
             "uncounted": MapReader(table(b"drops_uncounted"), MapLayout(SLOT_KEY, COUNT, percpu=True)),
@@ -255,14 +277,21 @@ class DropProbe:
         if self._flows:
             self._readers["flows"] = MapReader(table(b"drops_by_flow"), MapLayout(FLOW_KEY, COUNT))
         if self._stacks:
-            self._readers["stack"] = MapReader(table(b"drops_by_stack"), MapLayout(STACK_KEY, COUNT))
+            self._generations = StackGenerations(
+                table(b"drops_by_stack"), (table(b"drop_stack_traces_0"), table(b"drop_stack_traces_1")),
+                table(b"drop_stack_generation"), STACK_KEY)
             self._readers["stack_lost"] = MapReader(table(b"drop_stacks_lost"), MapLayout(STACK_LOST_KEY, COUNT, percpu=True))
+            self._readers["sampler"] = MapReader(table(b"drop_stack_sampler"), MapLayout(SLOT_KEY, STACK_SAMPLER, percpu=True))
         return ProbeStatus(self.name, True, via)
 
-    def read(self) -> DropCounts:
+    def read(self, flush: bool = False) -> DropCounts:
+        """Cumulative counts, and the stacks sampled since the previous read. flush: the
+        capture ends with this read: each (site, netns, reason)'s pending drops go to its
+        last stack (bpf/stacks.h), so the capture's stacks add up to its drops."""
         if self._bpf is None:
             raise RuntimeError("read() before a successful attach()")
-        views = fold_drop_counts(*self._readers["drops"].read())
+        drop_keys, per_cpu = self._readers["drops"].read()
+        views = fold_drop_counts(drop_keys, per_cpu)
         listeners, per_listener = self._readers["listen"].read()
         rcvqueue_netns, per_rcvqueue_netns = self._readers["rcvqueue"].read()
         slots, per_slot = self._readers["uncounted"].read()
@@ -277,17 +306,13 @@ class DropProbe:
             views.sites, views.per_site, listeners, per_listener, rcvqueue_netns, per_rcvqueue_netns, uncounted,
             flows=flows, per_flow=per_flow,
         )
-        if not self._stacks:
+        if not self._stacks or self._generations is None:
             return counts
-        stack_keys, per_stack = self._readers["stack"].read()
-        return replace(counts, stack_keys=stack_keys, per_stack=per_stack,
-                       stacks_lost=MappingProxyType(read_stacks_lost(self._readers["stack_lost"])))
-
-    def stack_addresses(self, stack_id: int) -> list[int]:
-        """Return addresses of one counted stack, innermost first (KeyError if unknown)."""
-        if self._bpf is None or not self._stacks:
-            raise KeyError(stack_id)
-        return list(self._bpf[b"drop_stack_traces"].walk(stack_id))
+        pending = int(per_cpu["stack_pending"].astype(np.uint64).sum())
+        stacks, given = self._generations.fold(drop_stack_tail(drop_keys, per_cpu) if flush else None)
+        return replace(counts, stacks=stacks,
+                       stacks_lost=MappingProxyType(read_stacks_lost(self._readers["stack_lost"])),
+                       sampling=read_stack_sampler(self._readers["sampler"], self._stack_share, pending - given))
 
     def detach(self) -> None:
         if self._bpf is not None:
@@ -295,3 +320,4 @@ class DropProbe:
             self._bpf = None
         self._readers = {}
         self._stacks = False
+        self._generations = None

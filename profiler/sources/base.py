@@ -7,7 +7,6 @@ import numpy as np
 from ..kernel.loader import BpfLoader
 from ..probes.base import Probe, ProbeStatus
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import STACK_RATE_LIMITED
 from ..snapshot import SnapshotFrame, StackSample
 
 
@@ -50,9 +49,12 @@ class ProbeSource(Generic[CountsT]):
     def collect(self, frame: SnapshotFrame) -> None:
         if not self._attached:
             return
-        counts = self.probe.read()
+        counts = self.read(frame)
         previous, self._previous = self._previous, counts
         self.write_interval(frame, previous, counts)
+
+    def read(self, frame: SnapshotFrame) -> CountsT:
+        return self.probe.read()
 
     def write_interval(self, frame: SnapshotFrame, previous: CountsT | None, counts: CountsT) -> None:
         raise NotImplementedError
@@ -63,20 +65,24 @@ class ProbeSource(Generic[CountsT]):
 
 
 def write_stack_samples(frame: SnapshotFrame, previous, counts, prefix: str,
-                        reason_of: Callable[[np.void], str], frames_of: Callable[[int], tuple[str, ...]]) -> None:
-    """Kernel stacks counted per (netns, …, stack id) since the previous read → StackSamples;
-    stacks the kernel could not record → `ignored` (past the per-CPU budget: a deliberate
-    limit, the events themselves are counted) or `lost` (a full map).
+                        reason_of: Callable[[np.void], str],
+                        frames_of: Callable[[tuple[int, ...]], tuple[str, ...]]) -> None:
+    """Kernel stacks sampled since the previous read → StackSamples (one per pod, reason and
+    frames: two stack ids of one interval may name the same frames); stacks the kernel could
+    not record → `lost`; the sampler's counters → `stack_sampling`.
 
-    previous/counts: probe readings with `stack_keys`, `per_stack` and `stacks_lost`."""
-    delta = counter_deltas(previous.stack_keys if previous else None,
-                           previous.per_stack if previous else None,
-                           counts.stack_keys, counts.per_stack)["count"]
-    for index in np.flatnonzero(delta > 0):
-        key = counts.stack_keys[index]
+    previous/counts: probe readings with `stacks` (a StackFold), `stacks_lost` and `sampling`."""
+    fold = counts.stacks
+    merged: dict[tuple[int, str, tuple[str, ...]], list[int]] = {}
+    for key, count, addresses in zip(fold.keys, fold.counts, fold.addresses):
         netns = int(key["netns_inode"])
-        frame.stacks.append(StackSample(pod=frame.label(netns), netns=netns, reason=reason_of(key),
-                                        frames=frames_of(int(key["stack_id"])), count=int(delta[index])))
+        entry = merged.setdefault((netns, reason_of(key), frames_of(addresses)), [0, 0])
+        entry[0] += int(count["events"])
+        entry[1] += int(count["samples"])
+    for (netns, reason, frames), (events, samples) in merged.items():
+        frame.stacks.append(StackSample(pod=frame.label(netns), netns=netns, reason=reason, frames=frames,
+                                        count=events, samples=samples))
     for slot, total in counts.stacks_lost.items():
-        counter = frame.ignored if slot == STACK_RATE_LIMITED else frame.lost
-        counter[f"{prefix}_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+        frame.lost[f"{prefix}_stacks_{slot}"] += total - (previous.stacks_lost[slot] if previous else 0)
+    if counts.sampling is not None:
+        frame.stack_sampling.update(counts.sampling.counters(previous.sampling if previous else None, prefix))

@@ -48,7 +48,7 @@ class DropSource(ProbeSource[DropCounts]):
         self._symbols: dict[int, str] = {}
         self._reason_names: Mapping[int, str] = {}
         # Kallsyms is parsed on the first drop site or stack, not at attach: most intervals have none.
-        self._stacks = StackSymbolizer(lambda stack_id: self.probe.stack_addresses(stack_id), kallsyms)
+        self._stacks = StackSymbolizer(kallsyms)
         # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
         self.ignored_totals: Mapping[str, int] = MappingProxyType({})
 
@@ -61,6 +61,10 @@ class DropSource(ProbeSource[DropCounts]):
         if stacks_status is not None:
             statuses.append(stacks_status)
         return statuses
+
+    def read(self, frame: SnapshotFrame):
+        # The capture's last read gives each key's pending events to its last stack.
+        return self.probe.read(flush=frame.final)
 
     def write_interval(self, frame: SnapshotFrame, previous: DropCounts | None, counts: DropCounts) -> None:
         self._collect_pods(frame, previous, counts)

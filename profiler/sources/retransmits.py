@@ -5,7 +5,7 @@ import numpy as np
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import counter_deltas
-from ..kernel.stacks import StackSymbolizer
+from ..kernel.stacks import RETRANSMIT_STACK_REASON, StackSymbolizer
 from ..probes.base import ProbeStatus
 from ..kernel.addresses import format_address
 from ..probes.retransmits import TCP_STATES, RetransmitCounts, RetransmitProbe
@@ -13,8 +13,6 @@ from ..snapshot import FlowKey, FlowRetransmits, SnapshotFrame
 from .base import ProbeSource, write_stack_samples
 
 
-# The `reason` of retransmit stacks in frame.stacks (drop stacks carry their drop reason).
-RETRANSMIT_STACK_REASON = "TCP_RETRANSMIT"
 
 
 class RetransmitSource(ProbeSource[RetransmitCounts]):
@@ -23,7 +21,7 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
     def __init__(self, probe: RetransmitProbe | None = None, kallsyms: Kallsyms | None = None):
         super().__init__(probe or RetransmitProbe())
         # Kallsyms is parsed on the first stack, not at attach.
-        self._stacks = StackSymbolizer(lambda stack_id: self.probe.stack_addresses(stack_id), kallsyms)
+        self._stacks = StackSymbolizer(kallsyms)
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         statuses = super().attach(loader)
@@ -31,6 +29,10 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
         if stacks_status is not None:
             statuses.append(stacks_status)
         return statuses
+
+    def read(self, frame: SnapshotFrame):
+        # The capture's last read gives each key's pending events to its last stack.
+        return self.probe.read(flush=frame.final)
 
     def write_interval(self, frame: SnapshotFrame, previous: RetransmitCounts | None,
                        counts: RetransmitCounts) -> None:

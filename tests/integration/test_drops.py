@@ -14,8 +14,9 @@ from profiler.lab.scenario_drops import CpuBacklogScenario, RcvbufDropScenario, 
 from profiler.lab.scenarios import Scenario, ScenarioResult
 from profiler.kernel.maps import possible_cpus
 from profiler.lab.sysctl import read_sysctl
+from profiler.kernel.stacks import STACK_COUNT, STACK_SAMPLER
 from profiler.probes.drops import (
-    COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, NETNS_KEY, SLOT_KEY, DropProbe,
+    COUNT, DROP_COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, NETNS_KEY, SLOT_KEY, STACK_KEY, DropProbe,
 )
 from profiler.profile import ProfileOptions, run_profile
 from profiler.snapshot import PodInterval
@@ -196,11 +197,15 @@ def test_numpy_layouts_match_the_loaded_programs_structs(loader):
         assert status.attached, status.error
         bpf = probe._bpf
         expected = {
-            b"drops_by_netns_reason_site": (DROP_KEY, COUNT),
+            # The count and its key's stack sampling state (bpf/stacks.h), one per CPU.
+            b"drops_by_netns_reason_site": (DROP_KEY, DROP_COUNT),
             b"listen_overflows_by_port": (LISTEN_KEY, COUNT),
             b"rcvqueue_full_by_netns": (NETNS_KEY, COUNT),
             b"drops_uncounted": (SLOT_KEY, COUNT),
             b"drops_by_flow": (FLOW_KEY, COUNT),
+            b"drops_by_stack": (STACK_KEY, STACK_COUNT),
+            b"drop_stack_sampler": (SLOT_KEY, STACK_SAMPLER),
+            b"drop_stacks_lost": (SLOT_KEY, COUNT),
         }
         for name, (key, value) in expected.items():
             table = bpf[name]

@@ -52,7 +52,7 @@ class FakeProbe:
     def attach(self, loader) -> ProbeStatus:
         return ProbeStatus(self.name, True, "tracepoint:skb:kfree_skb")
 
-    def read(self) -> DropCounts:
+    def read(self, flush: bool = False) -> DropCounts:
         return self.reads.pop(0)
 
     def detach(self) -> None:
@@ -147,7 +147,7 @@ def test_not_attached_writes_nothing():
         def attach(self, loader):
             return ProbeStatus(self.name, False, "tracepoint:skb:kfree_skb", "no BPF")
 
-        def read(self):
+        def read(self, flush: bool = False):
             pytest.fail("read() after a failed attach")
 
     source = DropSource(Refused([]), kallsyms=KALLSYMS)

@@ -75,17 +75,23 @@ def sample_capture() -> Capture:
                                        softnet=MappingProxyType({"processed": 100, "time_squeeze": 3}),
                                        drops=MappingProxyType({"SOCKET_RCVBUFF": 600})),),
                      drop_sites=(DropSite("SOCKET_RCVBUFF", "udp_queue_rcv_one_skb+0x1a", 600),),
-                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 600),
+                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 600, 6),
                              StackSample("lossy", 12, "TCP_RETRANSMIT", RETRANSMIT_PATH, 30),
-                             StackSample("lossy", 12, "NETFILTER_DROP", NFT_PATH, 7))))
+                             StackSample("lossy", 12, "NETFILTER_DROP", NFT_PATH, 7)),
+                     stack_sampling=MappingProxyType({"drop_walks": 13, "drop_walk_ns": 390_000,
+                                                      "drop_skipped_spacing": 594, "drop_skipped_budget": 0,
+                                                      "drop_pending_now": 3, "drop_share_ppm_now": 5000})))
     cap.add(Snapshot(1.0, 2.0,
                      (PodInterval("receiver", 11, drops=MappingProxyType({"SOCKET_RCVBUFF": 391})),
                       PodInterval(EVIL, 13, drops=MappingProxyType({"SOCKET_RCVBUFF": 5}))),
                      cpus=(CpuInterval(0, softirq=MappingProxyType({"NET_RX": rx2})),
                            CpuInterval(1, softirq=MappingProxyType({"NET_RX": rx2}))),
-                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 391),
+                     stacks=(StackSample("receiver", 11, "SOCKET_RCVBUFF", UDP_PATH, 391, 4),
                              StackSample(EVIL, 13, "SOCKET_RCVBUFF", UDP_PATH, 5)),
-                     lost={"drop_stacks_no_stack_id": 2}))
+                     lost={"drop_stacks_no_stack_id": 2},
+                     stack_sampling=MappingProxyType({"drop_walks": 4, "drop_walk_ns": 110_000,
+                                                      "drop_skipped_spacing": 387, "drop_skipped_budget": 5,
+                                                      "drop_pending_now": 1, "drop_share_ppm_now": 5000})))
     cap.cost = Cost(duration_s=2.0, programs=(ProgramCost("drops", "tracepoint:skb:kfree_skb", 1003, 401_200, 4),),
                     process_user_cpu_s=0.25, process_system_cpu_s=0.125, rss_bytes=90_000_000,
                     peak_rss_bytes=95_000_000, online_cpus=2, timed_s=1.0)
@@ -116,7 +122,13 @@ def test_capture_json_carries_stacks_and_validates(doc):
     schema = json.loads((resources.files("profiler") / "schemas/profile-v1.json").read_text())
     jsonschema.validate(doc, schema)
     assert doc["stacks"][0] == {"pod": "receiver", "netns": 11, "reason": "SOCKET_RCVBUFF",
-                                "frames": list(UDP_PATH), "count": 991}
+                                "frames": list(UDP_PATH), "count": 991, "samples": 10}
+    # Stacks are sampled: the section says how, so weights can be read (bpf/stacks.h).
+    sampling = doc["stack_sampling"]
+    assert (sampling["share"], sampling["walks"], sampling["walk_ns"], sampling["skipped"], sampling["pending"]) == (
+        0.005, 17, 500_000, 986, 1)
+    assert sampling["events"] == 991 + 5 + 7 and sampling["ratio"] == round(17 / 1003, 6)
+    assert sampling["walk_cpu_share"] == round(500_000 / (2.0 * 1e9 * 2), 6)
     assert [s["count"] for s in doc["stacks"]] == sorted((s["count"] for s in doc["stacks"]), reverse=True)
 
 

@@ -11,14 +11,16 @@ from types import MappingProxyType, SimpleNamespace
 import numpy as np
 
 from profiler.kernel.kallsyms import Kallsyms
-from profiler.kernel.stacks import KALLSYMS_RELOAD_S, STACK_LOST_SLOTS, SharedKallsyms, StackSymbolizer
+from profiler.kernel.stacks import (
+    KALLSYMS_RELOAD_S, STACK_COUNT, STACK_LOST_SLOTS, SharedKallsyms, StackFold, StackSampling, StackSymbolizer,
+)
 from profiler.probes.base import ProbeStatus
 from profiler.probes.drops import (
     COUNT, LISTEN_KEY, NETNS_KEY as DROP_NETNS_KEY, NETNS_REASON_KEY, REASON_KEY, SITE_KEY,
     STACK_KEY as DROP_STACK_KEY, UNCOUNTED_SLOTS, DropCounts,
 )
 from profiler.probes.retransmits import (
-    COUNTS, FLOW_KEY, NETNS_KEY, STACK_COUNT, STACK_KEY as RETRANSMIT_STACK_KEY, RetransmitCounts,
+    COUNTS, FLOW_KEY, NETNS_KEY, STACK_KEY as RETRANSMIT_STACK_KEY, RetransmitCounts,
 )
 from profiler.snapshot import SnapshotFrame
 from profiler.sources.drops import DropSource
@@ -49,7 +51,8 @@ def _c_struct_fields(header: str, name: str) -> list[str]:
 def test_stack_keys_follow_the_c_structs():
     assert list(DROP_STACK_KEY.names) == _c_struct_fields("drops.h", "drop_stack_key")
     assert list(RETRANSMIT_STACK_KEY.names) == _c_struct_fields("retransmits.h", "retransmit_stack_key")
-    assert (DROP_STACK_KEY.itemsize, RETRANSMIT_STACK_KEY.itemsize) == (12, 8)
+    # With the stack map's generation (bpf/stacks.h: two maps per program, recycled).
+    assert (DROP_STACK_KEY.itemsize, RETRANSMIT_STACK_KEY.itemsize) == (16, 12)
 
 
 def test_stack_lost_slots_in_the_headers_order():
@@ -60,25 +63,31 @@ def test_stack_lost_slots_in_the_headers_order():
     assert tuple(names) == STACK_LOST_SLOTS
 
 
-class Walks:
-    def __init__(self, stacks: dict[int, list[int]]):
-        self.stacks = stacks
-        self.calls: list[int] = []
+class CountingKallsyms:
+    """KALLSYMS, counting lookups: how often an address list is symbolized."""
 
-    def __call__(self, stack_id: int) -> list[int]:
-        self.calls.append(stack_id)
-        return self.stacks[stack_id]
+    def __init__(self, table: Kallsyms):
+        self.table = table
+        self.lookups = 0
+
+    def lookup(self, address: int):
+        self.lookups += 1
+        return self.table.lookup(address)
+
+    def symbolize(self, address: int) -> str:
+        return self.table.symbolize(address)
 
 
-def test_symbolizer_names_frames_outer_to_inner_once_per_stack():
-    walk = Walks({1: UDP_STACK, 2: NFT_STACK, 3: [0xFFFFFFFF00000000]})
-    symbolizer = StackSymbolizer(walk, KALLSYMS)
-    assert symbolizer.frames(1) == ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
-    assert symbolizer.frames(2) == ("do_syscall_64", "nft_do_chain [nf_tables]", "sk_skb_reason_drop")
-    assert symbolizer.frames(1) == symbolizer.frames(1)
-    assert walk.calls == [1, 2], "a stack id is read from the kernel once"
-    assert symbolizer.frames(3) == ("0xffffffff00000000",)
-    assert symbolizer.frames(99) == (), "an id the map does not hold"
+def test_symbolizer_names_frames_outer_to_inner_once_per_address_list():
+    table = CountingKallsyms(KALLSYMS)
+    symbolizer = StackSymbolizer(table)
+    assert symbolizer.frames(tuple(UDP_STACK)) == ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
+    assert symbolizer.frames(tuple(NFT_STACK)) == ("do_syscall_64", "nft_do_chain [nf_tables]", "sk_skb_reason_drop")
+    looked_up = table.lookups
+    assert symbolizer.frames(tuple(UDP_STACK)) == ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
+    assert table.lookups == looked_up, "an address list is symbolized once, whatever id it had"
+    assert symbolizer.frames((0xFFFFFFFF00000000,)) == ("0xffffffff00000000",)
+    assert symbolizer.frames(()) == (), "a stack the map no longer held"
 
 
 def test_symbolizer_reloads_kallsyms_for_a_module_loaded_later():
@@ -91,21 +100,27 @@ def test_symbolizer_reloads_kallsyms_for_a_module_loaded_later():
         return tables[min(len(loads) - 1, 1)]
 
     shared = SharedKallsyms(load, clock=lambda: now[0])
-    walk = Walks({1: [0x1000], 2: [0x2000], 3: [0xFFFFFFFFC0000100]})
-    drops, retransmits = StackSymbolizer(walk, shared=shared), StackSymbolizer(walk, shared=shared)
-    drops.frames(1)
+    drops, retransmits = StackSymbolizer(shared=shared), StackSymbolizer(shared=shared)
+    drops.frames((0x1000,))
     retransmits.kallsyms()
     assert len(loads) == 1, "one parse for every symbolizer of the process"
     now[0] = KALLSYMS_RELOAD_S / 2
-    drops.frames(2)
+    drops.frames((0x2000,))
     assert len(loads) == 1, "not reloaded more often than KALLSYMS_RELOAD_S"
     now[0] = KALLSYMS_RELOAD_S * 2
-    assert retransmits.frames(3) == ("nft_do_chain [nf_tables]",)
+    assert retransmits.frames((0xFFFFFFFFC0000100,)) == ("nft_do_chain [nf_tables]",)
     assert len(loads) == 2 and drops.kallsyms() is KALLSYMS
 
 
-def drop_counts(stacks: list[tuple[int, int, int, int]], lost: dict[str, int] | None = None) -> DropCounts:
-    """Cumulative drop counts with only stacks: [(netns, reason, stack id, count)]."""
+def fold(key, rows: list[tuple[tuple, list[int], int, int]]) -> StackFold:
+    """[(key fields, addresses innermost first, events, walks)] → one fold's stacks."""
+    return StackFold(np.array([k for k, *_ in rows], key), np.array([(e, w) for _, _, e, w in rows], STACK_COUNT),
+                     tuple(tuple(a) for _, a, _, _ in rows))
+
+
+def drop_counts(stacks: list[tuple[int, int, int, list[int], int, int]], lost: dict[str, int] | None = None,
+                sampling: StackSampling | None = None) -> DropCounts:
+    """Drop counts with only stacks: [(netns, reason, stack id, addresses, events, walks)] of one fold."""
     empty = np.zeros(0, COUNT)
     return DropCounts(
         netns_reasons=np.zeros(0, NETNS_REASON_KEY), per_netns_reason=empty,
@@ -113,29 +128,25 @@ def drop_counts(stacks: list[tuple[int, int, int, int]], lost: dict[str, int] | 
         sites=np.zeros(0, SITE_KEY), per_site=empty, listeners=np.zeros(0, LISTEN_KEY), per_listener=empty,
         rcvqueue_netns=np.zeros(0, DROP_NETNS_KEY), per_rcvqueue_netns=empty,
         uncounted=dict.fromkeys(UNCOUNTED_SLOTS, 0),
-        stack_keys=np.array([(n, r, s) for n, r, s, _ in stacks], DROP_STACK_KEY),
-        per_stack=np.array([(c,) for *_, c in stacks], COUNT),
+        stacks=fold(DROP_STACK_KEY, [((n, r, s, 0), a, e, w) for n, r, s, a, e, w in stacks]),
         stacks_lost=MappingProxyType({**dict.fromkeys(STACK_LOST_SLOTS, 0), **(lost or {})}),
+        sampling=sampling or StackSampling(),
     )
 
 
 class FakeDropProbe:
     name = "skb_drops"
 
-    def __init__(self, reads: list[DropCounts], stacks: dict[int, list[int]]):
+    def __init__(self, reads: list[DropCounts]):
         self.reads = list(reads)
-        self.walk = Walks(stacks)
         self.rcvqueue_status = ProbeStatus("rcvqueue_full", True, "raw_tracepoint:sock_rcvqueue_full")
         self.stacks_status = ProbeStatus("drop_stacks", True, "bpf_get_stackid at tracepoint:skb:kfree_skb")
 
     def attach(self, loader) -> ProbeStatus:
         return ProbeStatus(self.name, True, "tracepoint:skb:kfree_skb")
 
-    def read(self) -> DropCounts:
+    def read(self, flush: bool = False) -> DropCounts:
         return self.reads.pop(0)
-
-    def stack_addresses(self, stack_id: int) -> list[int]:
-        return self.walk(stack_id)
 
     def detach(self) -> None:
         pass
@@ -147,69 +158,72 @@ def collect(source) -> object:
     return frame.freeze(1.0)
 
 
-def test_drop_source_writes_each_intervals_drops_per_stack():
+def test_drop_source_writes_each_folds_drops_per_stack():
     probe = FakeDropProbe([
-        drop_counts([(100, 6, 1, 600)]),
-        drop_counts([(100, 6, 1, 991), (200, 40, 2, 3)], lost={"no_stack_id": 4, "counter_map_full": 1,
-                                                               "rate_limited": 9}),
-        drop_counts([(100, 6, 1, 991), (200, 40, 2, 3)], lost={"no_stack_id": 4, "counter_map_full": 1,
-                                                               "rate_limited": 9}),
-    ], {1: UDP_STACK, 2: NFT_STACK})
+        drop_counts([(100, 6, 1, UDP_STACK, 600, 3)],
+                    sampling=StackSampling(walks=3, walk_ns=90_000, skipped_spacing=597, pending=5)),
+        # The same stack under two ids (one per generation: a straggler and a new walk) is one sample.
+        drop_counts([(100, 6, 1, UDP_STACK, 1, 1), (100, 6, 7, UDP_STACK, 390, 2), (200, 40, 2, NFT_STACK, 3, 3)],
+                    lost={"no_stack_id": 4, "counter_map_full": 1},
+                    sampling=StackSampling(walks=9, walk_ns=200_000, skipped_spacing=985, skipped_budget=4, pending=2)),
+        drop_counts([], lost={"no_stack_id": 4, "counter_map_full": 1},
+                    sampling=StackSampling(walks=9, walk_ns=200_000, skipped_spacing=985, skipped_budget=4, pending=2)),
+    ])
     source = DropSource(probe, kallsyms=KALLSYMS)
     statuses = source.attach(SimpleNamespace(layout=SimpleNamespace(drop_reasons=REASONS)))
     assert [s.name for s in statuses] == ["skb_drops", "rcvqueue_full", "drop_stacks"]
     first, second, third = collect(source), collect(source), collect(source)
     (stack,) = first.stacks
-    assert (stack.pod, stack.netns, stack.reason, stack.count) == ("pod-100", 100, "SOCKET_RCVBUFF", 600)
+    assert (stack.pod, stack.netns, stack.reason, stack.count, stack.samples) == (
+        "pod-100", 100, "SOCKET_RCVBUFF", 600, 3)
     assert stack.frames == ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
-    assert sorted((s.netns, s.reason, s.count) for s in second.stacks) == [
-        (100, "SOCKET_RCVBUFF", 391), (200, "TCP_LISTEN_OVERFLOW", 3)]
+    assert sorted((s.netns, s.reason, s.count, s.samples) for s in second.stacks) == [
+        (100, "SOCKET_RCVBUFF", 391, 3), (200, "TCP_LISTEN_OVERFLOW", 3, 3)]
     assert dict(second.lost) == {"drop_stacks_no_stack_id": 4, "drop_stacks_counter_map_full": 1}
-    # Past the stack budget is a deliberate limit, not a full map: the drops are all counted.
-    assert second.ignored["drop_stacks_rate_limited"] == 9
-    assert third.stacks == () and dict(third.lost) == {} and "drop_stacks_rate_limited" not in third.ignored
-    assert probe.walk.calls == [1, 2]
+    # Walks skipped are sampling, not loss: their drops are in a later walk's weight.
+    assert not any("stacks" in k for k in second.ignored)
+    assert dict(first.stack_sampling) == {"drop_walks": 3, "drop_walk_ns": 90_000, "drop_skipped_spacing": 597,
+                                          "drop_skipped_budget": 0, "drop_pending_now": 5, "drop_share_ppm_now": 5000}
+    assert (second.stack_sampling["drop_walks"], second.stack_sampling["drop_skipped_budget"],
+            second.stack_sampling["drop_pending_now"]) == (6, 4, 2)
+    assert third.stacks == () and dict(third.lost) == {} and third.stack_sampling["drop_walks"] == 0
 
 
 class FakeRetransmitProbe:
     name = "tcp_retransmits"
 
-    def __init__(self, reads: list[RetransmitCounts], stacks: dict[int, list[int]]):
+    def __init__(self, reads: list[RetransmitCounts]):
         self.reads = list(reads)
-        self.walk = Walks(stacks)
         self.stacks_status = ProbeStatus("retransmit_stacks", True, "bpf_get_stackid at tracepoint:tcp:tcp_retransmit_skb")
 
     def attach(self, loader) -> ProbeStatus:
         return ProbeStatus(self.name, True, "tracepoint:tcp:tcp_retransmit_skb")
 
-    def read(self) -> RetransmitCounts:
+    def read(self, flush: bool = False) -> RetransmitCounts:
         return self.reads.pop(0)
-
-    def stack_addresses(self, stack_id: int) -> list[int]:
-        return self.walk(stack_id)
 
     def detach(self) -> None:
         pass
 
 
-def retransmit_counts(stacks: list[tuple[int, int, int]], lost: int = 0) -> RetransmitCounts:
+def retransmit_counts(stacks: list[tuple[int, int, list[int], int, int]], lost: int = 0) -> RetransmitCounts:
     return RetransmitCounts(
         np.zeros(0, NETNS_KEY), np.zeros(0, COUNTS), np.zeros(0, FLOW_KEY), np.zeros(0, COUNTS), 0,
-        stack_keys=np.array([(n, s) for n, s, _ in stacks], RETRANSMIT_STACK_KEY),
-        per_stack=np.array([(c,) for *_, c in stacks], STACK_COUNT),
+        stacks=fold(RETRANSMIT_STACK_KEY, [((n, s, 1), a, e, w) for n, s, a, e, w in stacks]),
         stacks_lost=MappingProxyType({"no_stack_id": lost, "counter_map_full": 0}),
+        sampling=StackSampling(),
     )
 
 
 def test_retransmit_source_writes_retransmits_per_stack():
-    probe = FakeRetransmitProbe([retransmit_counts([(7, 5, 10)]), retransmit_counts([(7, 5, 25)], lost=2)],
-                                {5: TIMER_STACK})
+    probe = FakeRetransmitProbe([retransmit_counts([(7, 5, TIMER_STACK, 10, 10)]),
+                                 retransmit_counts([(7, 5, TIMER_STACK, 15, 2)], lost=2)])
     source = RetransmitSource(probe, kallsyms=KALLSYMS)
     assert [s.name for s in source.attach(None)] == ["tcp_retransmits", "retransmit_stacks"]
     first, second = collect(source), collect(source)
-    assert [(s.pod, s.reason, s.frames, s.count) for s in first.stacks] == [
-        ("pod-7", RETRANSMIT_STACK_REASON, ("tcp_retransmit_timer", "__tcp_retransmit_skb"), 10)]
-    assert [s.count for s in second.stacks] == [15]
+    assert [(s.pod, s.reason, s.frames, s.count, s.samples) for s in first.stacks] == [
+        ("pod-7", RETRANSMIT_STACK_REASON, ("tcp_retransmit_timer", "__tcp_retransmit_skb"), 10, 10)]
+    assert [(s.count, s.samples) for s in second.stacks] == [(15, 2)]
     assert dict(second.lost) == {"retransmit_stacks_no_stack_id": 2}
 
 
