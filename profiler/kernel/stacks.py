@@ -181,9 +181,9 @@ class StackGenerations:
     flip, and no map fills over a long run. Stack ids mean something only within their
     generation until it is cleared, so addresses are read at the fold."""
 
-    def __init__(self, counters, traces: tuple, generation, key: np.dtype):
+    def __init__(self, counters, traces: tuple, generation, key: np.dtype, reader: MapReader | None = None):
         self._counters_table = counters
-        self._counters = MapReader(counters, MapLayout(key, STACK_COUNT))
+        self._counters = reader or MapReader(counters, MapLayout(key, STACK_COUNT))
         self._traces = traces
         self._generation = generation
         self._key = key
