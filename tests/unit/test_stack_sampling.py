@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.capture import stack_sampling_json
 from profiler.kernel.stacks import (
     STACK_COUNT, STACK_KEY_STATE, STACK_SAMPLER, StackGenerations, StackSampling, StackTail, stack_sampling_cflags,
+    stack_sampling_json,
 )
 from profiler.probes.drops import DROP_COUNT, DROP_KEY, STACK_KEY, drop_stack_tail
-from profiler.snapshot import StackSample
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
 
@@ -188,11 +187,9 @@ def test_capture_section_scales_walks_to_events():
              "drop_pending_now": 0, "drop_share_ppm_now": 5000,
              "retransmit_walks": 10, "retransmit_walk_ns": 200_000, "retransmit_skipped_spacing": 0,
              "retransmit_skipped_budget": 0, "retransmit_pending_now": 3, "retransmit_share_ppm_now": 5000}
-    stacks = [StackSample("a", 1, "SOCKET_RCVBUFF", ("f",), 99_000, 150), StackSample("b", 2, "NO_SOCKET", ("g",), 1_000, 50),
-              StackSample("a", 1, "TCP_RETRANSMIT", ("h",), 10, 10)]
-    section = stack_sampling_json(total, stacks, duration_s=10.0, cpus=2)
+    section = stack_sampling_json(total, {"drop": 99_000 + 1_000, "retransmit": 10}, duration_s=10.0, cpus=2)
     assert section["programs"]["drop"]["events"] == 100_000 and section["programs"]["drop"]["ratio"] == 0.002
     assert section["programs"]["retransmit"]["ratio"] == 1.0 and section["pending"] == 3
     assert (section["walks"], section["skipped"], section["share"]) == (210, 99_800, 0.005)
     assert section["walk_cpu_share"] == round(6_200_000 / (10.0 * 1e9 * 2), 6)
-    assert stack_sampling_json({}, [], 1.0, 2) is None
+    assert stack_sampling_json({}, {}, 1.0, 2) is None
