@@ -26,6 +26,7 @@ from .probes.base import ProbeStatus
 from .sampler import Sampler
 from .snapshot import Snapshot
 from .sources.base import Source
+from .system.irqbalance import read_irqbalance
 from .system.node import collect_node_context
 
 
@@ -189,6 +190,7 @@ class LiveSession:
                     netns_paths={inode: str(path) for inode, path in netns_paths.items()},
                     topology=capture.node.topology,
                     irqbalance_running=capture.node.irqbalance_running,
+                    irqbalance=read_irqbalance(self.root) if capture.node.irqbalance_running else None,
                     root=self.root,
                 ))
         return capture

@@ -41,10 +41,12 @@ from profiler.analysis.irq_plan_model import (
     SteeringSetting,
     mask_width_bits,
 )
-from profiler.analysis.irq_text import IRQBALANCE_INTERVAL_S, cpus_phrase, irq_list, kind_suffix, safe_text
+from profiler.analysis.irq_text import IRQBALANCE_INTERVAL_S, cpus_phrase, kind_suffix, safe_text
 from profiler.kernel.root_files import read_text_in_root
 from profiler.system.cpus import format_cpu_list, format_cpu_mask, parse_cpu_mask
-from profiler.system.irqs import IrqTopology, Nic, NicQueue
+from profiler.analysis.irqbalance_plan import irqbalance_note
+from profiler.system.irqbalance import IrqbalanceState
+from profiler.system.irqs import PCI_ADDRESS, IrqTopology, Nic, NicQueue
 
 # The plan's types live in irq_plan_model; they stay importable from here, beside the planner.
 __all__ = [
@@ -68,6 +70,7 @@ def plan_irq_affinity(
     housekeeping_cpus: frozenset[int] = frozenset(),
     net_rx_share_by_cpu: Mapping[int, float] | None = None,
     root: Path = Path("/"),
+    irqbalance: IrqbalanceState | None = None,
 ) -> IrqPlan:
     """Plan queue IRQ placement and RPS/XPS for every NIC in `topology`.
 
@@ -77,7 +80,7 @@ def plan_irq_affinity(
     (the softirq probe's), quoted in reasons as evidence and used to keep a saturated
     interrupting CPU out of an RPS map.
     root: where the topology was read; the files to change are read again there for
-    `expected_current`.
+    `expected_current`. irqbalance: what it bans (system.irqbalance), for the note on it.
     """
     moves: list[QueueMove] = []
     spreads: list[NicSpread] = []
@@ -102,7 +105,15 @@ def plan_irq_affinity(
     if not irqbalance_running:
         return plan
     queue_irqs = tuple(sorted({q.irq for nic in topology.nics for q in nic.queues if q.irq is not None}))
-    return replace(plan, notes=(*plan.notes, _irqbalance_note(plan.planned_irqs, queue_irqs)))
+    # Where the queue IRQs will be once the plan is applied: what other IRQs should stay off.
+    to_cpu = {move.irq: move.to_cpu for move in moves}
+    nic_cpus = frozenset(cpu for nic in topology.nics for q in nic.queues if q.irq is not None
+                         for cpu in ({to_cpu[q.irq]} if q.irq in to_cpu else q.irq_cpus))
+    devices = tuple(nic.device for nic in topology.nics if nic.device and PCI_ADDRESS.match(nic.device)
+                    and any(q.irq in plan.planned_irqs for q in nic.queues))
+    note = irqbalance_note(irqbalance or IrqbalanceState(running=True), plan.planned_irqs, queue_irqs,
+                           nic_cpus, devices)
+    return replace(plan, notes=(*plan.notes, note)) if note else plan
 
 
 @dataclass
@@ -499,31 +510,6 @@ def spread_channels(current_cpus: list[frozenset[int]], candidates: list[int]) -
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _irqbalance_note(planned_irqs: tuple[int, ...], queue_irqs: tuple[int, ...]) -> str:
-    if planned_irqs:
-        lead = (f"irqbalance is running: it re-places IRQs every {IRQBALANCE_INTERVAL_S} s, so this "
-                f"plan would be undone at its next pass.")
-        banned = planned_irqs
-    else:
-        # Nothing to move now, possibly because irqbalance put the queues there; but what it
-        # placed it may move again (it packs IRQs together when the load is low).
-        lead = (f"irqbalance is running: it re-places IRQs every {IRQBALANCE_INTERVAL_S} s, so where the "
-                f"queue IRQs are now is its choice and may change at any pass. To pin them for good:")
-        banned = queue_irqs
-    irqs = irq_list(banned) if banned else "the queue IRQs"
-    banirq = " ".join(f"--banirq={irq}" for irq in banned) or "--banirq=<irq> ..."
-    return (
-        f"{lead} Either stop it (systemctl stop irqbalance && systemctl disable irqbalance), which "
-        f"leaves every other device's IRQs where they are now; or keep it and ban {irqs} from it: "
-        f"IRQBALANCE_ARGS=\"{banirq}\" in /etc/default/irqbalance (Debian, Ubuntu) or "
-        f"/etc/sysconfig/irqbalance (RHEL, SUSE), then systemctl restart irqbalance. "
-        f"IRQBALANCE_BANNED_CPULIST (IRQBALANCE_BANNED_CPUS, a hex mask, before irqbalance 1.8) is "
-        f"the other knob: it keeps irqbalance from placing any IRQ on those CPUs, which keeps other "
-        f"devices off the NIC's CPUs but does not stop it moving the NIC's own IRQs. The script "
-        f"refuses to run while irqbalance runs unless FORCE=1."
-    )
-
 
 def _with_cpus(vector: NicQueue, cpus: frozenset[int]) -> NicQueue:
     return NicQueue(

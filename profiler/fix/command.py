@@ -61,13 +61,15 @@ def _context_for(document: ProfileDocument) -> AnalysisContext:
     if document.node.get("boot_id") != here.boot_id:
         return AnalysisContext()
     from ..pod_listing import default_pod_directory
-    from ..system.irqs import irqbalance_running, read_irq_topology
+    from ..system.irqbalance import read_irqbalance
+    from ..system.irqs import read_irq_topology
 
     in_capture = {pod.netns for pod in document.pods}
     paths = default_pod_directory().netns_paths()
     return AnalysisContext(
         netns_paths={inode: str(path) for inode, path in paths.items() if inode in in_capture},
-        topology=read_irq_topology(), irqbalance_running=irqbalance_running())
+        topology=read_irq_topology(), irqbalance_running=(irqbalance := read_irqbalance()).running,
+        irqbalance=irqbalance)
 
 
 def identity_of(doc: dict) -> PlanIdentity:

@@ -19,6 +19,7 @@ class AnalysisContext:
     netns_paths: dict[int, str] = field(default_factory=dict)  # netns inode → path to enter it
     topology: Any = None             # profiler.system.irqs.IrqTopology of this node, if live
     irqbalance_running: bool = False
+    irqbalance: Any = None           # profiler.system.irqbalance.IrqbalanceState, if live
     root: Path = Path("/")
 
 

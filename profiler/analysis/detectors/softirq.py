@@ -72,7 +72,7 @@ def detect_softirq_imbalance(doc: ProfileDocument, ctx: AnalysisContext) -> list
         rx_share = dict.fromkeys(_online_cpus(doc), 0.0)
         rx_share.update({cpu.cpu: cpu.softirq_time_ns("NET_RX") / (capture_s(doc) * 1e9) for cpu in doc.cpus})
         plan = plan_irq_affinity(ctx.topology, irqbalance_running=ctx.irqbalance_running,
-                                 net_rx_share_by_cpu=rx_share, root=ctx.root)
+                                 net_rx_share_by_cpu=rx_share, root=ctx.root, irqbalance=ctx.irqbalance)
         fix = plan.to_fix(evidence)
         if fix is not None:
             fixes.append(fix)
