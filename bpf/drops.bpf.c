@@ -227,6 +227,15 @@ static __always_inline void count_by_stack(int stack_id, u32 generation, u32 net
 
 static __always_inline void sample_drop_stack(void *ctx, struct stack_key_state *state, u32 netns, u32 reason)
 {
+    /* A busy key is checked once per NETPROF_STACK_CHECK_EVERY events: the others only add
+     * to its pending weight, without the clock read and the sampler lookup (≈40 ns of a
+     * ≈200 ns drop in a storm). The first event after a walk is always checked, so a rare
+     * key (events far apart) is checked at every event; a busy one walks at most that many
+     * events late (≈0.1 ms at 120 k drops/s), against a 10 ms spacing. */
+    if (state->pending & (NETPROF_STACK_CHECK_EVERY - 1)) {
+        state->pending += 1;
+        return;
+    }
     int zero = 0;
     struct stack_sampler *sampler = drop_stack_sampler.lookup(&zero);
     if (!sampler)

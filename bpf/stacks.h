@@ -53,6 +53,9 @@ enum stack_lost_slot {
 #ifndef NETPROF_STACK_SPACING_NS
 #define NETPROF_STACK_SPACING_NS 10000000ULL
 #endif
+#ifndef NETPROF_STACK_CHECK_EVERY
+#define NETPROF_STACK_CHECK_EVERY 16   /* a power of two */
+#endif
 #ifndef NETPROF_STACK_RARE_NS
 #define NETPROF_STACK_RARE_NS 1000000000ULL
 #endif
@@ -65,7 +68,8 @@ struct stack_sampler {
     s64 credit_ns;        /* walk time this CPU may still spend (negative: borrowed) */
     u64 walks;            /* stack walks taken */
     u64 walk_ns;          /* their time, by the program's clock */
-    u64 skipped_spacing;  /* events not walked: their key was walked < spacing ago here */
+    u64 skipped_spacing;  /* checks that found their key walked < spacing ago here (a busy
+                           * drop key is checked once per NETPROF_STACK_CHECK_EVERY events) */
     u64 skipped_budget;   /* events not walked: this CPU's credit was spent */
 };
 

@@ -126,7 +126,7 @@ def test_capture_json_carries_stacks_and_validates(doc):
     # Stacks are sampled: the section says how, so weights can be read (bpf/stacks.h).
     sampling = doc["stack_sampling"]
     assert (sampling["share"], sampling["walks"], sampling["walk_ns"], sampling["skipped"], sampling["pending"]) == (
-        0.005, 17, 500_000, 986, 1)
+        0.005, 17, 500_000, 991 + 5 + 7 + 1 - 17, 1)
     assert sampling["events"] == 991 + 5 + 7 and sampling["ratio"] == round(17 / 1003, 6)
     assert sampling["walk_cpu_share"] == round(500_000 / (2.0 * 1e9 * 2), 6)
     assert [s["count"] for s in doc["stacks"]] == sorted((s["count"] for s in doc["stacks"]), reverse=True)
