@@ -88,39 +88,34 @@ static __always_inline u16 be16_to_host(u16 value)
 }
 
 /* skb->network_header and skb->head in one read when they lie close together (6.x: 12 bytes
- * apart), two otherwise: each bpf_probe_read_kernel costs more than the bytes it copies. */
-#if NETPROF_SKB_HEAD_OFFSET > NETPROF_SKB_NETWORK_HEADER_OFFSET && \
-    NETPROF_SKB_HEAD_OFFSET - NETPROF_SKB_NETWORK_HEADER_OFFSET <= 24
-#define NETPROF_SKB_SPAN (NETPROF_SKB_HEAD_OFFSET - NETPROF_SKB_NETWORK_HEADER_OFFSET + 8)
-static __always_inline bool network_header_of(const void *skb, const unsigned char **ip)
-{
-    u8 span[NETPROF_SKB_SPAN] = {};
-    u16 network;
-    const unsigned char *head;
-
-    if (bpf_probe_read_kernel(span, sizeof(span), (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET))
-        return false;
-    __builtin_memcpy(&network, span, sizeof(network));
-    __builtin_memcpy(&head, span + NETPROF_SKB_SPAN - 8, sizeof(head));
-    if (!head || network == 0xffff)  /* ~0: no network header was set on this skb */
-        return false;
-    *ip = head + network;
-    return true;
-}
-#else
+ * apart), two otherwise: each bpf_probe_read_kernel costs more than the bytes it copies.
+ * A C condition on constants, not #if: on the kernel-headers path the offsets are
+ * __builtin_offsetof() expressions, which the preprocessor cannot evaluate (6.1 with BTF
+ * hidden failed to compile here); clang folds the condition and drops the other branch. */
+#define NETPROF_SKB_GAP ((long)(NETPROF_SKB_HEAD_OFFSET) - (long)(NETPROF_SKB_NETWORK_HEADER_OFFSET))
+#define NETPROF_SKB_NEAR (NETPROF_SKB_GAP > 0 && NETPROF_SKB_GAP <= 24)
+#define NETPROF_SKB_SPAN (NETPROF_SKB_NEAR ? NETPROF_SKB_GAP + 8 : 8)
 static __always_inline bool network_header_of(const void *skb, const unsigned char **ip)
 {
     u16 network = 0;
     const unsigned char *head = 0;
 
-    if (bpf_probe_read_kernel(&network, sizeof(network), (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET) ||
-        bpf_probe_read_kernel(&head, sizeof(head), (const char *)skb + NETPROF_SKB_HEAD_OFFSET) || !head ||
-        network == 0xffff)
+    if (NETPROF_SKB_NEAR) {
+        u8 span[32] = {};
+
+        if (bpf_probe_read_kernel(span, NETPROF_SKB_SPAN, (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET))
+            return false;
+        __builtin_memcpy(&network, span, sizeof(network));
+        __builtin_memcpy(&head, span + NETPROF_SKB_SPAN - 8, sizeof(head));
+    } else if (bpf_probe_read_kernel(&network, sizeof(network), (const char *)skb + NETPROF_SKB_NETWORK_HEADER_OFFSET) ||
+               bpf_probe_read_kernel(&head, sizeof(head), (const char *)skb + NETPROF_SKB_HEAD_OFFSET)) {
+        return false;
+    }
+    if (!head || network == 0xffff)  /* ~0: no network header was set on this skb */
         return false;
     *ip = head + network;
     return true;
 }
-#endif
 
 /* The dropped packet's TCP 4-tuple into `key`; false when it is not IPv4/IPv6 TCP or its
  * headers cannot be read. Cheapest rejections first, since most drops in a storm are not

@@ -20,3 +20,27 @@ def test_kprobe_program_loads(loader, program, cflags, functions):
             assert bpf.load_func(name, BPF_PROG_TYPE_KPROBE).fd >= 0
     finally:
         bpf.cleanup()
+
+
+@pytest.mark.parametrize("gap_padding", [0, 256])
+def test_drops_compiles_with_the_header_paths_offset_expressions(loader, tmp_path, gap_padding):
+    """On the kernel-headers path the skb offsets are __builtin_offsetof() expressions, which
+    the preprocessor cannot evaluate: drops.bpf.c compiled on BTF kernels (numbers) and
+    failed on 6.1 with BTF hidden ("function-like macro '__builtin_offsetof' is not
+    defined"). Both layouts: head close behind network_header (one read), and far (two)."""
+    header = tmp_path / "header_path_offsets.h"
+    header.write_text(
+        f"struct netprof_fake_skb {{ long a; unsigned short network_header; char pad[{gap_padding + 6}];"
+        " unsigned char *head; };\n"
+        "#undef NETPROF_SKB_HEAD_OFFSET\n"
+        "#define NETPROF_SKB_HEAD_OFFSET __builtin_offsetof(struct netprof_fake_skb, head)\n"
+        "#undef NETPROF_SKB_NETWORK_HEADER_OFFSET\n"
+        "#define NETPROF_SKB_NETWORK_HEADER_OFFSET __builtin_offsetof(struct netprof_fake_skb, network_header)\n")
+    from profiler.probes import drops
+
+    cflags = [*drops.FLOW_CFLAGS, f"-DNETPROF_MAX_NETNS={drops.MAX_NETNS}",
+              f"-DNETPROF_DROPS_MAX_KEYS={drops.MAX_DROP_KEYS}",
+              f"-DNETPROF_DROPS_MAX_LISTENERS={drops.MAX_LISTENERS}",
+              *drops.reason_cflags(loader.layout.drop_reasons), "-DNETPROF_KFREE_SKB_HAS_RX_SK"]
+    bpf = loader.compile("drops", [*cflags, "-include", str(header)])
+    bpf.cleanup()
