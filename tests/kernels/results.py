@@ -142,7 +142,7 @@ def render_markdown(results: list[KernelResult], header: str) -> str:
     for r in results:
         wall = f"{r.wall_s / 60:.1f} min" if r.wall_s else "—"
         lines.append(f"| {r.kernel} | {r.release or '—'} | {r.compiled_with or '—'} | "
-                     f"`{r.command}` | {_suite_cell(r)} | {wall} |")
+                     f"`{_cell(r.command)}` | {_suite_cell(r)} | {wall} |")
     not_run = [r for r in results if r.not_run]
     if not_run:
         lines += ["", "Not run:", ""] + [f"- **{r.kernel}**: {r.not_run}" for r in not_run]
@@ -174,3 +174,8 @@ def render_markdown(results: list[KernelResult], header: str) -> str:
                     cells.append(f"✗ {row.via}: {(row.error or '').replace('|', '/')}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A table cell's text: a `|` (a shell pipe in a command) would end the cell."""
+    return text.replace("|", "\\|")

@@ -129,6 +129,8 @@ def test_results_round_trip_and_render(tmp_path):
     assert "**host**: no image in /boot" in text
     assert "| listen_syn_path | ✗ kprobe:tcp_conn_request: kprobes not available |" in text
     assert "| drops | tracepoint:skb:kfree_skb |" in text
+    piped = results.KernelResult("trixie", "6.12", 0, 60.0, False, "uname -r | cat", None)
+    assert "`uname -r \\| cat`" in results.render_markdown([piped], "# Kernels")
 
 
 def test_lab_time_scale_only_stretches():
