@@ -24,9 +24,12 @@ from .provision import BootableKernel
 GUEST_SCRIPT = Path(__file__).with_name("guest.sh")
 NICENESS = 10
 EXIT_STATUS_FILE = "exit_status"
-# Per flow (8 flows): enough interrupts per second on each queue to tell CPUs apart in a few
-# seconds, little enough for a 4-vCPU guest under software emulation on 2 host CPUs.
-TRAFFIC_PPS = 100
+# 32 flows: hashed onto 4 queues (or by RPS onto 3-4 CPUs) they miss one with a chance of
+# 4 x (3/4)^32 < 1e-3, where 8 flows would miss one about 40% of the time. 25 packets/s each:
+# interrupts enough on every queue to tell CPUs apart in a few seconds, little enough for a
+# 4-vCPU guest under software emulation on 2 host CPUs.
+TRAFFIC_FLOWS = 32
+TRAFFIC_PPS = 25
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
 def _traffic(network: guest_net.GuestNetwork) -> subprocess.Popen:
     """Flows from the namespace into the guest's first NIC for the guest's whole life."""
     return subprocess.Popen([*network.exec_prefix(), sys.executable, "-m", "tests.kernels.traffic",
-                             "--dest", network.nics[0].guest_address, "--flows", "8", "--pps", str(TRAFFIC_PPS)],
+                             "--dest", network.nics[0].guest_address, "--flows", str(TRAFFIC_FLOWS),
+                             "--pps", str(TRAFFIC_PPS)],
                             cwd=str(Path(__file__).resolve().parents[2]), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
