@@ -20,7 +20,7 @@ from tests.kernels.guest_side import (affinity_list, count_deltas, cpus_taking, 
                                       set_affinity, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
-# Seconds of interrupt counting per measurement: the harness sends 32 flows x 25 packets/s.
+# Seconds of interrupt counting per measurement: the harness sends 32 flows x 100 packets/s.
 WINDOW_S = 6
 CAPTURE_S = 10
 
