@@ -38,8 +38,11 @@ def interrupt_counts() -> dict[int, tuple[int, ...]]:
     return {row.irq: row.interrupts_per_cpu for row in parse_interrupts(Path("/proc/interrupts").read_text())}
 
 
-def count_deltas(seconds: float, irqs: list[int]) -> dict[int, tuple[int, ...]]:
-    """Per IRQ, how many interrupts each CPU took over `seconds`."""
+def count_deltas(seconds: float, irqs: list[int], settle_s: float = 1.0) -> dict[int, tuple[int, ...]]:
+    """Per IRQ, how many interrupts each CPU took over `seconds`, counted from `settle_s` after
+    the call: an interrupt already in flight when an affinity write lands still arrives on the
+    old CPU (seen: one on CPU 3 right after piling on CPU 0)."""
+    time.sleep(settle_s)
     before = interrupt_counts()
     time.sleep(seconds)
     after = interrupt_counts()
