@@ -41,6 +41,9 @@ def test_drops_compiles_with_the_header_paths_offset_expressions(loader, tmp_pat
     cflags = [*drops.FLOW_CFLAGS, f"-DNETPROF_MAX_NETNS={drops.MAX_NETNS}",
               f"-DNETPROF_DROPS_MAX_KEYS={drops.MAX_DROP_KEYS}",
               f"-DNETPROF_DROPS_MAX_LISTENERS={drops.MAX_LISTENERS}",
-              *drops.reason_cflags(loader.layout.drop_reasons), "-DNETPROF_KFREE_SKB_HAS_RX_SK"]
+              *drops.reason_cflags(loader.layout.drop_reasons)]
+    fields = drops.tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
+    if "rx_sk" in fields or not fields:  # as DropProbe decides (6.1's tracepoint has none)
+        cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
     bpf = loader.compile("drops", [*cflags, "-include", str(header)])
     bpf.cleanup()
