@@ -105,7 +105,15 @@ def node_left_as_found():
     if os.geteuid() != 0:
         yield
         return
+    from profiler.lab.topology import list_labs
+
+    def another_process_has_a_lab() -> bool:
+        return any(lab.owner_alive and lab.owner_pid != os.getpid() for lab in list_labs())
+
     labs_before = _lab_prefixes()
+    # A value read while another process's scenario holds a node sysctl at a temporary value
+    # is not the node's: "restoring" it later would undo that process's own restore.
+    foreign_lab_at_start = another_process_has_a_lab()
     sysctls_before = _read_guarded()
     yield
     problems = []
@@ -116,9 +124,7 @@ def node_left_as_found():
         for prefix in sorted(leaked):
             down_all(prefix)
         problems.append(f"labs left behind: {sorted(leaked)}")
-    from profiler.lab.topology import list_labs
-
-    if any(lab.owner_alive and lab.owner_pid != os.getpid() for lab in list_labs()):
+    if foreign_lab_at_start or another_process_has_a_lab():
         # Another process's scenario may hold a node sysctl at a temporary value right now;
         # writing ours back would break it (and its own restore would then be undone).
         changed = {}
