@@ -129,7 +129,8 @@ def _kernel_banned_cpus(root: Path) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _irqbalance_pid(root: Path) -> int | None:
+def irqbalance_pid(root: Path = Path("/")) -> int | None:
+    """The pid of a process named irqbalance (its /proc/<pid>/comm; symlinked entries skipped)."""
     proc = resolve_in_root(root, "proc")
     if proc is None:
         return None
@@ -154,7 +155,7 @@ def read_irqbalance(root: Path = Path("/")) -> IrqbalanceState:
     line and environment are what it obeys), else from its configuration file (what it would
     obey once started)."""
     kernel_banned = _kernel_banned_cpus(root)
-    pid = _irqbalance_pid(root)
+    pid = irqbalance_pid(root)
     notes: list[str] = []
     if pid is not None:
         cmdline = read_text_in_root(root, f"proc/{pid}/cmdline") or ""

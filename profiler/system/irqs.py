@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..kernel.root_files import list_dir_in_root, read_regular_text, read_text_in_root, relative_in_root, resolve_in_root, root_path
+from ..kernel.root_files import list_dir_in_root, read_text_in_root, relative_in_root, resolve_in_root, root_path
+from .irqbalance import irqbalance_pid
 from .cpus import (
     cpus_from_list_or_mask,
     interrupts_header_cpus,
@@ -514,27 +515,8 @@ def irqs_by_cpu(topology: IrqTopology) -> dict[int, list[NicQueue]]:
 
 
 def irqbalance_running(root: Path = Path("/")) -> bool:
-    """Whether a process named irqbalance is running (it rewrites smp_affinity behind our back).
-
-    Reads only /proc/<pid>/comm, and skips any pid entry or comm that is a symlink.
-    """
-    proc = resolve_in_root(root, "proc")
-    if proc is None:
-        return False
-    try:
-        entries = list(os.scandir(proc))
-    except OSError:
-        return False
-    for entry in entries:
-        try:
-            if not _DECIMAL.match(entry.name) or not entry.is_dir(follow_symlinks=False):
-                continue
-        except OSError:
-            continue
-        comm = read_regular_text(Path(entry.path) / "comm")
-        if comm is not None and comm.strip() == "irqbalance":
-            return True
-    return False
+    """Whether a process named irqbalance is running (it rewrites smp_affinity behind our back)."""
+    return irqbalance_pid(root) is not None
 
 
 def ethtool_channels(ifname: str) -> dict[str, int] | None:
