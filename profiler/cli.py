@@ -163,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--apply", action="store_true", help="make the node-scope changes")
     action.add_argument("--rollback", action="store_true", help="restore what the last --apply changed")
     fix.add_argument("--verify", action="store_true",
-                     help="with --apply: capture again for --window seconds after the changes, keep each "
-                          "finding's fixes only if the figure it is about improved beyond noise (the test "
-                          "`netprof diff` uses), roll back the others; verdicts go into the journal")
+                     help="with --apply: capture again for --window seconds after the changes, then once "
+                          "more with them undone; keep each finding's fixes only if the figure it is about "
+                          "improved beyond noise (the test `netprof diff` uses) and came back when undone; "
+                          "verdicts go into the journal")
     fix.add_argument("--window", type=_duration, default=None, metavar="SECONDS",
-                     help="with --verify: how long to capture after the changes (default: as long as the "
-                          "capture before them)")
+                     help="with --verify: how long each capture after the changes takes (default: as "
+                          "long as the capture before them)")
     fix.add_argument("--only", metavar="KIND,…", help="only these finding kinds (e.g. listen-overflow)")
     fix.add_argument("--output", "-o", "--out", dest="out", type=Path, metavar="DIR",
                      help="also write each fix's YAML / code / script snippet into DIR (--out: the old name)")

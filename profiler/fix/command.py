@@ -159,7 +159,12 @@ def print_verification(result: "VerifiedApply", console: Console) -> None:
         style = {"kept": "green", "rolled-back": "yellow", "inconclusive": "yellow"}[verdict.outcome]
         console.print(Text(inert(verdict.headline()).replace("rolled-back:", "rolled back:", 1), style=style))
     if result.rollback is not None:
+        # Every change is undone once judged: the kept ones to see their figure come back.
         _print_lines(format_report(result.rollback), console)
+    if result.reapplied is not None:
+        console.print("the kept fixes, made again (`netprof fix --rollback` undoes them):",
+                      markup=False, highlight=False)
+        _print_lines(format_report(result.reapplied), console)
 
 
 def run_fix(*, capture: dict | None, apply: bool, do_rollback: bool, journal_dir: Path,

@@ -4,20 +4,23 @@ Each finding kind has one figure its fixes are meant to bring down (the one its 
 measured): CPU_BACKLOG drops for a full input backlog, the busy CPU's NET_RX time for a
 softirq imbalance, the pod's listen overflows for a full accept queue, and so on. A fix is
 kept only when that figure fell beyond noise (profiler.analysis.diff decides, the same test
-`netprof diff` uses). It is rolled back when the figure did not move, or rose; and when the
-node itself changed under the verification -- the traffic that made the trouble fell away
--- the verdict is "inconclusive", and the fix is rolled back too: an improvement that the
-load explains is no evidence for the fix.
+`netprof diff` uses) *and* came back when the fix was undone for one more window: a node
+drifts (a burst fades, a CPU gets busier), and one before/after pair cannot tell that from
+the fix, while a figure that falls with the fix and rises without it can only be the fix's
+(an A-B-A design). It is rolled back when the figure did not move, or rose, or did not come
+back; and when the node itself changed under the verification -- the traffic that made the
+trouble fell away -- the verdict is "inconclusive", and the fix is rolled back too: an
+improvement that the load explains is no evidence for the fix.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from ..analysis.diff import Figure, FigureChange, capture_figures, compare_figure
-from ..analysis.findings import Change, Finding
+from ..analysis.findings import Finding
 from ..document import ProfileDocument
 from .apply import ApplyReport, apply_changes, rollback
 from .identity import PlanIdentity
@@ -84,19 +87,21 @@ class Verdict:
     after_per_s: float | None
     why: str
     unit: str = "events"        # events, or ns (a time: shown as a share of a CPU)
+    undone_per_s: float | None = None   # the figure while the fix was undone to confirm it
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "pod": self.pod, "cpu": self.cpu, "outcome": self.outcome,
                 "figure": self.figure, "unit": self.unit, "before_per_s": self.before_per_s,
-                "after_per_s": self.after_per_s, "why": self.why}
+                "after_per_s": self.after_per_s, "undone_per_s": self.undone_per_s, "why": self.why}
 
     def headline(self) -> str:
         if self.before_per_s is None or self.after_per_s is None:
             return f"{self.outcome}: {self.kind}: {self.why}"
         unit = "% cpu" if self.unit == "ns" else "/s"
         scale = 100 / 1e9 if unit == "% cpu" else 1.0
+        undone = (f", {self.undone_per_s * scale:,.1f}{unit} undone" if self.undone_per_s is not None else "")
         return (f"{self.outcome}: {self.figure} {self.before_per_s * scale:,.1f}{unit} → "
-                f"{self.after_per_s * scale:,.1f}{unit} ({self.why})")
+                f"{self.after_per_s * scale:,.1f}{unit}{undone} ({self.why})")
 
 
 def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> Verdict:
@@ -126,32 +131,53 @@ def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[
     return verdict("rolled-back", "no change beyond noise")
 
 
+def confirm(tentative: Verdict, finding: Mapping[str, Any], after: Mapping[str, Any],
+            undone: Mapping[str, Any]) -> Verdict:
+    """The second half of the A-B-A: a tentatively kept fix stays only if its figure came
+    back beyond noise in the window where the fix was undone."""
+    old, new = capture_figures(after), capture_figures(undone)
+    key = _figure_key(finding, old) or _figure_key(finding, new)
+    assert key is not None, "a kept verdict has a figure"
+    back = compare_figure(old.get(key), new.get(key), float(after["duration_s"]), float(undone["duration_s"]))
+    load = load_change(after, undone)
+    rebound = replace(tentative, undone_per_s=back.after_per_s)
+    if back.beyond_noise and back.direction == "worse":
+        return replace(rebound, why=f"{tentative.why}; back when undone")
+    if load.beyond_noise and load.direction == "better":
+        return replace(rebound, outcome="inconclusive",
+                       why=f"the node's traffic fell from {load.before_per_s:,.0f} to {load.after_per_s:,.0f} "
+                           "packets/s while the fix was undone")
+    return replace(rebound, outcome="rolled-back",
+                   why="it did not come back when the fix was undone: the fall was not the fix's")
+
+
 # --------------------------------------------------------------------------- apply, then judge
-
-
-def _change_key(change: Change) -> tuple[str, str, str | None]:
-    return (change.kind, change.key, change.netns)
 
 
 @dataclass(frozen=True)
 class VerifiedApply:
     applied: ApplyReport
     verdicts: tuple[Verdict, ...] = ()
-    rollback: ApplyReport | None = None     # of the fixes that were not kept
+    rollback: ApplyReport | None = None     # every change, once judged (the A-B-A's second A)
+    reapplied: ApplyReport | None = None    # the fixes kept, made again after their confirmation
 
     @property
     def ok(self) -> bool:
-        return self.applied.ok and (self.rollback is None or self.rollback.ok)
+        return (self.applied.ok and (self.rollback is None or self.rollback.ok)
+                and (self.reapplied is None or self.reapplied.ok))
 
 
 def apply_and_verify(findings: list[Finding], before: Mapping[str, Any], capture_after: Callable[[], Mapping[str, Any]],
                      identity: PlanIdentity, journal_dir: Path, *,
                      allowed_sysctls: frozenset[str] | None = None) -> VerifiedApply:
-    """Apply the node-scope fixes of `findings`, capture again, keep each finding's fixes only
-    if its own figure improved beyond noise, roll back the rest (this apply's entries only).
+    """Apply the node-scope fixes of `findings` and capture again (`capture_after`); a finding
+    whose own figure improved beyond noise is tentatively kept. Then every change of this
+    apply is rolled back and, if any finding was tentatively kept, `capture_after` runs once
+    more: a finding is kept only if its figure came back, and the changes of the kept findings
+    are applied again (a new apply in the journal, what `--rollback` undoes).
 
     A change two findings share stays if either keeps it. The verdicts are recorded in the
-    journal beside the apply's entries."""
+    journal beside the re-apply's entries (the first apply's when nothing was kept)."""
     judged = [finding for finding in findings if node_scope_changes(finding.fixes)]
     changes = node_scope_changes([fix for finding in judged for fix in finding.fixes])
     applied = apply_changes(changes, identity, journal_dir)
@@ -159,14 +185,22 @@ def apply_and_verify(findings: list[Finding], before: Mapping[str, Any], capture
         # Refused, failed (and undone), or nothing needed writing: nothing to judge.
         return VerifiedApply(applied)
     after = capture_after()
-    verdicts = tuple(judge(finding.to_json(), before, after) for finding in judged)
-    kept: set[tuple[str, str, str | None]] = set()
-    for finding, verdict in zip(judged, verdicts):
-        if verdict.outcome == "kept":
-            kept |= {_change_key(change) for change in node_scope_changes(finding.fixes)}
-    undone = None
-    if any(verdict.outcome != "kept" for verdict in verdicts):
-        undone = rollback(journal_dir, allowed_sysctls=allowed_sysctls, apply_id=applied.apply_id,
-                          only=lambda change: _change_key(change) not in kept)
-    record_verdicts(journal_dir, applied.apply_id, [verdict.to_json() for verdict in verdicts])
-    return VerifiedApply(applied, verdicts, undone)
+    verdicts = [judge(finding.to_json(), before, after) for finding in judged]
+    undone = rollback(journal_dir, allowed_sysctls=allowed_sysctls, apply_id=applied.apply_id)
+    if undone.ok and any(verdict.outcome == "kept" for verdict in verdicts):
+        without = capture_after()
+        verdicts = [confirm(verdict, finding.to_json(), after, without) if verdict.outcome == "kept" else verdict
+                    for finding, verdict in zip(judged, verdicts)]
+    elif not undone.ok:
+        verdicts = [replace(verdict, outcome="rolled-back", why=f"{verdict.why}; the rollback to confirm it failed")
+                    if verdict.outcome == "kept" else verdict for verdict in verdicts]
+    kept = [finding for finding, verdict in zip(judged, verdicts) if verdict.outcome == "kept"]
+    reapplied = None
+    if kept:
+        reapplied = apply_changes(node_scope_changes([fix for finding in kept for fix in finding.fixes]),
+                                  identity, journal_dir)
+    # After the re-apply: a journal whose entries were all restored is started afresh by the
+    # next apply, and the verdicts belong beside the entries that are still open.
+    holder = reapplied.apply_id if reapplied is not None and reapplied.apply_id else applied.apply_id
+    record_verdicts(journal_dir, holder, [verdict.to_json() for verdict in verdicts])
+    return VerifiedApply(applied, tuple(verdicts), undone, reapplied)

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from profiler.fix.verify import judge, packets_processed, target_figure
+from profiler.fix.verify import confirm, judge, packets_processed, target_figure
 
 
 def capture(duration_s: float = 10.0, backlog_drops: int = 0, processed: int = 1_000_000,
@@ -75,3 +75,38 @@ def test_packets_processed_falls_back_to_net_rx_runs():
     doc = capture(processed=0)
     assert packets_processed(doc) == 100
     assert packets_processed(copy.deepcopy(capture())) == 1_000_000
+
+
+# ---------------------------------------------------------------- the A-B-A: undone, it comes back
+
+def test_a_kept_fix_is_confirmed_when_its_figure_comes_back_undone():
+    after = capture(backlog_drops=0)
+    tentative = judge(BACKLOG, capture(backlog_drops=23_100), after)
+    verdict = confirm(tentative, BACKLOG, after, capture(backlog_drops=22_900))
+    assert verdict.outcome == "kept" and verdict.why.endswith("back when undone")
+    assert verdict.undone_per_s == pytest.approx(2290)
+    assert verdict.headline().startswith("kept: CPU_BACKLOG drops 2,310.0/s → 0.0/s, 2,290.0/s undone")
+    assert verdict.to_json()["undone_per_s"] == pytest.approx(2290)
+
+
+def test_a_fall_that_stays_when_undone_was_not_the_fixs():
+    # The CI run that made this rule: 714/s → 261/s with a fix aimed elsewhere, a drift.
+    after = capture(backlog_drops=2610)
+    tentative = judge(BACKLOG, capture(backlog_drops=7145), after)
+    assert tentative.outcome == "kept"          # the before/after pair alone is fooled
+    verdict = confirm(tentative, BACKLOG, after, capture(backlog_drops=2500))
+    assert verdict.outcome == "rolled-back" and "did not come back" in verdict.why
+
+
+def test_a_fall_that_deepens_when_undone_is_not_confirmed():
+    after = capture(backlog_drops=2610)
+    tentative = judge(BACKLOG, capture(backlog_drops=7145), after)
+    verdict = confirm(tentative, BACKLOG, after, capture(backlog_drops=100))
+    assert verdict.outcome == "rolled-back"
+
+
+def test_traffic_that_falls_while_undone_makes_it_inconclusive():
+    after = capture(backlog_drops=0)
+    tentative = judge(BACKLOG, capture(backlog_drops=23_100), after)
+    verdict = confirm(tentative, BACKLOG, after, capture(backlog_drops=0, processed=1000))
+    assert verdict.outcome == "inconclusive" and "while the fix was undone" in verdict.why
