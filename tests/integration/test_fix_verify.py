@@ -6,6 +6,8 @@ back) and made again. Values are read back through /proc, not the engine."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +108,29 @@ def test_traffic_that_stops_under_the_verification_is_inconclusive(tmp_path):
     assert verdict.outcome == "inconclusive", verdict
     assert "traffic fell" in verdict.why
     assert value == "2", "an inconclusive fix is rolled back"
+
+
+def test_the_cli_verifies_from_a_saved_capture_and_rollback_undoes_the_kept_fix(tmp_path):
+    # `netprof fix --from before.json --apply --verify --window S`, as an operator runs it.
+    journal = tmp_path / "journal"
+    with CpuBacklogScenario(max_backlog=2, rate=10000, burst=100) as scenario:
+        scenario.start(SCENARIO_LIMIT_S)
+        time.sleep(0.5)
+        saved = tmp_path / "before.json"
+        saved.write_text(json.dumps(capture()))
+        verified = subprocess.run(
+            [sys.executable, "-m", "profiler.cli", "fix", "--from", str(saved), "--apply", "--verify",
+             "--window", str(WINDOW_S), "--only", "cpu-backlog-drops", "--journal-dir", str(journal)],
+            capture_output=True, text=True, timeout=300)
+        value_after_verify = BACKLOG.read_text().strip()
+        undone = subprocess.run([sys.executable, "-m", "profiler.cli", "fix", "--rollback", "--journal-dir",
+                                 str(journal)], capture_output=True, text=True, timeout=60)
+        value_after_rollback = BACKLOG.read_text().strip()
+        scenario.stop()
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    out = verified.stdout
+    assert "kept: CPU_BACKLOG drops" in out and "undone" in out, out
+    assert "the kept fixes, made again" in out, out
+    assert int(value_after_verify) > 2, "the kept fix is in place after the verification"
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert value_after_rollback == "2", "--rollback undoes the re-applied fix"

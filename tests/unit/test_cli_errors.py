@@ -85,3 +85,15 @@ def test_capability_mask_decoding():
     assert missing_bpf_capabilities((1 << 39) | (1 << 38)) is None      # CAP_BPF + CAP_PERFMON
     assert missing_bpf_capabilities(1 << 39) == "CAP_PERFMON"
     assert missing_bpf_capabilities(1 << 21) is None                    # CAP_SYS_ADMIN alone
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("fix", "--verify"), "add --apply"),
+    (("fix", "--window", "5"), "add --apply"),
+    (("fix", "--apply", "--window", "5"), "add --verify"),
+    (("fix", "--apply", "--verify", "--window", "0"), "--window"),
+    (("fix", "--rollback", "--from", "x.json"), "no --from"),
+])
+def test_fix_verify_arguments_are_checked_before_anything_runs(args, needle):
+    # Refused before any capture or write: these would otherwise profile for seconds first.
+    assert_one_line_error(netprof(*args), needle)

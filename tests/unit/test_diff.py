@@ -132,3 +132,53 @@ def test_cli_bad_input_is_one_line(tmp_path):
     result = run_cli(str(tmp_path / "bad.json"), str(BUSY))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("netprof:")
+
+
+def _changes(before: dict, after: dict, group: str) -> dict:
+    return {(c.subject, c.metric): c for c in diff_captures(before, after).changes if c.group == group}
+
+
+def test_softirq_time_is_judged_on_a_cpu_share_threshold_not_a_count_test():
+    before = load_busy()
+    duration = before["duration_s"]
+    per_s = before["cpus"][0]["softirq"]["NET_RX"]["time_ns"] / duration   # ≈ 80 % of cpu0
+    # ×0.6: 32 points of a CPU less, beyond both the ratio and the 5-point floor.
+    fell = copy.deepcopy(before)
+    fell["cpus"][0]["softirq"]["NET_RX"]["time_ns"] = int(per_s * 0.6 * duration)
+    change = _changes(before, fell, "cpu")[("cpu0", "NET_RX time")]
+    assert change.direction == "better" and change.test == "threshold" and change.p_value is None
+    # ×1.6 of a tiny time (2 µs/s → 3.2 µs/s): the ratio moved, the CPU share did not.
+    tiny = copy.deepcopy(before)
+    tiny["cpus"][0]["softirq"]["NET_TX"]["time_ns"] = int(before["cpus"][0]["softirq"]["NET_TX"]["time_ns"] * 1.6)
+    assert ("cpu0", "NET_TX time") not in _changes(before, tiny, "cpu")
+
+
+def test_napi_softnet_site_and_listener_figures_are_compared():
+    before = load_busy()
+    before["pods"][0]["listen"] = [{"address": "0.0.0.0", "port": 8080, "overflow_drops": 0}]
+    after = copy.deepcopy(before)
+    after["cpus"][0]["napi"][0]["budget_exhausted"] *= 3
+    after["cpus"][0]["softnet"]["time_squeeze"] = 400
+    after["drop_sites"][1]["count"] = 0
+    after["pods"][0]["listen"][0]["overflow_drops"] = 250
+    cpu = _changes(before, after, "cpu")
+    assert cpu[("cpu0", "NAPI budget exhausted (no_device)")].direction == "worse"
+    assert cpu[("cpu0", "softnet time_squeeze")].direction == "worse"
+    site = _changes(before, after, "site")
+    assert site[("tcp_v4_rcv+0x91 NO_SOCKET", "drops")].direction == "better"
+    listener = _changes(before, after, "listener")
+    pod = before["pods"][0]["pod"]
+    assert listener[(f"{pod} 0.0.0.0:8080", "overflow drops")].direction == "worse"
+
+
+def test_a_finding_that_gets_more_severe_or_scores_higher_is_worse():
+    before = load_busy()
+    after = copy.deepcopy(before)
+    imbalance = next(f for f in after["findings"] if f["kind"] == "softirq-imbalance")
+    imbalance["score"] = imbalance["score"] * 2
+    retrans = next(f for f in after["findings"] if f["kind"] == "tcp-retransmits")
+    retrans["severity"] = "warning"
+    diff = diff_captures(before, after)
+    changes = {f.kind: f.change for f in diff.findings}
+    assert changes == {"softirq-imbalance": "worse", "tcp-retransmits": "better"}
+    assert diff.worse
