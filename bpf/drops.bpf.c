@@ -189,6 +189,10 @@ BPF_ARRAY(drop_stack_generation, u32, 1);
 BPF_HASH(drops_by_stack, struct drop_stack_key, struct stack_count, NETPROF_DROPS_MAX_STACK_KEYS);
 BPF_PERCPU_ARRAY(drop_stacks_lost, u64, STACK_LOST_SLOTS);
 BPF_PERCPU_ARRAY(drop_stack_sampler, struct stack_sampler, 1);
+/* [0] != 0: stack walks paused, the quiet detail tier (profiler/detail_tier.py). Read before
+ * anything else of the stack path, so a paused drop costs one array load (the verifier
+ * inlines a constant-key array lookup) and leaves the key's sampling state untouched. */
+BPF_ARRAY(drop_stacks_paused, u32, 1);
 
 static __always_inline void count_stack_lost(int slot, u64 events)
 {
@@ -368,8 +372,12 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     count_tcp_flow_drop(args->skbaddr, args->protocol, &key);
 #endif
 #ifdef NETPROF_DROPS_STACKS
-    if (count)
-        sample_drop_stack(args, &count->stack, netns, reason);
+    if (count) {
+        int flag_slot = 0;
+        u32 *paused = drop_stacks_paused.lookup(&flag_slot);
+        if (!paused || !*paused)
+            sample_drop_stack(args, &count->stack, netns, reason);
+    }
 #endif
     /* rx_sk of a listen overflow is the listener: the final ACK found its accept queue full. */
     if (reason == (u32)NETPROF_DROP_REASON_TCP_LISTEN_OVERFLOW && rx_sk)

@@ -39,6 +39,9 @@ BPF_PERCPU_ARRAY(retransmit_stack_sampler, struct stack_sampler, 1);
 /* The sampling key of a retransmit is its pod; LRU: a pod evicted just starts afresh (its
  * pending retransmits, at most one spacing's worth per CPU, go unattributed). */
 BPF_TABLE("lru_percpu_hash", u32, struct stack_key_state, retransmit_stack_keys, NETPROF_STACK_KEY_PODS);
+/* [0] != 0: stack walks paused, the quiet detail tier (profiler/detail_tier.py); checked
+ * first, so a paused retransmit takes no clock read and no sampling state. */
+BPF_ARRAY(retransmit_stacks_paused, u32, 1);
 
 static __always_inline void count_stack_lost(int slot, u64 events)
 {
@@ -140,7 +143,10 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     }
 
 #ifdef NETPROF_RETRANSMIT_STACKS
-    sample_retransmit_stack(args, netns);
+    int flag_slot = 0;
+    u32 *paused = retransmit_stacks_paused.lookup(&flag_slot);
+    if (!paused || !*paused)
+        sample_retransmit_stack(args, netns);
 #endif
 
     struct retransmit_flow_key key = {};

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+from .detail_tier import TierSettings, TierTotals
 from .kernel.features import KernelInfo
 from .kernel.stacks import RETRANSMIT_STACK_REASON, stack_sampling_json
 from .probes.base import ProbeStatus
@@ -223,6 +224,7 @@ class SnapshotTotals:
         self._stack_sampling: Mapping[str, int] = {}   # Snapshot.stack_sampling, summed
         self._lost: Counter[str] = Counter()
         self._ignored: Counter[str] = Counter()
+        self.tiers = TierTotals()   # seconds in each detail tier, switches
 
     def know(self, pods: Mapping[int, str]) -> None:
         """Pods known to exist at some point: each gets its entry (zeros when quiet); the
@@ -262,6 +264,7 @@ class SnapshotTotals:
         self._lost.update(snapshot.lost)
         self._ignored.update(snapshot.ignored)
         self._stack_sampling = _sum_mappings(self._stack_sampling, snapshot.stack_sampling)
+        self.tiers.add(snapshot)
         self.intervals += 1
         self.sampled_s += snapshot.interval_s
         if present is not None:
@@ -381,6 +384,7 @@ class Capture:
     node: NodeContext | None = None  # read at the end of the capture
     findings: list[Finding] = field(default_factory=list)  # ranked, from profiler.analysis
     cost: Cost | None = None  # what netprof cost the node over these snapshots (profiler.cost)
+    tier: TierSettings | None = None  # the detail tier asked for (None: not said; profiler.detail_tier)
 
     def __post_init__(self) -> None:
         # The labels the pod directory gave when the capture was assembled are its best (a
@@ -503,4 +507,5 @@ class Capture:
             "lost_events": sections["lost_events"],
             "ignored_events": sections["ignored_events"],
             "cost": self.cost.to_json() if self.cost else None,
+            "tier": self.totals.tiers.to_json(self.tier),
         }

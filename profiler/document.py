@@ -210,6 +210,9 @@ class CpuView:
 
     raw: Raw
     duration_s: float
+    # Seconds the detail programs (softirq, NAPI) ran: the full tier's share of the capture
+    # (`tier`, profiler/detail_tier.py). None: all of duration_s.
+    detail_s: float | None = None
 
     @property
     def cpu(self) -> int:
@@ -229,10 +232,12 @@ class CpuView:
         return int(self.vector(vector).get("time_ns", 0))
 
     def softirq_share(self, vector: str) -> float:
-        """Share of the CPU's time in this softirq vector, 0..1 (0 over no time)."""
-        if self.duration_s <= 0:
+        """Share of the CPU's time in this softirq vector, 0..1 (0 over no time), over the
+        time the softirq program ran (a quiet tier's seconds are not idle seconds)."""
+        seconds = self.duration_s if self.detail_s is None else self.detail_s
+        if seconds <= 0:
             return 0.0
-        return min(1.0, self.softirq_time_ns(vector) / (self.duration_s * 1e9))
+        return min(1.0, self.softirq_time_ns(vector) / (seconds * 1e9))
 
     def latency_log2_ns(self, vector: str) -> list[int]:
         return [int(c) for c in self.vector(vector).get("latency_log2_ns") or ()]
@@ -288,6 +293,57 @@ class CpuView:
     def per_s(self, count: float) -> float:
         return _per_s(count, self.duration_s)
 
+    def detail_per_s(self, count: float) -> float:
+        """A count of a detail program (NAPI polls) per second of the time it ran."""
+        return _per_s(count, self.duration_s if self.detail_s is None else self.detail_s)
+
+
+@dataclass(frozen=True)
+class TierView:
+    """The detail tier over the capture (profile JSON `tier`; profiler/detail_tier.py). A
+    document from before tiers ran everything, always: full, never switched."""
+
+    raw: Raw
+    duration_s: float
+
+    @property
+    def mode(self) -> str:
+        return str(self.raw.get("mode") or "full")
+
+    @property
+    def current(self) -> str:
+        return str(self.raw.get("current") or "full")
+
+    @property
+    def full_s(self) -> float:
+        return float(self.raw.get("full_s", self.duration_s) or 0.0)
+
+    @property
+    def quiet_s(self) -> float:
+        return float(self.raw.get("quiet_s") or 0.0)
+
+    @property
+    def switches_to_full(self) -> int:
+        return int(self.raw.get("switches_to_full") or 0)
+
+    @property
+    def switches_to_quiet(self) -> int:
+        return int(self.raw.get("switches_to_quiet") or 0)
+
+    @property
+    def switches(self) -> list[Raw]:
+        return list(self.raw.get("switches") or ())
+
+    @property
+    def last_switch(self) -> Raw | None:
+        switches = self.switches
+        return switches[-1] if switches else None
+
+    @property
+    def detail_s(self) -> float | None:
+        """Seconds the detail programs ran, where that is not the whole capture (None)."""
+        return self.full_s if self.quiet_s > 0 else None
+
 
 class ProfileDocument:
     """Typed, read-only access to one profile document. Cheap to build: it wraps the dict."""
@@ -329,7 +385,12 @@ class ProfileDocument:
 
     @cached_property
     def cpus(self) -> tuple[CpuView, ...]:
-        return tuple(CpuView(cpu, self.duration_s) for cpu in self.raw.get("cpus") or ())
+        detail_s = self.tier.detail_s
+        return tuple(CpuView(cpu, self.duration_s, detail_s) for cpu in self.raw.get("cpus") or ())
+
+    @cached_property
+    def tier(self) -> TierView:
+        return TierView(self.raw.get("tier") or {}, self.duration_s)
 
     def cpu(self, number: int) -> CpuView | None:
         return next((cpu for cpu in self.cpus if cpu.cpu == number), None)

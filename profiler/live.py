@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .analysis.detectors import AnalysisContext, analyze
 from .capture import Capture
+from .detail_tier import TierPolicy, TierSettings
 from .cost import COST_SAMPLE_EVERY, BpfStatsSwitch, Cost, CostMeter, CostReading, MeteredLoader, cost_of_span
 from .errors import NetprofError
 from .inert import inert
@@ -24,7 +26,7 @@ from .netns_names import PodIdentity
 from .pod_listing import default_pod_directory
 from .probes.base import ProbeStatus
 from .sampler import Sampler
-from .snapshot import Snapshot
+from .snapshot import FULL_TIER, Snapshot
 from .sources.base import Source
 from .system.irqbalance import read_irqbalance
 from .system.node import collect_node_context
@@ -33,10 +35,12 @@ from .system.node import collect_node_context
 class LiveSession:
     def __init__(self, root: Path = Path("/"), sources: list[Source] | None = None,
                  window_s: float | None = None, measure_cost: bool = True,
-                 cost_sample_every: int = COST_SAMPLE_EVERY):
+                 cost_sample_every: int = COST_SAMPLE_EVERY, tier: TierSettings | None = None):
         """window_s: how much history to keep (None: everything, for a fixed-length capture).
         measure_cost: give captures a `cost` section (profiler/cost.py), timing the BPF
-        programs during the first interval and one in every `cost_sample_every` after it."""
+        programs during the first interval and one in every `cost_sample_every` after it.
+        tier: which detail programs run and when that changes (profiler/detail_tier.py;
+        default: the full tier, pinned)."""
         self.root = root
         self.window_s = window_s
         self.info: KernelInfo = probe_kernel(root)
@@ -65,6 +69,9 @@ class LiveSession:
         # netns inode → Kubernetes pod, remembered from the first time a resolver knew it, so
         # a pod deleted long before the capture ends keeps its namespace/name/containers.
         self._identities: dict[int, PodIdentity] = {}
+        # Decided once per interval here, the one place: every view reads it from the capture.
+        self.tier_policy = TierPolicy(tier)
+        self._log: Callable[[str], None] = lambda msg: None
 
     def start(self, log: Callable[[str], None] | None = None) -> list[ProbeStatus]:
         """Check the kernel, compile and attach every source. Raises NetprofError.
@@ -75,6 +82,9 @@ class LiveSession:
         log = log or (lambda msg: None)
         self.loader = loader
         self._sampler = Sampler(self.pods, self._sources)
+        self._log = log
+        # Before attach, so a quiet start never runs the detail programs for an interval.
+        self._sampler.set_detail(self.tier_policy.detail_on)
         if self._stats is not None:
             # Before attach, so the first interval is timed like every other.
             self._stats.enable()
@@ -105,7 +115,7 @@ class LiveSession:
         of a capture — pods read on a budget are all read, so the capture misses nothing."""
         if self._sampler is None:
             raise RuntimeError("sample() before start()")
-        snapshot = self._sampler.sample(final)
+        snapshot = self._switch_tier(self._sampler.sample(final))
         self._remember_identities(pod.netns for pod in snapshot.pods)
         reading = self._meter.read() if self._meter is not None else None
         timed = self._stats is not None and self._stats.enabled
@@ -125,6 +135,19 @@ class LiveSession:
                     if self._readings:
                         self._window_start_reading = self._readings.popleft()[0]
         return snapshot
+
+    def _switch_tier(self, snapshot: Snapshot) -> Snapshot:
+        """Let the tier policy judge the interval; a switch is made now and recorded on the
+        interval that caused it."""
+        switch = self.tier_policy.observe(snapshot, time.time())
+        if switch is None:
+            return snapshot
+        problems = self._sampler.set_detail(switch.to == FULL_TIER)
+        if problems:
+            switch = replace(switch, problems=tuple(problems))
+            for problem in problems:
+                self._log(inert(f"detail tier {switch.to}: {problem}"))
+        return replace(snapshot, tier_switch=switch)
 
     def _remember_identities(self, inodes: Iterable[int], refresh: bool = False) -> None:
         # sample() and capture() may run on different threads (serve, the TUI's export).
@@ -172,7 +195,8 @@ class LiveSession:
         known = self.pods.known()
         self._remember_identities(known, refresh=True)
         capture = Capture(kernel=self.info, probes=list(self.statuses), started_at=self.started_at,
-                          known_pods=known, pod_identities=self._known_identities())
+                          known_pods=known, pod_identities=self._known_identities(),
+                          tier=self.tier_policy.settings)
         for snapshot in snapshots:
             capture.add(snapshot)
         if metered:

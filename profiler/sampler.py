@@ -7,9 +7,10 @@ from pathlib import Path
 
 from .cost import MeteredLoader, RecursionMissCounter
 from .kernel.loader import BpfLoader
+from .errors import NetprofError
 from .pods import PodDirectory
 from .probes.base import ProbeStatus
-from .snapshot import Snapshot, SnapshotFrame
+from .snapshot import FULL_TIER, QUIET_TIER, Snapshot, SnapshotFrame
 from .sources.base import Source
 
 
@@ -37,6 +38,23 @@ class Sampler:
         self.statuses: list[ProbeStatus] = []
         self._last_read_s: float | None = None
         self._misses: RecursionMissCounter | None = None
+        # The detail tier (profiler/detail_tier.py): whether the sources' detail programs run.
+        self.detail_on = True
+
+    def set_detail(self, on: bool) -> list[str]:
+        """Switch every source's detail programs on or off (before attach: how they start).
+        Returns what could not be switched on, one line per source; those stay off."""
+        self.detail_on = on
+        problems = []
+        for source in self.sources:
+            set_detail = getattr(source, "set_detail", None)  # DetailSource: optional
+            if set_detail is None:
+                continue
+            try:
+                set_detail(on)
+            except NetprofError as exc:
+                problems.append(f"{source.name}: {exc}")
+        return problems
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         self.statuses = []
@@ -56,7 +74,8 @@ class Sampler:
         """What changed since the previous call (or since attach). `final`: the capture ends
         with this interval, so every source reads everything it has (see SnapshotFrame.final)."""
         started = self._last_read_s if self._last_read_s is not None else time.monotonic()
-        frame = SnapshotFrame(started, self.pods.label, final=final)
+        frame = SnapshotFrame(started, self.pods.label, final=final,
+                              tier=FULL_TIER if self.detail_on else QUIET_TIER)
         for source in self.sources:
             source.collect(frame)
         if self._misses is not None:

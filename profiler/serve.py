@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .capture import MAX_DROP_SITES, SCHEMA, SnapshotTotals, cpu_json, pod_json
 from .cost import Cost, ProgramCost
+from .detail_tier import TierSettings
 from .errors import NetprofError
 from .exports import atomic_write_text
 from .netns_names import PodIdentity
@@ -69,6 +70,12 @@ class ServedCapture:
         self._kernel: dict | None = None
         self._identities: dict[int, PodIdentity] = {}
         self._cost: Cost | None = None
+        self._tier: TierSettings | None = None
+
+    def set_tier(self, settings: TierSettings) -> None:
+        """The detail tier asked for (--tier); the intervals say what ran."""
+        with self._lock:
+            self._tier = settings
 
     def set_probes(self, statuses: list[ProbeStatus]) -> None:
         with self._lock:
@@ -112,6 +119,7 @@ class ServedCapture:
                 "lost_events": self._totals.lost(),
                 "ignored_events": self._totals.ignored(),
                 "cost": self._cost.to_json() if self._cost is not None else None,
+                "tier": self._totals.tiers.to_json(self._tier),
             }
 
 

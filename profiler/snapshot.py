@@ -195,6 +195,25 @@ class StackSample:
     samples: int = 0
 
 
+FULL_TIER = "full"    # every program runs (profiler/detail_tier.py)
+QUIET_TIER = "quiet"  # the detail programs (softirq, NAPI, stack walks) are off
+
+
+@dataclass(frozen=True)
+class TierSwitch:
+    """A change of detail tier, made at the end of an interval (profiler/detail_tier.py)."""
+
+    at: float                      # wall clock (time.time()) when the switch was made
+    to: str                        # FULL_TIER or QUIET_TIER
+    why: str                       # for people: which figure crossed which threshold
+    figures: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # the interval's trouble figures
+    problems: tuple[str, ...] = ()  # programs that could not be switched, and why
+
+    def to_json(self) -> dict:
+        return {"at": self.at, "to": self.to, "why": self.why, "figures": dict(self.figures),
+                "problems": list(self.problems)}
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Deltas over [started_s, ended_s] (monotonic seconds)."""
@@ -214,6 +233,9 @@ class Snapshot:
     # Stack sampling over the interval, "<program>_<counter>" (walks, walk_ns, skipped_spacing,
     # skipped_budget; "<program>_pending_now": events not yet given a stack, a level).
     stack_sampling: Mapping[str, int] = field(default_factory=lambda: EMPTY)
+    # The detail tier in force during the interval, and the switch made at its end (if any).
+    tier: str = FULL_TIER
+    tier_switch: TierSwitch | None = None
 
     @property
     def interval_s(self) -> float:
@@ -230,8 +252,9 @@ class SnapshotFrame:
     `when_collected` callback, run once every source has collected.
     """
 
-    def __init__(self, started_s: float, label: Any, final: bool = False):
+    def __init__(self, started_s: float, label: Any, final: bool = False, tier: str = FULL_TIER):
         self.started_s = started_s
+        self.tier = tier  # the detail tier in force while the sources counted
         self._label = label  # netns inode → pod label
         # The capture ends with this interval: a source that reads some pods less often
         # (profiler/sources/netns_schedule.py) reads all of them now, so nothing counted is left behind.
@@ -282,6 +305,7 @@ class SnapshotFrame:
             lost=MappingProxyType({k: v for k, v in self.lost.items() if v}),
             ignored=MappingProxyType({k: v for k, v in self.ignored.items() if v}),
             stack_sampling=MappingProxyType(dict(self.stack_sampling)),
+            tier=self.tier,
         )
 
 

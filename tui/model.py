@@ -189,12 +189,13 @@ def cpu_row(cpu: Mapping[str, Any] | CpuView, duration_s: float) -> CpuRow:
     findings: those come from elsewhere)."""
     view = _cpu_view(cpu, duration_s)
     p50, p99 = view.latency_percentiles_ns("NET_RX", (0.5, 0.99))
+    napi_s = duration_s if view.detail_s is None else view.detail_s  # NAPI polls are counted in the full tier only
     return CpuRow(
         cpu=view.cpu,
         net_rx_share=view.softirq_share("NET_RX"),
         net_tx_share=view.softirq_share("NET_TX"),
-        napi_polls_per_s=_per_s(view.napi_polls, duration_s),
-        budget_exhausted_per_s=_per_s(view.napi_budget_exhausted, duration_s),
+        napi_polls_per_s=_per_s(view.napi_polls, napi_s),
+        budget_exhausted_per_s=_per_s(view.napi_budget_exhausted, napi_s),
         time_squeeze_per_s=_per_s(view.time_squeeze, duration_s),
         backlog_drops_per_s=_per_s(view.backlog_drops, duration_s),
         net_rx_p50_ns=p50,

@@ -75,14 +75,18 @@ class BpfLoader:
             return f"btf+shim; headers at {self.info.headers} not used" if self.info.headers else "btf+shim"
         return f"kernel-headers at {self.info.headers}"
 
+    def tracepoints_problem(self, events: list[str]) -> str | None:
+        """Why BCC must not open these tracepoints' files ("category/event"), or None: checked
+        before every load and before a parked program's tracepoints are attached again."""
+        return tracepoint_files_problem(events, bcc_tracefs_dirs(self.tracefs_root, self.info.tracefs))
+
     def compile(self, program: str, cflags: list[str] | tuple[str, ...] = ()):
         """Compile and load bpf/<program>.bpf.c; returns the bcc.BPF object."""
         source = bpf_source_dir() / f"{program}.bpf.c"
         if not source.is_file():
             raise NetprofError(f"BPF source {source} is missing (broken install?)")
         # BCC opens each TRACEPOINT_PROBE's format and id files itself, blocking on a FIFO.
-        problem = tracepoint_files_problem(tracepoints_in_source(source.read_text()),
-                                           bcc_tracefs_dirs(self.tracefs_root, self.info.tracefs))
+        problem = self.tracepoints_problem(tracepoints_in_source(source.read_text()))
         if problem:
             raise NetprofError(f"not loading the {program} BPF program: {problem} (a broken or hostile tracefs)")
         bcc = import_bcc()

@@ -53,6 +53,13 @@ STACK_KEY_PODS = 1024
 KALLSYMS_RELOAD_S = 10.0
 
 
+def write_stacks_paused(table, paused: bool) -> None:
+    """Set a program's "stacks paused" flag (a one-entry BPF array, read by the drop and
+    retransmit programs before any stack work): the quiet detail tier. Takes effect at the
+    next event; nothing is re-attached."""
+    table[0] = table.Leaf(1 if paused else 0)
+
+
 def stack_sampling_cflags(share: float = DEFAULT_STACK_SHARE) -> list[str]:
     """-D macros of bpf/stacks.h for a share of each CPU (0.005: 0.5%)."""
     if not 0 < share <= MAX_STACK_SHARE:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 
 
@@ -31,3 +32,47 @@ class Probe(Protocol):
 
     def detach(self) -> None:
         """Release every kernel resource; safe to call twice or after a failed attach."""
+
+
+class TracepointParking:
+    """Detach a loaded program's tracepoints and attach them again later, without compiling
+    or loading anything (the quiet detail tier, profiler/detail_tier.py). Parked, the
+    program costs the kernel nothing: no run on any event. Its maps stay, so cumulative
+    counters read while parked simply do not move.
+
+    `tracepoints`: "category:event" names whose functions BCC named tracepoint__<cat>__<event>
+    (TRACEPOINT_PROBE). `problem`: asked before attaching again, since BCC opens the
+    tracepoints' id files itself (BpfLoader.tracepoints_problem)."""
+
+    def __init__(self, bpf, tracepoints: tuple[str, ...], problem: Callable[[list[str]], str | None]):
+        self._bpf = bpf
+        self._tracepoints = tracepoints
+        self._problem = problem
+        self.parked = False
+
+    def park(self) -> None:
+        if self.parked:
+            return
+        for tracepoint in self._tracepoints:
+            if tracepoint.encode() in self._bpf.tracepoint_fds:
+                self._bpf.detach_tracepoint(tracepoint.encode())
+        self.parked = True
+
+    def unpark(self) -> None:
+        """Attach every tracepoint again; on failure, leave them all detached and raise
+        NetprofError (the program stays parked)."""
+        if not self.parked:
+            return
+        problem = self._problem([tracepoint.replace(":", "/") for tracepoint in self._tracepoints])
+        if problem:
+            raise NetprofError(f"not attaching again: {problem}")
+        try:
+            for tracepoint in self._tracepoints:
+                category, event = tracepoint.split(":")
+                self._bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=f"tracepoint__{category}__{event}".encode())
+        except Exception as exc:  # BCC raises bare Exception when an attach fails
+            for tracepoint in self._tracepoints:
+                if tracepoint.encode() in self._bpf.tracepoint_fds:
+                    self._bpf.detach_tracepoint(tracepoint.encode())
+            raise NetprofError(f"attaching {tracepoint} again failed: {exc}") from None
+        self.parked = False

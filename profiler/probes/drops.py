@@ -19,6 +19,7 @@ from ..kernel.maps import MapLayout, MapReader
 from ..kernel.stacks import (
     DEFAULT_STACK_SHARE, STACK_LOST_KEY, STACK_LOST_SLOTS, STACK_SAMPLER, StackFold, StackGenerations,
     StackSampling, StackTail, read_stack_sampler, read_stacks_lost, stack_sampling_cflags,
+    write_stacks_paused,
 )
 from .base import ProbeStatus
 
@@ -214,6 +215,7 @@ class DropProbe:
         self._stacks = False
         self.rcvqueue_status: ProbeStatus | None = None
         self.stacks_status: ProbeStatus | None = None
+        self._stacks_paused = False
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         """Attach skb:kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
@@ -282,7 +284,16 @@ class DropProbe:
                 table(b"drop_stack_generation"), STACK_KEY)
             self._readers["stack_lost"] = MapReader(table(b"drop_stacks_lost"), MapLayout(STACK_LOST_KEY, COUNT, percpu=True))
             self._readers["sampler"] = MapReader(table(b"drop_stack_sampler"), MapLayout(SLOT_KEY, STACK_SAMPLER, percpu=True))
+            if self._stacks_paused:
+                write_stacks_paused(table(b"drop_stacks_paused"), True)
         return ProbeStatus(self.name, True, via)
+
+    def pause_stacks(self, paused: bool) -> None:
+        """Stack walks off (the quiet tier) or on; drops are counted either way. Before
+        attach it sets how the program starts."""
+        self._stacks_paused = paused
+        if self._bpf is not None and self._stacks:
+            write_stacks_paused(self._bpf.get_table(b"drop_stacks_paused"), paused)
 
     def read(self, flush: bool = False) -> DropCounts:
         """Cumulative counts, and the stacks sampled since the previous read. flush: the

@@ -13,6 +13,7 @@ from ..kernel.maps import MapLayout, MapReader
 from ..kernel.stacks import (
     DEFAULT_STACK_SHARE, STACK_KEY_STATE, STACK_LOST_KEY, STACK_LOST_SLOTS, STACK_SAMPLER, StackFold,
     StackGenerations, StackSampling, StackTail, read_stack_sampler, read_stacks_lost, stack_sampling_cflags,
+    write_stacks_paused,
 )
 from .base import ProbeStatus
 from ..kernel.features import tracepoint_fields
@@ -92,6 +93,7 @@ class RetransmitProbe:
         self._stack_share = stack_share
         self._stack_cflags = (*STACK_CFLAGS, *stack_sampling_cflags(stack_share))
         self.stacks_status: ProbeStatus | None = None
+        self._stacks_paused = False
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         via = f"tracepoint:{TRACEPOINT}"
@@ -128,7 +130,16 @@ class RetransmitProbe:
             self._stacks_lost = MapReader(table(b"retransmit_stacks_lost"), MapLayout(STACK_LOST_KEY, COUNT, percpu=True))
             self._sampler = MapReader(table(b"retransmit_stack_sampler"), MapLayout(SLOT_KEY, STACK_SAMPLER, percpu=True))
             self._key_states = MapReader(table(b"retransmit_stack_keys"), MapLayout(NETNS_KEY, STACK_KEY_STATE, percpu=True))
+            if self._stacks_paused:
+                write_stacks_paused(table(b"retransmit_stacks_paused"), True)
         return ProbeStatus(self.name, True, via)
+
+    def pause_stacks(self, paused: bool) -> None:
+        """Stack walks off (the quiet tier) or on; retransmits are counted either way.
+        Before attach it sets how the program starts."""
+        self._stacks_paused = paused
+        if self._bpf is not None and self._generations is not None:
+            write_stacks_paused(self._bpf.get_table(b"retransmit_stacks_paused"), paused)
 
     def read(self, flush: bool = False) -> RetransmitCounts:
         """Cumulative counts, and the stacks sampled since the previous read (flush: as in

@@ -10,7 +10,7 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.log2_histogram import LOG2_SLOTS
 from ..kernel.maps import MapLayout, MapReader
-from .base import ProbeStatus
+from .base import ProbeStatus, TracepointParking
 
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
 # The vectors netprof is about. Others (TIMER, SCHED, RCU, ...) can be asked for by name;
@@ -102,6 +102,7 @@ class SoftirqProbe:
         self._traced: dict[int, str] = {}
         self._nr_vectors = 0
         self._cpus = np.zeros(0, dtype=np.int64)
+        self._parking: TracepointParking | None = None
 
     @property
     def via(self) -> str:
@@ -129,7 +130,27 @@ class SoftirqProbe:
             "run_time": MapReader(self._bpf[b"softirq_run_time_log2"], MapLayout(ARRAY_INDEX, BUCKET, percpu=True)),
             "queue_delay": MapReader(self._bpf[b"softirq_queue_delay_log2"], MapLayout(ARRAY_INDEX, BUCKET, percpu=True)),
         }
+        self._parking = TracepointParking(self._bpf, TRACEPOINTS, loader.tracepoints_problem)
         return ProbeStatus(self.name, True, self.via)
+
+    @property
+    def parked(self) -> bool:
+        return self._parking is not None and self._parking.parked
+
+    def park(self) -> None:
+        """Detach the three tracepoints (the quiet tier); counters stay readable, unmoving."""
+        if self._parking is not None:
+            self._parking.park()
+
+    def unpark(self) -> None:
+        """Attach again. The timestamps are cleared first: a run entered before the park and
+        left while parked would otherwise be timed across the whole pause. Nothing writes them
+        now (parked for at least an interval), and an exit whose entry is unseen is counted
+        as exits_without_entry, as at the first attach. Raises NetprofError."""
+        if self._parking is None or not self._parking.parked:
+            return
+        self._bpf[b"softirq_timestamps"].clear()
+        self._parking.unpark()
 
     def read(self) -> SoftirqCounts:
         if self._bpf is None:
@@ -154,3 +175,4 @@ class SoftirqProbe:
             self._bpf.cleanup()
             self._bpf = None
         self._readers = {}
+        self._parking = None

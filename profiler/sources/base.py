@@ -24,6 +24,17 @@ class Source(Protocol):
         """Release everything; safe after a failed attach and when called twice."""
 
 
+class DetailSource(Protocol):
+    """A source with detail programs the quiet tier switches off (profiler/detail_tier.py).
+    Optional: the sampler asks every source that has `set_detail`."""
+
+    name: str
+
+    def set_detail(self, on: bool) -> None:
+        """Switch the detail programs on or off; before attach, how they start. Raises
+        NetprofError when they cannot be switched on (they stay off)."""
+
+
 CountsT = TypeVar("CountsT")
 
 
@@ -38,13 +49,31 @@ class ProbeSource(Generic[CountsT]):
         self.probe = probe
         self._attached = False
         self._previous: CountsT | None = None
+        self._detail = True
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         status = self.probe.attach(loader)
         self._attached = status.attached
         # A new attach starts the counters from zero: an older read is no baseline for them.
         self._previous = None
+        if self._attached and not self._detail:
+            self.switch_detail(False)
         return [status]
+
+    def set_detail(self, on: bool) -> None:
+        """The quiet tier (DetailSource) for sources that override `switch_detail`."""
+        self._detail = on
+        if self._attached:
+            self.switch_detail(on)
+
+    def switch_detail(self, on: bool) -> None:
+        """Switch this attached source's detail programs; nothing by default."""
+
+    def rebase(self) -> None:
+        """Take the counters as they are now as the next interval's baseline: what a
+        program counted up to its park (a few events between load and park) is left out
+        of every interval, so a parked program's figures are zero throughout."""
+        self._previous = self.probe.read()
 
     def collect(self, frame: SnapshotFrame) -> None:
         if not self._attached:

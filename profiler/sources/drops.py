@@ -62,6 +62,10 @@ class DropSource(ProbeSource[DropCounts]):
             statuses.append(stacks_status)
         return statuses
 
+    def switch_detail(self, on: bool) -> None:
+        # The counts never stop; only the stack walks do.
+        self.probe.pause_stacks(not on)
+
     def read(self, frame: SnapshotFrame):
         # The capture's last read gives each key's pending events to its last stack.
         return self.probe.read(flush=frame.final)

@@ -49,6 +49,14 @@ class NapiSource(ProbeSource[NapiCounts]):
     def __init__(self, probe: NapiProbe | None = None):
         super().__init__(probe or NapiProbe())
 
+    def switch_detail(self, on: bool) -> None:
+        # Detached while quiet: this program runs on every event whatever happens.
+        if on:
+            self.probe.unpark()
+        else:
+            self.probe.park()
+            self.rebase()
+
     def write_interval(self, frame: SnapshotFrame, previous: NapiCounts | None, counts: NapiCounts) -> None:
         for cpu, devices in napi_deltas(previous, counts, frame.label).items():
             frame.cpu(cpu, napi=devices)

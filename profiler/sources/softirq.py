@@ -44,6 +44,14 @@ class SoftirqSource(ProbeSource[SoftirqCounts]):
     def __init__(self, probe: SoftirqProbe | None = None):
         super().__init__(probe or SoftirqProbe())
 
+    def switch_detail(self, on: bool) -> None:
+        # Detached while quiet: this program runs on every event whatever happens.
+        if on:
+            self.probe.unpark()
+        else:
+            self.probe.park()
+            self.rebase()
+
     def write_interval(self, frame: SnapshotFrame, previous: SoftirqCounts | None, counts: SoftirqCounts) -> None:
         for cpu, vectors in softirq_deltas(previous, counts).items():
             frame.cpu(cpu, softirq=MappingProxyType(vectors))

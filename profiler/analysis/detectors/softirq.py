@@ -9,7 +9,7 @@ from ...system.cpus import parse_cpu_list
 from ...system.irqs import landing_cpus_text
 from .. import thresholds as T
 from ..findings import Finding, Fix
-from .base import AnalysisContext, capture_s
+from .base import MIN_CAPTURE_S, AnalysisContext, capture_s
 
 NETWORK_VECTORS = ("NET_RX", "NET_TX")
 
@@ -26,9 +26,11 @@ def _net_softirq_share(doc: ProfileDocument) -> dict[int, float]:
     # that did network work, and the worst imbalance -- every queue IRQ on one CPU, the others
     # doing nothing -- would otherwise leave one CPU to compare with nobody.
     shares = dict.fromkeys(_online_cpus(doc), 0.0)
+    # Over the seconds the softirq program ran: the quiet tier's are not idle ones.
+    seconds = capture_s(doc) if doc.tier.detail_s is None else max(doc.tier.detail_s, MIN_CAPTURE_S)
     for cpu in doc.cpus:
         busy_ns = sum(cpu.softirq_time_ns(vector) for vector in NETWORK_VECTORS)
-        shares[cpu.cpu] = busy_ns / (capture_s(doc) * 1e9)
+        shares[cpu.cpu] = busy_ns / (seconds * 1e9)
     return shares
 
 
