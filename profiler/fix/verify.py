@@ -2,7 +2,8 @@
 
 Each finding kind has one figure its fixes are meant to bring down (the one its detector
 measured): CPU_BACKLOG drops for a full input backlog, the busy CPU's NET_RX time for a
-softirq imbalance, the pod's listen overflows for a full accept queue, and so on. A fix is
+softirq imbalance (and the busiest CPU's, whichever it is then: a pile moved whole to another
+CPU is no spread), the pod's listen overflows for a full accept queue, and so on. A fix is
 kept only when that figure fell beyond noise (profiler.analysis.diff decides, the same test
 `netprof diff` uses) *and* came back when the fix was undone for one more window: a node
 drifts (a burst fades, a CPU gets busier), and one before/after pair cannot tell that from
@@ -58,6 +59,33 @@ def _figure_key(finding: Mapping[str, Any], before: Mapping[FigureKey, Figure]) 
     if finding.get("kind") == "napi-budget-exhausted" and finding.get("cpu") is not None:
         return _napi_figure(before, int(finding["cpu"]))
     return target_figure(finding)
+
+
+def busiest_net_rx(doc: Mapping[str, Any]) -> Figure | None:
+    """The NET_RX time of the CPU that spent the most in it over a capture."""
+    cpus = ProfileDocument(doc).cpus
+    if not cpus:
+        return None
+    busiest = max(cpus, key=lambda cpu: cpu.softirq_time_ns("NET_RX"))
+    return Figure("cpu", f"cpu{busiest.cpu}", "NET_RX time", busiest.softirq_time_ns("NET_RX"), "ns")
+
+
+def _imbalance_moved(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+    """Why a softirq-imbalance "improvement" is none, or None. The busy CPU's NET_RX time can
+    fall because the pile moved whole to another CPU (seen in the mq guest: the one busy
+    queue's IRQ moved from CPU 0 to CPU 1): the imbalance is the busiest CPU's time, whichever
+    CPU that is, and it must fall beyond noise too."""
+    if finding.get("kind") != "softirq-imbalance":
+        return None
+    top_before, top_after = busiest_net_rx(before), busiest_net_rx(after)
+    if top_before is None or top_after is None:
+        return None
+    change = compare_figure(top_before, top_after, float(before["duration_s"]), float(after["duration_s"]))
+    if change.beyond_noise and change.direction == "better":
+        return None
+    return (f"the NET_RX time moved to {top_after.subject}, {100 * change.after_per_s / 1e9:.1f}% of it "
+            f"(the busiest CPU took {100 * change.before_per_s / 1e9:.1f}% before): the imbalance moved, "
+            "it was not spread")
 
 
 def packets_processed(doc: Mapping[str, Any]) -> int:
@@ -124,6 +152,9 @@ def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[
         return verdict("inconclusive", f"the node's traffic fell from {load.before_per_s:,.0f} to "
                                        f"{load.after_per_s:,.0f} packets/s during the verification")
     if change.beyond_noise and change.direction == "better":
+        moved = _imbalance_moved(finding, before, after)
+        if moved is not None:
+            return verdict("rolled-back", moved)
         how = f"p={change.p_value:.1e}" if change.p_value is not None else "beyond the threshold"
         return verdict("kept", f"improved beyond noise, {how}")
     if change.beyond_noise:

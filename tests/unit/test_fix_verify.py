@@ -110,3 +110,33 @@ def test_traffic_that_falls_while_undone_makes_it_inconclusive():
     tentative = judge(BACKLOG, capture(backlog_drops=23_100), after)
     verdict = confirm(tentative, BACKLOG, after, capture(backlog_drops=0, processed=1000))
     assert verdict.outcome == "inconclusive" and "while the fix was undone" in verdict.why
+
+
+# ------------------------------------------- softirq imbalance: spread, not moved to another CPU
+
+def cpus_capture(net_rx_ns_by_cpu: dict[int, int], duration_s: float = 10.0) -> dict:
+    return {"duration_s": duration_s, "pods": [],
+            "cpus": [{"cpu": cpu, "softnet": {"processed": 250_000},
+                      "softirq": {"NET_RX": {"count": 1000, "time_ns": ns}}} for cpu, ns in net_rx_ns_by_cpu.items()]}
+
+
+IMBALANCE = {"kind": "softirq-imbalance", "pod": None, "cpu": 0}
+
+
+def test_a_pile_moved_whole_to_another_cpu_is_rolled_back():
+    # The mq guest: the one busy queue's IRQ moved from CPU 0 to CPU 1. CPU 0's NET_RX time
+    # fell from 15% to 0.5% (and would come back when undone), but CPU 1 took the same 15%.
+    piled = cpus_capture({0: 15 * 10**8, 1: 2 * 10**7, 2: 10**7, 3: 10**7})
+    moved = cpus_capture({0: 5 * 10**7, 1: 15 * 10**8, 2: 10**7, 3: 10**7})
+    verdict = judge(IMBALANCE, piled, moved)
+    assert verdict.outcome == "rolled-back"
+    assert "moved to cpu1" in verdict.why and "not spread" in verdict.why
+    # The finding's own figure is still the one reported: CPU 0's, which did fall.
+    assert verdict.before_per_s == pytest.approx(1.5e8) and verdict.after_per_s == pytest.approx(5e6)
+
+
+def test_a_spread_that_lowers_the_busiest_cpu_is_kept():
+    piled = cpus_capture({0: 15 * 10**8, 1: 2 * 10**7, 2: 10**7, 3: 10**7})
+    spread = cpus_capture({0: 4 * 10**8, 1: 45 * 10**7, 2: 35 * 10**7, 3: 4 * 10**8})
+    verdict = judge(IMBALANCE, piled, spread)
+    assert verdict.outcome == "kept", verdict.why
