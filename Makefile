@@ -34,12 +34,24 @@ image-test:
 KERNELS ?=
 KERNEL_ARGS ?=
 
-.PHONY: kernels kernels-docs kernels-ci
+KERNELS_CI_OUT ?= build/kernels-ci
 
-# The subset that covers every probe (tests/kernels/matrix.py CI_SUBSET_FILES) on Debian 6.1.
+.PHONY: kernels kernels-docs kernels-ci kernels-ci-mq ci-guests
+
+# CI's guest tier (python -m tests.kernels --ci: each entry's matrix.py ci_command). Each target
+# installs what it lacks (qemu, busybox, the 6.1 kernel and headers, virtme-ng in its own venv)
+# and exits non-zero if any guest did not boot or any of its tests failed.
+#   make kernels-ci      the subset that covers every probe (CI_SUBSET_FILES) on Debian 6.1
+#   make kernels-ci-mq   the 4-queue NIC guest's short selection (CI_MQ_FILES) and the NIC drivers guest
+#   make ci-guests       both, in one run: every guest runs even when an earlier one failed
 kernels-ci:
-	$(PYTHON) -m tests.kernels -k bookworm-6.1 --out build/kernels-ci \
-	  -c "$$($(PYTHON) -c 'from tests.kernels.matrix import CI_SUBSET_TESTS; print(CI_SUBSET_TESTS)')"
+	$(PYTHON) -m tests.kernels --ci -k bookworm-6.1 --out $(KERNELS_CI_OUT)
+
+kernels-ci-mq:
+	$(PYTHON) -m tests.kernels --ci -k bookworm-6.1-mq -k bookworm-6.1-nics --out $(KERNELS_CI_OUT)
+
+ci-guests:
+	$(PYTHON) -m tests.kernels --ci --out $(KERNELS_CI_OUT)
 
 kernels:
 	$(PYTHON) -m tests.kernels $(foreach k,$(KERNELS),-k $(k)) --docs docs/kernels.md $(KERNEL_ARGS)

@@ -4,6 +4,9 @@
     python -m tests.kernels -k bookworm-6.1         one kernel
     python -m tests.kernels -k bookworm-6.1 -c 'uname -r'
     python -m tests.kernels --docs docs/kernels.md  also regenerate the table from --out
+    python -m tests.kernels --ci                    CI's short guest tier: each entry with a
+                                                    ci_command (6.1's probe subset, the mq and
+                                                    NIC guests' short selections)
 
 Exit status 0 only when every selected kernel booted and its command exited 0.
 """
@@ -36,12 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override each kernel's time limit")
     parser.add_argument("--docs", type=Path, metavar="FILE",
                         help="render every result under --out into this Markdown file")
+    parser.add_argument("--ci", action="store_true",
+                        help="run each selected entry's CI command (matrix.py ci_command); without -k, "
+                             "every entry that has one")
     parser.add_argument("--list", action="store_true", help="print the matrix and exit")
     return parser.parse_args(argv)
 
 
+def command_for(spec, args: argparse.Namespace) -> str:
+    """-c, else with --ci the entry's CI command, else its own command, else the integration tier."""
+    return args.command or (spec.ci_command if args.ci else None) or spec.command or DEFAULT_COMMAND
+
+
 def run_one(spec, args, vng_bin: Path) -> results.KernelResult:
-    command = args.command or spec.command or DEFAULT_COMMAND
+    command = command_for(spec, args)
     out = args.out.resolve() / spec.name
     try:
         kernel = provision.provide(spec)
@@ -76,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for spec in MATRIX:
-            print(f"{spec.name:28} {spec.source:6} {spec.note}")
+            print(f"{spec.name:28} {spec.source:6} {'ci ' if spec.ci_command else '   '}{spec.note}")
         return 0
     try:
-        specs = select(args.kernel)
+        specs = select(args.kernel, ci=args.ci)
     except ValueError as exc:
         print(f"kernels: {exc}", file=sys.stderr)
         return 2

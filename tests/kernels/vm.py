@@ -51,6 +51,7 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
     spec = kernel.spec
     guest = (f"NETPROF_GUEST_HIDE_HEADERS={int(not spec.headers)} "
              f"NETPROF_GUEST_HIDE_BTF={int(not spec.btf)} "
+             f"NETPROF_GUEST_PROBE_TABLE={int(spec.probe_table)} "
              f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
              + (f"NETPROF_GUEST_TIER={shlex.quote(spec.tier)} " if spec.tier else "")

@@ -24,6 +24,32 @@ def test_select_names_and_rejects_unknown():
         matrix.select(["nope"])
 
 
+def test_ci_selects_the_entries_with_a_ci_command_and_covers_every_probe_and_the_nic_tiers():
+    ci = matrix.select(None, ci=True)
+    assert [s.name for s in ci] == ["bookworm-6.1", "bookworm-6.1-mq", "bookworm-6.1-nics"]
+    assert all(s.ci_command for s in ci)
+    assert all(f in ci[0].ci_command for f in matrix.CI_SUBSET_FILES)
+    assert "tests/kernels/mq/test_irq_affinity.py" in ci[1].ci_command and "test_verify" not in ci[1].ci_command
+    # The NIC guests boot the kernel whose probe table bookworm-6.1 records: none of their own.
+    assert ci[0].probe_table and not ci[1].probe_table and not ci[2].probe_table
+    assert [s.name for s in matrix.select(["bookworm-6.1-nics"], ci=True)] == ["bookworm-6.1-nics"]
+    with pytest.raises(ValueError, match="trixie has no CI tier"):
+        matrix.select(["trixie"], ci=True)
+    with pytest.raises(ValueError, match="unknown kernel nope"):
+        matrix.select(["nope"], ci=True)
+
+
+def test_the_command_each_guest_runs():
+    from tests.kernels.__main__ import DEFAULT_COMMAND, command_for, parse_args
+
+    six, mq = matrix.select(["bookworm-6.1", "bookworm-6.1-mq"])
+    assert command_for(six, parse_args([])) == DEFAULT_COMMAND
+    assert command_for(mq, parse_args([])) == matrix.MQ_TESTS
+    assert command_for(six, parse_args(["--ci"])) == matrix.CI_SUBSET_TESTS
+    assert command_for(mq, parse_args(["--ci"])) == matrix.CI_MQ_TESTS
+    assert command_for(mq, parse_args(["--ci", "-c", "uname -r"])) == "uname -r"
+
+
 def test_matrix_covers_headers_and_btf_variants_and_newer_suites():
     specs = matrix.MATRIX
     assert any(s.source == "apt" and s.headers and s.btf for s in specs)
@@ -79,6 +105,9 @@ def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
     assert guest.endswith("'uname -r'")
     assert f"bash {tmp_path / vm.GUEST_SCRIPT_COPY} " in guest  # its own copy, not the live tree
     assert "--rodir" not in argv  # an installed kernel's modules are in the guest's /lib/modules
+    assert "NETPROF_GUEST_PROBE_TABLE=1" in guest
+    no_table = provision.BootableKernel(matrix.KernelSpec("x", "apt", probe_table=False), "6.1", Path("/boot/v"))
+    assert "NETPROF_GUEST_PROBE_TABLE=0" in vm.vng_command(Path("/v/bin"), no_table, Path("/repo"), tmp_path, "true")[-1]
 
 
 def test_vng_command_exposes_an_unpacked_kernels_modules_and_gives_two_nics(tmp_path):
