@@ -13,30 +13,46 @@ pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 RUN_S = 3.0
 
 
-def capture_run(scenario: RetransmitScenario) -> dict:
+def capture_run(scenario: RetransmitScenario) -> tuple[dict, dict[str, int]]:
+    """One capture of a whole run, and the kernel's own RetransSegs per pod over that run."""
+    results = []
+
     def whole_run() -> None:
         scenario.start(RUN_S)
-        scenario.wait()
+        results.append(scenario.wait())
 
-    return run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_run,
-                       log=lambda msg: None).to_json()
+    doc = run_profile(ProfileOptions(duration_s=0.5, interval_s=0.5), on_attached=whole_run,
+                      log=lambda msg: None).to_json()
+    return doc, results[0].retransmits_by_pod
 
 
 def test_steady_lab_is_no_change_and_a_fault_comes_first():
     with RetransmitScenario(loss_percent=0.0) as scenario:
-        steady_a = capture_run(scenario)
-        steady_b = capture_run(scenario)
+        steady_a, kernel_a = capture_run(scenario)
+        steady_b, kernel_b = capture_run(scenario)
         inject_loss(scenario.lab, "lossy", 5.0, port=scenario.port)
-        faulty = capture_run(scenario)
+        faulty, kernel_fault = capture_run(scenario)
         # A lab pod is a named netns: its label in the capture is that name.
         labels = {name: pod.netns for name, pod in scenario.lab.pods.items()}
     lab_pods = set(labels.values())
     lossy = labels["lossy"]
     assert next(p for p in faulty["pods"] if p["pod"] == lossy)["retransmits"] > 20, "the fault did not bite"
+    # Steady traffic is steady only where the kernel retransmitted nothing: under emulation
+    # (QEMU's 6.1 guest) a loss-free pod once retransmitted 21 segments, and a diff that
+    # reports what the kernel did is right. A pod whose own RetransSegs counter moved has its
+    # retransmits left out of "no change"; everything else about it still must not change.
+    def kernel_quiet(*runs: dict[str, int]) -> set[str]:
+        return {labels[name] for name in labels if all(run.get(name, 0) == 0 for run in runs)}
+
+    def unexplained(changes, pods: set[str], quiet: set[str]) -> list:
+        return [c for c in changes if c.group == "pod" and c.subject in pods
+                and not (c.metric == "retransmitted segments" and c.subject not in quiet)]
 
     # Two captures of the same steady traffic: none of the lab's pods changed beyond noise.
+    quiet = kernel_quiet(kernel_a, kernel_b)
+    assert len(quiet) >= 3, f"the kernel retransmitted in most loss-free pods: {kernel_a}, {kernel_b}"
     steady = diff_captures(steady_a, steady_b)
-    assert [c for c in steady.changes if c.group == "pod" and c.subject in lab_pods] == []
+    assert unexplained(steady.changes, lab_pods, quiet) == []
 
     # Before and after the loss: the fault's own signal leads, and it is "worse".
     fault = diff_captures(steady_b, faulty)
@@ -50,4 +66,4 @@ def test_steady_lab_is_no_change_and_a_fault_comes_first():
     lossy_change = next(c for c in fault.changes if (c.subject, c.metric) == (lossy, "retransmitted segments"))
     assert lossy_change.before_per_s == 0 and lossy_change.p_value < 1e-6
     steady_pods = {labels["steady1"], labels["steady2"]}
-    assert not [c for c in fault.changes if c.subject in steady_pods]
+    assert unexplained(fault.changes, steady_pods, kernel_quiet(kernel_b, kernel_fault)) == []

@@ -171,7 +171,10 @@ def test_the_target_is_up_and_its_labels_join(scraped):
     # netprof's pod label, not the target's; the host's namespace empty, not the target's.
     host = vector(scraped, 'netprof_retransmits_total{pod="host"}')
     assert host and all("namespace" not in s["metric"] for s in host), host
-    server = vector(scraped, f'netprof_drops_total{{pod="{scraped.pods[LISTEN, "server"]}", reason="TCP_LISTEN_OVERFLOW"}}')
+    # The listen overflows as every view counts them: on 6.1 the kernel frees an overflowing
+    # final ACK without the TCP_LISTEN_OVERFLOW reason (it has none), so a drops series by
+    # that reason would test the kernel, not the label.
+    server = vector(scraped, f'netprof_listen_overflows_total{{pod="{scraped.pods[LISTEN, "server"]}"}}')
     assert len(server) == 1 and float(server[0]["value"][1]) > 0, server
     assert not vector(scraped, 'netprof_drops_total{pod="netprof-x1y2z"}'), "the target's pod label lost"
 
@@ -224,7 +227,16 @@ def test_histograms_aggregate_across_series(scraped):
     (p90,) = vector(scraped, "histogram_quantile(0.9, sum by (le) "
                              f'(netprof_listen_accept_queue_fill_ratio_bucket{{pod="{server}", port="8080"}}))')
     assert 1.0 < float(p90["value"][1]) <= 1.25, p90
-    # Queueing delays: the median is resolved below the old 1.024 µs first bucket.
+    # Queueing delays: the median is resolved, not lost in the first bucket (the old layout's
+    # was 1.024 µs wide, above the host's whole median of ≈0.5 µs) or an open-ended one: it
+    # lies in a bucket at most a factor of 2 wide. (Under emulation the median is ≈4.5 µs,
+    # so a fixed bound on the value would test the machine, not the layout.)
     (median,) = vector(scraped, "histogram_quantile(0.5, sum by (le) "
                                 '(netprof_softirq_queue_delay_seconds_bucket{vector="NET_RX"}))')
-    assert 0 < float(median["value"][1]) < 1.024e-6, median
+    value = float(median["value"][1])
+    bounds = sorted(float(s["metric"]["le"]) for s in vector(
+        scraped, 'sum by (le) (netprof_softirq_queue_delay_seconds_bucket{vector="NET_RX"})'))
+    upper = next(b for b in bounds if b >= value)
+    lower = max((b for b in bounds if b < value), default=0.0)
+    assert 0 < lower < value <= upper <= 2 * lower and upper != float("inf"), (median, lower, upper)
+    assert lower < 1.024e-6, "finer than the old first bucket"
