@@ -16,7 +16,8 @@ from .tracers import FLOOR_HOOKS
 from .workloads import WorkResult, Workloads
 
 CONFIGS = ("none", "floor", "netprof", "netprof-stats", "bcc-tools")
-# Also known: "netprof-nostats" (cost measurement off altogether).
+# Also known: "netprof-nostats" (cost measurement off altogether), "netprof-quiet" and
+# "netprof-auto" (the detail tiers, profiler/detail_tier.py).
 WORKLOADS = ("bulk", "rr", "drop")
 
 

@@ -6,6 +6,11 @@
     python -m bench.tracers netprof-nostats   the same without BPF run-time statistics
     python -m bench.tracers netprof-stats     the same with statistics on all the time: what
                                               the bench reads events and program times from
+    python -m bench.tracers netprof-quiet     netprof as shipped but pinned to the quiet detail tier
+                                              (--tier quiet: no softirq/NAPI programs running,
+                                              stack walks paused; profiler/detail_tier.py)
+    python -m bench.tracers netprof-auto      netprof as `serve` runs it (--tier auto): quiet until
+                                              an interval shows trouble, then full
     python -m bench.tracers bcc-ports         BCC's tcpretrans and tcpdrop, ported to the shim
 
 A tracer prints one JSON line once it is attached ({"ready": true, ...}), runs until SIGINT
@@ -99,11 +104,13 @@ def run_floor() -> None:
     emit({"tracer": "floor", "hooks": hooks})
 
 
-def run_netprof(name: str, measure_cost: bool, cost_sample_every: int | None = None) -> None:
+def run_netprof(name: str, measure_cost: bool, cost_sample_every: int | None = None, tier: str = "full") -> None:
     from profiler.cost import COST_SAMPLE_EVERY, loaded_program_fds
+    from profiler.detail_tier import TierSettings
     from profiler.live import LiveSession
 
-    session = LiveSession(measure_cost=measure_cost, cost_sample_every=cost_sample_every or COST_SAMPLE_EVERY)
+    session = LiveSession(measure_cost=measure_cost, cost_sample_every=cost_sample_every or COST_SAMPLE_EVERY,
+                          tier=TierSettings(mode=tier))
     with session:
         session.start()
         hooks = sorted({hook for _, hook, _ in loaded_program_fds(session.loader.loaded)})
@@ -152,6 +159,7 @@ def run_netprof(name: str, measure_cost: bool, cost_sample_every: int | None = N
         "lost_events": doc.get("lost_events", {}),
         "ignored_events": doc.get("ignored_events", {}),
         "probes": doc.get("probes", []),
+        "tier": doc.get("tier"),
         "drops": sum(sum(p.get("drops", {}).values()) for p in pods),
         "drops_by_pod": {str(p["netns"]): sum(p.get("drops", {}).values()) for p in pods if p.get("drops")},
         "retransmits": sum(p.get("retransmits", 0) for p in pods),
@@ -252,6 +260,8 @@ TRACERS: dict[str, Callable[[], None]] = {
     "netprof": lambda: run_netprof("netprof", True),
     "netprof-nostats": lambda: run_netprof("netprof-nostats", False),
     "netprof-stats": lambda: run_netprof("netprof-stats", True, cost_sample_every=1),
+    "netprof-quiet": lambda: run_netprof("netprof-quiet", True, tier="quiet"),
+    "netprof-auto": lambda: run_netprof("netprof-auto", True, tier="auto"),
     "bcc-ports": run_bcc_ports,
 }
 

@@ -67,6 +67,43 @@ def _add_capture_limit(parser: argparse.ArgumentParser) -> None:
                              f"or {MAX_CAPTURE_ENV})")
 
 
+TIER_HELP = (
+    "which BPF programs run. full: all of them, the always-on counters plus the per-packet detail "
+    "(softirq time and latency, NAPI polls, kernel stacks of drops and retransmits). quiet: the always-on "
+    "counters only (drops by reason, retransmits, listen queues, softnet, SNMP/netstat, conntrack), nothing "
+    "that runs on every packet or softirq. auto: quiet until an interval shows trouble (drops, retransmits, "
+    "backlog drops or softnet squeezes per second at or above --tier-thresholds), then full until every one "
+    "has stayed below half its threshold for the calm period; each switch is in the capture's `tier`, the "
+    "dashboard header and netprof_detail_tier. Default: {default} ({why}); docs/cost.md#tiers")
+
+
+def _add_tier_options(parser: argparse.ArgumentParser, default: str, why: str) -> None:
+    from .detail_tier import MODES, TierThresholds
+
+    t = TierThresholds()
+    parser.add_argument("--tier", choices=MODES, default=default, help=TIER_HELP.format(default=default, why=why))
+    parser.add_argument("--tier-thresholds", metavar="NAME=N,…", default=None,
+                        help=f"with --tier auto: per-second thresholds and the calm rule, e.g. "
+                             f"drops=100,retransmits=5,calm=120 (NAME: drops [{t.drops_per_s:g}], "
+                             f"retransmits [{t.retransmits_per_s:g}], softnet_dropped [{t.softnet_dropped_per_s:g}], "
+                             f"time_squeeze [{t.time_squeeze_per_s:g}], calm seconds [{t.calm_s:g}], "
+                             f"calm_ratio [{t.calm_ratio:g}])")
+
+
+def _tier_settings(args: argparse.Namespace):
+    from .detail_tier import AUTO, TierSettings, parse_thresholds
+
+    if args.tier_thresholds is None:
+        return TierSettings(mode=args.tier)
+    if args.tier != AUTO:
+        raise NetprofError(f"--tier-thresholds tunes when --tier auto switches; with --tier {args.tier} nothing "
+                           "switches (add --tier auto)")
+    try:
+        return TierSettings(mode=AUTO, thresholds=parse_thresholds(args.tier_thresholds))
+    except ValueError as exc:
+        raise NetprofError(f"--tier-thresholds: {exc}") from None
+
+
 def _interval(text: str) -> float:
     value = _duration(text)
     if value < 0.05:
@@ -104,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--output", "-o", type=Path, metavar="DIR",
                          help="also write capture.json, stacks.folded, speedscope.json, flamegraph.svg, histograms.json, "
                               "histograms.csv and metrics.prom into DIR (each atomically)")
+    _add_tier_options(profile, "full", "a capture someone asked for wants every figure, and it ends")
     profile.set_defaults(func=_cmd_profile)
 
     from .exports import EXPORT_FORMATS
@@ -143,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-per-cpu", action="store_true",
                        help="sum the per-CPU series over the node's CPUs (no cpu label): a fixed number of "
                             "series per node, whatever its CPU count (see docs/exports.md for the cardinality)")
+    _add_tier_options(serve, "auto", "serve stays on for days: a node without trouble pays only for the "
+                                     "always-on counters, and the detail is there when something happens")
     serve.set_defaults(func=_cmd_serve)
 
     fix = sub.add_parser(
@@ -193,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how often the kernel counters are read (default 1)")
     tui.add_argument("--window", "-w", type=_duration, default=60.0, metavar="SECONDS",
                      help="how much history the findings and details cover (default 60)")
+    _add_tier_options(tui, "full", "someone is watching: every figure, now")
     tui.add_argument("--export-dir", type=Path, default=None, metavar="DIR",
                      help="where `e` writes its netprof-<host>-<time>/ directories (default: "
                           "$XDG_DATA_HOME/netprof/exports, else ~/.local/share/netprof/exports)")
@@ -271,9 +312,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     check_stdout()
     if args.output is not None:
         check_output_dir(args.output)
+    tier = _tier_settings(args)
     progress = ProgressLine(args.duration)
     try:
-        capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval),
+        capture = run_profile(ProfileOptions(duration_s=args.duration, interval_s=args.interval, tier=tier),
                               on_snapshot=progress.snapshot, on_started=progress.started)
     finally:
         progress.close()
@@ -349,7 +391,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.no_listen and args.textfile is None:
         raise NetprofError("--no-listen without --textfile would expose nothing")
     options = ServeOptions(listen=None if args.no_listen else parse_listen(args.listen),
-                           textfile=args.textfile, interval_s=args.interval, per_cpu=not args.no_per_cpu)
+                           textfile=args.textfile, interval_s=args.interval, per_cpu=not args.no_per_cpu,
+                           tier=_tier_settings(args))
     return run_serve(options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -428,8 +471,11 @@ def _cmd_pods(args: argparse.Namespace) -> int:
 def _cmd_tui(args: argparse.Namespace) -> int:
     from tui.run import run_tui
 
+    tier = _tier_settings(args)
+    if args.replay is not None and (args.tier != "full" or args.tier_thresholds is not None):
+        raise NetprofError("--tier chooses what a live dashboard runs; a --replay shows the tier its capture had")
     return run_tui(replay=args.replay, interval_s=args.interval, window_s=args.window, export_dir=args.export_dir,
-                   max_capture_mb=args.max_capture_mb)
+                   max_capture_mb=args.max_capture_mb, tier=tier)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,6 +143,7 @@ class LiveSession:
         if switch is None:
             return snapshot
         problems = self._sampler.set_detail(switch.to == FULL_TIER)
+        self._log(inert(f"detail tier → {switch.to}: {switch.why}"))
         if problems:
             switch = replace(switch, problems=tuple(problems))
             for problem in problems:

@@ -9,10 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .capture import Capture
+from .detail_tier import TierSettings
 from .errors import NetprofError
 from .live import LiveSession
 from .snapshot import Snapshot
@@ -23,6 +24,7 @@ from .sources.base import Source
 class ProfileOptions:
     duration_s: float
     interval_s: float = 1.0
+    tier: TierSettings = field(default_factory=TierSettings)   # the full tier, pinned
 
 
 @contextmanager
@@ -53,7 +55,7 @@ def run_profile(
     interval's end (the duration then caps the capture): a lab run ends with its workload,
     however long a slow machine makes that. on_started(attached, total): the probes are in
     place and sampling begins."""
-    session = LiveSession(root=root, sources=sources)
+    session = LiveSession(root=root, sources=sources, tier=options.tier)
     with _sigterm_as_interrupt(), session:
         try:
             statuses = session.start(log)

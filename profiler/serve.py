@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .capture import MAX_DROP_SITES, SCHEMA, SnapshotTotals, cpu_json, pod_json
 from .cost import Cost, ProgramCost
-from .detail_tier import TierSettings
+from .detail_tier import AUTO, TierSettings
 from .errors import NetprofError
 from .exports import atomic_write_text
 from .netns_names import PodIdentity
@@ -144,6 +144,8 @@ class ServeOptions:
     textfile: Path | None = None
     interval_s: float = DEFAULT_INTERVAL_S
     per_cpu: bool = True   # False: per-CPU families summed over the node (no cpu label)
+    # quiet until trouble (profiler/detail_tier.py): serve runs for days on every node.
+    tier: TierSettings = field(default_factory=lambda: TierSettings(mode=AUTO))
 
 
 def start_metrics_server(host: str, port: int, registry, log: Callable[[str], None] = lambda msg: None, **limits):
@@ -180,6 +182,7 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
 
     stop = stop or threading.Event()
     totals = ServedCapture(options.interval_s)
+    totals.set_tier(options.tier)
     # The textfile gets netprof's metrics only: node_exporter has process_* metrics of its own.
     textfile_registry = registry_for(totals.document, options.per_cpu)
     http_registry = registry_for(totals.document, options.per_cpu)
@@ -213,14 +216,16 @@ def run_serve(options: ServeOptions, log: Callable[[str], None], stop: threading
             log(f"serving metrics on http://{shown}:{bound_port}/metrics")
         try:
             # A shallow window: the totals keep the sums, the session only what a view might ask.
-            with LiveSession(root=root, sources=sources, window_s=options.interval_s * 2) as session:
+            with LiveSession(root=root, sources=sources, window_s=options.interval_s * 2,
+                             tier=options.tier) as session:
                 statuses = session.start(log)
                 totals.set_probes(statuses)
                 totals.set_node(session.info.to_json(), read_cpus_online(root))
                 if textfile is not None:
                     textfile.write()
                     log(f"writing {options.textfile} every {options.interval_s:g}s")
-                log(f"sampling every {options.interval_s:g}s ({session.loader.mode}); Ctrl-C or SIGTERM stops")
+                log(f"sampling every {options.interval_s:g}s ({session.loader.mode}); detail tier "
+                    f"{options.tier.mode} (now {session.tier_policy.tier}); Ctrl-C or SIGTERM stops")
                 next_at = time.monotonic() + options.interval_s
                 while not stop.wait(max(0.0, next_at - time.monotonic())):
                     snapshot = session.sample()

@@ -125,6 +125,12 @@ class HeaderInfo:
     started_at: float | None      # wall clock of the capture's start
     cost: str | None              # what netprof itself costs, when the capture measured it
     error: str | None = None      # the live feed failed: what the operator should know
+    # The detail tier (profile JSON `tier`, profiler/detail_tier.py): in force now, what was
+    # asked, and the last switch (wall clock, why).
+    tier: str = "full"
+    tier_mode: str = "full"
+    tier_switched_at: float | None = None
+    tier_why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +327,15 @@ def _first_number(data: Any, keys: Iterable[str]) -> float | None:
     return None
 
 
+def _tier_fields(document: ProfileDocument) -> dict[str, Any]:
+    tier = document.tier
+    last = tier.last_switch or {}
+    at = last.get("at")
+    return {"tier": tier.current, "tier_mode": tier.mode,
+            "tier_switched_at": float(at) if isinstance(at, (int, float)) else None,
+            "tier_why": str(last["why"]) if last.get("why") else None}
+
+
 def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | None = None,
                 history: HistoryView | None = None, *, mode: str = "replay",
                 interval_s: float | None = None, sequence: int = 0, updated_monotonic_s: float = 0.0,
@@ -379,6 +394,7 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
         started_at=document.get("started_at"),
         cost=cost_summary(document.get("cost")),
         error=None if error is None else inert(error),  # an exception's text may quote outside text
+        **_tier_fields(ProfileDocument(document)),
     )
     return DashboardModel(sequence=sequence, header=header, findings=findings, pods=pods, cpus=tuple(cpus),
                           rate_window_s=rate_s, document=document, updated_monotonic_s=updated_monotonic_s)

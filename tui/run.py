@@ -9,7 +9,8 @@ from profiler.errors import NetprofError
 
 
 def run_tui(replay: Path | None = None, interval_s: float = 1.0, window_s: float = 60.0,
-            export_dir: Path | None = None, max_capture_mb: float | None = None) -> int:
+            export_dir: Path | None = None, max_capture_mb: float | None = None, tier=None) -> int:
+    """tier: profiler.detail_tier.TierSettings for a live session (None: the full tier)."""
     from .app import NetprofApp
     from .feed import LiveFeed, ReplayFeed
 
@@ -33,7 +34,7 @@ def run_tui(replay: Path | None = None, interval_s: float = 1.0, window_s: float
     else:
         from profiler import live
 
-        session = live.LiveSession(window_s=window_s)
+        session = live.LiveSession(window_s=window_s, tier=tier)
         print("netprof: attaching probes…", file=sys.stderr, flush=True)
         session.start()  # NetprofError: not root, no BTF, nothing attachable
         feed = LiveFeed(session, interval_s)

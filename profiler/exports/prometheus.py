@@ -156,6 +156,7 @@ def metric_families(doc: dict, per_cpu: bool = True) -> list[Metric]:
     _cpu_families(families, document.cpus, attached, per_cpu)
     _drop_site_families(families, doc, attached)
     _node_families(families, doc)
+    _tier_families(families, document)
     _cost_families(families, doc.get("cost"))
     return families.all()
 
@@ -343,6 +344,21 @@ def _node_families(families: _Families, doc: dict) -> None:
     families.add(CounterMetricFamily, "intervals", "sampling intervals read", {}, doc.get("intervals", 0))
     families.add(CounterMetricFamily, "sampled_seconds", "time covered by the sampled intervals", {},
                  doc.get("duration_s", 0.0))
+
+
+def _tier_families(families: _Families, document: ProfileDocument) -> None:
+    """The detail tier (profiler/detail_tier.py), as the capture recorded it: the one answer
+    the report and the dashboard show too."""
+    tier = document.tier
+    families.add(GaugeMetricFamily, "detail_tier",
+                 "1 while the detail programs run (full tier), 0 while quiet; mode is what --tier asked",
+                 {"mode": tier.mode}, 1 if tier.current == "full" else 0)
+    for to, count in (("full", tier.switches_to_full), ("quiet", tier.switches_to_quiet)):
+        families.add(CounterMetricFamily, "detail_tier_switches", "switches of the detail tier, by the tier switched to",
+                     {"to": to}, count)
+    for name, seconds in (("full", tier.full_s), ("quiet", tier.quiet_s)):
+        families.add(CounterMetricFamily, "detail_tier_seconds", "sampled time spent in each detail tier",
+                     {"tier": name}, seconds)
 
 
 def _cost_families(families: _Families, cost: dict | None) -> None:

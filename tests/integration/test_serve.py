@@ -29,8 +29,10 @@ class ServeProcess:
 
     def __init__(self, textfile: Path):
         self.proc = subprocess.Popen(
+            # The full tier pinned: these tests read every family, softirq and NAPI included,
+            # whatever the scenario's figures (serve's default `auto` starts quiet).
             [sys.executable, "-m", "profiler.cli", "serve", "--listen", "127.0.0.1:0", "--interval", "0.3",
-             "--textfile", str(textfile)],
+             "--textfile", str(textfile), "--tier", "full"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.log = StderrLog(self.proc)

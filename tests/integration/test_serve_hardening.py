@@ -43,7 +43,7 @@ class Serve:
     def __init__(self, textfile: Path, interval_s: float = 0.3):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "profiler.cli", "serve", "--listen", "127.0.0.1:0",
-             "--interval", str(interval_s), "--textfile", str(textfile)],
+             "--interval", str(interval_s), "--textfile", str(textfile), "--tier", "full"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.log = StderrLog(self.proc)

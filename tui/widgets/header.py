@@ -33,6 +33,21 @@ def baseline_segment(baseline: BaselineView) -> Text:
     return text
 
 
+def tier_segment(info: HeaderInfo) -> Text | None:
+    """The detail tier, when it is not the pinned full tier (which shows everything, as
+    always): quiet, or full because of trouble (since when, and why)."""
+    if info.tier_mode == "full" and info.tier == "full":
+        return None
+    if info.tier == "quiet":
+        return Text(f"tier quiet ({info.tier_mode}): no softirq/NAPI/stacks", style="dim")
+    text = Text(f"tier full ({info.tier_mode})", style=style("caution"))
+    if info.tier_switched_at is not None:
+        text.append(" since " + time.strftime("%H:%M:%S", time.localtime(info.tier_switched_at)))
+    if info.tier_why:
+        text.append(f": {info.tier_why}", style="dim")
+    return text
+
+
 def header_segments(info: HeaderInfo | None, paused: bool, stale_s: float | None,
                     baseline: BaselineView | None = None) -> list[tuple[int, Text]]:
     """(priority, text) in display order; a narrow terminal keeps the lowest priorities."""
@@ -56,6 +71,9 @@ def header_segments(info: HeaderInfo | None, paused: bool, stale_s: float | None
         probes.stylize(style("caution"))
         probes.append(" [i]", style="dim")
     segments.append((3, probes))
+    tier = tier_segment(info)
+    if tier is not None:
+        segments.append((3, tier))
     if info.mode == "live" and info.interval_s:
         segments.append((5, Text(f"every {info.interval_s:g}s")))
     segments.append((4, Text(f"{format_rate(info.events_per_s)} ev/s")))
