@@ -164,3 +164,17 @@ def kernel_view(seconds: float, irqs: list[int], settle_s: float = 1.0) -> Kerne
     counters.start()
     time.sleep(seconds)
     return counters.stop()
+
+
+def net_rx_shares(doc: dict) -> dict[int, float]:
+    """Each CPU's share of its time in NET_RX over a netprof capture, rounded for messages."""
+    from profiler.document import ProfileDocument
+
+    return {cpu.cpu: round(cpu.softirq_share("NET_RX"), 3) for cpu in ProfileDocument(doc).cpus}
+
+
+def keep_capture(path: Path) -> None:
+    """A copy of a capture in $NETPROF_GUEST_OUT (it comes back to the host), when set."""
+    out = os.environ.get("NETPROF_GUEST_OUT")
+    if out:
+        Path(out, path.name).write_bytes(path.read_bytes())

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from profiler.fix.command import replan
-from tests.kernels.guest_side import (affinity_list, count_deltas, cpus_taking, guest_nics, queues,
-                                      set_affinity, tunables)
+from tests.kernels.guest_side import (affinity_list, count_deltas, cpus_taking, guest_nics, keep_capture,
+                                      net_rx_shares, queues, set_affinity, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
 # Seconds of interrupt counting per measurement: the harness sends 32 flows x 100 packets/s.
@@ -83,9 +83,12 @@ def test_piled_on_cpu0_gives_a_finding_naming_the_nic_and_cpu(nic):
     state.capture = state.workdir / "piled.json"
     with open(state.capture, "w") as out:
         subprocess.run([NETPROF, "profile", "-d", str(CAPTURE_S), "--json"], stdout=out, check=True, timeout=900)
-    findings = replan(json.loads(state.capture.read_text()))
+    keep_capture(state.capture)
+    doc = json.loads(state.capture.read_text())
+    findings = replan(doc)
     imbalance = [f for f in findings if f.kind == "softirq-imbalance"]
-    assert imbalance, f"no softirq-imbalance finding; got {[f.kind for f in findings]}"
+    assert imbalance, (f"no softirq-imbalance finding; got {[f.kind for f in findings]}; "
+                       f"NET_RX share by CPU {net_rx_shares(doc)}")
     finding = imbalance[0]
     assert finding.cpu == 0
     assert any(ifname in text for text in finding.evidence.get("nic_queue_irqs_on_cpu", [])), finding.evidence

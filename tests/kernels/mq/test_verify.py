@@ -28,8 +28,8 @@ from profiler.findings import Change, Finding, Fix
 from profiler.fix.command import identity_of, replan
 from profiler.fix.verify import apply_and_verify
 from profiler.profile import ProfileOptions, run_profile
-from tests.kernels.guest_side import (KernelCounters, affinity_list, cpus_taking, guest_nics, kernel_view,
-                                      queues, set_affinity, tunables)
+from tests.kernels.guest_side import (KernelCounters, affinity_list, cpus_taking, guest_nics, keep_capture,
+                                      kernel_view, net_rx_shares, queues, set_affinity, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
 # Seconds per window. Under emulation a capture also spends about a minute compiling and
@@ -106,11 +106,14 @@ def test_piled_on_cpu0_the_capture_has_the_finding(nic):
     assert cpus_taking(view.interrupts) == {0}, f"piling on CPU 0 did not hold: {view.interrupts}"
     assert view.net_rx_share(0) >= 0.8, f"NET_RX softirqs not on CPU 0: {view.net_rx}"
     state.piled, state.piled_view = tunables(ifname, _irqs(vectors)), view
-    state.capture = state.workdir / "piled.json"
+    state.capture = state.workdir / "verify-piled.json"
     with open(state.capture, "w") as out:
         subprocess.run([NETPROF, "profile", "-d", str(CAPTURE_S), "--json"], stdout=out, check=True, timeout=900)
-    findings = [f for f in replan(json.loads(state.capture.read_text())) if f.kind == "softirq-imbalance"]
-    assert findings and findings[0].cpu == 0 and findings[0].fixes, [f.summary for f in findings]
+    keep_capture(state.capture)
+    doc = json.loads(state.capture.read_text())
+    findings = [f for f in replan(doc) if f.kind == "softirq-imbalance"]
+    assert findings and findings[0].cpu == 0 and findings[0].fixes, ([f.summary for f in findings],
+                                                                     net_rx_shares(doc))
     state.spread = findings
 
 
