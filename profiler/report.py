@@ -49,6 +49,14 @@ def _header(capture: dict) -> Text:
     head.append("" if kernel.get("kprobes") else ", no kprobes")
     if capture.get("interrupted"):
         head.append("  (interrupted: partial capture)", style="yellow")
+    tier = ProfileDocument(capture).tier
+    if tier.mode != "full" or tier.quiet_s > 0:   # the pinned full tier is what a report always was
+        head.append(f"\ndetail tier {tier.mode}: quiet {tier.quiet_s:.1f}s, full {tier.full_s:.1f}s "
+                    "(softirq, NAPI and stacks cover the full seconds only)")
+        last = tier.last_switch
+        if last is not None:
+            head.append(f"; {tier.switches_to_full + tier.switches_to_quiet} switch(es), last to "
+                        f"{last.get('to')}: {last.get('why')}")
     return head
 
 

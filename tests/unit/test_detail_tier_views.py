@@ -114,3 +114,29 @@ def test_serve_help_teaches_the_tiers():
     for needle in ("--tier {auto,quiet,full}", "always-on counters", "softirq time and latency",
                    "Default: auto", "--tier-thresholds", "drops [50]", "calm seconds [60]"):
         assert needle in text
+
+
+def test_the_report_says_the_tier_when_part_of_the_capture_was_quiet():
+    from rich.console import Console
+
+    from profiler.report import print_report
+
+    def report(doc: dict) -> str:
+        console = Console(record=True, width=200)
+        print_report(doc, console)
+        return console.export_text()
+
+    from profiler.capture import Capture
+    from profiler.kernel.features import KernelInfo
+
+    def capture(mode: str, *snapshots: Snapshot) -> dict:
+        cap = Capture(KernelInfo("6.18.44", btf=True, kprobes=False, tracefs="/sys/kernel/tracing", headers=None),
+                      [], tier=TierSettings(mode=mode))
+        for snapshot in snapshots:
+            cap.add(snapshot)
+        return cap.to_json()
+
+    text = report(capture("auto", drops(0, 3, QUIET_TIER), drops(1, 120, QUIET_TIER, TROUBLE), drops(2, 1, FULL_TIER)))
+    assert "detail tier auto: quiet 2.0s, full 1.0s" in text
+    assert "1 switch(es), last to full: trouble: drops 120.0/s ≥ 50/s" in text
+    assert "detail tier" not in report(capture("full", drops(0, 3, FULL_TIER)))

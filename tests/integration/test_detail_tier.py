@@ -1,0 +1,168 @@
+"""The detail tier on the real kernel: a session in `auto` starts quiet (softirq and NAPI
+programs parked, stack walks paused) while the always-on drop counts keep counting; a lab
+scenario's drops switch it to full; only then do the detail programs' counts move, and the
+switch is in the capture. Behaviour, not timing: every assertion is about what was counted
+in which tier, none about how long anything took."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from profiler.detail_tier import TierSettings
+from profiler.lab.scenario_drops import RcvbufDropScenario
+from profiler.live import LiveSession
+from profiler.snapshot import FULL_TIER, QUIET_TIER, Snapshot
+
+pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
+
+INTERVAL_S = 0.5
+
+
+class LoopbackTraffic:
+    """UDP datagrams over the host's loopback to a socket that reads them all: NET_RX
+    softirqs and backlog NAPI polls on this node all along, and no drop (no trouble)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sink.bind(("127.0.0.1", 0))
+        self.sink.settimeout(0.05)
+        self.received = 0
+        self._threads = [threading.Thread(target=self._send, daemon=True),
+                         threading.Thread(target=self._read, daemon=True)]
+
+    def _send(self) -> None:
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        address = self.sink.getsockname()
+        while not self._stop.is_set():
+            for _ in range(20):
+                sender.sendto(b"x" * 64, address)
+            self._stop.wait(0.01)
+        sender.close()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sink.recv(2048)
+                self.received += 1
+            except TimeoutError:
+                continue
+
+    def __enter__(self) -> LoopbackTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self.sink.close()
+
+
+def rcvbuf_drops_on_loopback(datagrams: int = 300) -> None:
+    """SOCKET_RCVBUFF drops in the host netns: a 4 KiB socket that is never read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as full, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        full.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        full.bind(("127.0.0.1", 0))
+        for _ in range(datagrams):
+            sender.sendto(b"y" * 100, full.getsockname())
+
+
+def net_rx_runs(snapshot: Snapshot) -> int:
+    return sum(cpu.softirq["NET_RX"].count for cpu in snapshot.cpus if "NET_RX" in cpu.softirq)
+
+
+def napi_polls(snapshot: Snapshot) -> int:
+    return sum(device.polls for cpu in snapshot.cpus for device in cpu.napi)
+
+
+def drops(snapshot: Snapshot, reason: str = "SOCKET_RCVBUFF") -> int:
+    return sum(pod.drops.get(reason, 0) for pod in snapshot.pods)
+
+
+def sample_after(session: LiveSession, seconds: float = INTERVAL_S) -> Snapshot:
+    time.sleep(seconds)
+    return session.sample()
+
+
+@pytest.fixture(scope="module")
+def tiered() -> Iterator[dict]:
+    from tests.conftest import missing_for_bpf, missing_for_lab, skip_or_fail
+
+    reason = missing_for_bpf() or missing_for_lab()
+    if reason:
+        skip_or_fail(reason)
+    logged: list[str] = []
+    # Default thresholds: the scenario's ~1000 drops are trouble at any plausible speed.
+    session = LiveSession(tier=TierSettings(mode="auto"))
+    with session, LoopbackTraffic() as traffic:
+        session.start(logged.append)
+        quiet = [sample_after(session) for _ in range(3)]
+        with RcvbufDropScenario() as scenario:
+            receiver = scenario.lab.pods["receiver"].netns_inode
+            quiet.append(session.sample())   # the lab coming up: still quiet, no trouble
+            scenario.start(2.0)
+            result = scenario.wait()
+            trouble = session.sample()       # the scenario's drops, counted while quiet
+        full = [sample_after(session) for _ in range(2)]
+        rcvbuf_drops_on_loopback()
+        full.append(sample_after(session))
+        capture = session.capture(with_node=False)
+        yield {"quiet": quiet, "trouble": trouble, "full": full, "capture": capture.to_json(),
+               "receiver": receiver, "result": result, "logged": logged, "traffic": traffic}
+
+
+def test_quiet_intervals_run_no_detail_program_while_traffic_flows(tiered):
+    assert tiered["traffic"].received > 0
+    for snapshot in tiered["quiet"]:
+        assert snapshot.tier == QUIET_TIER and snapshot.tier_switch is None
+        assert net_rx_runs(snapshot) == 0 and napi_polls(snapshot) == 0
+        assert snapshot.stacks == ()
+
+
+def test_the_scenario_drops_are_counted_in_the_quiet_tier_without_a_stack_and_switch_it_to_full(tiered):
+    trouble = tiered["trouble"]
+    receiver = tiered["receiver"]
+    kernel_count = tiered["result"].counter_by_pod("Udp.RcvbufErrors")["receiver"]
+    counted = sum(pod.drops.get("SOCKET_RCVBUFF", 0) for pod in trouble.pods if pod.netns == receiver)
+    assert kernel_count > 900 and counted == kernel_count   # the always-on counter is exact
+    assert trouble.tier == QUIET_TIER
+    # Stack walks were paused: nearly a thousand drops, not one walk, no stack.
+    assert trouble.stacks == () and trouble.stack_sampling.get("drop_walks", 0) == 0
+    assert net_rx_runs(trouble) == 0 and napi_polls(trouble) == 0
+    switch = trouble.tier_switch
+    assert switch is not None and switch.to == FULL_TIER and switch.problems == ()
+    assert switch.why.startswith("trouble: drops ") and switch.figures["drops_per_s"] >= 50
+    assert any(line.startswith("detail tier → full: trouble: drops") for line in tiered["logged"])
+
+
+def test_after_the_switch_the_detail_programs_count(tiered):
+    full = tiered["full"]
+    assert all(snapshot.tier == FULL_TIER and snapshot.tier_switch is None for snapshot in full)
+    assert all(net_rx_runs(snapshot) > 0 for snapshot in full)
+    assert sum(napi_polls(snapshot) for snapshot in full) > 0
+    last = full[-1]
+    assert drops(last) > 0 and last.stack_sampling.get("drop_walks", 0) > 0
+    assert any(stack.reason == "SOCKET_RCVBUFF" for stack in last.stacks)
+
+
+def test_the_capture_records_the_switch_and_time_in_each_tier(tiered):
+    tier = tiered["capture"]["tier"]
+    assert (tier["mode"], tier["current"]) == ("auto", FULL_TIER)
+    assert (tier["switches_to_full"], tier["switches_to_quiet"]) == (1, 0)
+    (switch,) = tier["switches"]
+    assert switch["to"] == FULL_TIER and switch["why"].startswith("trouble: drops")
+    assert switch["at"] == tiered["trouble"].tier_switch.at
+    quiet_s = sum(s.interval_s for s in tiered["quiet"]) + tiered["trouble"].interval_s
+    full_s = sum(s.interval_s for s in tiered["full"])
+    assert tier["quiet_s"] == pytest.approx(quiet_s, abs=0.01)
+    assert tier["full_s"] == pytest.approx(full_s, abs=0.01)
+    # The parked programs stayed loaded and listed as attached: switching never reloads.
+    probes = {probe["name"]: probe["attached"] for probe in tiered["capture"]["probes"]}
+    assert probes["softirq"] and probes["napi"] and probes["drop_stacks"]
