@@ -12,6 +12,8 @@ CONFIG_LABELS = {
     "netprof": "netprof, all probes, as shipped (programs timed 1 s in 10)",
     "netprof-stats": "netprof, BPF statistics on all the time",
     "netprof-nostats": "netprof, cost measurement off",
+    "netprof-quiet": "netprof, quiet tier pinned (--tier quiet)",
+    "netprof-auto": "netprof, --tier auto (serve's default)",
     "bcc-tools": "BCC: softirqs-bpfcc + tcpretrans/tcpdrop ports",
 }
 # Published numbers the measurements are read against.

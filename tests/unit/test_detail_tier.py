@@ -316,3 +316,65 @@ def test_a_source_started_quiet_reports_nothing_until_switched_on_then_only_what
     source.collect(frame)
     (cpu,) = frame.freeze(2.0).cpus
     assert probe.events == ["park", "unpark"] and cpu.softirq["NET_RX"].count == 5
+
+
+class FakeBcc:
+    """What TracepointParking uses of a bcc.BPF object: tracepoint_fds, attach, detach."""
+
+    def __init__(self, tracepoints, refuse: str | None = None):
+        self.tracepoint_fds = {tp.encode(): 3 for tp in tracepoints}
+        self.refuse = refuse
+        self.calls: list[tuple[str, bytes]] = []
+
+    def detach_tracepoint(self, tp: bytes) -> None:
+        self.calls.append(("detach", tp))
+        del self.tracepoint_fds[tp]
+
+    def attach_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
+        self.calls.append(("attach", fn_name))
+        if self.refuse and tp == self.refuse.encode():
+            raise Exception(f"Failed to attach BPF program {fn_name} to tracepoint {tp}")
+        self.tracepoint_fds[tp] = 4
+
+
+TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
+
+
+def test_parking_detaches_every_tracepoint_and_attaches_the_same_functions_again():
+    from profiler.probes.base import TracepointParking
+
+    bpf = FakeBcc(TRACEPOINTS)
+    parking = TracepointParking(bpf, TRACEPOINTS, lambda events: None)
+    parking.park()
+    parking.park()   # twice: nothing more
+    assert bpf.tracepoint_fds == {} and parking.parked
+    assert [c for c in bpf.calls if c[0] == "detach"] == [("detach", tp.encode()) for tp in TRACEPOINTS]
+    parking.unpark()
+    assert not parking.parked and set(bpf.tracepoint_fds) == {tp.encode() for tp in TRACEPOINTS}
+    assert ("attach", b"tracepoint__irq__softirq_entry") in bpf.calls
+
+
+def test_a_failed_attach_leaves_everything_parked_and_says_so_in_one_line():
+    from profiler.probes.base import TracepointParking
+
+    bpf = FakeBcc(TRACEPOINTS, refuse="irq:softirq_exit")
+    parking = TracepointParking(bpf, TRACEPOINTS, lambda events: None)
+    parking.park()
+    with pytest.raises(NetprofError, match="attaching irq:softirq_exit again failed") as caught:
+        parking.unpark()
+    assert "\n" not in str(caught.value)
+    assert parking.parked and bpf.tracepoint_fds == {}   # the two that attached were detached again
+
+
+def test_a_tracefs_that_turned_hostile_is_not_opened_again():
+    from profiler.probes.base import TracepointParking
+
+    asked: list[list[str]] = []
+    bpf = FakeBcc(("napi:napi_poll",))
+    parking = TracepointParking(bpf, ("napi:napi_poll",),
+                                lambda events: asked.append(events) or "tracepoint napi:napi_poll: id is a FIFO")
+    parking.park()
+    with pytest.raises(NetprofError, match="not attaching again: tracepoint napi:napi_poll: id is a FIFO"):
+        parking.unpark()
+    assert asked == [["napi/napi_poll"]] and parking.parked
+    assert not [c for c in bpf.calls if c[0] == "attach"]
