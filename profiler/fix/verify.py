@@ -132,6 +132,15 @@ class Verdict:
                 f"{self.after_per_s * scale:,.1f}{unit}{undone} ({self.why})")
 
 
+def _compare(key: FigureKey, old: Mapping[FigureKey, Figure], new: Mapping[FigureKey, Figure],
+             old_s: float, new_s: float) -> FigureChange:
+    """compare_figure where a capture without the figure counted none of it; absent from
+    both (no drop of that reason in either window), it is 0 → 0: no change."""
+    known = old.get(key) or new.get(key) or Figure(*key, 0)
+    zero = Figure(*key, 0, known.unit)
+    return compare_figure(old.get(key, zero), new.get(key, zero), old_s, new_s)
+
+
 def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> Verdict:
     """Keep or roll back the fixes of one finding, from the captures before and after them."""
     kind, pod, cpu = str(finding.get("kind")), finding.get("pod"), finding.get("cpu")
@@ -141,7 +150,7 @@ def judge(finding: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[
         return Verdict(kind, pod, cpu, "rolled-back", kind, None, None,
                        "netprof has no figure to verify this kind of fix against")
     words = f"{key[2]} of {key[1]}" if key[0] != "reason" else f"{key[1]} {key[2]}"
-    change = compare_figure(old.get(key), new.get(key), float(before["duration_s"]), float(after["duration_s"]))
+    change = _compare(key, old, new, float(before["duration_s"]), float(after["duration_s"]))
     load = load_change(before, after)
 
     def verdict(outcome: Outcome, why: str) -> Verdict:
@@ -169,7 +178,7 @@ def confirm(tentative: Verdict, finding: Mapping[str, Any], after: Mapping[str, 
     old, new = capture_figures(after), capture_figures(undone)
     key = _figure_key(finding, old) or _figure_key(finding, new)
     assert key is not None, "a kept verdict has a figure"
-    back = compare_figure(old.get(key), new.get(key), float(after["duration_s"]), float(undone["duration_s"]))
+    back = _compare(key, old, new, float(after["duration_s"]), float(undone["duration_s"]))
     load = load_change(after, undone)
     rebound = replace(tentative, undone_per_s=back.after_per_s)
     if back.beyond_noise and back.direction == "worse":

@@ -140,3 +140,17 @@ def test_a_spread_that_lowers_the_busiest_cpu_is_kept():
     spread = cpus_capture({0: 4 * 10**8, 1: 45 * 10**7, 2: 35 * 10**7, 3: 4 * 10**8})
     verdict = judge(IMBALANCE, piled, spread)
     assert verdict.outcome == "kept", verdict.why
+
+
+def test_a_figure_absent_from_both_windows_is_zero_not_a_crash():
+    # A 6.1 guest: the drops were gone with the fix (the figure absent from the capture) and
+    # stayed gone when it was undone -- `fix --verify` died on an assertion (exit 70).
+    empty = capture()
+    for pod in empty["pods"]:
+        pod["drops"] = {}
+    tentative = judge(BACKLOG, capture(backlog_drops=23_100), empty)
+    assert tentative.outcome == "kept" and tentative.after_per_s == 0
+    verdict = confirm(tentative, BACKLOG, empty, copy.deepcopy(empty))
+    assert verdict.outcome == "rolled-back" and verdict.undone_per_s == 0
+    # and a --from capture that never had the figure: nothing to keep
+    assert judge(BACKLOG, empty, copy.deepcopy(empty)).outcome == "rolled-back"
