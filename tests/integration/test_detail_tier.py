@@ -166,3 +166,34 @@ def test_the_capture_records_the_switch_and_time_in_each_tier(tiered):
     # The parked programs stayed loaded and listed as attached: switching never reloads.
     probes = {probe["name"]: probe["attached"] for probe in tiered["capture"]["probes"]}
     assert probes["softirq"] and probes["napi"] and probes["drop_stacks"]
+
+
+def test_serve_in_its_default_tier_shows_the_switch_in_its_metrics_and_log(tmp_path):
+    """`netprof serve` as a DaemonSet runs it (no --tier: auto): quiet at first, then the
+    gauge, the switch counter and the log line once a lab scenario's drops are trouble."""
+    from tests.export_readers import read_prometheus, sample_value
+    from tests.integration.test_serve import SERVING, ServeProcess, scrape
+
+    serve = ServeProcess(tmp_path / "netprof.prom", tier="auto")
+    try:
+        port = int(serve.wait_for(SERVING).group(1))
+        serve.wait_for("detail tier auto \\(now quiet\\)")
+        before = read_prometheus(scrape(port))
+        assert sample_value(before, "netprof_detail_tier", mode="auto") == 0
+        assert sample_value(before, "netprof_detail_tier_switches_total", to="full") == 0
+        with RcvbufDropScenario(pings=0) as scenario:
+            scenario.start(1.0)
+            scenario.wait()
+        serve.wait_for("detail tier → full: trouble: drops")
+        # The switch is logged as it is made; the totals take the interval just after.
+        deadline = time.monotonic() + 30
+        while True:
+            after = read_prometheus(scrape(port))
+            if sample_value(after, "netprof_detail_tier_switches_total", to="full") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sample_value(after, "netprof_detail_tier", mode="auto") == 1
+        assert sample_value(after, "netprof_detail_tier_switches_total", to="full") == 1
+        assert sample_value(after, "netprof_detail_tier_seconds_total", tier="quiet") > 0
+    finally:
+        serve.stop()
