@@ -47,9 +47,10 @@ class FakeK8sPod:
 class FakeContainerdNode:
     """A containerd 1.7 node tree for the lab's pods; bind mounts removed on exit."""
 
-    def __init__(self, root: Path, lab: Lab):
+    def __init__(self, root: Path, lab: Lab, namespace: str = NAMESPACE):
         self.root = root
         self.lab = lab
+        self.namespace = namespace  # the Kubernetes namespace every pod is in
         self.pods: dict[str, FakeK8sPod] = {}
         self._mounted: list[Path] = []
 
@@ -83,9 +84,9 @@ class FakeContainerdNode:
             "annotations": {
                 "io.kubernetes.cri.container-type": "sandbox",
                 "io.kubernetes.cri.sandbox-id": sandbox_id,
-                "io.kubernetes.cri.sandbox-log-directory": f"/var/log/pods/{NAMESPACE}_{name}_{pod_uid}",
+                "io.kubernetes.cri.sandbox-log-directory": f"/var/log/pods/{self.namespace}_{name}_{pod_uid}",
                 "io.kubernetes.cri.sandbox-name": name,
-                "io.kubernetes.cri.sandbox-namespace": NAMESPACE,
+                "io.kubernetes.cri.sandbox-namespace": self.namespace,
                 "io.kubernetes.cri.sandbox-uid": pod_uid,
             },
             "linux": {"cgroupsPath": f"kubepods-besteffort-pod{pod_uid.replace('-', '_')}.slice:cri-containerd:{sandbox_id}",
@@ -106,13 +107,13 @@ class FakeContainerdNode:
                 "io.kubernetes.cri.container-name": "app",
                 "io.kubernetes.cri.sandbox-id": sandbox_id,
                 "io.kubernetes.cri.sandbox-name": name,
-                "io.kubernetes.cri.sandbox-namespace": NAMESPACE,
+                "io.kubernetes.cri.sandbox-namespace": self.namespace,
                 "io.kubernetes.cri.sandbox-uid": pod_uid,
             },
             "linux": {"namespaces": [{"type": "network", "path": f"/var/run/netns/{cni}"}]},
         }
         (app / "config.json").write_text(json.dumps(app_spec))
-        return FakeK8sPod(f"{NAMESPACE}/{name}", inode, task, netns_file, pod_uid, app)
+        return FakeK8sPod(f"{self.namespace}/{name}", inode, task, netns_file, pod_uid, app)
 
     def remove(self, short: str) -> None:
         """The pod is deleted: containerd removes its bundle, CNI unmounts its netns file."""

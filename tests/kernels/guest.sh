@@ -8,6 +8,8 @@
 #                               dangle, as on a node without headers
 #   NETPROF_GUEST_HIDE_BTF      1: tmpfs over /sys/kernel/btf, so netprof must use headers
 #   NETPROF_GUEST_PROBE_TABLE   0: no probe-table capture at boot
+#   NETPROF_GUEST_USER_NET      1: eth0 is on QEMU's user-mode NAT (vng --network user);
+#                               give it the address, route and DNS QEMU's DHCP would
 set -uo pipefail
 out=${NETPROF_GUEST_OUT:?}
 cd "${NETPROF_GUEST_REPO:?}" || exit 99
@@ -19,6 +21,13 @@ if [ "${NETPROF_GUEST_HIDE_BTF:-0}" = 1 ]; then
   mount -t tmpfs -o size=1m,mode=755 netprof-no-btf /sys/kernel/btf || exit 98
 fi
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing
+
+# QEMU's user-mode network: 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3 (its built-in
+# DHCP server's answers; virtme-ng's init asks nobody, so they are set here).
+if [ "${NETPROF_GUEST_USER_NET:-0}" = 1 ]; then
+  ip addr replace 10.0.2.15/24 dev eth0 && ip link set eth0 up \
+    && ip route replace default via 10.0.2.2 && echo "nameserver 10.0.2.3" > /etc/resolv.conf || exit 97
+fi
 
 # The lab's conntrack scenarios and the conntrack_confirm kprobe need nf_conntrack; a host
 # with nftables rules has it loaded, a fresh guest does not.

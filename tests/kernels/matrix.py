@@ -28,7 +28,9 @@ class KernelSpec:
     time_limit_s: int = 4800
     command: str | None = None  # run instead of the integration tests (see __main__.py)
     # vng --network: "loop" gives the guest two virtio NICs joined by a QEMU hub (real NIC
-    # IRQs and NAPI in /proc/interrupts, no traffic leaves QEMU); None: loopback only.
+    # IRQs and NAPI in /proc/interrupts, no traffic leaves QEMU); "user": QEMU's user-mode
+    # NAT to the host's network (the Vagrant guest reaches Debian's mirrors and PyPI through
+    # it, as a VM would); None: loopback only.
     network: str | None = "loop"
     note: str = ""
     cpus: int = 0              # vCPUs; 0: GUEST_CPUS
@@ -83,6 +85,11 @@ NICS_TESTS = _tier_tests("nics")
 CI_MQ_FILES = ("mq/test_irq_affinity.py",)
 CI_MQ_TESTS = _tier_tests(*CI_MQ_FILES)
 
+# The Vagrant box's provisioning, run for real (issue 14 item 6): vagrant/provision/netprof.sh
+# as `vagrant up` runs it, then the demo's programs under the netprof it installed
+# (tests/kernels/vagrant, docs/vagrant.md).
+VAGRANT_TESTS = _tier_tests("vagrant")
+
 MATRIX: tuple[KernelSpec, ...] = (
     KernelSpec("bookworm-6.1", "apt", package="linux-image-amd64", ci_command=CI_SUBSET_TESTS,
                note="Debian 12's LTS kernel with its headers (split build/ and source/ trees)"),
@@ -102,6 +109,11 @@ MATRIX: tuple[KernelSpec, ...] = (
                network=None, tier="nics", command=NICS_TESTS, time_limit_s=900,
                ci_command=NICS_TESTS, probe_table=False,
                note="e1000e and vmxnet3 NICs: their queue IRQ names as the drivers print them"),
+    KernelSpec("bookworm-6.1-vagrant", "apt", package="linux-image-amd64", network="user",
+               tier="vagrant", command=VAGRANT_TESTS,
+               time_limit_s=2400, probe_table=False,
+               note="the Vagrant box's provision script as `vagrant up` runs it (repo rsynced to /opt/netprof, "
+                    "apt and PyPI through QEMU's NAT), then the demo's programs under that netprof"),
     KernelSpec("host", "host",
                note="the kernel this machine runs, when /boot holds its image"),
     KernelSpec("trixie", "suite", suite="trixie", note="Debian 13's kernel, unpacked, not installed"),

@@ -56,6 +56,7 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
              f"NETPROF_GUEST_OUT={shlex.quote(str(out))} "
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
              + (f"NETPROF_GUEST_TIER={shlex.quote(spec.tier)} " if spec.tier else "")
+             + ("NETPROF_GUEST_USER_NET=1 " if spec.network == "user" else "")
              + (f"NETPROF_GUEST_NET={shlex.quote(guest_net.guest_env(network.nics))} " if network else "")
              + f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
     # QEMU runs inside the guest network's namespace, where its taps are.

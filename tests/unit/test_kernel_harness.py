@@ -169,3 +169,29 @@ def test_lab_time_scale_only_stretches():
     assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "10"}) == 10.0
     assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "0.1"}) == 1.0
     assert lab_time_scale({"NETPROF_LAB_TIME_SCALE": "fast"}) == 1.0
+
+
+def test_the_vagrant_guest_runs_its_tier_on_a_natted_network(tmp_path):
+    spec, = matrix.select(["bookworm-6.1-vagrant"])
+    assert spec.tier == "vagrant" and spec.command == matrix.VAGRANT_TESTS and not spec.ci_command
+    assert "tests/kernels/vagrant" in spec.command
+    kernel = provision.BootableKernel(spec, "6.1.0-57-amd64", Path("/boot/vmlinuz-6.1.0-57-amd64"))
+    argv = vm.vng_command(Path("/v/bin"), kernel, Path("/repo"), tmp_path, spec.command)
+    # QEMU's user-mode NAT (apt and PyPI for bootstrap.sh), and the guest told to configure it.
+    assert argv[argv.index("--network") + 1] == "user"
+    assert "NETPROF_GUEST_USER_NET=1" in argv[-1] and "NETPROF_GUEST_TIER=vagrant" in argv[-1]
+    six = provision.BootableKernel(matrix.select(["bookworm-6.1"])[0], "6.1", Path("/boot/v"))
+    assert "NETPROF_GUEST_USER_NET" not in vm.vng_command(Path("/v/bin"), six, Path("/repo"), tmp_path, "true")[-1]
+
+
+def test_the_vagrant_tier_is_never_collected_on_the_host(monkeypatch):
+    import importlib
+
+    import tests.kernels.conftest as guest_tiers
+
+    monkeypatch.delenv("NETPROF_GUEST_TIER", raising=False)
+    assert "vagrant" in importlib.reload(guest_tiers).collect_ignore
+    monkeypatch.setenv("NETPROF_GUEST_TIER", "vagrant")
+    assert "vagrant" not in importlib.reload(guest_tiers).collect_ignore
+    monkeypatch.delenv("NETPROF_GUEST_TIER")
+    importlib.reload(guest_tiers)

@@ -1,8 +1,9 @@
 """vagrant/: provisioning scripts through shellcheck, the Vagrantfile through `ruby -c`, the
 demo workloads through Kubernetes' schemas, and the demo programs run for a moment on
-loopback. Vagrant itself cannot run here (no hypervisor): the lab integration test
-(tests/integration/test_k8s_lab.py) runs the same demo programs in fake pods under the real
-profiler instead."""
+loopback. Vagrant, its box and k3s cannot be fetched here (docs/vagrant.md): the lab
+integration test (tests/integration/test_k8s_lab.py) runs the same demo programs in fake pods
+under the real profiler, and `make vagrant-guest` runs provision/netprof.sh for real in a
+Debian 6.1 guest, then the demo under the netprof it installed (tests/kernels/vagrant)."""
 from __future__ import annotations
 
 import re
