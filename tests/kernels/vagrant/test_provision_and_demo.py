@@ -46,6 +46,7 @@ VAGRANT_RSYNC_ARGS = ("--archive", "--delete", "-z", "--copy-links")
 LOGIN_ENV = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8",
              "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 PROVISION_LIMIT_S = 1800
+APT_DIRS = ("/var/cache/apt/archives/partial", "/var/lib/apt/lists/partial", "/var/cache/debconf", "/var/log/apt")
 PIP_CONFIGS = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "/root/.config/pip/pip.conf", "/root/.pip/pip.conf")
 
 
@@ -112,6 +113,10 @@ def vagrant_shell(script: Path, name: str) -> tuple[subprocess.CompletedProcess,
 def provisioned() -> Provisioned:
     assert in_harness_guest(), "refusing to provision outside a harness guest (it removes OS packages)"
     out = guest_out()
+    # virtme-ng mounts empty tmpfs over /var/cache, /var/lib/apt and /var/log; every Debian or
+    # Ubuntu system has these directories, and apt and debconf need them.
+    for directory in APT_DIRS:
+        Path(directory).mkdir(parents=True, exist_ok=True)
     # The box as Vagrant finds it: no BCC. Removed here, in the guest's copy-on-write view.
     removed = tuple(p for p in BOX_PACKAGES if installed(p))
     proc, _ = run_logged(["apt-get", "-y", "-q", "remove", *removed], "box-remove-bcc.log", 600,
