@@ -128,6 +128,9 @@ def provisioned() -> Provisioned:
     # directories and caps versions. Removed (copy-on-write) so pip asks PyPI, as on the box.
     for conf in PIP_CONFIGS:
         Path(conf).unlink(missing_ok=True)
+    # Nor a pip cache: every wheel comes over the network.
+    Path("/root/.cache").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "box-pip-cache", "/root/.cache"], check=True)
 
     # Vagrant's rsync synced folder: rsync installed in the guest if missing (its Debian
     # capability runs apt-get), the tree copied, then chowned to the SSH user.
