@@ -25,6 +25,8 @@ fi
 # QEMU's user-mode network: 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3 (its built-in
 # DHCP server's answers; virtme-ng's init asks nobody, so they are set here).
 if [ "${NETPROF_GUEST_USER_NET:-0}" = 1 ]; then
+  # virtio_net may still be loading when this starts (seen: "Cannot find device eth0").
+  for _ in $(seq 1 60); do [ -e /sys/class/net/eth0 ] && break; sleep 0.5; done
   ip addr replace 10.0.2.15/24 dev eth0 && ip link set eth0 up \
     && ip route replace default via 10.0.2.2 && echo "nameserver 10.0.2.3" > /etc/resolv.conf || exit 97
 fi
