@@ -81,9 +81,9 @@ def test_guest_tiers_are_collected_only_in_their_guest(monkeypatch):
 
     try:
         monkeypatch.delenv("NETPROF_GUEST_TIER", raising=False)
-        assert sorted(importlib.reload(conftest).collect_ignore) == ["mq", "nics"]
+        assert sorted(importlib.reload(conftest).collect_ignore) == ["mq", "nics", "vagrant"]
         monkeypatch.setenv("NETPROF_GUEST_TIER", "mq")
-        assert importlib.reload(conftest).collect_ignore == ["nics"]
+        assert importlib.reload(conftest).collect_ignore == ["nics", "vagrant"]
     finally:
         monkeypatch.undo()
         importlib.reload(conftest)
