@@ -51,12 +51,20 @@ class TracepointParking:
         self.parked = False
 
     def park(self) -> None:
+        """Detach every tracepoint; raises NetprofError if the kernel refuses one (the
+        others are detached all the same, and the program counts as parked)."""
         if self.parked:
             return
+        failed = []
         for tracepoint in self._tracepoints:
             if tracepoint.encode() in self._bpf.tracepoint_fds:
-                self._bpf.detach_tracepoint(tracepoint.encode())
+                try:
+                    self._bpf.detach_tracepoint(tracepoint.encode())
+                except Exception as exc:  # BCC raises bare Exception when a detach fails
+                    failed.append(f"{tracepoint}: {exc}")
         self.parked = True
+        if failed:
+            raise NetprofError(f"detaching failed: {'; '.join(failed)}")
 
     def unpark(self) -> None:
         """Attach every tracepoint again; on failure, leave them all detached and raise

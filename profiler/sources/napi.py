@@ -54,8 +54,10 @@ class NapiSource(ProbeSource[NapiCounts]):
         if on:
             self.probe.unpark()
         else:
-            self.probe.park()
-            self.rebase()
+            try:
+                self.probe.park()
+            finally:
+                self.rebase()
 
     def write_interval(self, frame: SnapshotFrame, previous: NapiCounts | None, counts: NapiCounts) -> None:
         for cpu, devices in napi_deltas(previous, counts, frame.label).items():

@@ -49,8 +49,10 @@ class SoftirqSource(ProbeSource[SoftirqCounts]):
         if on:
             self.probe.unpark()
         else:
-            self.probe.park()
-            self.rebase()
+            try:
+                self.probe.park()
+            finally:
+                self.rebase()
 
     def write_interval(self, frame: SnapshotFrame, previous: SoftirqCounts | None, counts: SoftirqCounts) -> None:
         for cpu, vectors in softirq_deltas(previous, counts).items():

@@ -378,3 +378,21 @@ def test_a_tracefs_that_turned_hostile_is_not_opened_again():
         parking.unpark()
     assert asked == [["napi/napi_poll"]] and parking.parked
     assert not [c for c in bpf.calls if c[0] == "attach"]
+
+
+def test_a_refused_detach_is_one_line_and_the_rest_are_detached():
+    from profiler.probes.base import TracepointParking
+
+    bpf = FakeBcc(TRACEPOINTS)
+    real_detach = bpf.detach_tracepoint
+
+    def detach(tp: bytes) -> None:
+        if tp == b"irq:softirq_entry":
+            raise Exception("Failed to detach BPF from tracepoint")
+        real_detach(tp)
+
+    bpf.detach_tracepoint = detach
+    parking = TracepointParking(bpf, TRACEPOINTS, lambda events: None)
+    with pytest.raises(NetprofError, match="detaching failed: irq:softirq_entry: Failed to detach"):
+        parking.park()
+    assert set(bpf.tracepoint_fds) == {b"irq:softirq_entry"} and parking.parked
