@@ -44,10 +44,14 @@ class TracepointParking:
     (TRACEPOINT_PROBE). `problem`: asked before attaching again, since BCC opens the
     tracepoints' id files itself (BpfLoader.tracepoints_problem)."""
 
-    def __init__(self, bpf, tracepoints: tuple[str, ...], problem: Callable[[list[str]], str | None]):
+    def __init__(self, bpf, tracepoints: tuple[str, ...], problem: Callable[[list[str]], str | None],
+                 forget: tuple[bytes, ...] = ()):
+        """`forget`: maps of per-CPU state cleared before attaching again, state that a
+        pause makes stale (a timestamp, a cached pointer)."""
         self._bpf = bpf
         self._tracepoints = tracepoints
         self._problem = problem
+        self._forget = forget
         self.parked = False
 
     def park(self) -> None:
@@ -74,6 +78,8 @@ class TracepointParking:
         problem = self._problem([tracepoint.replace(":", "/") for tracepoint in self._tracepoints])
         if problem:
             raise NetprofError(f"not attaching again: {problem}")
+        for table in self._forget:
+            self._bpf[table].clear()
         try:
             for tracepoint in self._tracepoints:
                 category, event = tracepoint.split(":")
@@ -84,3 +90,24 @@ class TracepointParking:
                     self._bpf.detach_tracepoint(tracepoint.encode())
             raise NetprofError(f"attaching {tracepoint} again failed: {exc}") from None
         self.parked = False
+
+
+class ParkableProbe:
+    """park()/unpark() for a probe whose attach() sets `_parking` (the quiet tier); a probe
+    that did not attach has nothing to park."""
+
+    _parking: TracepointParking | None = None
+
+    @property
+    def parked(self) -> bool:
+        return self._parking is not None and self._parking.parked
+
+    def park(self) -> None:
+        """Detach the program's tracepoints; counters stay readable, unmoving."""
+        if self._parking is not None:
+            self._parking.park()
+
+    def unpark(self) -> None:
+        """Attach again (raises NetprofError; the program then stays parked)."""
+        if self._parking is not None:
+            self._parking.unpark()

@@ -9,7 +9,7 @@ from ..errors import NetprofError
 from ..inert import is_inert
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
-from .base import ProbeStatus, TracepointParking
+from .base import ParkableProbe, ProbeStatus, TracepointParking
 
 TRACEPOINT = "napi:napi_poll"
 MAX_DEVICES = 4096
@@ -54,7 +54,7 @@ def flatten_per_cpu(keys: np.ndarray, values: np.ndarray, cpus: np.ndarray) -> t
     return rows[polled], flat[polled].copy()
 
 
-class NapiProbe:
+class NapiProbe(ParkableProbe):
     name = "napi"
 
     def __init__(self) -> None:
@@ -74,25 +74,11 @@ class NapiProbe:
         self._cpus = np.array(get_possible_cpus(), dtype=np.uint32)
         self._by_device = MapReader(self._bpf[b"napi_by_device"], MapLayout(DEVICE_KEY, NAPI_COUNTS, percpu=True))
         self._full = MapReader(self._bpf[b"napi_map_full"], MapLayout(SLOT_KEY, COUNT, percpu=True))
-        self._parking = TracepointParking(self._bpf, (TRACEPOINT,), loader.tracepoints_problem)
+        # Each CPU's cached key is forgotten on unpark: a napi_struct freed while parked may
+        # be another device's now.
+        self._parking = TracepointParking(self._bpf, (TRACEPOINT,), loader.tracepoints_problem,
+                                          forget=(b"napi_last_polled",))
         return ProbeStatus(self.name, True, f"tracepoint:{TRACEPOINT}")
-
-    @property
-    def parked(self) -> bool:
-        return self._parking is not None and self._parking.parked
-
-    def park(self) -> None:
-        """Detach napi:napi_poll (the quiet tier); counters stay readable, unmoving."""
-        if self._parking is not None:
-            self._parking.park()
-
-    def unpark(self) -> None:
-        """Attach again, each CPU's cached key forgotten first (a napi_struct freed while
-        parked may be another device's now). Raises NetprofError."""
-        if self._parking is None or not self._parking.parked:
-            return
-        self._bpf[b"napi_last_polled"].clear()
-        self._parking.unpark()
 
     def read(self) -> NapiCounts:
         if self._bpf is None:

@@ -10,7 +10,7 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.log2_histogram import LOG2_SLOTS
 from ..kernel.maps import MapLayout, MapReader
-from .base import ProbeStatus, TracepointParking
+from .base import ParkableProbe, ProbeStatus, TracepointParking
 
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
 # The vectors netprof is about. Others (TIMER, SCHED, RCU, ...) can be asked for by name;
@@ -92,7 +92,7 @@ def per_cpu_rows(keys: np.ndarray, values: np.ndarray, entries: int) -> np.ndarr
     return rows
 
 
-class SoftirqProbe:
+class SoftirqProbe(ParkableProbe):
     name = "softirq"
 
     def __init__(self, vectors: Iterable[str] = DEFAULT_VECTORS) -> None:
@@ -130,27 +130,13 @@ class SoftirqProbe:
             "run_time": MapReader(self._bpf[b"softirq_run_time_log2"], MapLayout(ARRAY_INDEX, BUCKET, percpu=True)),
             "queue_delay": MapReader(self._bpf[b"softirq_queue_delay_log2"], MapLayout(ARRAY_INDEX, BUCKET, percpu=True)),
         }
-        self._parking = TracepointParking(self._bpf, TRACEPOINTS, loader.tracepoints_problem)
+        # The timestamps are forgotten on unpark: a run entered before the park and left while
+        # parked would otherwise be timed across the whole pause. Nothing writes them while
+        # parked, and an exit whose entry is unseen is counted as exits_without_entry, as at
+        # the first attach.
+        self._parking = TracepointParking(self._bpf, TRACEPOINTS, loader.tracepoints_problem,
+                                          forget=(b"softirq_timestamps",))
         return ProbeStatus(self.name, True, self.via)
-
-    @property
-    def parked(self) -> bool:
-        return self._parking is not None and self._parking.parked
-
-    def park(self) -> None:
-        """Detach the three tracepoints (the quiet tier); counters stay readable, unmoving."""
-        if self._parking is not None:
-            self._parking.park()
-
-    def unpark(self) -> None:
-        """Attach again. The timestamps are cleared first: a run entered before the park and
-        left while parked would otherwise be timed across the whole pause. Nothing writes them
-        now (parked for at least an interval), and an exit whose entry is unseen is counted
-        as exits_without_entry, as at the first attach. Raises NetprofError."""
-        if self._parking is None or not self._parking.parked:
-            return
-        self._bpf[b"softirq_timestamps"].clear()
-        self._parking.unpark()
 
     def read(self) -> SoftirqCounts:
         if self._bpf is None:

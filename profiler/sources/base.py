@@ -93,6 +93,20 @@ class ProbeSource(Generic[CountsT]):
         self._attached = False
 
 
+
+class ParkingSource(ProbeSource[CountsT]):
+    """A source whose whole program is detail: detached while quiet, since it runs on every
+    event whatever happens (softirq, NAPI)."""
+
+    def switch_detail(self, on: bool) -> None:
+        if on:
+            self.probe.unpark()
+        else:
+            try:
+                self.probe.park()
+            finally:
+                self.rebase()
+
 def write_stack_samples(frame: SnapshotFrame, previous, counts, prefix: str,
                         reason_of: Callable[[np.void], str],
                         frames_of: Callable[[tuple[int, ...]], tuple[str, ...]]) -> None:

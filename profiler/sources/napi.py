@@ -11,7 +11,7 @@ from ..kernel.maps import counter_deltas
 from ..netns_names import HOST_LABEL
 from ..probes.napi import NapiCounts, NapiProbe, device_name
 from ..snapshot import NapiDevice, SnapshotFrame
-from .base import ProbeSource
+from .base import ParkingSource
 
 
 def device_label(name: str, netns_inode: int, label: Callable[[int], str]) -> str:
@@ -43,21 +43,11 @@ def napi_deltas(previous: NapiCounts | None, counts: NapiCounts,
     }
 
 
-class NapiSource(ProbeSource[NapiCounts]):
+class NapiSource(ParkingSource[NapiCounts]):
     name = "napi"
 
     def __init__(self, probe: NapiProbe | None = None):
         super().__init__(probe or NapiProbe())
-
-    def switch_detail(self, on: bool) -> None:
-        # Detached while quiet: this program runs on every event whatever happens.
-        if on:
-            self.probe.unpark()
-        else:
-            try:
-                self.probe.park()
-            finally:
-                self.rebase()
 
     def write_interval(self, frame: SnapshotFrame, previous: NapiCounts | None, counts: NapiCounts) -> None:
         for cpu, devices in napi_deltas(previous, counts, frame.label).items():

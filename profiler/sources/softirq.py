@@ -7,7 +7,7 @@ import numpy as np
 
 from ..probes.softirq import SoftirqCounts, SoftirqProbe, trimmed
 from ..snapshot import SnapshotFrame, SoftirqVector
-from .base import ProbeSource
+from .base import ParkingSource
 
 
 def _delta(now: np.ndarray, before: np.ndarray | None) -> np.ndarray:
@@ -38,21 +38,11 @@ def softirq_deltas(previous: SoftirqCounts | None, counts: SoftirqCounts) -> dic
     return per_cpu
 
 
-class SoftirqSource(ProbeSource[SoftirqCounts]):
+class SoftirqSource(ParkingSource[SoftirqCounts]):
     name = "softirq"
 
     def __init__(self, probe: SoftirqProbe | None = None):
         super().__init__(probe or SoftirqProbe())
-
-    def switch_detail(self, on: bool) -> None:
-        # Detached while quiet: this program runs on every event whatever happens.
-        if on:
-            self.probe.unpark()
-        else:
-            try:
-                self.probe.park()
-            finally:
-                self.rebase()
 
     def write_interval(self, frame: SnapshotFrame, previous: SoftirqCounts | None, counts: SoftirqCounts) -> None:
         for cpu, vectors in softirq_deltas(previous, counts).items():

@@ -85,6 +85,23 @@ def tunables(ifname: str, irqs: list[int]) -> dict[str, str]:
     return values
 
 
+
+
+def combined_channels(ifname: str) -> int:
+    """The NIC's current combined channel count (`ethtool -l`)."""
+    text = subprocess.run(["ethtool", "-l", ifname], capture_output=True, text=True, check=True).stdout
+    current = text.split("Current hardware settings:")[1]
+    return int(current.split("Combined:")[1].split()[0])
+
+def restore_tunables(values: dict[str, str]) -> None:
+    """Write back what `tunables()` read; values it could not read (<…>) are left alone."""
+    for path, value in values.items():
+        if not value.startswith("<"):
+            try:
+                Path(path).write_text(value)
+            except OSError:
+                pass  # smp_affinity and smp_affinity_list are one value: one of them suffices
+
 def softnet_processed() -> dict[int, int]:
     """Packets each CPU's backlog/NAPI processed (/proc/net/softnet_stat column 0, by CPU id)."""
     processed = {}

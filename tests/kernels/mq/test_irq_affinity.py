@@ -17,7 +17,7 @@ import pytest
 
 from profiler.fix.command import replan
 from tests.kernels.guest_side import (affinity_list, count_deltas, cpus_taking, guest_nics, keep_capture,
-                                      net_rx_shares, queues, set_affinity, tunables)
+                                      net_rx_shares, queues, set_affinity, restore_tunables, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
 # Seconds of interrupt counting per measurement: the harness sends 32 flows x 100 packets/s.
@@ -39,12 +39,7 @@ def nic(tmp_path_factory):
     state = State()
     state.workdir = tmp_path_factory.mktemp("mq")
     yield ifname, vectors, state
-    for path, value in original.items():
-        if not value.startswith("<"):
-            try:
-                Path(path).write_text(value)
-            except OSError:
-                pass  # smp_affinity and smp_affinity_list are one value: one of them suffices
+    restore_tunables(original)
 
 
 def _input_irqs(vectors) -> list[int]:

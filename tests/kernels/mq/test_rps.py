@@ -15,18 +15,14 @@ from pathlib import Path
 import pytest
 
 from profiler.fix.command import replan
-from tests.kernels.guest_side import (count_deltas, cpus_taking, guest_nics, queues, set_affinity,
-                                      softnet_processed, tunables)
+from tests.kernels.guest_side import (combined_channels, count_deltas, cpus_taking, guest_nics, queues, set_affinity,
+                                      softnet_processed, restore_tunables, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
 WINDOW_S = 6
 CAPTURE_S = 10
 
 
-def _channels(ifname: str) -> int:
-    text = subprocess.run(["ethtool", "-l", ifname], capture_output=True, text=True, check=True).stdout
-    current = text.split("Current hardware settings:")[1]
-    return int(current.split("Combined:")[1].split()[0])
 
 
 def _processed_over(seconds: float) -> dict[int, int]:
@@ -39,18 +35,13 @@ def _processed_over(seconds: float) -> dict[int, int]:
 @pytest.fixture(scope="module")
 def one_channel(tmp_path_factory):
     ((ifname, _, _),) = guest_nics()
-    channels = _channels(ifname)
+    channels = combined_channels(ifname)
     subprocess.run(["ethtool", "-L", ifname, "combined", "1"], check=True)
     time.sleep(1)
     vectors = [q for q in queues(ifname) if q.irq is not None]
     original = tunables(ifname, [q.irq for q in vectors])
     yield ifname, vectors, tmp_path_factory.mktemp("rps")
-    for path, value in original.items():
-        if not value.startswith("<"):
-            try:
-                Path(path).write_text(value)
-            except OSError:
-                pass
+    restore_tunables(original)
     subprocess.run(["ethtool", "-L", ifname, "combined", str(channels)], check=True)
 
 

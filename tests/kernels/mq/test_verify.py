@@ -28,8 +28,8 @@ from profiler.findings import Change, Finding, Fix
 from profiler.fix.command import identity_of, replan
 from profiler.fix.verify import apply_and_verify
 from profiler.profile import ProfileOptions, run_profile
-from tests.kernels.guest_side import (KernelCounters, affinity_list, cpus_taking, guest_nics, keep_capture,
-                                      kernel_view, net_rx_shares, queues, set_affinity, tunables)
+from tests.kernels.guest_side import (combined_channels, KernelCounters, affinity_list, cpus_taking, guest_nics, keep_capture,
+                                      kernel_view, net_rx_shares, queues, set_affinity, restore_tunables, tunables)
 
 NETPROF = str(Path(".venv/bin/netprof").resolve())
 # Seconds per window. Under emulation a capture also spends about a minute compiling and
@@ -46,15 +46,12 @@ class State:
     spread: list   # the softirq-imbalance findings planned from the four-channel capture
 
 
-def _channels(ifname: str) -> int:
-    text = subprocess.run(["ethtool", "-l", ifname], capture_output=True, text=True, check=True).stdout
-    return int(text.split("Current hardware settings:")[1].split("Combined:")[1].split()[0])
 
 
 @pytest.fixture(scope="module")
 def nic(tmp_path_factory):
     ((ifname, _, _),) = guest_nics()
-    channels = _channels(ifname)
+    channels = combined_channels(ifname)
     vectors = [q for q in queues(ifname) if q.irq is not None]
     original = tunables(ifname, [q.irq for q in vectors])
     state = State()
@@ -62,12 +59,7 @@ def nic(tmp_path_factory):
     yield ifname, vectors, state
     # Channels first: virtio-net sets its vectors' affinity when the channel count changes.
     subprocess.run(["ethtool", "-L", ifname, "combined", str(channels)], check=False)
-    for path, value in original.items():
-        if not value.startswith("<"):
-            try:
-                Path(path).write_text(value)
-            except OSError:
-                pass  # smp_affinity and smp_affinity_list are one value: one of them suffices
+    restore_tunables(original)
 
 
 def _irqs(vectors, kind: str | None = None) -> list[int]:
@@ -100,7 +92,7 @@ def _capture_with_kernel_view(irqs: list[int], views: list) -> dict:
 
 def test_piled_on_cpu0_the_capture_has_the_finding(nic):
     ifname, vectors, state = nic
-    assert _channels(ifname) == 4
+    assert combined_channels(ifname) == 4
     _pile_on_cpu0(vectors)
     view = kernel_view(WINDOW_S, _irqs(vectors, "rx"))
     assert cpus_taking(view.interrupts) == {0}, f"piling on CPU 0 did not hold: {view.interrupts}"
