@@ -94,6 +94,9 @@ class CpuRow:
     net_rx_p99_ns: float | None = None
     irqs: tuple[NicQueueIrq, ...] = ()  # NIC queue IRQs whose effective affinity is this CPU
     worst_severity: str | None = None
+    # False when the softirq and NAPI programs never ran in the window (the quiet detail tier
+    # parks them): the shares, percentiles and NAPI rates above are then unknown, not zero.
+    detail_measured: bool = True
 
     @property
     def key(self) -> str:
@@ -206,6 +209,7 @@ def cpu_row(cpu: Mapping[str, Any] | CpuView, duration_s: float) -> CpuRow:
         backlog_drops_per_s=_per_s(view.backlog_drops, duration_s),
         net_rx_p50_ns=p50,
         net_rx_p99_ns=p99,
+        detail_measured=view.detail_s is None or view.detail_s > 0,
     )
 
 
@@ -375,7 +379,8 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
     seen = {row.cpu for row in cpus}
     for number in sorted(pinned):
         if number not in seen:
-            cpus.append(CpuRow(cpu=number, net_rx_share=0.0, net_tx_share=0.0, irqs=pinned[number]))
+            cpus.append(CpuRow(cpu=number, net_rx_share=0.0, net_tx_share=0.0, irqs=pinned[number],
+                               detail_measured=now.tier.detail_s is None or now.tier.detail_s > 0))
     cpus.sort(key=lambda row: row.cpu)
 
     probes = document.get("probes") or ()
@@ -489,6 +494,9 @@ def format_rate(per_s: float) -> str:
     if per_s < 10_000_000:
         return f"{per_s / 1000:.1f}k" if per_s < 100_000 else f"{per_s / 1000:.0f}k"
     return f"{per_s / 1e6:.1f}M"
+
+
+NOT_MEASURED = "–"  # a figure the quiet detail tier did not measure (never shown as 0)
 
 
 def format_share(share: float) -> str:

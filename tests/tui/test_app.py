@@ -201,6 +201,22 @@ def test_cpu_view_and_detail_histogram(busy):
     drive(busy, steps, size=(100, 60))
 
 
+def test_cpu_view_of_a_quiet_tier_window_says_not_measured(busy):
+    document = {**busy, "tier": {"mode": "quiet", "current": "quiet", "full_s": 0.0,
+                                 "quiet_s": busy["duration_s"], "switches": []}}
+
+    async def steps(app, pilot):
+        await pilot.press("v")
+        text = screen_text(app)
+        row = next(line for line in text.splitlines() if "eth0 tx-0" in line)
+        assert "–" in row and "quiet tier" in row and "80%" not in row
+        await pilot.press("enter")
+        text = screen_text(app)
+        assert "not measured" in text and "runs," not in text and "budget used up" not in text
+
+    drive(document, steps, size=(100, 60))
+
+
 def test_wide_terminal_shows_pods_and_cpus_together(busy):
     async def steps(app, pilot):
         text = screen_text(app)

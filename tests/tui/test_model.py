@@ -47,6 +47,25 @@ def test_cpu_rows_show_the_imbalance_and_the_irqs(busy):
     assert [irq.short for irq in cpu1.irqs] == ["eth0 rx-0 (38)"]
 
 
+def _quiet_all_along(document: dict) -> dict:
+    """The same capture as if the quiet detail tier had run all of it (serve --tier quiet)."""
+    return {**document, "tier": {"mode": "quiet", "current": "quiet", "full_s": 0.0,
+                                 "quiet_s": document["duration_s"], "switches": []}}
+
+
+def test_cpu_rows_of_a_quiet_tier_window_are_not_measured_rather_than_zero(busy):
+    quiet_rows = build_model(_quiet_all_along(busy)).cpus
+    assert quiet_rows and not any(row.detail_measured for row in quiet_rows)
+    # Softnet figures come from /proc in both tiers and stay measured.
+    assert [row.time_squeeze_per_s for row in quiet_rows] == [row.time_squeeze_per_s for row in build_model(busy).cpus]
+    assert all(row.detail_measured for row in build_model(busy).cpus)
+    # Part of the window in the full tier: measured, over the full tier's seconds.
+    half = {**busy, "tier": {"mode": "auto", "current": "full", "full_s": busy["duration_s"] / 2,
+                             "quiet_s": busy["duration_s"] / 2, "switches": []}}
+    cpu1 = build_model(half).cpus[1]
+    assert cpu1.detail_measured and cpu1.net_rx_share == pytest.approx(2 * build_model(busy).cpus[1].net_rx_share)
+
+
 def test_header(busy):
     header = build_model(busy, mode="replay").header
     assert (header.node, header.kernel) == ("vm", "6.18.44-fc-v669")

@@ -54,7 +54,9 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
     live = model.header.mode == "live"
     parts.append(section("Now (share of the CPU's time, last interval)" if live else "Share of the CPU's time"))
     now = kv_table()
-    if row is not None:
+    if row is not None and not row.detail_measured:
+        now.add_row("NET_RX softirq", "not measured: the quiet detail tier parks the softirq programs")
+    elif row is not None:
         now.add_row("NET_RX softirq", format_share(row.net_rx_share))
         now.add_row("NET_TX softirq", format_share(row.net_tx_share))
         if row.net_rx_trend:
@@ -65,7 +67,11 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
         return parts
 
     span = f"last {model.header.window_s:.0f}s" if live else "capture"
-    for vector in NETWORK_SOFTIRQS:
+    measured = cpu.detail_s is None or cpu.detail_s > 0
+    if not measured:
+        parts.append(section(f"softirq run time and NAPI polls ({span}): not measured"))
+        parts.append(Text("the quiet detail tier parks those programs until it sees trouble", style="dim"))
+    for vector in NETWORK_SOFTIRQS if measured else ():
         count = cpu.softirq_count(vector)
         if not count:
             parts.append(section(f"{vector} ({span}): no runs"))
@@ -87,8 +93,11 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
             parts.append(histogram_table(delay, "waited"))
 
     napi = cpu.napi
-    parts.append(section(f"NAPI polls ({span})"))
-    if napi:
+    if measured:
+        parts.append(section(f"NAPI polls ({span})"))
+    if not measured:
+        pass
+    elif napi:
         table = data_table(("device", False), ("polls", True), ("packets", True), ("budget used up", True))
         for device in napi:
             polls = int(device.get("polls", 0))

@@ -8,7 +8,7 @@ from typing import Callable
 from rich.text import Text
 
 from ..model import (
-    SEVERITY_LABEL, BaselineView, CpuRow, FindingRow, PodRow, format_delta, format_rate, format_share,
+    NOT_MEASURED, SEVERITY_LABEL, BaselineView, CpuRow, FindingRow, PodRow, format_delta, format_rate, format_share,
     format_share_delta, sparkline,
 )
 from ..style import style
@@ -30,6 +30,11 @@ def marked_name(name: str, severity: str | None) -> Text:
 
 def rate_cell(per_s: float, alarm: bool = False) -> Cell:
     return Cell(Text(format_rate(per_s), style="bold" if alarm and per_s > 0 else ""), per_s)
+
+
+def not_measured_cell() -> Cell:
+    """A figure the window did not measure (the quiet detail tier): sorts below any 0."""
+    return Cell(Text(NOT_MEASURED, style="dim"), -1.0)
 
 
 def delta_cell(now_per_s: float, before_per_s: float, alarm: bool = False) -> Cell:
@@ -247,6 +252,8 @@ class PodsTable(DeltaMode, LiveTable):
 def share_picture(cpu: CpuRow, width: int) -> str:
     """The NET_RX share over the last intervals; with no history yet (a replay), the share
     itself as a bar, so an imbalance still shows at a glance."""
+    if not cpu.detail_measured:
+        return "quiet tier"[:width].ljust(width)
     if len(cpu.net_rx_trend) >= 2:
         return sparkline(cpu.net_rx_trend, width, top=1.0)
     filled = round(cpu.net_rx_share * width)
@@ -286,6 +293,11 @@ class CpusTable(DeltaMode, LiveTable):
                 numbers = [delta_cell(cpu.budget_exhausted_per_s, before.budget_exhausted_per_s),
                            delta_cell(cpu.time_squeeze_per_s, before.time_squeeze_per_s, True),
                            delta_cell(cpu.backlog_drops_per_s, before.backlog_drops_per_s, True)]
+            elif not cpu.detail_measured:
+                # The quiet tier parked the softirq and NAPI programs: unknown is not 0%.
+                shares = [not_measured_cell(), not_measured_cell()]
+                numbers = [not_measured_cell(), rate_cell(cpu.time_squeeze_per_s, True),
+                           rate_cell(cpu.backlog_drops_per_s, True)]
             else:
                 shares = [Cell(Text(format_share(cpu.net_rx_share), style="bold" if heavy else ""), cpu.net_rx_share),
                           Cell(format_share(cpu.net_tx_share), cpu.net_tx_share)]
