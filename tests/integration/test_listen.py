@@ -8,6 +8,7 @@ than the application's backlog, and the design §8 recipe whose final ACKs overf
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -175,7 +176,11 @@ def test_somaxconn_is_the_limit_that_bites(somaxconn_run):
     assert somaxconn_run.somaxconn["server"] == 8
     assert listener.requested_backlog == 64
     assert listener.somaxconn == 8 == listener.accept_queue_limit
-    assert listener.accept_queue_peak == 9
+    # The queue fills to limit + 1 (sk_acceptq_is_full() is `backlog > limit`), and beyond by
+    # a race the kernel allows: tcp_v4_syn_recv_sock() tests fullness without the queue's lock,
+    # so final ACKs completing on several CPUs at once can each pass at 8 (the 6.1 guest, 2
+    # vCPUs, saw 10). At most one extra per other CPU.
+    assert listener.accept_queue_limit < listener.accept_queue_peak <= listener.accept_queue_limit + os.cpu_count()
     assert somaxconn_run.pod("server").netstat.get("TcpExt.ListenOverflows", 0) == \
         somaxconn_run.kernel_overflows("server") > 0
     # Only the server's netns was changed.

@@ -25,12 +25,16 @@ from profiler.sources.softnet import SoftnetSource
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
 BLAST_S = 3.0
-# Measured over 3 × 2 runs (docs/probes/softirq.md): the target spent 1.59-2.05 s in NET_RX,
-# the sender's CPU 0.08-0.20 s, ratios 10-20 (down to 4 while another lab loaded the same
-# machine). Asserted with a margin for a shared machine: the point is which CPU, not how
-# fast this one is.
+# Measured (docs/probes/softirq.md): the target spent 1.59-2.38 s in NET_RX, the sender's
+# CPU 0.08-0.46 s. The sender's runs are real kernel work, the RPS IPIs it sends (checked by
+# count below), whose cost against the packets' own varies by machine: ratios 10-20 on a
+# quiet host, 4.1 on a quiet host at 12:20 on 2026-12-05, 2.2-2.4 under another lab's load
+# and 2.9 in the 6.1 guest under emulation. Which CPU is the point, not how fast IPIs are:
+# charging the time to the wrong CPU gives a ratio below 1.
 MIN_TARGET_NET_RX_S = 0.5
-MIN_TIME_RATIO = 3.0
+MIN_TIME_RATIO = 1.5
+# The sender's NET_RX runs against the target's received_rps (softnet_stat): one IPI per run.
+RPS_IPI_COUNT_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,12 @@ def test_net_rx_time_follows_the_rps_target(net_rx_runs):
         assert target.time_ns >= MIN_TIME_RATIO * other.time_ns, (
             f"NET_RX on target CPU {run.target_cpu}: {target.time_ns / 1e9:.3f} s, "
             f"on sender CPU {run.sender_cpu}: {other.time_ns / 1e9:.3f} s")
+        # What the sender's CPU spent its NET_RX on: each of its runs ends by sending the RPS
+        # IPIs it queued, and the kernel counts each IPI the target received.
+        received_rps = run.cpu(run.target_cpu).softnet.get("received_rps", 0)
+        assert received_rps > 0
+        assert abs(other.count - received_rps) <= RPS_IPI_COUNT_TOLERANCE * received_rps, (
+            f"sender CPU {run.sender_cpu}: {other.count} NET_RX runs; target received {received_rps} RPS IPIs")
 
 
 def test_backlog_napi_polls_on_the_target(net_rx_runs):
