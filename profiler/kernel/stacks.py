@@ -297,7 +297,7 @@ def frame_name(kallsyms: Kallsyms, address: int) -> str:
 
 
 class SharedKallsyms:
-    """One parsed /proc/kallsyms for the whole process: parsing takes ~0.2 s, and the drop
+    """One parsed /proc/kallsyms for the whole process: read and parsed in ≈70 ms, and the drop
     and retransmit sources must not each pay it inside a sampling interval."""
 
     def __init__(self, load: Callable[[], Kallsyms] = Kallsyms.load, clock: Callable[[], float] = time.monotonic):

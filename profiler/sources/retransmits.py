@@ -20,7 +20,6 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
 
     def __init__(self, probe: RetransmitProbe | None = None, kallsyms: Kallsyms | None = None):
         super().__init__(probe or RetransmitProbe())
-        # Kallsyms is parsed on the first stack, not at attach.
         self._stacks = StackSymbolizer(kallsyms)
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
@@ -28,6 +27,8 @@ class RetransmitSource(ProbeSource[RetransmitCounts]):
         stacks_status = getattr(self.probe, "stacks_status", None)
         if stacks_status is not None:
             statuses.append(stacks_status)
+            if stacks_status.attached:
+                self._stacks.kallsyms()  # at startup, not inside the first interval with a stack
         return statuses
 
     def switch_detail(self, on: bool) -> None:

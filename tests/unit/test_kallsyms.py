@@ -61,3 +61,62 @@ def test_load_reads_under_a_root(tmp_path: Path):
     assert Kallsyms.load(tmp_path).symbolize(0xFFFFFFFF81E44F48) == "sk_skb_reason_drop+0x8"
     # No file at all (a container without /proc): an empty table, hex output.
     assert len(Kallsyms.load(tmp_path / "missing")) == 0
+
+
+def _reference_symbols(text: str) -> list[tuple[int, str, str | None]]:
+    """The table as a line-by-line reading of the format gives it, in address order (ties in
+    file order): what the vectorised parser must agree with."""
+    symbols = []
+    for line in text.splitlines():
+        head, _, module = line.partition("\t")
+        parts = head.split(" ")
+        if len(parts) != 3 or parts[1] not in ("t", "T", "w", "W") or not parts[2]:
+            continue
+        if not 1 <= len(parts[0]) <= 16 or any(c not in "0123456789abcdefABCDEF" for c in parts[0]):
+            continue
+        address = int(parts[0], 16)
+        if address:
+            symbols.append((address, parts[2], module.strip("[]") if module else None))
+    return sorted(symbols, key=lambda s: s[0])
+
+
+def test_vectorised_parse_agrees_with_a_line_by_line_reading_on_odd_lines():
+    import random
+
+    rng = random.Random(7)
+    kinds = ["T", "t", "W", "w", "d", "D", "b", "U", "A", "r"]
+    lines = []
+    for i in range(3000):
+        address = rng.choice([0, rng.randrange(1, 1 << 64), 0xFFFFFFFF81000000 + rng.randrange(1 << 24)])
+        digits = f"{address:016x}" if rng.random() < 0.8 else f"{address:x}"
+        digits = digits.upper() if rng.random() < 0.1 else digits
+        if rng.random() < 0.03:
+            digits = digits[:-1] + "g"          # not hex: skipped
+        name = rng.choice(["tcp_v4_rcv", "udp_rcv.cold", "__x64_sys_read", "a", ""])
+        line = f"{digits} {rng.choice(kinds)} {name}"
+        if rng.random() < 0.2:
+            line += f"\t[{rng.choice(['nf_conntrack', 'veth', 'x'])}]"
+        if rng.random() < 0.02:
+            line = rng.choice(["", "garbage", "ffff", "ffffffff81000000 T", "ffffffff81000000  T two_spaces"])
+        lines.append(line)
+    text = "\n".join(lines)
+    table = Kallsyms.parse(text)
+    expected = _reference_symbols(text)
+    assert len(table) == len(expected)
+    for address, name, module in expected[::17]:
+        symbol, offset = table.lookup(address)
+        assert symbol.address == address and offset == 0
+        # Several symbols may share an address: the lookup names the last of them in the file.
+        same = [s for s in expected if s[0] == address]
+        assert (symbol.name, symbol.module) == same[-1][1:]
+
+
+def test_hostile_bytes_parse_to_a_table_and_never_raise():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(50):
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+        table = Kallsyms.parse(blob + b"\nffffffff81000000 T real_one\n")
+        assert table.symbolize(0xFFFFFFFF81000010) == "real_one+0x10"
+    assert len(Kallsyms.parse(b"")) == 0 and Kallsyms.parse("").symbolize(5) == "0x5"
