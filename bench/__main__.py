@@ -1,6 +1,6 @@
 """`python -m bench` (or `make bench`): what netprof costs the node, as Markdown tables.
 
-    python -m bench [--repeats N] [--duration S] [--sections micro,overhead,storm,scaling]
+    python -m bench [--repeats N] [--duration S] [--sections micro,overhead,storm,scaling,tui]
                     [--configs none,floor,...] [--workloads bulk,rr,drop] [--pods 10,100,1000]
                     [--json results.json]
 
@@ -30,7 +30,7 @@ from .table import anchors_table, contamination_notes, goal_table, hooks_table, 
 from .workloads import missing_tools
 
 DEFAULT_WORKLOADS = ("bulk", "rr", "drop")
-SECTIONS = ("micro", "overhead", "storm", "scaling")
+SECTIONS = ("micro", "overhead", "storm", "scaling", "tui")
 
 
 def _env_default(name: str, default: str) -> str:
@@ -141,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         out.append(pods_table(pods))
         out.append("\n### Scaling with map keys (per-interval work of the sampler)")
         out.append(flows_table(flows))
+
+    if "tui" in sections:
+        from .tui import run_tui_cost, tui_table
+
+        log("bench: tui (the live dashboard in a pseudo-terminal, each workload)")
+        tui_runs = run_tui_cost(args.repeats, args.duration, log_dir, ("idle", *workloads), log)
+        raw["tui"] = [dataclasses.asdict(r) for r in tui_runs]
+        out.append(tui_table(tui_runs, args.duration))
 
     out.append("\n### Published anchors")
     out.append(anchors_table())

@@ -11,7 +11,7 @@ from profiler.kernel.shim import ensure_shim
 from profiler.lab.topology import Lab
 
 from .cpu import CpuGroup
-from .procs import TracerProcess, bcc_softirqs_tracer, bpf_programs_of, python_tracer, rss_bytes
+from .procs import TracerProcess, anon_rss_bytes, bcc_softirqs_tracer, bpf_programs_of, python_tracer, rss_bytes
 from .tracers import FLOOR_HOOKS
 from .workloads import WorkResult, Workloads
 
@@ -29,6 +29,7 @@ class Run:
     result: WorkResult
     tracer_cpu_ns: int = 0             # the tracer processes' own CPU during the workload
     tracer_rss_bytes: int = 0
+    tracer_anon_rss_bytes: int = 0
     events: dict[str, int] = field(default_factory=dict)        # hook → program runs (by fdinfo)
     run_time_ns: dict[str, int] = field(default_factory=dict)   # hook → time in the program (stats on)
 
@@ -88,7 +89,8 @@ def run_overhead(repeats: int, duration_s: float, log_dir: Path, log=print,
                             result = work.run(workload, duration_s)
                             after_progs = _programs(tracers)
                             run = Run(config, round_index, workload, result, group.usage_ns() - before_cpu,
-                                      sum(rss_bytes(t.pid) for t in tracers))
+                                      sum(rss_bytes(t.pid) for t in tracers),
+                                      sum(anon_rss_bytes(t.pid) for t in tracers))
                             run.events, run.run_time_ns = _program_deltas(before_progs, after_progs, prog_hooks)
                             results.runs.append(run)
                             log(f"  round {round_index + 1}/{repeats} {config:<16} {workload:<4} "

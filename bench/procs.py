@@ -41,14 +41,26 @@ def bpf_programs_of(pid: int) -> dict[int, ProgramRunStats]:
     return programs
 
 
-def rss_bytes(pid: int) -> int:
+def memory_bytes(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon) of a process: all it has resident, and the anonymous part of that
+    (what it allocated itself, without the files and libraries it maps, e.g. libLLVM)."""
+    found = {"VmRSS:": 0, "RssAnon:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+            key = line.split(":", 1)[0] + ":"
+            if key in found:
+                found[key] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return found["VmRSS:"], found["RssAnon:"]
+
+
+def rss_bytes(pid: int) -> int:
+    return memory_bytes(pid)[0]
+
+
+def anon_rss_bytes(pid: int) -> int:
+    return memory_bytes(pid)[1]
 
 
 @dataclass

@@ -58,7 +58,7 @@ def overhead_table(results: OverheadResults, configs: list[str], workloads: list
                      "Median (min–max) over rounds; 'best' = lowest CPU/work of the configuration ÷ lowest of "
                      "no tracing; 'paired' = ratio to no tracing in the same round\n")
         lines.append(f"| configuration | {rate_unit} | {cpu_unit} | CPU/work × no tracing: best | paired "
-                     "| throughput × no tracing | tracer process CPU % | tracer RSS MiB | others' load % |")
+                     "| throughput × no tracing | tracer process CPU % | tracer RSS MiB (anonymous) | others' load % |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for config in configs:
             runs = _runs(results, config, workload)
@@ -70,6 +70,7 @@ def overhead_table(results: OverheadResults, configs: list[str], workloads: list
             rate_ratio = spread(paired_ratios(results.runs, config, workload, lambda r: r.result.rate))
             tracer_cpu = _median([100 * r.tracer_cpu_ns / (r.result.seconds * 1e9) for r in runs if r.result.seconds])
             rss = _median([r.tracer_rss_bytes / 2**20 for r in runs])
+            anon = _median([r.tracer_anon_rss_bytes / 2**20 for r in runs])
             others = _median([r.others_cpu_percent for r in runs])
             best = best_ratio(results.runs, config, workload)
             digits = 3 if workload in ("bulk", "retrans") else 2
@@ -79,7 +80,8 @@ def overhead_table(results: OverheadResults, configs: list[str], workloads: list
                 f"| {'1' if config == 'none' else _fmt(best, 3)} "
                 f"| {'1' if config == 'none' else (cpu_ratio.format(3) if cpu_ratio else '–')} "
                 f"| {'1' if config == 'none' else (rate_ratio.format(3) if rate_ratio else '–')} "
-                f"| {_fmt(tracer_cpu) if config != 'none' else '–'} | {_fmt(rss, 0) if config != 'none' else '–'} "
+                f"| {_fmt(tracer_cpu) if config != 'none' else '–'} "
+                f"| {f'{_fmt(rss, 0)} ({_fmt(anon, 0)})' if config != 'none' else '–'} "
                 f"| {_fmt(others, 0)} |")
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from .errors import NetprofError
 from .pods import PodDirectory
 from .probes.base import ProbeStatus
 from .snapshot import FULL_TIER, QUIET_TIER, Snapshot, SnapshotFrame
+from .system.heap import return_freed_heap
 from .sources.base import Source
 
 
@@ -63,6 +64,8 @@ class Sampler:
         # A loader that lists its programs lets every interval count the runs the kernel
         # skipped, into the same lost events as full maps (profiler/cost.py says why).
         self._misses = RecursionMissCounter(loader.loaded, self.proc) if isinstance(loader, MeteredLoader) else None
+        # The compiler's freed memory, back to the kernel before a long run (system/heap.py).
+        return_freed_heap()
         self._last_read_s = time.monotonic()
         return self.statuses
 
