@@ -11,7 +11,7 @@ from profiler.kernel.shim import ensure_shim
 from profiler.lab.topology import Lab
 
 from .cpu import CpuGroup
-from .procs import TracerProcess, anon_rss_bytes, bcc_softirqs_tracer, bpf_programs_of, python_tracer, rss_bytes
+from .procs import TracerProcess, bcc_softirqs_tracer, bpf_programs_of, memory_bytes, python_tracer
 from .tracers import FLOOR_HOOKS
 from .workloads import WorkResult, Workloads
 
@@ -88,9 +88,9 @@ def run_overhead(repeats: int, duration_s: float, log_dir: Path, log=print,
                             before_progs = _programs(tracers)
                             result = work.run(workload, duration_s)
                             after_progs = _programs(tracers)
+                            memory = [memory_bytes(t.pid) for t in tracers]  # one read of each status
                             run = Run(config, round_index, workload, result, group.usage_ns() - before_cpu,
-                                      sum(rss_bytes(t.pid) for t in tracers),
-                                      sum(anon_rss_bytes(t.pid) for t in tracers))
+                                      sum(rss for rss, _ in memory), sum(anon for _, anon in memory))
                             run.events, run.run_time_ns = _program_deltas(before_progs, after_progs, prog_hooks)
                             results.runs.append(run)
                             log(f"  round {round_index + 1}/{repeats} {config:<16} {workload:<4} "

@@ -59,10 +59,6 @@ def rss_bytes(pid: int) -> int:
     return memory_bytes(pid)[0]
 
 
-def anon_rss_bytes(pid: int) -> int:
-    return memory_bytes(pid)[1]
-
-
 @dataclass
 class TracerProcess:
     name: str

@@ -215,6 +215,12 @@ class CpuView:
     detail_s: float | None = None
 
     @property
+    def detail_ran(self) -> bool:
+        """Whether the softirq and NAPI programs ran in any of the window (not parked by
+        the quiet tier throughout): if not, their figures are unknown, not zero."""
+        return self.detail_s is None or self.detail_s > 0
+
+    @property
     def cpu(self) -> int:
         return int(self.raw["cpu"])
 
@@ -343,6 +349,11 @@ class TierView:
     def detail_s(self) -> float | None:
         """Seconds the detail programs ran, where that is not the whole capture (None)."""
         return self.full_s if self.quiet_s > 0 else None
+
+    @property
+    def detail_ran(self) -> bool:
+        """Whether the detail programs ran in any of the capture (CpuView.detail_ran)."""
+        return self.detail_s is None or self.detail_s > 0
 
 
 class ProfileDocument:

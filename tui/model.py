@@ -209,7 +209,7 @@ def cpu_row(cpu: Mapping[str, Any] | CpuView, duration_s: float) -> CpuRow:
         backlog_drops_per_s=_per_s(view.backlog_drops, duration_s),
         net_rx_p50_ns=p50,
         net_rx_p99_ns=p99,
-        detail_measured=view.detail_s is None or view.detail_s > 0,
+        detail_measured=view.detail_ran,
     )
 
 
@@ -380,7 +380,7 @@ def build_model(document: Mapping[str, Any], interval_doc: Mapping[str, Any] | N
     for number in sorted(pinned):
         if number not in seen:
             cpus.append(CpuRow(cpu=number, net_rx_share=0.0, net_tx_share=0.0, irqs=pinned[number],
-                               detail_measured=now.tier.detail_s is None or now.tier.detail_s > 0))
+                               detail_measured=now.tier.detail_ran))
     cpus.sort(key=lambda row: row.cpu)
 
     probes = document.get("probes") or ()

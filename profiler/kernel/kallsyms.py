@@ -82,8 +82,9 @@ class Kallsyms:
         width = first_space - starts
         type_at, name_starts = first_space + 1, first_space + 3
         valid = (width >= 1) & (width <= _HEX_DIGITS) & (name_starts < ends)
-        clip = np.minimum  # positions past the file only where `valid` is already False
-        valid &= np.isin(raw[clip(type_at, size - 1)], _TEXT_TYPES) & (raw[clip(first_space + 2, size - 1)] == _SPACE)
+        # Positions past the file are clamped; they occur only where `valid` is already False.
+        valid &= (np.isin(raw[np.minimum(type_at, size - 1)], _TEXT_TYPES)
+                  & (raw[np.minimum(first_space + 2, size - 1)] == _SPACE))
 
         starts, ends, first_space, name_starts = starts[valid], ends[valid], first_space[valid], name_starts[valid]
         # The address: its hex digits right-aligned into 16 columns, the missing ones 0; one

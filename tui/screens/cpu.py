@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from rich.console import RenderableType
 from rich.text import Text
 
-from profiler.document import ProfileDocument
+from profiler.document import CpuView, ProfileDocument
 
 from ..model import (
     queue_irq_affinities,
@@ -67,46 +67,11 @@ def render_cpu(model: DashboardModel, number: int) -> list[RenderableType]:
         return parts
 
     span = f"last {model.header.window_s:.0f}s" if live else "capture"
-    measured = cpu.detail_s is None or cpu.detail_s > 0
-    if not measured:
+    if cpu.detail_ran:
+        parts.extend(_softirq_and_napi(cpu, span))
+    else:
         parts.append(section(f"softirq run time and NAPI polls ({span}): not measured"))
         parts.append(Text("the quiet detail tier parks those programs until it sees trouble", style="dim"))
-    for vector in NETWORK_SOFTIRQS if measured else ():
-        count = cpu.softirq_count(vector)
-        if not count:
-            parts.append(section(f"{vector} ({span}): no runs"))
-            continue
-        time_ns = cpu.softirq_time_ns(vector)
-        latency = cpu.latency_log2_ns(vector)
-        p50, p99 = cpu.latency_percentiles_ns(vector, (0.5, 0.99))
-        head = (f"{vector} ({span}): {count} runs, {format_ns(time_ns)} in total "
-                f"({format_share(cpu.softirq_share(vector))} of the CPU), "
-                f"mean {format_ns(time_ns / count)}")
-        if p50 is not None and p99 is not None:
-            head += f", p50 {format_ns(p50)}, p99 {format_ns(p99)}"
-        parts.append(section(head))
-        parts.append(Text("handler run time (softirq entry → exit), log2 buckets", style="dim"))
-        parts.append(histogram_table(latency, "run time"))
-        delay = cpu.queue_delay_log2_ns(vector)
-        if any(delay):
-            parts.append(Text("raise → entry delay (time the work waited to run)", style="dim"))
-            parts.append(histogram_table(delay, "waited"))
-
-    napi = cpu.napi
-    if measured:
-        parts.append(section(f"NAPI polls ({span})"))
-    if not measured:
-        pass
-    elif napi:
-        table = data_table(("device", False), ("polls", True), ("packets", True), ("budget used up", True))
-        for device in napi:
-            polls = int(device.get("polls", 0))
-            exhausted = int(device.get("budget_exhausted", 0))
-            share = f" ({100 * exhausted / polls:.0f}%)" if polls else ""
-            table.add_row(str(device.get("device")), str(polls), str(device.get("packets", 0)), f"{exhausted}{share}")
-        parts.append(table)
-    else:
-        parts.append(Text("none", style="dim"))
 
     softnet = {k: v for k, v in cpu.softnet.items() if v}
     drops = {k: v for k, v in cpu.drops.items() if v}
@@ -138,3 +103,42 @@ class CpuScreen(DetailScreen):
 
     def render_body(self, model: DashboardModel) -> list[RenderableType]:
         return render_cpu(model, self.cpu)
+
+
+def _softirq_and_napi(cpu: CpuView, span: str) -> list[RenderableType]:
+    """The CPU's softirq run-time (and queue-delay) histograms and its NAPI polls."""
+    parts: list[RenderableType] = []
+    for vector in NETWORK_SOFTIRQS:
+        count = cpu.softirq_count(vector)
+        if not count:
+            parts.append(section(f"{vector} ({span}): no runs"))
+            continue
+        time_ns = cpu.softirq_time_ns(vector)
+        latency = cpu.latency_log2_ns(vector)
+        p50, p99 = cpu.latency_percentiles_ns(vector, (0.5, 0.99))
+        head = (f"{vector} ({span}): {count} runs, {format_ns(time_ns)} in total "
+                f"({format_share(cpu.softirq_share(vector))} of the CPU), "
+                f"mean {format_ns(time_ns / count)}")
+        if p50 is not None and p99 is not None:
+            head += f", p50 {format_ns(p50)}, p99 {format_ns(p99)}"
+        parts.append(section(head))
+        parts.append(Text("handler run time (softirq entry → exit), log2 buckets", style="dim"))
+        parts.append(histogram_table(latency, "run time"))
+        delay = cpu.queue_delay_log2_ns(vector)
+        if any(delay):
+            parts.append(Text("raise → entry delay (time the work waited to run)", style="dim"))
+            parts.append(histogram_table(delay, "waited"))
+
+    napi = cpu.napi
+    parts.append(section(f"NAPI polls ({span})"))
+    if napi:
+        table = data_table(("device", False), ("polls", True), ("packets", True), ("budget used up", True))
+        for device in napi:
+            polls = int(device.get("polls", 0))
+            exhausted = int(device.get("budget_exhausted", 0))
+            share = f" ({100 * exhausted / polls:.0f}%)" if polls else ""
+            table.add_row(str(device.get("device")), str(polls), str(device.get("packets", 0)), f"{exhausted}{share}")
+        parts.append(table)
+    else:
+        parts.append(Text("none", style="dim"))
+    return parts
