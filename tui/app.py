@@ -98,6 +98,8 @@ class NetprofApp(App):
         self.post_message(ModelReady())
 
     def on_model_ready(self, message: ModelReady) -> None:
+        if self.closing:
+            return
         if self.paused:
             return  # the mailbox keeps the newest; resume takes it
         model = self.feed.take()
@@ -121,7 +123,16 @@ class NetprofApp(App):
     def _main_screen(self) -> MainScreen | None:
         return next((s for s in self.screen_stack if isinstance(s, MainScreen)), None)
 
+    @property
+    def closing(self) -> bool:
+        """Shutting down: the screens' widgets may already be gone. Textual's test harness
+        closes the app from another task while its message loop still runs, so a model or
+        timer can arrive mid-teardown."""
+        return not self.is_running
+
     def _check_stale(self) -> None:
+        if self.closing:
+            return
         interval = self.feed.interval_s or 1.0
         age = time.monotonic() - self.model.updated_monotonic_s if self.model else None
         stale = age if age is not None and age > STALE_INTERVALS * interval and not self.paused else None
@@ -144,6 +155,8 @@ class NetprofApp(App):
     def check_fix_journal(self) -> None:
         """A new apply in the fix journal since this dashboard started: an event on the
         timeline, and the baseline is the screen as it was when netprof noticed."""
+        if self.closing:
+            return
         event = latest_apply(self.journal_dir)
         if event is None or event.applied_at < self.started_wall:
             return
