@@ -9,8 +9,10 @@
  * name alone would merge pods; the netns inode comes from napi->dev->nd_net->ns.inum at
  * BTF offsets (NETPROF_NAPI_DEV_OFFSET, NETPROF_NETDEV_NET_OFFSET, NETPROF_NET_INUM_OFFSET).
  *
- * The map is a per-CPU hash: each CPU adds to its own copy of the entry, so the only shared
- * write is creating an entry, once per device.
+ * Counts live in a per-CPU array, at a slot each CPU gives a device the first time it polls
+ * it; a per-CPU hash maps the key to that CPU's slot. Each CPU adds to its own slots with
+ * plain increments, and the hot path below needs no hash of the 20-byte key: the slot is
+ * cached with the key. The only shared write is creating a device's hash entry, once.
  *
  * Cost: the key takes a string copy and three dependent pointer reads (napi → dev → net →
  * inum), more than half of what this program costs per poll (measured by bench/: ~115 ns of
@@ -27,8 +29,11 @@
 #error "napi offsets must come from BTF (-DNETPROF_NAPI_DEV_OFFSET, -DNETPROF_NETDEV_NET_OFFSET)"
 #endif
 
-BPF_PERCPU_HASH(napi_by_device, struct napi_device_key, struct napi_counts, NETPROF_NAPI_MAX_DEVICES);
-/* [0]: polls not counted because napi_by_device was full. */
+BPF_PERCPU_HASH(napi_slot_of_device, struct napi_device_key, struct napi_slot, NETPROF_NAPI_MAX_DEVICES);
+BPF_PERCPU_ARRAY(napi_counts_by_slot, struct napi_counts, NETPROF_NAPI_MAX_DEVICES);
+/* [0]: slots this CPU has given out. */
+BPF_PERCPU_ARRAY(napi_slots_used, u64, 1);
+/* [0]: polls not counted because the devices filled napi_slot_of_device or this CPU's slots. */
 BPF_PERCPU_ARRAY(napi_map_full, u64, 1);
 
 #define NETPROF_NAPI_KEY_REFRESH 64
@@ -36,7 +41,8 @@ BPF_PERCPU_ARRAY(napi_map_full, u64, 1);
 /* Per CPU: the last NAPI instance polled there and its key. */
 struct napi_last_polled {
     u64 napi;                    /* the napi_struct's address */
-    u64 polls_since_refresh;
+    u32 polls_since_refresh;
+    u32 slot_plus_one;           /* the key's slot on this CPU + 1; 0: none (maps full) */
     struct napi_device_key key;
 };
 BPF_PERCPU_ARRAY(napi_last_polled, struct napi_last_polled, 1);
@@ -60,6 +66,25 @@ static __always_inline u32 netns_inode_of_napi(const void *napi)
     return inode;
 }
 
+/* This CPU's slot for the key (+ 1), given out on first use; 0 when the maps are full. */
+static __always_inline u32 slot_of_device(struct napi_device_key *key)
+{
+    struct napi_slot *known = napi_slot_of_device.lookup(key);
+    if (known && known->slot_plus_one)
+        return known->slot_plus_one;
+    int zero = 0;
+    u64 *used = napi_slots_used.lookup(&zero);
+    if (!used || *used >= NETPROF_NAPI_MAX_DEVICES)
+        return 0;
+    /* Updating a per-CPU hash from a program writes this CPU's copy only; a new entry's
+     * other copies start at 0, "no slot there yet". */
+    struct napi_slot fresh = { .slot_plus_one = (u32)*used + 1 };
+    if (napi_slot_of_device.update(key, &fresh) != 0)
+        return 0;
+    *used += 1;
+    return fresh.slot_plus_one;
+}
+
 TRACEPOINT_PROBE(napi, napi_poll)
 {
     int slot = 0;
@@ -75,10 +100,11 @@ TRACEPOINT_PROBE(napi, napi_poll)
         last->key.netns_inode = netns_inode_of_napi(args->napi);
         last->napi = napi;
         last->polls_since_refresh = 0;
+        last->slot_plus_one = slot_of_device(&last->key);
     }
 
-    struct napi_counts zero = {};
-    struct napi_counts *counts = napi_by_device.lookup_or_try_init(&last->key, &zero);
+    u32 index = last->slot_plus_one - 1;
+    struct napi_counts *counts = last->slot_plus_one ? napi_counts_by_slot.lookup(&index) : 0;
     if (!counts) {
         u64 *full = napi_map_full.lookup(&slot);
         if (full)

@@ -26,11 +26,18 @@
  *    Both histograms are updated at exit, so the run-time one always sums to count and
  *    the queue-delay one to at most count; queue_delay_ns is the sum of exactly the delays
  *    in the queue-delay histogram (Prometheus' _sum beside its _count).
+ *  - Queue delay is sampled: one run in NETPROF_QUEUE_DELAY_SAMPLE_EVERY per CPU and vector,
+ *    chosen by a countdown that entry advances, so a raise knows whether the coming run is
+ *    sampled and reads the clock only then. A raise is the busiest of the three hooks (it
+ *    fires on every raise, pending or not) and the clock read was most of its cost; run
+ *    time is still measured on every run. Sampling by run count, not by time, keeps the
+ *    histogram's shape (its quantiles) and its sum over its own count (the mean delay).
  */
 #include "softirq.h"
 
-#if !defined(NETPROF_NR_SOFTIRQS) || !defined(NETPROF_SOFTIRQ_TRACED_MASK) || !defined(NETPROF_LOG2_SLOTS)
-#error "NETPROF_NR_SOFTIRQS, NETPROF_SOFTIRQ_TRACED_MASK and NETPROF_LOG2_SLOTS come from Python"
+#if !defined(NETPROF_NR_SOFTIRQS) || !defined(NETPROF_SOFTIRQ_TRACED_MASK) || !defined(NETPROF_LOG2_SLOTS) \
+    || !defined(NETPROF_QUEUE_DELAY_SAMPLE_EVERY)
+#error "NETPROF_NR_SOFTIRQS, NETPROF_SOFTIRQ_TRACED_MASK, NETPROF_LOG2_SLOTS and NETPROF_QUEUE_DELAY_SAMPLE_EVERY come from Python"
 #endif
 
 BPF_PERCPU_ARRAY(softirq_stats, struct softirq_vector_stats, NETPROF_NR_SOFTIRQS);
@@ -70,7 +77,7 @@ TRACEPOINT_PROBE(irq, softirq_raise)
     if (!vector_traced(vec))
         return 0;
     struct softirq_timestamps *ts = softirq_timestamps.lookup(&vec);
-    if (ts && ts->raise_ns == 0)
+    if (ts && ts->runs_until_delay_sample == 0 && ts->raise_ns == 0)
         ts->raise_ns = bpf_ktime_get_ns();
     return 0;
 }
@@ -86,6 +93,11 @@ TRACEPOINT_PROBE(irq, softirq_entry)
     ts->entry_ns = bpf_ktime_get_ns();
     ts->entry_raise_ns = ts->raise_ns;
     ts->raise_ns = 0;
+    /* Raises from now on are for the next run: say whether that one is sampled. */
+    if (ts->runs_until_delay_sample == 0)
+        ts->runs_until_delay_sample = NETPROF_QUEUE_DELAY_SAMPLE_EVERY - 1;
+    else
+        ts->runs_until_delay_sample -= 1;
     return 0;
 }
 

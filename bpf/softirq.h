@@ -16,6 +16,7 @@ struct softirq_timestamps {
     u64 entry_ns;        /* the handler run in progress started here */
     u64 entry_raise_ns;  /* ... answering the raise made here (0: raised before attach) */
     u64 raise_ns;        /* the first raise not yet followed by an entry */
+    u64 runs_until_delay_sample;  /* 0: the next run's queue delay is measured */
 };
 
 #endif

@@ -30,7 +30,8 @@ from .system.node import NodeContext
 if TYPE_CHECKING:
     from .netns_names import PodIdentity
 from .snapshot import (
-    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, UNKNOWN_LISTENER_ADDRESS, CpuInterval, DropSite,
+    CPU_MAPPING_FIELDS, POD_COUNTER_FIELDS, POD_MAPPING_FIELDS, QUEUE_DELAY_SAMPLE_EVERY, UNKNOWN_LISTENER_ADDRESS,
+    CpuInterval, DropSite,
     FlowDrops, FlowKey, Listener, PodInterval, Snapshot, StackSample,
 )
 
@@ -150,6 +151,7 @@ def cpu_json(cpu: CpuInterval) -> dict:
                 "latency_log2_ns": list(stats.latency_log2_ns),
                 "queue_delay_log2_ns": list(stats.queue_delay_log2_ns),
                 "queue_delay_ns": stats.queue_delay_ns,
+                "queue_delay_sample_every": QUEUE_DELAY_SAMPLE_EVERY,
             }
             for vector, stats in sorted(cpu.softirq.items())
         },

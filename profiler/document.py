@@ -251,6 +251,11 @@ class CpuView:
     def queue_delay_log2_ns(self, vector: str) -> list[int]:
         return [int(c) for c in self.vector(vector).get("queue_delay_log2_ns") or ()]
 
+    def queue_delay_sample_every(self, vector: str) -> int:
+        """The queue-delay histogram holds 1 handler run in this many (captures from before
+        the sampling measured every run)."""
+        return int(self.vector(vector).get("queue_delay_sample_every", 1))
+
     def latency_percentiles_ns(self, vector: str,
                                quantiles: Sequence[float] = PERCENTILES) -> list[float | None]:
         """Handler run-time percentiles (ns), interpolated in the log2 buckets

@@ -113,6 +113,12 @@ class PodInterval:
     conntrack: Mapping[str, int] = field(default_factory=lambda: EMPTY)  # per-netns conntrack statistics deltas
     listeners: tuple[Listener, ...] = ()
 
+# The BPF program measures queue delay on one handler run in this many per CPU and vector
+# (bpf/softirq.bpf.c says why): the histogram's shape and mean hold, its count is ≈ runs / this.
+QUEUE_DELAY_SAMPLE_EVERY = 8
+QUEUE_DELAY_DESCRIPTION = ("delay from softirq_raise to softirq_entry, on a sample of the handler runs "
+                           "(1 in the capture's queue_delay_sample_every)")
+
 
 @dataclass(frozen=True)
 class SoftirqVector:
@@ -122,7 +128,7 @@ class SoftirqVector:
     time_ns: int = 0
     # log2 histogram of handler run time: bucket i counts runs in [2^i, 2^(i+1)) ns.
     latency_log2_ns: tuple[int, ...] = ()
-    # log2 histogram of raise → entry delay (time the work waited to run).
+    # log2 histogram of raise → entry delay (time the work waited to run), sampled runs only.
     queue_delay_log2_ns: tuple[int, ...] = ()
     queue_delay_ns: int = 0   # the kernel's sum of the delays in queue_delay_log2_ns
 

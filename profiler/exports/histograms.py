@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from ..document import ProfileDocument
 from ..inert import inert_tree
+from ..snapshot import QUEUE_DELAY_DESCRIPTION
 from ..percentiles import (  # noqa: F401  (the one interpolation; imported from here too)
     PERCENTILES, bucket_percentiles, depth_bounds, log2_ns_bounds, log2_percentiles_ns,
 )
@@ -88,7 +89,7 @@ def capture_histograms(doc: dict) -> list[Histogram]:
         for vector in sorted(cpu.softirq):
             for counts_of, name, description in (
                 (cpu.latency_log2_ns, "softirq_latency_ns", "softirq handler run time, softirq_entry to softirq_exit"),
-                (cpu.queue_delay_log2_ns, "softirq_queue_delay_ns", "delay from softirq_raise to softirq_entry"),
+                (cpu.queue_delay_log2_ns, "softirq_queue_delay_ns", QUEUE_DELAY_DESCRIPTION),
             ):
                 counts = tuple(counts_of(vector))
                 if sum(counts):

@@ -37,6 +37,7 @@ from ..capture import MAX_DROP_SITES
 from ..document import CpuView, ListenerView, ProfileDocument
 from ..inert import inert, inert_tree
 from ..kernel.log2_histogram import LOG2_SLOTS
+from ..snapshot import QUEUE_DELAY_DESCRIPTION
 from ..system.listeners import FILL_RATIO_BOUNDS
 
 PREFIX = "netprof"
@@ -291,7 +292,7 @@ def _softirq(families: _Families, labels: dict, stats: list[dict]) -> None:
                        labels, log2_ns_buckets(histogram("latency_log2_ns")), sum_value=time_s)
     # Captures from before the kernel kept the delays' sum have none: _sum is left out, not made up.
     has_sum = all("queue_delay_ns" in s for s in stats if s)
-    families.histogram("softirq_queue_delay_seconds", "delay from softirq_raise to softirq_entry", labels,
+    families.histogram("softirq_queue_delay_seconds", QUEUE_DELAY_DESCRIPTION, labels,
                        log2_ns_buckets(histogram("queue_delay_log2_ns"), SOFTIRQ_QUEUE_DELAY_LE_EXPONENTS),
                        sum_value=summed("queue_delay_ns") / 1e9 if has_sum else None)
 

@@ -57,11 +57,16 @@ class MapReader:
         self._values = np.zeros(self._capacity * self._cpus * self._value_stride, dtype=np.uint8)
         self._batch_supported = True
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        count = self._read_batch() if self._batch_supported else None
+    def read(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """At most `limit` entries (an array map's first `limit` indexes): the whole map when
+        None."""
+        wanted = self._capacity if limit is None else max(0, min(int(limit), self._capacity))
+        if wanted == 0:
+            return self._keys[:0].copy(), self._empty_values()
+        count = self._read_batch(wanted) if self._batch_supported else None
         if count is None:
             self._batch_supported = False
-            count = self._read_iter()
+            count = self._read_iter(wanted)
         keys = self._keys[:count].copy()
         raw = self._values[: count * self._cpus * self._value_stride]
         if self._layout.percpu:
@@ -74,7 +79,12 @@ class MapReader:
             values = raw.view(self._layout.value).copy()
         return keys, values
 
-    def _read_batch(self) -> int | None:
+    def _empty_values(self) -> np.ndarray:
+        if self._layout.percpu:
+            return np.zeros((0, self._cpus), dtype=self._layout.value)
+        return np.zeros(0, dtype=self._layout.value)
+
+    def _read_batch(self, wanted: int) -> int | None:
         from bcc.libbcc import lib
 
         fd = self._table.map_fd
@@ -87,8 +97,8 @@ class MapReader:
         keys_addr = self._keys.ctypes.data
         values_addr = self._values.ctypes.data
         first = True
-        while total < self._capacity:
-            count.value = self._capacity - total
+        while total < wanted:
+            count.value = wanted - total
             res = lib.bpf_lookup_batch(
                 fd,
                 None if first else ctypes.byref(cursor),
@@ -112,11 +122,11 @@ class MapReader:
             first = False
         return total
 
-    def _read_iter(self) -> int:
+    def _read_iter(self, wanted: int) -> int:
         total = 0
         value_size = self._cpus * self._value_stride
         for key, value in self._table.items():
-            if total >= self._capacity:
+            if total >= wanted:
                 break
             self._keys[total : total + 1].view(np.uint8)[:] = np.frombuffer(bytes(key), np.uint8)
             if self._layout.percpu:

@@ -20,6 +20,8 @@ BACKLOG_DEVICE = "(no_device)"
 
 # Mirrors struct napi_device_key in bpf/napi.h.
 DEVICE_KEY = np.dtype([("netns_inode", "<u4"), ("name", f"S{IFNAMSIZ}")])
+# Mirrors struct napi_slot: the device's slot + 1 in one CPU's napi_counts_by_slot (0: none).
+DEVICE_SLOT = np.dtype([("slot_plus_one", "<u4"), ("unused", "<u4")])
 # Mirrors struct napi_counts (C pads the key to 20 bytes, the value is three u64).
 NAPI_COUNTS = np.dtype([("polls", "<u8"), ("packets", "<u8"), ("budget_exhausted", "<u8")])
 SLOT_KEY = np.dtype([("index", "<u4")])
@@ -43,15 +45,20 @@ def device_name(raw: bytes) -> str:
     return "".join(ch if is_inert(ch) else "?" for ch in text)  # inert() decides what is safe
 
 
-def flatten_per_cpu(keys: np.ndarray, values: np.ndarray, cpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(device, cpu) values of a per-CPU hash → one row per CPU and device, idle rows dropped."""
-    rows = np.zeros(len(keys) * len(cpus), dtype=CPU_DEVICE_KEY)
-    rows["cpu"] = np.tile(cpus, len(keys))
-    rows["netns_inode"] = np.repeat(keys["netns_inode"], len(cpus))
-    rows["name"] = np.repeat(keys["name"], len(cpus))
-    flat = values.reshape(-1) if len(keys) else np.zeros(0, NAPI_COUNTS)
-    polled = flat["polls"] > 0
-    return rows[polled], flat[polled].copy()
+def rows_by_slot(keys: np.ndarray, slots: np.ndarray, by_slot: np.ndarray,
+                 cpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per (CPU, device) that was polled: device i's counts on CPU column c are at
+    row slots[i, c] - 1 of by_slot's column c (by_slot holds the first len(by_slot) slots of
+    every CPU; a slot given out after it was read is counted at the next read)."""
+    slot_plus_one = slots["slot_plus_one"].astype(np.int64) if len(keys) else np.zeros((0, len(cpus)), np.int64)
+    device, column = np.nonzero((slot_plus_one > 0) & (slot_plus_one <= len(by_slot)))
+    counts = by_slot[slot_plus_one[device, column] - 1, column] if len(device) else np.zeros(0, NAPI_COUNTS)
+    rows = np.zeros(len(device), dtype=CPU_DEVICE_KEY)
+    rows["cpu"] = cpus[column]
+    rows["netns_inode"] = keys["netns_inode"][device]
+    rows["name"] = keys["name"][device]
+    polled = counts["polls"] > 0
+    return rows[polled], counts[polled].copy()
 
 
 class NapiProbe(ParkableProbe):
@@ -59,7 +66,8 @@ class NapiProbe(ParkableProbe):
 
     def __init__(self) -> None:
         self._bpf = None
-        self._by_device: MapReader | None = None
+        self._slots: MapReader | None = None
+        self._by_slot: MapReader | None = None
         self._full: MapReader | None = None
         self._cpus = np.zeros(0, dtype=np.uint32)
         self._parking: TracepointParking | None = None
@@ -72,7 +80,8 @@ class NapiProbe(ParkableProbe):
         from bcc.utils import get_possible_cpus
 
         self._cpus = np.array(get_possible_cpus(), dtype=np.uint32)
-        self._by_device = MapReader(self._bpf[b"napi_by_device"], MapLayout(DEVICE_KEY, NAPI_COUNTS, percpu=True))
+        self._slots = MapReader(self._bpf[b"napi_slot_of_device"], MapLayout(DEVICE_KEY, DEVICE_SLOT, percpu=True))
+        self._by_slot = MapReader(self._bpf[b"napi_counts_by_slot"], MapLayout(SLOT_KEY, NAPI_COUNTS, percpu=True))
         self._full = MapReader(self._bpf[b"napi_map_full"], MapLayout(SLOT_KEY, COUNT, percpu=True))
         # Each CPU's cached key is forgotten on unpark: a napi_struct freed while parked may
         # be another device's now.
@@ -83,7 +92,11 @@ class NapiProbe(ParkableProbe):
     def read(self) -> NapiCounts:
         if self._bpf is None:
             raise RuntimeError("read() before a successful attach()")
-        devices, counts = flatten_per_cpu(*self._by_device.read(), self._cpus)
+        keys, slots = self._slots.read()
+        # Only the slots in use: the array has MAX_DEVICES of them on every CPU.
+        in_use = int(slots["slot_plus_one"].max()) if len(keys) else 0
+        _, by_slot = self._by_slot.read(limit=in_use)
+        devices, counts = rows_by_slot(keys, slots, by_slot, self._cpus)
         _, full = self._full.read()
         return NapiCounts(devices, counts, int(full["count"].sum()))
 

@@ -10,6 +10,7 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.log2_histogram import LOG2_SLOTS
 from ..kernel.maps import MapLayout, MapReader
+from ..snapshot import QUEUE_DELAY_SAMPLE_EVERY
 from .base import ParkableProbe, ProbeStatus, TracepointParking
 
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
@@ -21,7 +22,8 @@ ARRAY_INDEX = np.dtype([("index", "<u4")])
 VECTOR_STATS = np.dtype([("count", "<u8"), ("time_ns", "<u8"), ("exits_without_entry", "<u8"),
                          ("queue_delay_ns", "<u8")])
 # Mirrors struct softirq_timestamps (read only by the layout test; Python has no use for it).
-TIMESTAMPS = np.dtype([("entry_ns", "<u8"), ("entry_raise_ns", "<u8"), ("raise_ns", "<u8")])
+TIMESTAMPS = np.dtype([("entry_ns", "<u8"), ("entry_raise_ns", "<u8"), ("raise_ns", "<u8"),
+                       ("runs_until_delay_sample", "<u8")])
 BUCKET = np.dtype([("count", "<u8")])
 
 
@@ -117,6 +119,7 @@ class SoftirqProbe(ParkableProbe):
                 f"-DNETPROF_NR_SOFTIRQS={nr_vectors}",
                 f"-DNETPROF_SOFTIRQ_TRACED_MASK={mask:#x}ULL",
                 f"-DNETPROF_LOG2_SLOTS={LOG2_SLOTS}",
+                f"-DNETPROF_QUEUE_DELAY_SAMPLE_EVERY={QUEUE_DELAY_SAMPLE_EVERY}",
             ])
         except NetprofError as exc:
             return ProbeStatus(self.name, False, self.via, str(exc))

@@ -121,3 +121,21 @@ def test_built_from_a_real_capture():
     assert (lossy.netns, lossy.retransmits, lossy.retransmitted_segments) == (11, 42, 70)
     assert doc.per_s(lossy.retransmits) == pytest.approx(21.0)   # 2 s of capture
     assert [flow["states"] for flow in doc.flows_of(11)] == [{"ESTABLISHED": 41, "SYN_SENT": 1}]
+
+
+def test_the_queue_delay_sampling_ratio_comes_from_the_capture():
+    from profiler.capture import cpu_json
+    from profiler.capture_file import validate_capture
+    from profiler.snapshot import CpuInterval, SoftirqVector
+    from tests.unit.test_capture import sample_capture
+
+    # Captures from before the kernel sampled queue delay measured every run.
+    doc = ProfileDocument(_doc(cpus=[{"cpu": 0, "softirq": {"NET_RX": {"count": 8}}}]))
+    assert doc.cpu(0).queue_delay_sample_every("NET_RX") == 1
+    capture = sample_capture().to_json()
+    capture["cpus"] = [cpu_json(CpuInterval(1, {"NET_RX": SoftirqVector(16, 1000, (16,), (2,), 2)}))]
+    assert ProfileDocument(capture).cpu(1).queue_delay_sample_every("NET_RX") == 8
+    validate_capture(capture)
+    capture["cpus"][0]["softirq"]["NET_RX"]["queue_delay_sample_every"] = 0
+    with pytest.raises(Exception, match="queue_delay_sample_every"):
+        validate_capture(capture)

@@ -126,7 +126,9 @@ def _softirq_and_napi(cpu: CpuView, span: str) -> list[RenderableType]:
         parts.append(histogram_table(latency, "run time"))
         delay = cpu.queue_delay_log2_ns(vector)
         if any(delay):
-            parts.append(Text("raise → entry delay (time the work waited to run)", style="dim"))
+            every = cpu.queue_delay_sample_every(vector)
+            sampled = f", measured on 1 run in {every}" if every > 1 else ""
+            parts.append(Text(f"raise → entry delay (time the work waited to run){sampled}", style="dim"))
             parts.append(histogram_table(delay, "waited"))
 
     napi = cpu.napi
