@@ -26,7 +26,8 @@ class CpuGroup:
     """A cgroup made for the benchmark; removed by close() (its processes must be gone)."""
 
     def __init__(self, label: str):
-        name = f"{NAME_PREFIX}{label}-{secrets.token_hex(3)}"
+        safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)  # a config may hold a path
+        name = f"{NAME_PREFIX}{safe_label}-{secrets.token_hex(3)}"
         if (CGROUP_V1_CPUACCT / "cpuacct.usage").exists():
             self.path = CGROUP_V1_CPUACCT / name
             self._usage = self._usage_v1

@@ -69,12 +69,14 @@ class TracerProcess:
     ready: dict = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
     stderr_path: Path | None = None
+    tree: Path = REPO               # the checkout the tracer runs from
 
     def start(self, group: CpuGroup, log_dir: Path) -> None:
-        self.stderr_path = log_dir / f"{self.name}.{int(time.time() * 1000)}.stderr"
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        self.stderr_path = log_dir / f"{safe_name}.{int(time.time() * 1000)}.stderr"
+        env = {**os.environ, **self.env, "PYTHONPATH": str(self.tree)}
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
-                                        text=True, cwd=REPO, env=env, preexec_fn=group.join_self)
+                                        text=True, cwd=self.tree, env=env, preexec_fn=group.join_self)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -134,7 +136,17 @@ class TracerProcess:
 
 
 def python_tracer(name: str) -> TracerProcess:
-    return TracerProcess(name, [sys.executable, "-m", "bench.tracers", name])
+    """`name`, or `name@DIR`: the same tracer from another checkout of netprof (its own
+    .venv), e.g. `netprof@/tmp/base` beside `netprof` to measure a change in one interleaved
+    run."""
+    tracer, _, tree = name.partition("@")
+    if not tree:
+        return TracerProcess(name, [sys.executable, "-m", "bench.tracers", name])
+    root = Path(tree).resolve()
+    python = root / ".venv" / "bin" / "python"
+    if not (root / "bench" / "tracers.py").is_file() or not python.is_file():
+        raise SystemExit(f"bench: {name}: {root} is not a netprof checkout with a .venv (./bootstrap.sh setup there)")
+    return TracerProcess(name, [str(python), "-m", "bench.tracers", tracer], tree=root)
 
 
 def bcc_softirqs_tracer(shim: str) -> TracerProcess:

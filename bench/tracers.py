@@ -1,6 +1,7 @@
 """The tracers the benchmark compares, each run as its own process:
 
     python -m bench.tracers floor             empty programs on netprof's hooks
+    python -m bench.tracers floor-raw         the same hooks through raw tracepoints
     python -m bench.tracers netprof           a LiveSession, every source, sampled every 1 s,
                                               as shipped (programs timed 1 interval in 10)
     python -m bench.tracers netprof-nostats   the same without BPF run-time statistics
@@ -41,12 +42,19 @@ BPF_DIR = Path(__file__).parent / "bpf"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 SAMPLE_INTERVAL_S = 1.0
 
-# Every hook the floor attaches to (bench/bpf/floor.bpf.c): checked against netprof's.
+# Every hook the floor attaches to (bench/bpf/floor.bpf.c): its events are checked against
+# netprof's (floor_raw.bpf.c is on the same events through raw tracepoints).
 FLOOR_HOOKS = (
     "tracepoint:irq:softirq_raise", "tracepoint:irq:softirq_entry", "tracepoint:irq:softirq_exit",
     "tracepoint:napi:napi_poll", "tracepoint:skb:kfree_skb", "tracepoint:tcp:tcp_retransmit_skb",
     "tracepoint:syscalls:sys_enter_listen", "raw_tracepoint:sock_rcvqueue_full",
 )
+
+
+def hook_event(hook: str) -> str:
+    """The kernel event of a hook, whatever the method: "tracepoint:irq:softirq_entry" and
+    "raw_tracepoint:softirq_entry" are both "softirq_entry"."""
+    return hook.rsplit(":", 1)[-1]
 
 
 def emit(doc: dict) -> None:
@@ -92,16 +100,16 @@ def program_ids(loaded) -> dict[int, str]:
     return ids
 
 
-def run_floor() -> None:
+def run_floor(name: str = "floor", source: str = "floor.bpf.c") -> None:
     from profiler.cost import loaded_program_fds
 
-    bpf = compile_with_shim(BPF_DIR / "floor.bpf.c")
-    hooks = sorted(hook for _, hook, _ in loaded_program_fds([("floor", bpf)]))
-    emit({"ready": True, "hooks": hooks, "programs": program_ids([("floor", bpf)])})
+    bpf = compile_with_shim(BPF_DIR / source)
+    hooks = sorted(hook for _, hook, _ in loaded_program_fds([(name, bpf)]))
+    emit({"ready": True, "hooks": hooks, "programs": program_ids([(name, bpf)])})
     while not wait_for_stop(3600):
         pass
     bpf.cleanup()
-    emit({"tracer": "floor", "hooks": hooks})
+    emit({"tracer": name, "hooks": hooks})
 
 
 def run_netprof(name: str, measure_cost: bool, cost_sample_every: int | None = None, tier: str = "full") -> None:
@@ -257,6 +265,7 @@ def run_bcc_ports() -> None:
 
 TRACERS: dict[str, Callable[[], None]] = {
     "floor": run_floor,
+    "floor-raw": lambda: run_floor("floor-raw", "floor_raw.bpf.c"),
     "netprof": lambda: run_netprof("netprof", True),
     "netprof-nostats": lambda: run_netprof("netprof-nostats", False),
     "netprof-stats": lambda: run_netprof("netprof-stats", True, cost_sample_every=1),

@@ -2,9 +2,11 @@
  *
  * What it costs is what any BPF tool pays to be on these hooks at all: the tracepoint is
  * switched on, the kernel fills the event record (perf_trace_<event>, string copies such as
- * napi_poll's device name included) and calls the program. netprof's programs cannot cost
- * less than this; the benchmark reports them as a ratio to it. bench/tracers.py checks that
- * this list is the one netprof attaches to, so the two never drift apart.
+ * napi_poll's device name included) and calls the program: what BCC's tools pay, and the
+ * benchmark reports netprof as a ratio to it. netprof is on the softirq and NAPI events
+ * through raw tracepoints, which skip the record (floor_raw.bpf.c is that floor).
+ * bench/tracers.py checks that these events are the ones netprof attaches to, so the two
+ * never drift apart.
  */
 
 /* BCC's generated struct for skb:kfree_skb names `enum skb_drop_reason`; the shim declares
