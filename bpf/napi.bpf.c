@@ -1,9 +1,12 @@
 /* NAPI polls per CPU and per device.
  *
- * Hook: tracepoint napi:napi_poll (fields napi, dev_name, work, budget), fired after every
- * poll of a NAPI instance, in NET_RX softirq or in a threaded-NAPI kthread alike. The
- * per-CPU backlog that netif_rx() and RPS feed (veth without GRO/XDP, loopback, tunnels)
- * has no device: the tracepoint names it "(no_device)".
+ * Hook: raw tracepoint napi_poll (arguments: struct napi_struct *napi, int work, int
+ * budget), fired after every poll of a NAPI instance, in NET_RX softirq or in a
+ * threaded-NAPI kthread alike. Raw, because as a perf-event tracepoint the kernel fills an
+ * event record on every poll, device-name string copy included, which cost more than this
+ * program (bench/README.md, "floor-raw"); the name is read here only when the cached key is
+ * rebuilt. The per-CPU backlog that netif_rx() and RPS feed (veth without GRO/XDP,
+ * loopback, tunnels) has no device: it is named "(no_device)", as the tracepoint names it.
  *
  * Key: device name plus the device's network namespace. Every pod has an "eth0", so the
  * name alone would merge pods; the netns inode comes from napi->dev->nd_net->ns.inum at
@@ -25,8 +28,9 @@
  */
 #include "napi.h"
 
-#if !defined(NETPROF_NAPI_DEV_OFFSET) || !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_NET_INUM_OFFSET)
-#error "napi offsets must come from BTF (-DNETPROF_NAPI_DEV_OFFSET, -DNETPROF_NETDEV_NET_OFFSET)"
+#if !defined(NETPROF_NAPI_DEV_OFFSET) || !defined(NETPROF_NETDEV_NET_OFFSET) || !defined(NETPROF_NET_INUM_OFFSET) \
+    || !defined(NETPROF_NETDEV_NAME_OFFSET)
+#error "napi offsets must come from BTF (-DNETPROF_NAPI_DEV_OFFSET, -DNETPROF_NETDEV_NET_OFFSET, ...)"
 #endif
 
 BPF_PERCPU_HASH(napi_slot_of_device, struct napi_device_key, struct napi_slot, NETPROF_NAPI_MAX_DEVICES);
@@ -47,23 +51,25 @@ struct napi_last_polled {
 };
 BPF_PERCPU_ARRAY(napi_last_polled, struct napi_last_polled, 1);
 
-static __always_inline u32 netns_inode_of_napi(const void *napi)
+/* The key of a NAPI instance: its device's name and netns, or the backlog's. */
+static __always_inline void key_of_napi(const void *napi, struct napi_device_key *key)
 {
     void *dev = 0;
     void *net = 0;
-    u32 inode = 0;
 
-    if (!napi)
-        return 0;
-    bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)napi + NETPROF_NAPI_DEV_OFFSET);
-    if (!dev)
-        return 0;
+    __builtin_memset(key, 0, sizeof(*key));
+    if (napi)
+        bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)napi + NETPROF_NAPI_DEV_OFFSET);
+    if (!dev) {
+        /* What include/trace/events/napi.h names a device-less instance (NO_DEV). */
+        __builtin_memcpy(key->name, "(no_device)", sizeof("(no_device)"));
+        return;
+    }
+    bpf_probe_read_kernel_str(key->name, sizeof(key->name), (const char *)dev + NETPROF_NETDEV_NAME_OFFSET);
     /* nd_net is a possible_net_t: a struct holding one struct net pointer. */
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + NETPROF_NETDEV_NET_OFFSET);
-    if (!net)
-        return 0;
-    bpf_probe_read_kernel(&inode, sizeof(inode), (const char *)net + NETPROF_NET_INUM_OFFSET);
-    return inode;
+    if (net)
+        bpf_probe_read_kernel(&key->netns_inode, sizeof(key->netns_inode), (const char *)net + NETPROF_NET_INUM_OFFSET);
 }
 
 /* This CPU's slot for the key (+ 1), given out on first use; 0 when the maps are full. */
@@ -85,19 +91,15 @@ static __always_inline u32 slot_of_device(struct napi_device_key *key)
     return fresh.slot_plus_one;
 }
 
-TRACEPOINT_PROBE(napi, napi_poll)
+RAW_TRACEPOINT_PROBE(napi_poll)
 {
     int slot = 0;
     struct napi_last_polled *last = napi_last_polled.lookup(&slot);
     if (!last)
         return 0;
-    u64 napi = (u64)args->napi;
+    u64 napi = ctx->args[0];
     if (last->napi != napi || ++last->polls_since_refresh >= NETPROF_NAPI_KEY_REFRESH) {
-        __builtin_memset(&last->key, 0, sizeof(last->key));
-        /* __data_loc: the low 16 bits are the string's offset from the start of the record. */
-        u16 name_offset = args->data_loc_dev_name & 0xFFFF;
-        bpf_probe_read_kernel_str(last->key.name, sizeof(last->key.name), (const char *)args + name_offset);
-        last->key.netns_inode = netns_inode_of_napi(args->napi);
+        key_of_napi((const void *)napi, &last->key);
         last->napi = napi;
         last->polls_since_refresh = 0;
         last->slot_plus_one = slot_of_device(&last->key);
@@ -111,8 +113,8 @@ TRACEPOINT_PROBE(napi, napi_poll)
             *full += 1;
         return 0;
     }
-    int work = args->work;
-    int budget = args->budget;
+    int work = (int)ctx->args[1];
+    int budget = (int)ctx->args[2];
     counts->polls += 1;
     if (work > 0)
         counts->packets += work;

@@ -1,7 +1,10 @@
 /* Softirq time per CPU and per vector, with run-time and queueing-delay histograms.
  *
- * Hooks: tracepoints irq:softirq_raise, irq:softirq_entry, irq:softirq_exit (stable ABI,
- * field `vec`). No kprobe, no kernel struct is read.
+ * Hooks: raw tracepoints softirq_raise, softirq_entry, softirq_exit (argument 0: the vector
+ * number, stable since 2.6.37; raw tracepoints since 4.17). Raw, because the kernel then
+ * hands the argument over as it is: as perf-event tracepoints it first fills an event
+ * record on every raise, entry and exit, which cost more than what these programs do
+ * (bench/README.md, "floor-raw"). No kprobe, no kernel struct is read.
  *
  * Which vectors: only those in NETPROF_SOFTIRQ_TRACED_MASK, a bit mask Python builds from
  * the vector names in this kernel's BTF (NET_RX and NET_TX by default; vector numbers are
@@ -71,9 +74,9 @@ static __always_inline u32 histogram_index(u32 vec, u64 value_ns)
     return vec * NETPROF_LOG2_SLOTS + log2_slot(value_ns);
 }
 
-TRACEPOINT_PROBE(irq, softirq_raise)
+RAW_TRACEPOINT_PROBE(softirq_raise)
 {
-    u32 vec = args->vec;
+    u32 vec = (u32)ctx->args[0];
     if (!vector_traced(vec))
         return 0;
     struct softirq_timestamps *ts = softirq_timestamps.lookup(&vec);
@@ -82,9 +85,9 @@ TRACEPOINT_PROBE(irq, softirq_raise)
     return 0;
 }
 
-TRACEPOINT_PROBE(irq, softirq_entry)
+RAW_TRACEPOINT_PROBE(softirq_entry)
 {
-    u32 vec = args->vec;
+    u32 vec = (u32)ctx->args[0];
     if (!vector_traced(vec))
         return 0;
     struct softirq_timestamps *ts = softirq_timestamps.lookup(&vec);
@@ -101,9 +104,9 @@ TRACEPOINT_PROBE(irq, softirq_entry)
     return 0;
 }
 
-TRACEPOINT_PROBE(irq, softirq_exit)
+RAW_TRACEPOINT_PROBE(softirq_exit)
 {
-    u32 vec = args->vec;
+    u32 vec = (u32)ctx->args[0];
     if (!vector_traced(vec))
         return 0;
     struct softirq_timestamps *ts = softirq_timestamps.lookup(&vec);

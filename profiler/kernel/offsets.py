@@ -28,6 +28,9 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # napi_poll names the device but not its netns, and every pod has an "eth0":
     # napi->dev, then NETPROF_NETDEV_NET_OFFSET (bpf/napi.bpf.c).
     "NETPROF_NAPI_DEV_OFFSET": (("napi_struct", "dev"),),
+    # The raw napi_poll tracepoint hands over the napi_struct, not the record's dev_name:
+    # the name is read from napi->dev->name, as the tracepoint itself does.
+    "NETPROF_NETDEV_NAME_OFFSET": (("net_device", "name"),),
     # A dropped TCP packet's own headers, for drops per flow (bpf/drops.bpf.c):
     # skb->head + skb->network_header is its IP header.
     "NETPROF_SKB_HEAD_OFFSET": (("sk_buff", "head"),),
@@ -53,6 +56,7 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NETDEV_NET_OFFSET": "__builtin_offsetof(struct net_device, nd_net)",
     "NETPROF_SOCK_NUM_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_num)",
     "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
+    "NETPROF_NETDEV_NAME_OFFSET": "__builtin_offsetof(struct net_device, name)",
     "NETPROF_SKB_HEAD_OFFSET": "__builtin_offsetof(struct sk_buff, head)",
     "NETPROF_SKB_NETWORK_HEADER_OFFSET": "__builtin_offsetof(struct sk_buff, network_header)",
     "NETPROF_SOCK_DROPS_OFFSET": "__builtin_offsetof(struct sock, sk_drops)",

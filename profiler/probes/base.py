@@ -41,24 +41,23 @@ class TracepointParking:
     counters read while parked simply do not move.
 
     `tracepoints`: "category:event" names whose functions BCC named tracepoint__<cat>__<event>
-    (TRACEPOINT_PROBE). `problem`: asked before attaching again, since BCC opens the
-    tracepoints' id files itself (BpfLoader.tracepoints_problem)."""
+    (TRACEPOINT_PROBE). `raw_tracepoints`: event names whose functions BCC named
+    raw_tracepoint__<event> (RAW_TRACEPOINT_PROBE). `problem`: asked before attaching
+    tracepoints again, since BCC opens their id files itself (BpfLoader.tracepoints_problem);
+    raw tracepoints are attached by name, with no tracefs file."""
 
     def __init__(self, bpf, tracepoints: tuple[str, ...], problem: Callable[[list[str]], str | None],
-                 forget: tuple[bytes, ...] = ()):
+                 forget: tuple[bytes, ...] = (), raw_tracepoints: tuple[str, ...] = ()):
         """`forget`: maps of per-CPU state cleared before attaching again, state that a
         pause makes stale (a timestamp, a cached pointer)."""
         self._bpf = bpf
         self._tracepoints = tracepoints
+        self._raw_tracepoints = raw_tracepoints
         self._problem = problem
         self._forget = forget
         self.parked = False
 
-    def park(self) -> None:
-        """Detach every tracepoint; raises NetprofError if the kernel refuses one (the
-        others are detached all the same, and the program counts as parked)."""
-        if self.parked:
-            return
+    def _detach_all(self) -> list[str]:
         failed = []
         for tracepoint in self._tracepoints:
             if tracepoint.encode() in self._bpf.tracepoint_fds:
@@ -66,6 +65,20 @@ class TracepointParking:
                     self._bpf.detach_tracepoint(tracepoint.encode())
                 except Exception as exc:  # BCC raises bare Exception when a detach fails
                     failed.append(f"{tracepoint}: {exc}")
+        for event in self._raw_tracepoints:
+            if event.encode() in self._bpf.raw_tracepoint_fds:
+                try:
+                    self._bpf.detach_raw_tracepoint(event.encode())
+                except Exception as exc:  # BCC raises bare Exception when a detach fails
+                    failed.append(f"raw_tracepoint:{event}: {exc}")
+        return failed
+
+    def park(self) -> None:
+        """Detach every tracepoint; raises NetprofError if the kernel refuses one (the
+        others are detached all the same, and the program counts as parked)."""
+        if self.parked:
+            return
+        failed = self._detach_all()
         self.parked = True
         if failed:
             raise NetprofError(f"detaching failed: {'; '.join(failed)}")
@@ -75,20 +88,24 @@ class TracepointParking:
         NetprofError (the program stays parked)."""
         if not self.parked:
             return
-        problem = self._problem([tracepoint.replace(":", "/") for tracepoint in self._tracepoints])
-        if problem:
-            raise NetprofError(f"not attaching again: {problem}")
+        if self._tracepoints:
+            problem = self._problem([tracepoint.replace(":", "/") for tracepoint in self._tracepoints])
+            if problem:
+                raise NetprofError(f"not attaching again: {problem}")
         for table in self._forget:
             self._bpf[table].clear()
+        hook = ""
         try:
             for tracepoint in self._tracepoints:
+                hook = tracepoint
                 category, event = tracepoint.split(":")
                 self._bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=f"tracepoint__{category}__{event}".encode())
+            for event in self._raw_tracepoints:
+                hook = f"raw_tracepoint:{event}"
+                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=f"raw_tracepoint__{event}".encode())
         except Exception as exc:  # BCC raises bare Exception when an attach fails
-            for tracepoint in self._tracepoints:
-                if tracepoint.encode() in self._bpf.tracepoint_fds:
-                    self._bpf.detach_tracepoint(tracepoint.encode())
-            raise NetprofError(f"attaching {tracepoint} again failed: {exc}") from None
+            self._detach_all()
+            raise NetprofError(f"attaching {hook} again failed: {exc}") from None
         self.parked = False
 
 

@@ -11,7 +11,9 @@ from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from .base import ParkableProbe, ProbeStatus, TracepointParking
 
-TRACEPOINT = "napi:napi_poll"
+# A raw tracepoint (bpf/napi.bpf.c says why): the event of napi:napi_poll.
+RAW_TRACEPOINT = "napi_poll"
+VIA = f"raw_tracepoint:{RAW_TRACEPOINT}"
 MAX_DEVICES = 4096
 IFNAMSIZ = 16
 # What the tracepoint says for a NAPI instance without a device: the per-CPU backlog that
@@ -76,7 +78,7 @@ class NapiProbe(ParkableProbe):
         try:
             self._bpf = loader.compile("napi", [f"-DNETPROF_NAPI_MAX_DEVICES={MAX_DEVICES}"])
         except NetprofError as exc:
-            return ProbeStatus(self.name, False, f"tracepoint:{TRACEPOINT}", str(exc))
+            return ProbeStatus(self.name, False, VIA, str(exc))
         from bcc.utils import get_possible_cpus
 
         self._cpus = np.array(get_possible_cpus(), dtype=np.uint32)
@@ -85,9 +87,9 @@ class NapiProbe(ParkableProbe):
         self._full = MapReader(self._bpf[b"napi_map_full"], MapLayout(SLOT_KEY, COUNT, percpu=True))
         # Each CPU's cached key is forgotten on unpark: a napi_struct freed while parked may
         # be another device's now.
-        self._parking = TracepointParking(self._bpf, (TRACEPOINT,), loader.tracepoints_problem,
+        self._parking = TracepointParking(self._bpf, (), loader.tracepoints_problem, raw_tracepoints=(RAW_TRACEPOINT,),
                                           forget=(b"napi_last_polled",))
-        return ProbeStatus(self.name, True, f"tracepoint:{TRACEPOINT}")
+        return ProbeStatus(self.name, True, VIA)
 
     def read(self) -> NapiCounts:
         if self._bpf is None:

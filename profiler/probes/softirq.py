@@ -13,7 +13,8 @@ from ..kernel.maps import MapLayout, MapReader
 from ..snapshot import QUEUE_DELAY_SAMPLE_EVERY
 from .base import ParkableProbe, ProbeStatus, TracepointParking
 
-TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit")
+# Raw tracepoints (bpf/softirq.bpf.c says why): the events of irq:softirq_*.
+RAW_TRACEPOINTS = ("softirq_raise", "softirq_entry", "softirq_exit")
 # The vectors netprof is about. Others (TIMER, SCHED, RCU, ...) can be asked for by name;
 # by default they cost one compare per event in the kernel and are not counted.
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
@@ -108,7 +109,7 @@ class SoftirqProbe(ParkableProbe):
 
     @property
     def via(self) -> str:
-        return "tracepoint:" + ",".join(TRACEPOINTS)
+        return "raw_tracepoint:" + ",".join(RAW_TRACEPOINTS)
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         vectors = loader.layout.softirq_vectors
@@ -137,8 +138,8 @@ class SoftirqProbe(ParkableProbe):
         # parked would otherwise be timed across the whole pause. Nothing writes them while
         # parked, and an exit whose entry is unseen is counted as exits_without_entry, as at
         # the first attach.
-        self._parking = TracepointParking(self._bpf, TRACEPOINTS, loader.tracepoints_problem,
-                                          forget=(b"softirq_timestamps",))
+        self._parking = TracepointParking(self._bpf, (), loader.tracepoints_problem,
+                                          forget=(b"softirq_timestamps",), raw_tracepoints=RAW_TRACEPOINTS)
         return ProbeStatus(self.name, True, self.via)
 
     def read(self) -> SoftirqCounts:

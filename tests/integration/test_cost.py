@@ -63,14 +63,14 @@ def test_cost_of_each_program_matches_what_the_programs_counted():
     print(f"cost: {cost['bpf']}, napi polls counted {polls}, NET softirqs counted {net_softirqs}")
     by_hook = {row["hook"]: row for row in cost["probes"]}
     assert cost["bpf_stats"]["enabled"] and cost["bpf_stats"]["via"] == VIA_ENABLE_STATS
-    assert set(by_hook) == {"tracepoint:irq:softirq_raise", "tracepoint:irq:softirq_entry",
-                            "tracepoint:irq:softirq_exit", "tracepoint:napi:napi_poll"}
+    assert set(by_hook) == {"raw_tracepoint:softirq_raise", "raw_tracepoint:softirq_entry",
+                            "raw_tracepoint:softirq_exit", "raw_tracepoint:napi_poll"}
     # The NAPI program runs once per poll and counts every poll: the two must agree (up to
     # a poll landing between the map read and the statistics read of a boundary).
     assert polls > 1000
-    assert abs(by_hook["tracepoint:napi:napi_poll"]["events"] - polls) <= max(20, polls // 50)
+    assert abs(by_hook["raw_tracepoint:napi_poll"]["events"] - polls) <= max(20, polls // 50)
     # The exit program runs for every softirq vector but counts only NET_RX/NET_TX ones.
-    assert by_hook["tracepoint:irq:softirq_exit"]["events"] >= net_softirqs * 0.98
+    assert by_hook["raw_tracepoint:softirq_exit"]["events"] >= net_softirqs * 0.98
     for row in by_hook.values():
         assert 1 <= row["ns_per_event"] <= 100_000, row
         assert row["cpu_percent"] > 0
