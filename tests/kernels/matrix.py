@@ -65,6 +65,7 @@ CI_SUBSET_FILES = (
     "tests/integration/test_drops.py",             # skb_drops, rcvqueue_full, drop stacks
     "tests/integration/test_retransmits.py",       # tcp_retransmits, retransmit stacks
     "tests/integration/test_softirq.py",           # softirq, napi, softnet
+    "tests/integration/test_napi_devices.py",      # napi: a named device's polls in its pod's netns
 )
 CI_SUBSET_TESTS = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
                    "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(CI_SUBSET_FILES))
