@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         from .tui import run_tui_cost, tui_table
 
         log("bench: tui (the live dashboard in a pseudo-terminal, each workload)")
-        tui_runs = run_tui_cost(args.repeats, args.duration, log_dir, ("idle", *workloads), log)
+        tui_workloads = ("idle", *(w for w in workloads if w != "idle"))  # idle once, first
+        tui_runs = run_tui_cost(args.repeats, args.duration, log_dir, tui_workloads, log)
         raw["tui"] = [dataclasses.asdict(r) for r in tui_runs]
         out.append(tui_table(tui_runs, args.duration))
 

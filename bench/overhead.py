@@ -15,7 +15,7 @@ from .procs import TracerProcess, bcc_softirqs_tracer, bpf_programs_of, memory_b
 from .tracers import FLOOR_HOOKS, hook_event
 from .workloads import WorkResult, Workloads
 
-CONFIGS = ("none", "floor", "netprof", "netprof-stats", "bcc-tools")
+CONFIGS = ("none", "floor", "floor-raw", "netprof", "netprof-stats", "bcc-tools")
 # Also known: "netprof-nostats" (cost measurement off altogether), "netprof-quiet" and
 # "netprof-auto" (the detail tiers, profiler/detail_tier.py).
 WORKLOADS = ("bulk", "rr", "drop")
