@@ -57,20 +57,23 @@ class TracepointParking:
         self._forget = forget
         self.parked = False
 
+    def _hooks(self):
+        """Each hook as (the key BCC files it under, BCC's table of attached ones, its
+        detach, its name in an error)."""
+        for tracepoint in self._tracepoints:
+            yield tracepoint.encode(), self._bpf.tracepoint_fds, self._bpf.detach_tracepoint, tracepoint
+        for event in self._raw_tracepoints:
+            yield (event.encode(), self._bpf.raw_tracepoint_fds, self._bpf.detach_raw_tracepoint,
+                   f"raw_tracepoint:{event}")
+
     def _detach_all(self) -> list[str]:
         failed = []
-        for tracepoint in self._tracepoints:
-            if tracepoint.encode() in self._bpf.tracepoint_fds:
+        for key, attached, detach, name in self._hooks():
+            if key in attached:
                 try:
-                    self._bpf.detach_tracepoint(tracepoint.encode())
+                    detach(key)
                 except Exception as exc:  # BCC raises bare Exception when a detach fails
-                    failed.append(f"{tracepoint}: {exc}")
-        for event in self._raw_tracepoints:
-            if event.encode() in self._bpf.raw_tracepoint_fds:
-                try:
-                    self._bpf.detach_raw_tracepoint(event.encode())
-                except Exception as exc:  # BCC raises bare Exception when a detach fails
-                    failed.append(f"raw_tracepoint:{event}: {exc}")
+                    failed.append(f"{name}: {exc}")
         return failed
 
     def park(self) -> None:

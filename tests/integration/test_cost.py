@@ -12,10 +12,10 @@ import pytest
 
 from profiler.cost import SYSCTL_PATH, VIA_ENABLE_STATS, VIA_SYSCTL
 from profiler.lab.topology import Lab
-from profiler.lab.workload_drops import udp_blast_argv, udp_sink_argv
 from profiler.live import LiveSession
 from profiler.sources.napi import NapiSource
 from profiler.sources.softirq import SoftirqSource
+from tests.udp_blast import blast
 
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
@@ -35,16 +35,6 @@ def stats_fds() -> int:
     return count
 
 
-def blast(lab: Lab) -> None:
-    sink = lab.popen("server", udp_sink_argv(PORT, 30, read=True), stdout=subprocess.PIPE, text=True)
-    try:
-        sink.stdout.readline()  # listening
-        lab.run("client", udp_blast_argv(lab.pods["server"].ip, PORT, DATAGRAMS, 100, 10.0))
-    finally:
-        sink.terminate()
-        sink.wait(5)
-
-
 def test_cost_of_each_program_matches_what_the_programs_counted():
     sysctl_before = SYSCTL_PATH.read_text()
     with Lab.up(["server", "client"]) as lab, \
@@ -52,7 +42,7 @@ def test_cost_of_each_program_matches_what_the_programs_counted():
         session.start()
         assert stats_fds() == 1
         session.sample()  # programs attached one after another: start the comparison here
-        blast(lab)
+        blast(lab, PORT, DATAGRAMS)
         session.sample()
         latest = session.capture(with_node=False).snapshots[-1]
         last = session.capture(with_node=False, last_s=latest.ended_s - latest.started_s)

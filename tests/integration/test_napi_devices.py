@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from profiler.lab.topology import NODE_NAME, Lab
-from profiler.lab.workload_drops import udp_blast_argv, udp_sink_argv
 from profiler.probes.napi import NapiProbe, device_name
+from tests.udp_blast import blast
 
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
@@ -53,16 +53,6 @@ def receive_through_napi(lab: Lab, pod: str) -> None:
     set_feature(lab.exec_argv(NODE_NAME, []), lab.pods[pod].host_veth, ETHTOOL_STSO, ETHTOOL_GTSO, 0)
 
 
-def blast(lab: Lab) -> None:
-    sink = lab.popen("server", udp_sink_argv(PORT, 30, read=True), stdout=subprocess.PIPE, text=True)
-    try:
-        sink.stdout.readline()  # listening
-        lab.run("client", udp_blast_argv(lab.pods["server"].ip, PORT, DATAGRAMS, 100, 10.0))
-    finally:
-        sink.terminate()
-        sink.wait(5)
-
-
 def polls_by_device(probe: NapiProbe) -> dict[tuple[str, int], tuple[int, int]]:
     """(device name, netns inode) → (polls, packets), summed over CPUs."""
     counts = probe.read()
@@ -83,7 +73,7 @@ def test_a_gro_veth_polls_under_its_own_name_in_its_pods_netns(loader):
         status = probe.attach(loader)
         assert status.attached, status.error
         try:
-            blast(lab)
+            blast(lab, PORT, DATAGRAMS)
             totals = polls_by_device(probe)
         finally:
             probe.detach()

@@ -29,10 +29,12 @@ BLAST_S = 3.0
 # CPU 0.08-0.46 s. The sender's runs are real kernel work, the RPS IPIs it sends (checked by
 # count below), whose cost against the packets' own varies by machine: ratios 10-20 on a
 # quiet host, 4.1 on a quiet host at 12:20 on 2026-12-05, 2.2-2.4 under another lab's load
-# and 2.9 in the 6.1 guest under emulation. Which CPU is the point, not how fast IPIs are:
-# charging the time to the wrong CPU gives a ratio below 1.
+# and 2.9 in the 6.1 guest under emulation; 1.47 in a fresh-clone CI run on 2026-12-06 with
+# the machine otherwise idle (target 1.40 s, sender 0.95 s for 139,564 IPIs: 6.8 us each).
+# Which CPU is the point, not how fast IPIs are: charging the time to the wrong CPU gives a
+# ratio below 1, so the bound is 1 and the IPI count check below says what the rest is.
 MIN_TARGET_NET_RX_S = 0.5
-MIN_TIME_RATIO = 1.5
+MIN_TIME_RATIO = 1.0
 # The sender's NET_RX runs against the target's received_rps (softnet_stat): one IPI per run.
 RPS_IPI_COUNT_TOLERANCE = 0.05
 
@@ -103,7 +105,7 @@ def test_net_rx_time_follows_the_rps_target(net_rx_runs):
         assert run.datagrams_sent > 10_000, run.result.workloads
         assert target.count > 0
         assert target.time_ns >= MIN_TARGET_NET_RX_S * 1e9, (run.target_cpu, target)
-        assert target.time_ns >= MIN_TIME_RATIO * other.time_ns, (
+        assert target.time_ns > MIN_TIME_RATIO * other.time_ns, (
             f"NET_RX on target CPU {run.target_cpu}: {target.time_ns / 1e9:.3f} s, "
             f"on sender CPU {run.sender_cpu}: {other.time_ns / 1e9:.3f} s")
         # What the sender's CPU spent its NET_RX on: each of its runs ends by sending the RPS
