@@ -22,12 +22,17 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 NAME_PREFIX = "netprof-bench-"
 
 
+def file_name_part(text: str) -> str:
+    """`text` as part of a file or cgroup name: a configuration may hold a path
+    (`netprof@/tmp/base`), which must not become one."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 class CpuGroup:
     """A cgroup made for the benchmark; removed by close() (its processes must be gone)."""
 
     def __init__(self, label: str):
-        safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)  # a config may hold a path
-        name = f"{NAME_PREFIX}{safe_label}-{secrets.token_hex(3)}"
+        name = f"{NAME_PREFIX}{file_name_part(label)}-{secrets.token_hex(3)}"
         if (CGROUP_V1_CPUACCT / "cpuacct.usage").exists():
             self.path = CGROUP_V1_CPUACCT / name
             self._usage = self._usage_v1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from profiler.cost import ProgramRunStats, parse_prog_fdinfo
 
-from .cpu import CpuGroup
+from .cpu import CpuGroup, file_name_part
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
@@ -72,8 +72,7 @@ class TracerProcess:
     tree: Path = REPO               # the checkout the tracer runs from
 
     def start(self, group: CpuGroup, log_dir: Path) -> None:
-        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
-        self.stderr_path = log_dir / f"{safe_name}.{int(time.time() * 1000)}.stderr"
+        self.stderr_path = log_dir / f"{file_name_part(self.name)}.{int(time.time() * 1000)}.stderr"
         env = {**os.environ, **self.env, "PYTHONPATH": str(self.tree)}
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
                                         text=True, cwd=self.tree, env=env, preexec_fn=group.join_self)

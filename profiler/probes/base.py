@@ -58,17 +58,22 @@ class TracepointParking:
         self.parked = False
 
     def _hooks(self):
-        """Each hook as (the key BCC files it under, BCC's table of attached ones, its
-        detach, its name in an error)."""
+        """Each hook as (its name in an error, the key BCC files it under, BCC's table of
+        attached ones, attach, detach)."""
+        bpf = self._bpf
         for tracepoint in self._tracepoints:
-            yield tracepoint.encode(), self._bpf.tracepoint_fds, self._bpf.detach_tracepoint, tracepoint
+            category, event = tracepoint.split(":")
+            yield (tracepoint, tracepoint.encode(), bpf.tracepoint_fds,
+                   lambda key, fn=f"tracepoint__{category}__{event}".encode(): bpf.attach_tracepoint(tp=key, fn_name=fn),
+                   bpf.detach_tracepoint)
         for event in self._raw_tracepoints:
-            yield (event.encode(), self._bpf.raw_tracepoint_fds, self._bpf.detach_raw_tracepoint,
-                   f"raw_tracepoint:{event}")
+            yield (f"raw_tracepoint:{event}", event.encode(), bpf.raw_tracepoint_fds,
+                   lambda key, fn=f"raw_tracepoint__{event}".encode(): bpf.attach_raw_tracepoint(tp=key, fn_name=fn),
+                   bpf.detach_raw_tracepoint)
 
     def _detach_all(self) -> list[str]:
         failed = []
-        for key, attached, detach, name in self._hooks():
+        for name, key, attached, _, detach in self._hooks():
             if key in attached:
                 try:
                     detach(key)
@@ -97,18 +102,12 @@ class TracepointParking:
                 raise NetprofError(f"not attaching again: {problem}")
         for table in self._forget:
             self._bpf[table].clear()
-        hook = ""
-        try:
-            for tracepoint in self._tracepoints:
-                hook = tracepoint
-                category, event = tracepoint.split(":")
-                self._bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=f"tracepoint__{category}__{event}".encode())
-            for event in self._raw_tracepoints:
-                hook = f"raw_tracepoint:{event}"
-                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=f"raw_tracepoint__{event}".encode())
-        except Exception as exc:  # BCC raises bare Exception when an attach fails
-            self._detach_all()
-            raise NetprofError(f"attaching {hook} again failed: {exc}") from None
+        for name, key, _, attach, _ in self._hooks():
+            try:
+                attach(key)
+            except Exception as exc:  # BCC raises bare Exception when an attach fails
+                self._detach_all()
+                raise NetprofError(f"attaching {name} again failed: {exc}") from None
         self.parked = False
 
 
