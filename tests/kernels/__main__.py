@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from profiler.inert import inert
 
 from . import provision, results, vm
 from .matrix import MATRIX, select
@@ -60,9 +63,9 @@ def run_one(spec, args, vng_bin: Path) -> results.KernelResult:
         result = results.KernelResult(spec.name, "", None, 0.0, False, command, None, not_run=str(exc))
         results.save(result, out)
         return result
-    if args.time_limit:
-        from dataclasses import replace
-        kernel = replace(kernel, spec=replace(spec, time_limit_s=args.time_limit))
+    limit = args.time_limit or (args.ci and spec.ci_time_limit_s) or 0
+    if limit:
+        kernel = replace(kernel, spec=replace(spec, time_limit_s=limit))
     for stale in ("junit.xml", "profile.json", "profile.err"):
         (out / stale).unlink(missing_ok=True)
     print(f"kernels: {spec.name} ({kernel.release}): booting, limit {kernel.spec.time_limit_s} s",
@@ -70,9 +73,27 @@ def run_one(spec, args, vng_bin: Path) -> results.KernelResult:
     run = vm.boot_and_run(vng_bin, kernel, REPO, out, command)
     suite, probes, compiled_with = results.read_guest_outputs(out)
     result = results.KernelResult(spec.name, kernel.release, run.exit_status, round(run.wall_s, 1),
-                                  run.timed_out, command, suite, compiled_with, probes)
+                                  run.timed_out, command, suite, compiled_with, probes,
+                                  boot_hangs=run.boot_hangs)
     results.save(result, out)
+    if not result.ok:
+        # CI keeps only what is printed: where the guest was when it failed or was killed.
+        print(f"kernels: {spec.name}: last lines of {out / 'console.log'}:", file=sys.stderr)
+        for line in console_tail(out / "console.log"):
+            print(f"  | {line}", file=sys.stderr)
     return result
+
+
+CONSOLE_TAIL_LINES = 40
+
+
+def console_tail(console: Path, lines: int = CONSOLE_TAIL_LINES) -> list[str]:
+    """The console's last lines, inert (the guest's kernel and programs wrote them)."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError as exc:
+        return [f"(no console: {exc.strerror})"]
+    return [inert(line, 400) for line in text.splitlines()[-lines:]]
 
 
 def _exit_on_sigterm(signum, frame) -> None:

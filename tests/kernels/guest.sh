@@ -12,6 +12,8 @@
 #                               give it the address, route and DNS QEMU's DHCP would
 set -uo pipefail
 out=${NETPROF_GUEST_OUT:?}
+# The harness's boot watchdog (vm.py BOOT_LIMIT_S) waits for this file.
+date +%s > "$out/guest_started"
 cd "${NETPROF_GUEST_REPO:?}" || exit 99
 
 if [ "${NETPROF_GUEST_HIDE_HEADERS:-0}" = 1 ]; then
@@ -38,6 +40,9 @@ modprobe nf_conntrack 2>/dev/null || true
 # NETPROF_LAB_TIME_SCALE: software emulation runs 5-10x slower; lab workloads get that much
 # longer to start and finish (what they measure is unchanged).
 export NETPROF_REQUIRE_BPF=1 PYTHONDONTWRITEBYTECODE=1 NETPROF_LAB_TIME_SCALE=10
+# A test stuck for 10 minutes dumps every thread's stack to the console (pytest's own
+# faulthandler), so a guest killed at its time limit says where it was.
+export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} -o faulthandler_timeout=600"
 uname -r > "$out/uname"
 # The probe table of this kernel: what attached, by which method, and why not
 # (NETPROF_GUEST_PROBE_TABLE=0: an entry that boots a kernel another entry already tabled).

@@ -39,6 +39,7 @@ class KernelResult:
     compiled_with: str | None = None
     probes: list[ProbeRow] = field(default_factory=list)
     not_run: str | None = None  # why this kernel could not be booted at all
+    boot_hangs: int = 0         # boots that never reached the command (vm.BOOT_LIMIT_S)
 
     @property
     def ok(self) -> bool:
@@ -123,15 +124,16 @@ def load_all(results_root: Path) -> list[KernelResult]:
 def _suite_cell(result: KernelResult) -> str:
     if result.not_run:
         return "not run"
+    hangs = f" ({result.boot_hangs} boot{'s' if result.boot_hangs > 1 else ''} stuck, killed)" if result.boot_hangs else ""
     if result.timed_out:
-        return f"timed out after {result.wall_s / 60:.0f} min"
+        return f"timed out after {result.wall_s / 60:.0f} min{hangs}"
     if result.suite is None:
-        return f"exit {result.exit_status} (no junit)"
+        return f"exit {result.exit_status} (no junit){hangs}"
     s = result.suite
     text = f"{s.passed} passed, {s.failed + s.errors} failed"
     if s.skipped:
         text += f", {s.skipped} skipped"
-    return text
+    return text + hangs
 
 
 def render_markdown(results: list[KernelResult], header: str) -> str:

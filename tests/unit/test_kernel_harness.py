@@ -195,3 +195,70 @@ def test_the_vagrant_tier_is_never_collected_on_the_host(monkeypatch):
     assert "vagrant" not in importlib.reload(guest_tiers).collect_ignore
     monkeypatch.delenv("NETPROF_GUEST_TIER")
     importlib.reload(guest_tiers)
+
+
+FAKE_VNG = """#!/bin/sh
+# A stand-in for virtme-ng: finds --rwdir, counts its boots there, and per the plan in
+# $out/plan either never reaches the guest command ("hang"), starts it and then stalls
+# ("stall"), or runs it ("run": guest.sh's marker, then an exit status of 0).
+out=""
+while [ $# -gt 0 ]; do [ "$1" = --rwdir ] && out=$2; shift; done
+echo boot >> "$out/boots"
+step=$(sed -n "$(wc -l < "$out/boots")p" "$out/plan")
+echo "fake console: boot $(wc -l < "$out/boots") will $step"
+case $step in
+  hang) exec sleep 60 ;;
+  stall) date +%s > "$out/guest_started"; exec sleep 60 ;;
+  run) date +%s > "$out/guest_started"; echo 0 > "$out/exit_status" ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_vng(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "vng-bin"
+    bin_dir.mkdir()
+    (bin_dir / "vng").write_text(FAKE_VNG)
+    (bin_dir / "vng").chmod(0o755)
+    monkeypatch.setattr(vm, "BOOT_LIMIT_S", 1.5)
+    spec = matrix.KernelSpec("fake", "apt", network=None, time_limit_s=4)
+    kernel = provision.BootableKernel(spec, "6.1", Path("/boot/vmlinuz-fake"))
+
+    def run(plan: list[str]) -> tuple[vm.GuestRun, Path]:
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "plan").write_text("\n".join(plan) + "\n")
+        return vm.boot_and_run(bin_dir, kernel, tmp_path, out, "true"), out
+    return run
+
+
+def test_a_boot_that_never_reaches_the_command_is_booted_once_more(fake_vng, capsys):
+    run, out = fake_vng(["hang", "run"])
+    assert (run.exit_status, run.timed_out, run.boot_hangs) == (0, False, 1)
+    assert (out / "boots").read_text().count("boot") == 2
+    assert "boot 1 will hang" in (out / "console.boot-hang-1.log").read_text()
+    assert "boot 2 will run" in (out / "console.log").read_text()
+    assert "stuck in boot" in capsys.readouterr().err
+
+
+def test_boot_hangs_are_retried_only_so_often_and_a_started_command_never(fake_vng):
+    run, out = fake_vng(["hang", "hang", "run"])
+    assert (run.exit_status, run.timed_out, run.boot_hangs) == (None, True, vm.BOOT_ATTEMPTS)
+    assert (out / "boots").read_text().count("boot") == vm.BOOT_ATTEMPTS
+    result = results.KernelResult("fake", "6.1", None, run.wall_s, True, "true", None, boot_hangs=run.boot_hangs)
+    assert "2 boots stuck, killed" in results._suite_cell(result)
+
+
+def test_a_command_that_started_and_stalled_is_not_retried(fake_vng):
+    run, out = fake_vng(["stall", "run"])
+    assert (run.exit_status, run.timed_out, run.boot_hangs) == (None, True, 0)
+    assert (out / "boots").read_text().count("boot") == 1
+    assert run.wall_s >= 4
+
+
+def test_a_failed_guests_console_tail_is_inert(tmp_path):
+    from tests.kernels.__main__ import console_tail
+    (tmp_path / "console.log").write_text("".join(f"line {i}\n" for i in range(100)) + "oops \x1b]52;c;evil\x07\n")
+    tail = console_tail(tmp_path / "console.log", lines=3)
+    assert tail[:2] == ["line 98", "line 99"] and "\x1b" not in tail[2] and "\\x1b" in tail[2]
+    assert console_tail(tmp_path / "missing.log")[0].startswith("(no console")
