@@ -52,6 +52,11 @@ class GuestRun:
 
 
 GUEST_SCRIPT_COPY = "guest.sh"
+# The guest kernel's own console into console.log, at warnings and worse: vng's default sends
+# it to /dev/null, and a guest that panics (vng boots scripts with panic=-1 and QEMU with
+# -no-reboot) then just stops, with nothing to say why (seen: trixie's guest gone mid-test,
+# exit status never written). --verbose shows the console; the later loglevel wins over its 7.
+KERNEL_CONSOLE = ("--verbose", "--append", "loglevel=5")
 
 
 def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
@@ -74,7 +79,7 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
     argv = ["nice", "-n", str(NICENESS), *netns, str(vng_bin / "vng"), "--disable-kvm",
             "--run", str(kernel.image), "--memory", GUEST_MEMORY, "--cpus", str(spec.guest_cpus),
             "--overlay-rwdir", "/root", "--overlay-rwdir", str(repo), "--rwdir", str(out),
-            "--cwd", str(repo)]
+            "--cwd", str(repo), *KERNEL_CONSOLE]
     if kernel.tree is not None:
         # vng links /lib/modules/<rel> to the unpacked modules, but its guest mounts a tmpfs
         # over /var/cache (where the harness keeps them): without this the guest loads no
