@@ -14,10 +14,20 @@ callers turn into exceptions); a SIGKILL leaves it on there, which is why it is 
 
 Sampled timing. Two clock reads per program run are not free: measured here (bench/micro.py),
 statistics add tens of nanoseconds to every run of every BPF program on the node, a fifth
-or more of what netprof's hottest programs cost on their own. So a session times one
-sampling interval in every `COST_SAMPLE_EVERY` (the first one always): ns/event, events/s and
-CPU share come from the timed intervals (`timed_s` of the capture), which are ordinary
-intervals of the same traffic, and statistics are off the rest of the time.
+or more of what netprof's hottest programs cost on their own. So a live session times its
+first interval and then one in every `COST_SAMPLE_EVERY`: ns/event, events/s and CPU share
+come from the timed intervals (`timed_s` of the capture), ordinary intervals of the same
+traffic, and statistics are off the rest of the time.
+
+Why so rarely, and why a fixed-length capture times all of it. Statistics are one static key
+in the kernel: every switch patches kernel text on every CPU (an int3 breakpoint, IPIs to
+all CPUs). Switching it while netprof's raw-tracepoint programs run crashed Debian's 6.12
+kernel in a QEMU guest (docs/kernels.md: `Oops: int3` in bpf_trace_run1, at the key's own
+site, within 200 switches; the same switches with no program attached, 3,000 of them, did
+not). So statistics go on before the programs attach and off after they detach, and a
+session switches them in between as rarely as it can: `profile` (seconds to minutes) keeps
+them on throughout (no switch while its programs run), the long-running views switch twice
+every `COST_SAMPLE_EVERY` intervals (5 minutes at the default 1 s).
 
 Programs. `MeteredLoader` is the BpfLoader that remembers every program it loaded, so the
 meter needs no help from the probes: each BCC object's functions (`bpf.funcs`) carry the
@@ -46,8 +56,10 @@ BPF_ATTR_SIZE = 128         # a zeroed union bpf_attr big enough for any command
 BPF_SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 
 VIA_ENABLE_STATS = "bpf(BPF_ENABLE_STATS)"
-# Time one interval in this many (1: every interval).
-COST_SAMPLE_EVERY = 10
+# Time one interval in this many (1: every interval): each switch patches kernel text
+# (module docstring), so at the default 1 s interval the TUI and `serve` switch twice in
+# 5 minutes. It was 10 until statistics switched every few seconds crashed a 6.12 guest.
+COST_SAMPLE_EVERY = 300
 VIA_SYSCTL = "sysctl kernel.bpf_stats_enabled"
 
 

@@ -55,7 +55,9 @@ def run_profile(
     interval's end (the duration then caps the capture): a lab run ends with its workload,
     however long a slow machine makes that. on_started(attached, total): the probes are in
     place and sampling begins."""
-    session = LiveSession(root=root, sources=sources, tier=options.tier)
+    # Statistics on from before attach to after detach: a one-shot capture never switches
+    # them while its programs run (profiler/cost.py: each switch patches kernel text).
+    session = LiveSession(root=root, sources=sources, tier=options.tier, cost_sample_every=1)
     with _sigterm_as_interrupt(), session:
         try:
             statuses = session.start(log)

@@ -13,6 +13,7 @@ import pytest
 from profiler.cost import SYSCTL_PATH, VIA_ENABLE_STATS, VIA_SYSCTL
 from profiler.lab.topology import Lab
 from profiler.live import LiveSession
+from profiler.profile import ProfileOptions, run_profile
 from profiler.sources.napi import NapiSource
 from profiler.sources.softirq import SoftirqSource
 from tests.udp_blast import blast
@@ -83,6 +84,18 @@ def test_statistics_are_on_for_one_interval_in_n():
     # Timed: the first interval, then every third (the 4th); the 7th would be next.
     assert held == [1, 0, 0, 1, 0, 0, 1]
     assert cost.timed_s == pytest.approx(cost.duration_s / 3, rel=0.3)
+    assert stats_fds() == 0
+
+
+def test_a_profile_never_switches_statistics_while_its_programs_run():
+    """Each switch of the statistics patches kernel text; one made while netprof's raw
+    tracepoint programs ran crashed a 6.12 guest (profiler/cost.py). A one-shot capture
+    turns them on before attach and off after detach, and only then."""
+    held = []
+    capture = run_profile(ProfileOptions(duration_s=1.2, interval_s=0.2), sources=[SoftirqSource()],
+                          on_snapshot=lambda snapshot: held.append(stats_fds()), log=lambda msg: None)
+    assert len(held) >= 5 and set(held) == {1}, held
+    assert capture.cost.timed_s == pytest.approx(capture.cost.duration_s, abs=0.01)
     assert stats_fds() == 0
 
 
