@@ -102,6 +102,8 @@ def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
     assert argv[argv.index("--rwdir") + 1] == str(tmp_path)
     # The guest kernel's warnings, oopses and panics reach console.log.
     assert "--verbose" in argv and argv[argv.index("--append") + 1] == "loglevel=5"
+    # One TCG thread for all vCPUs: multi-threaded TCG mangles cross-CPU text patching.
+    assert "--qemu-opts=-accel tcg,thread=single" in argv
     guest = argv[-1]
     assert "NETPROF_GUEST_HIDE_HEADERS=1" in guest and "NETPROF_GUEST_HIDE_BTF=0" in guest
     assert guest.endswith("'uname -r'")
