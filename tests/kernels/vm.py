@@ -57,12 +57,13 @@ GUEST_SCRIPT_COPY = "guest.sh"
 # -no-reboot) then just stops, with nothing to say why (seen: trixie's guest gone mid-test,
 # exit status never written). --verbose shows the console; the later loglevel wins over its 7.
 KERNEL_CONSOLE = ("--verbose", "--append", "loglevel=5")
-# QEMU's TCG runs one host thread for all vCPUs. Its default on x86 is a thread per vCPU
-# (MTTCG), and there kernel text patched on one vCPU while another runs it goes wrong:
-# Debian's 6.12 oopsed on the int3 of a static-key switch (tracepoint enable, BPF
-# statistics) within 200 switches with netprof's softirq programs attached, and 6.1 hung at
-# the first ones; with one TCG thread the same 3,000 switches passed (docs/kernels.md).
-# Real hardware and KVM patch text this way every time a tracepoint is enabled.
+# One TCG thread for all vCPUs (matrix.py `one_tcg_thread`). QEMU's default on x86 is a
+# thread per vCPU (MTTCG), and there kernel text patched on one vCPU while another runs it
+# goes wrong: Debian's 6.12 oopsed on the int3 of a static-key switch (tracepoint enable,
+# BPF statistics) within 200 switches with netprof's softirq programs attached, and 6.1
+# hung at the first ones; with one thread the same 3,000 switches passed (docs/kernels.md).
+# But one thread also runs the vCPUs one at a time, and a race that needs two CPUs at once
+# (conntrack's insert clash) then never happens: 0 of 20,000 rounds.
 TCG_ONE_THREAD = "-accel tcg,thread=single"
 
 
@@ -95,8 +96,10 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
     if spec.network:
         argv += ["--network", spec.network]
     # The `=` form: the value starts with "-" and would be read as one of vng's options.
-    qemu_opts = " ".join(filter(None, (TCG_ONE_THREAD, guest_net.qemu_opts(network.nics) if network else "")))
-    argv.append(f"--qemu-opts={qemu_opts}")
+    qemu_opts = " ".join(filter(None, (TCG_ONE_THREAD if spec.one_tcg_thread else "",
+                                       guest_net.qemu_opts(network.nics) if network else "")))
+    if qemu_opts:
+        argv.append(f"--qemu-opts={qemu_opts}")
     return argv + ["--", guest]
 
 
