@@ -25,9 +25,10 @@ all CPUs). Switching it while netprof's raw-tracepoint programs run crashed Debi
 kernel in a QEMU guest (docs/kernels.md: `Oops: int3` in bpf_trace_run1, at the key's own
 site, within 200 switches; the same switches with no program attached, 3,000 of them, did
 not). So statistics go on before the programs attach and off after they detach, and a
-session switches them in between as rarely as it can: `profile` (seconds to minutes) keeps
-them on throughout (no switch while its programs run), the long-running views switch twice
-every `COST_SAMPLE_EVERY` intervals (5 minutes at the default 1 s).
+session switches them in between only where it must: `profile` (seconds to minutes) keeps
+them on throughout (no switch while its programs run); the long-running views switch twice
+every `COST_SAMPLE_EVERY` intervals, because their metrics need a timed interval in every
+rate window and statistics always on cost every BPF program on the node.
 
 Programs. `MeteredLoader` is the BpfLoader that remembers every program it loaded, so the
 meter needs no help from the probes: each BCC object's functions (`bpf.funcs`) carry the
@@ -56,10 +57,10 @@ BPF_ATTR_SIZE = 128         # a zeroed union bpf_attr big enough for any command
 BPF_SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 
 VIA_ENABLE_STATS = "bpf(BPF_ENABLE_STATS)"
-# Time one interval in this many (1: every interval): each switch patches kernel text
-# (module docstring), so at the default 1 s interval the TUI and `serve` switch twice in
-# 5 minutes. It was 10 until statistics switched every few seconds crashed a 6.12 guest.
-COST_SAMPLE_EVERY = 300
+# Time one interval in this many (1: every interval). Not rarer: `serve`'s metrics divide
+# run time by timed seconds over 5-minute rate windows (docs/exports.md), which then need
+# several timed intervals each; 300 left them empty.
+COST_SAMPLE_EVERY = 10
 VIA_SYSCTL = "sysctl kernel.bpf_stats_enabled"
 
 
