@@ -11,12 +11,11 @@ softirqs coming; nothing leaves the machine.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import threading
 import time
 
-from profiler.cost import _enable_stats_fd
+from profiler.cost import BpfStatsSwitch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +40,20 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=blast, daemon=True).start()
     started = time.monotonic()
+    stats = BpfStatsSwitch()
     try:
         for switch in range(args.switches):
-            fd = _enable_stats_fd()
+            stats.enable()
+            if not stats.enabled:
+                print(f"statistics refused: {stats.error}")
+                return 1
             time.sleep(0.002)
-            os.close(fd)
+            stats.disable()
             time.sleep(0.002)
             if switch % 200 == 0:
                 print(f"switch {switch} at {time.monotonic() - started:.1f} s", flush=True)
     finally:
+        stats.disable()
         stop.set()
         if session is not None:
             session.stop()

@@ -164,10 +164,16 @@ def _boot(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path, command:
             boot_deadline = started + min(BOOT_LIMIT_S, kernel.spec.time_limit_s)
             assert proc.stdout is not None
             os.set_blocking(proc.stdout.fileno(), False)
+            guest_started = False
             while proc.poll() is None:
                 _copy_available(proc.stdout, log)
                 now = time.monotonic()
-                if now > deadline or (now > boot_deadline and not (out / GUEST_STARTED_FILE).exists()):
+                if now > boot_deadline and not guest_started:
+                    guest_started = (out / GUEST_STARTED_FILE).exists()
+                    if not guest_started:
+                        timed_out = True
+                        break
+                if now > deadline:
                     timed_out = True
                     break
                 time.sleep(0.5)
