@@ -89,6 +89,8 @@ def full_run() -> ConntrackRun:
     return _run(ConntrackFullScenario())
 
 
+# The race needs its two threads on two CPUs at once (the tests using it are marked
+# parallel_cpus: under QEMU the harness gives them a TCG thread per vCPU).
 @pytest.fixture(scope="module")
 def race_run() -> ConntrackRun:
     return _run(ConntrackRaceScenario())
@@ -122,6 +124,7 @@ def test_global_conntrack_max_is_restored(full_run):
     assert full_run.max_after == full_run.max_before
 
 
+@pytest.mark.parallel_cpus
 def test_race_insert_failures_are_the_clients(race_run):
     client = race_run.conntrack("client")
     kernel_failed = race_run.kernel("client", "insert_failed")
@@ -136,12 +139,14 @@ def test_race_insert_failures_are_the_clients(race_run):
     assert racer.summary["eperm"] == kernel_failed
 
 
+@pytest.mark.parallel_cpus
 def test_race_spares_the_neighbours(race_run):
     quiet = race_run.conntrack("quiet")
     assert not any(quiet.get(name, 0) for name in ("drop", "insert_failed", "clash_resolve"))
     assert race_run.conntrack("server") == {}
 
 
+@pytest.mark.parallel_cpus
 def test_probe_statuses_are_reported(race_run):
     statuses = {status.name: status for status in race_run.capture.probes}
     stats = statuses["conntrack_stats"]
@@ -156,6 +161,7 @@ def test_probe_statuses_are_reported(race_run):
         assert confirm.attached, confirm.error
 
 
+@pytest.mark.parallel_cpus
 def test_confirm_kprobe_counts_the_clients_failed_inserts(race_run):
     """The conntrack_confirm kprobe sees each NF_DROP from __nf_conntrack_confirm in the
     client's netns: the same failed inserts the client netns' statistics count."""

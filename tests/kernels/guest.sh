@@ -8,6 +8,8 @@
 #                               dangle, as on a node without headers
 #   NETPROF_GUEST_HIDE_BTF      1: tmpfs over /sys/kernel/btf, so netprof must use headers
 #   NETPROF_GUEST_PROBE_TABLE   0: no probe-table capture at boot
+#   NETPROF_GUEST_PYTEST_MARK   a pytest -m expression: the command's pytest runs only the
+#                               tests it selects (the harness's parallel_cpus phases)
 #   NETPROF_GUEST_USER_NET      1: eth0 is on QEMU's user-mode NAT (vng --network user);
 #                               give it the address, route and DNS QEMU's DHCP would
 set -uo pipefail
@@ -43,6 +45,10 @@ export NETPROF_REQUIRE_BPF=1 PYTHONDONTWRITEBYTECODE=1 NETPROF_LAB_TIME_SCALE=10
 # A test stuck for 10 minutes dumps every thread's stack to the console (pytest's own
 # faulthandler), so a guest killed at its time limit says where it was.
 export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} -o faulthandler_timeout=600"
+if [ -n "${NETPROF_GUEST_PYTEST_MARK:-}" ]; then
+  # pytest splits PYTEST_ADDOPTS like a shell: the quotes keep "not parallel_cpus" one word.
+  PYTEST_ADDOPTS="$PYTEST_ADDOPTS -m '${NETPROF_GUEST_PYTEST_MARK}'"
+fi
 uname -r > "$out/uname"
 # The probe table of this kernel: what attached, by which method, and why not
 # (NETPROF_GUEST_PROBE_TABLE=0: an entry that boots a kernel another entry already tabled).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 RESULT_FILE = "result.json"
@@ -40,6 +40,8 @@ class KernelResult:
     probes: list[ProbeRow] = field(default_factory=list)
     not_run: str | None = None  # why this kernel could not be booted at all
     boot_hangs: int = 0         # boots that never reached the command (vm.BOOT_LIMIT_S)
+    # A split run (matrix.parallel_cpus_phase): the second boot's own counts, already in `suite`.
+    parallel_cpus: SuiteCounts | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,11 +52,27 @@ class KernelResult:
 
     @classmethod
     def from_json(cls, data: dict) -> "KernelResult":
-        suite = data.get("suite")
-        return cls(**{**data,
-                      "suite": SuiteCounts(**{**suite, "failed_tests": tuple(suite["failed_tests"])})
-                      if suite else None,
+        return cls(**{**data, "suite": _counts(data.get("suite")),
+                      "parallel_cpus": _counts(data.get("parallel_cpus")),
                       "probes": [ProbeRow(**row) for row in data.get("probes", [])]})
+
+
+def _counts(data: dict | None) -> SuiteCounts | None:
+    return SuiteCounts(**{**data, "failed_tests": tuple(data["failed_tests"])}) if data else None
+
+
+def combine(first: KernelResult, second: KernelResult) -> KernelResult:
+    """One kernel's result from its two boots: the suite without the parallel_cpus tests on
+    one TCG thread, then those tests on a thread per vCPU. The probe table and the loader
+    path are the first boot's (the second records none)."""
+    suites = [s for s in (first.suite, second.suite) if s is not None]
+    suite = SuiteCounts(*(sum(getattr(s, name) for s in suites) for name in ("passed", "failed", "errors", "skipped")),
+                        tuple(t for s in suites for t in s.failed_tests)) if suites else None
+    exit_status = next((r.exit_status for r in (first, second) if r.exit_status != 0), 0)
+    return replace(first, exit_status=exit_status, wall_s=round(first.wall_s + second.wall_s, 1),
+                   timed_out=first.timed_out or second.timed_out, suite=suite,
+                   boot_hangs=first.boot_hangs + second.boot_hangs,
+                   parallel_cpus=second.suite or SuiteCounts())
 
 
 def parse_junit(text: str) -> SuiteCounts:
@@ -133,6 +151,10 @@ def _suite_cell(result: KernelResult) -> str:
     text = f"{s.passed} passed, {s.failed + s.errors} failed"
     if s.skipped:
         text += f", {s.skipped} skipped"
+    if result.parallel_cpus is not None:
+        p = result.parallel_cpus
+        text += (f" (of which {p.passed + p.failed + p.errors + p.skipped} in a second boot, "
+                 "a TCG thread per vCPU)")
     return text + hangs
 
 

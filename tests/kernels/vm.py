@@ -63,15 +63,18 @@ KERNEL_CONSOLE = ("--verbose", "--append", "loglevel=5")
 # BPF statistics) within 200 switches with netprof's softirq programs attached, and 6.1
 # hung at the first ones; with one thread the same 3,000 switches passed (docs/kernels.md).
 # But one thread also runs the vCPUs one at a time, and a race that needs two CPUs at once
-# (conntrack's insert clash) then never happens: 0 of 20,000 rounds.
+# (conntrack's insert clash) then never happens: 0 of 20,000 rounds. Those tests are marked
+# parallel_cpus and get a boot of their own on a thread per vCPU (__main__.run_one).
 TCG_ONE_THREAD = "-accel tcg,thread=single"
 
 
 def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
-                command: str, network: guest_net.GuestNetwork | None = None) -> list[str]:
+                command: str, network: guest_net.GuestNetwork | None = None,
+                pytest_mark: str | None = None) -> list[str]:
     """The guest runs its own copy of guest.sh from `out`: bash reads a script as it goes,
     and the checkout is the host's live tree, so an edit during a run would be read
-    half-way (seen: a command mangled mid-run)."""
+    half-way (seen: a command mangled mid-run). `pytest_mark`: the guest's pytest runs
+    only the tests that match this -m expression."""
     spec = kernel.spec
     guest = (f"NETPROF_GUEST_HIDE_HEADERS={int(not spec.headers)} "
              f"NETPROF_GUEST_HIDE_BTF={int(not spec.btf)} "
@@ -80,6 +83,7 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
              f"NETPROF_GUEST_REPO={shlex.quote(str(repo))} "
              + (f"NETPROF_GUEST_TIER={shlex.quote(spec.tier)} " if spec.tier else "")
              + ("NETPROF_GUEST_USER_NET=1 " if spec.network == "user" else "")
+             + (f"NETPROF_GUEST_PYTEST_MARK={shlex.quote(pytest_mark)} " if pytest_mark else "")
              + (f"NETPROF_GUEST_NET={shlex.quote(guest_net.guest_env(network.nics))} " if network else "")
              + f"bash {shlex.quote(str(out / GUEST_SCRIPT_COPY))} {shlex.quote(command)}")
     # QEMU runs inside the guest network's namespace, where its taps are.
@@ -104,26 +108,27 @@ def vng_command(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
 
 
 def boot_and_run(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path,
-                 command: str) -> GuestRun:
+                 command: str, pytest_mark: str | None = None) -> GuestRun:
     out.mkdir(parents=True, exist_ok=True)
     (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
     (out / GUEST_SCRIPT_COPY).write_text(GUEST_SCRIPT.read_text())
     console = out / "console.log"
     if kernel.spec.nics:
         with guest_net.GuestNetwork(kernel.spec.nics) as network:
-            return _boot_retrying(vng_bin, kernel, repo, out, command, console, network)
-    return _boot_retrying(vng_bin, kernel, repo, out, command, console, None)
+            return _boot_retrying(vng_bin, kernel, repo, out, command, console, network, pytest_mark)
+    return _boot_retrying(vng_bin, kernel, repo, out, command, console, None, pytest_mark)
 
 
 def _boot_retrying(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path, command: str,
-                   console: Path, network: guest_net.GuestNetwork | None) -> GuestRun:
+                   console: Path, network: guest_net.GuestNetwork | None,
+                   pytest_mark: str | None) -> GuestRun:
     """Boot; a boot that never reached guest.sh is tried again (BOOT_ATTEMPTS in all), each
     stuck attempt's console kept as console.boot-hang-N.log (console.log is the last)."""
     started = time.monotonic()
     hangs = 0
     while True:
         (out / GUEST_STARTED_FILE).unlink(missing_ok=True)
-        run = _boot(vng_bin, kernel, repo, out, command, console, network)
+        run = _boot(vng_bin, kernel, repo, out, command, console, network, pytest_mark)
         stuck_in_boot = run.timed_out and not (out / GUEST_STARTED_FILE).exists()
         hangs += stuck_in_boot
         if not stuck_in_boot or hangs >= BOOT_ATTEMPTS:
@@ -143,8 +148,8 @@ def _traffic(network: guest_net.GuestNetwork) -> subprocess.Popen:
 
 
 def _boot(vng_bin: Path, kernel: BootableKernel, repo: Path, out: Path, command: str,
-          console: Path, network: guest_net.GuestNetwork | None) -> GuestRun:
-    argv = vng_command(vng_bin, kernel, repo, out, command, network)
+          console: Path, network: guest_net.GuestNetwork | None, pytest_mark: str | None) -> GuestRun:
+    argv = vng_command(vng_bin, kernel, repo, out, command, network, pytest_mark)
     (out / "vng-command.txt").write_text(shlex.join(argv) + "\n")
     env = {**os.environ, "PATH": f"{vng_bin}:{os.environ.get('PATH', '')}"}
     started = time.monotonic()

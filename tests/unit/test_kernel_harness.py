@@ -102,17 +102,19 @@ def test_vng_command_is_niced_fixed_size_and_masks_per_spec(tmp_path):
     assert argv[argv.index("--rwdir") + 1] == str(tmp_path)
     # The guest kernel's warnings, oopses and panics reach console.log.
     assert "--verbose" in argv and argv[argv.index("--append") + 1] == "loglevel=5"
-    # A thread per vCPU unless the entry asks for one TCG thread (cross-CPU text patching).
-    assert not any(a.startswith("--qemu-opts") for a in argv)
-    one = provision.BootableKernel(matrix.KernelSpec("x", "apt", one_tcg_thread=True), "6.1", Path("/boot/v"))
-    assert f"--qemu-opts={vm.TCG_ONE_THREAD}" in vm.vng_command(Path("/v/bin"), one, Path("/repo"), tmp_path, "true")
-    by_name = {spec.name: spec for spec in matrix.MATRIX}
-    assert by_name["trixie"].one_tcg_thread and by_name["bookworm-6.1-mq"].one_tcg_thread
-    assert not by_name["bookworm-6.1"].one_tcg_thread  # its conntrack race needs two CPUs at once
+    # One TCG thread for every entry (cross-CPU text patching under MTTCG); a thread per
+    # vCPU only where asked (the parallel_cpus boot).
+    assert f"--qemu-opts={vm.TCG_ONE_THREAD}" in argv
+    assert all(spec.one_tcg_thread for spec in matrix.MATRIX)
+    threads = provision.BootableKernel(matrix.KernelSpec("x", "apt", one_tcg_thread=False), "6.1", Path("/boot/v"))
+    assert not any(a.startswith("--qemu-opts") for a in vm.vng_command(Path("/v/bin"), threads, Path("/repo"), tmp_path, "true"))
     guest = argv[-1]
     assert "NETPROF_GUEST_HIDE_HEADERS=1" in guest and "NETPROF_GUEST_HIDE_BTF=0" in guest
     assert guest.endswith("'uname -r'")
     assert f"bash {tmp_path / vm.GUEST_SCRIPT_COPY} " in guest  # its own copy, not the live tree
+    assert "NETPROF_GUEST_PYTEST_MARK" not in guest
+    marked = vm.vng_command(Path("/v/bin"), kernel, Path("/repo"), tmp_path, "true", pytest_mark="not parallel_cpus")[-1]
+    assert "NETPROF_GUEST_PYTEST_MARK='not parallel_cpus' " in marked
     assert "--rodir" not in argv  # an installed kernel's modules are in the guest's /lib/modules
     assert "NETPROF_GUEST_PROBE_TABLE=1" in guest
     no_table = provision.BootableKernel(matrix.KernelSpec("x", "apt", probe_table=False), "6.1", Path("/boot/v"))
@@ -271,3 +273,85 @@ def test_a_failed_guests_console_tail_is_inert(tmp_path):
     tail = console_tail(tmp_path / "console.log", lines=3)
     assert tail[:2] == ["line 98", "line 99"] and "\x1b" not in tail[2] and "\\x1b" in tail[2]
     assert console_tail(tmp_path / "missing.log")[0].startswith("(no console")
+
+
+def test_which_commands_run_the_parallel_cpus_tests_in_a_second_boot():
+    from tests.kernels.__main__ import DEFAULT_COMMAND, REPO
+
+    six, mq, headers_only = matrix.select(["bookworm-6.1", "bookworm-6.1-mq", "bookworm-6.1-headers-only"])
+    assert matrix.parallel_cpus_phase(six, DEFAULT_COMMAND, REPO)
+    assert matrix.parallel_cpus_phase(six, matrix.CI_SUBSET_TESTS, REPO)  # test_conntrack.py has them
+    # No file of these commands marks a test: no boot for nothing.
+    assert not matrix.parallel_cpus_phase(headers_only, matrix.HEADERS_PATH_TESTS, REPO)
+    assert not matrix.parallel_cpus_phase(mq, matrix.MQ_TESTS, REPO)
+    assert not matrix.parallel_cpus_phase(six, "uname -r; ls tests/integration", REPO)
+    threads = matrix.KernelSpec("x", "apt", one_tcg_thread=False)
+    assert not matrix.parallel_cpus_phase(threads, DEFAULT_COMMAND, REPO)
+
+
+def test_only_the_integration_tier_marks_tests_parallel_cpus():
+    """The harness looks for the marker under tests/integration only (parallel_cpus_phase)."""
+    from tests.kernels.__main__ import REPO
+
+    marking = {path.relative_to(REPO).as_posix() for path in (REPO / "tests").rglob("test_*.py")
+               if f"mark.{matrix.PARALLEL_CPUS_MARK}" in path.read_text()}
+    assert marking >= {"tests/integration/test_conntrack.py", "tests/integration/test_findings.py"}
+    assert all(path.startswith(matrix.PARALLEL_CPUS_TESTS_UNDER + "/") for path in marking), marking
+
+
+SPLIT_VNG = """#!{python}
+# A stand-in for virtme-ng: writes a junit for the boot it is (which tests the -m expression
+# in the guest's environment selects), records its QEMU options, and exits.
+import pathlib, sys
+argv = sys.argv[1:]
+out = pathlib.Path(argv[argv.index("--rwdir") + 1])
+guest = argv[-1]
+opts = [a for a in argv if a.startswith("--qemu-opts=")]
+(out / "boot.txt").write_text(repr(opts) + "\\n" + guest + "\\n")
+(out / "guest_started").write_text("1")
+second = "PYTEST_MARK=parallel_cpus" in guest
+case = '<testcase classname="t" name="race"><failure message="0 clashes"/></testcase>' if second else \
+    '<testcase classname="t" name="a"/><testcase classname="t" name="b"/>'
+(out / "junit.xml").write_text("<testsuites><testsuite>" + case + "</testsuite></testsuites>")
+(out / "exit_status").write_text("1" if second else "0")
+print("fake console", "second" if second else "first")
+"""
+
+
+def test_a_one_thread_entry_runs_its_parallel_cpus_tests_in_a_second_boot(tmp_path, monkeypatch):
+    import sys
+
+    from tests.kernels import __main__ as harness
+
+    bin_dir = tmp_path / "vng-bin"
+    bin_dir.mkdir()
+    (bin_dir / "vng").write_text(SPLIT_VNG.format(python=sys.executable))
+    (bin_dir / "vng").chmod(0o755)
+    spec = matrix.KernelSpec("fake", "apt", network=None, time_limit_s=30)
+    monkeypatch.setattr(provision, "provide", lambda s: provision.BootableKernel(s, "6.1", Path("/boot/v")))
+    result = harness.run_one(spec, harness.parse_args(["--out", str(tmp_path / "out")]), bin_dir)
+    first, second = tmp_path / "out/fake", tmp_path / "out/fake" / harness.PARALLEL_CPUS_DIR
+    boot1, boot2 = (first / "boot.txt").read_text(), (second / "boot.txt").read_text()
+    assert vm.TCG_ONE_THREAD in boot1 and "PYTEST_MARK='not parallel_cpus'" in boot1
+    assert "qemu-opts" not in boot2 and "PYTEST_MARK=parallel_cpus" in boot2
+    assert "NETPROF_GUEST_PROBE_TABLE=0" in boot2  # the first boot recorded the probe table
+    # One result for the kernel: both boots' tests, the second's failure and exit status.
+    assert (result.suite.passed, result.suite.failed, result.suite.failed_tests) == (2, 1, ("t::race",))
+    assert result.exit_status == 1 and not result.ok
+    assert result.parallel_cpus.failed == 1
+    assert results.load_all(tmp_path / "out") == [result]
+    assert "2 passed, 1 failed (of which 1 in a second boot, a TCG thread per vCPU)" in results._suite_cell(result)
+
+
+def test_no_second_boot_after_a_first_that_never_ran_its_command(tmp_path, monkeypatch):
+    from tests.kernels import __main__ as harness
+
+    def never_ran(vng_bin, kernel, repo, out, command, pytest_mark=None):
+        boots.append(pytest_mark)
+        return vm.GuestRun(None, 1.0, True, out / "console.log")
+
+    boots: list = []
+    monkeypatch.setattr(vm, "boot_and_run", never_ran)
+    monkeypatch.setattr(provision, "provide", lambda s: provision.BootableKernel(s, "6.1", Path("/boot/v")))
+    result = harness.run_one(matrix.KernelSpec("fake", "apt"), harness.parse_args(["--out", str(tmp_path)]), Path("/v"))
+    assert boots == ["not parallel_cpus"] and result.timed_out and result.parallel_cpus is None
