@@ -4,6 +4,7 @@
 #   ./bootstrap.sh demo    set up, then: fake pods up -> profile -> report -> fake pods down
 #   ./bootstrap.sh test    set up, then run the whole test suite
 #   ./bootstrap.sh setup   set up only
+#   ./bootstrap.sh test-setup  set up for the tests (their packages too), without running them
 #
 # Run as root: netprof loads BPF programs and the lab creates network namespaces.
 # Idempotent: a second run only checks what the first installed.
@@ -16,9 +17,9 @@ action=${1:-setup}
 die() { echo "bootstrap: $*" >&2; exit 1; }
 
 case "$action" in
-  setup|demo|test) ;;
+  setup|demo|test|test-setup) ;;
   -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown action '$action' (use: setup, demo or test)" ;;
+  *) die "unknown action '$action' (use: setup, demo, test or test-setup)" ;;
 esac
 
 [ "$(id -u)" -eq 0 ] || die "run as root (BPF programs and network namespaces need it)"
@@ -35,7 +36,7 @@ os_packages=(python3-bpfcc libbpfcc iproute2 nftables python3-venv procps ruby)
 # The Kubernetes tier (tests/k8s) runs a private containerd with its CRI plugin, runc and the
 # CNI plugins, and makes its pods' image from busybox-static (no registry).
 test_packages=(chromium prometheus containerd runc containernetworking-plugins busybox-static)
-[ "$action" = test ] && os_packages+=("${test_packages[@]}")
+case "$action" in test|test-setup) os_packages+=("${test_packages[@]}") ;; esac
 missing=()
 for pkg in "${os_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -78,6 +79,7 @@ fi
 
 case "$action" in
   setup) echo "bootstrap: ready — $venv/bin/netprof --help" ;;
+  test-setup) echo "bootstrap: ready for the tests — $venv/bin/python -m pytest tests" ;;
   demo) exec "$venv/bin/netprof" lab demo ;;
   test)
     # containerd 1.7 and 2.x for tests/k8s, unpacked privately (best effort: the apt 1.6 runs anyway).

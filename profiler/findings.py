@@ -91,7 +91,8 @@ class Finding:
     fixes: tuple[Fix, ...] = ()
     pod: str | None = None
     cpu: int | None = None
-    # How bad, comparable across kinds of the same severity (events/s, or a share): ranks.
+    # How bad (events/s, or a share of CPU time): ranks findings of the same severity, after
+    # the cause-before-consequence rule of rank().
     score: float = 0.0
 
     def __post_init__(self) -> None:
@@ -115,5 +116,23 @@ class Finding:
                    pod=data.get("pod"), cpu=data.get("cpu"), score=float(data.get("score", 0.0)))
 
 
+# A finding that is the consequence of another on the same CPU, and the kind of its cause. One
+# CPU doing the node's NET_RX work runs out of NAPI budget (time_squeeze) because of that: the
+# cause's fix (spread the work) is the one to try first, and the two scores -- a squeeze rate
+# and a share of CPU time -- do not compare. So a consequence ranked above its cause moves to
+# just below it; it never moves up.
+CONSEQUENCE_OF: dict[str, str] = {"napi-budget-exhausted": "softirq-imbalance"}
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], -f.score, f.kind, f.pod or "", f.cpu or -1))
+    ranked = sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], -f.score, f.kind, f.pod or "", f.cpu or -1))
+    for finding in list(ranked):
+        cause_kind = CONSEQUENCE_OF.get(finding.kind)
+        cause = next((f for f in ranked if f.kind == cause_kind and f.cpu == finding.cpu), None)
+        if cause is None:
+            continue
+        here = next(i for i, f in enumerate(ranked) if f is finding)
+        there = next(i for i, f in enumerate(ranked) if f is cause)
+        if here < there:
+            ranked.insert(there, ranked.pop(here))   # lands just below the cause
+    return ranked

@@ -131,8 +131,9 @@ def test_race_insert_failures_are_the_clients(race_run):
     racer = next(w for w in race_run.result.workloads if w.role == "racer")
     assert racer.returncode == 0, racer.stderr
     rounds = racer.summary["rounds"]
-    # Design §8 measured ~97% of rounds; well below that means the threads did not overlap.
-    assert kernel_failed >= rounds // 2, race_run.result.counter_deltas["client"]
+    # Design §8 measured ~97% of rounds on this machine; QEMU with a TCG thread per vCPU
+    # 19-38% (its vCPUs overlap less often). Far below that means the threads did not overlap.
+    assert kernel_failed >= rounds // 20, race_run.result.counter_deltas["client"]
     assert client.get("insert_failed") == kernel_failed, (client, kernel_failed)
     # A TCP clash cannot be resolved: every failed insert is a dropped packet.
     assert client.get("drop") == kernel_failed

@@ -93,14 +93,17 @@ def test_a_fix_that_cannot_help_is_rolled_back(tmp_path):
     result, value, journal = run_verified(tmp_path, misdirected=True)
     (verdict,) = result.verdicts
     # Either the pair already shows no help, or the drops fell by themselves (a shared machine
-    # drifts) and did not come back when the fix was undone: both are rolled back.
-    assert verdict.outcome == "rolled-back" and verdict.why in (
+    # drifts) and did not come back when the fix was undone: both are rolled back. Under QEMU
+    # (6.12, one TCG thread) the blast itself once fell by 40% in the verification window: then
+    # no verdict on the fix is honest, "inconclusive" is the answer, and it is rolled back too.
+    traffic_fell = verdict.outcome == "inconclusive" and verdict.why.startswith("the node's traffic fell")
+    assert traffic_fell or verdict.outcome == "rolled-back" and verdict.why in (
         "no change beyond noise", "it got worse",
         "it did not come back when the fix was undone: the fall was not the fix's"), verdict
     assert result.reapplied is None
     assert Path("/proc/sys/net/core/rmem_max").read_text().strip() == rmem_max, "rolled back by the verification"
     assert result.rollback is not None and result.rollback.ok
-    assert journal["verdicts"][0]["verdicts"][0]["outcome"] == "rolled-back"
+    assert journal["verdicts"][0]["verdicts"][0]["outcome"] == verdict.outcome
 
 
 def test_traffic_that_stops_under_the_verification_is_inconclusive(tmp_path):

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         provision.ensure_packages(provision.HOST_PACKAGES)
+        # The guest runs the suite on the host's root filesystem: the binaries its tests drive
+        # (Prometheus, Chromium) are the host's, installed as `./bootstrap.sh test` would.
+        provision.ensure_test_setup(REPO)
         vng_bin = provision.ensure_vng()
     except provision.ProvisionError as exc:
         print(f"kernels: {exc}", file=sys.stderr)

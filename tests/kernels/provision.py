@@ -67,6 +67,12 @@ def ensure_packages(packages: tuple[str, ...] | list[str]) -> None:
     _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends", *missing])
 
 
+def ensure_test_setup(repo: Path) -> None:
+    """The project's own test setup (bootstrap.sh test-setup: its packages, the venv);
+    idempotent, a second run only checks."""
+    _run([str(repo / "bootstrap.sh"), "test-setup"], timeout=1800)
+
+
 def ensure_vng(cache: Path = DEFAULT_CACHE) -> Path:
     """virtme-ng in its own venv; returns its bin directory."""
     venv = cache / "vng-venv"
