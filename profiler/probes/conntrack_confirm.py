@@ -17,7 +17,7 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from .base import ProbeStatus
-from .kprobe_attach import why_not_kprobe
+from .kprobe_attach import release_and_report, why_not_kprobe
 
 NAME = "conntrack_confirm"
 SYMBOL = "__nf_conntrack_confirm"
@@ -78,6 +78,7 @@ class ConntrackConfirmProbe:
 
     def detach(self) -> None:
         if self._bpf is not None:
+            release_and_report(self._bpf, "conntrack_confirm")
             self._bpf.cleanup()
         self._bpf = None
         self._counts = None

@@ -6,8 +6,11 @@ not, and nothing is compiled for a kernel that cannot attach it.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
+from ..inert import inert
 from ..kernel.features import KernelInfo
 from ..kernel.kernel_files import KALLSYMS_MAX_BYTES, read_kernel_text
 
@@ -31,3 +34,37 @@ def why_not_kprobe(info: KernelInfo, symbol: str, root: Path = Path("/"),
     if not kernel_has_symbol(symbol, root):
         return f"{symbol} not in /proc/kallsyms{module_hint}"
     return None
+
+
+def kprobe_pmu(root: Path = Path("/")) -> bool:
+    """Whether the kernel has the kprobe PMU: BCC then creates each kprobe with
+    perf_event_open, and the kprobe dies with its fd (no kprobe_events entry to remove)."""
+    return (root / "sys/bus/event_source/devices/kprobe/type").exists()
+
+
+def release_kprobes(bpf: Any, root: Path = Path("/")) -> list[str]:
+    """Detach every kprobe of a BCC object, before its cleanup(); returns the events that may
+    be left in kprobe_events.
+
+    BCC closes a kprobe's perf fd, then opens tracefs' kprobe_events to remove the event in
+    case it was made there, and raises when it cannot open it (a tracefs that is missing,
+    unreadable or hostile), although a kprobe made through the PMU is already gone with its
+    fd. Raised from cleanup() that would end a capture as an internal error, and BCC's atexit
+    cleanup would raise again for every kprobe left in its table."""
+    left: list[str] = []
+    for ev_name, by_function in list(bpf.kprobe_fds.items()):
+        for function in list(by_function):
+            try:
+                bpf.detach_kprobe_event_by_fn(ev_name, function)
+            except Exception:  # BCC raises bare Exception
+                if not kprobe_pmu(root):
+                    left.append(ev_name.decode(errors="replace") if isinstance(ev_name, bytes) else str(ev_name))
+        bpf.kprobe_fds.pop(ev_name, None)
+    return left
+
+
+def release_and_report(bpf: Any, probe: str) -> None:
+    """release_kprobes(), saying in one line on stderr which kprobe events may be left."""
+    for event in release_kprobes(bpf):
+        print(f"netprof: {probe}: could not remove kprobe event {inert(event)} from kprobe_events "
+              "(tracefs would not open)", file=sys.stderr)

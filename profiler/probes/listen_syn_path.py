@@ -18,7 +18,7 @@ from ..errors import NetprofError
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from .base import ProbeStatus
-from .kprobe_attach import why_not_kprobe
+from .kprobe_attach import release_and_report, why_not_kprobe
 
 NAME = "listen_syn_path"
 SYMBOL = "tcp_conn_request"
@@ -98,6 +98,7 @@ class ListenSynPathProbe:
 
     def detach(self) -> None:
         if self._bpf is not None:
+            release_and_report(self._bpf, "listen_syn_path")
             self._bpf.cleanup()
         self._bpf = None
         self._drops = None

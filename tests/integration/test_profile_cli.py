@@ -12,7 +12,13 @@ from importlib import resources
 import jsonschema
 import pytest
 
+from profiler.lab.scenarios import lab_time_scale
+
 pytestmark = pytest.mark.usefixtures("bpf_ready")
+
+# How long a `profile` may take to compile, attach and finish: BCC's compile alone is 60-90 s
+# in a guest under software emulation (NETPROF_LAB_TIME_SCALE there), seconds here.
+LIMIT_S = 60 * lab_time_scale()
 
 
 def schema() -> dict:
@@ -26,7 +32,7 @@ def start_profile(*args: str) -> subprocess.Popen:
 
 def test_json_output_validates_against_the_schema():
     proc = start_profile("--duration", "3", "--json")
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=LIMIT_S)
     assert proc.returncode == 0, err
     doc = json.loads(out)
     jsonschema.validate(doc, schema())
@@ -43,7 +49,7 @@ def test_json_output_validates_against_the_schema():
 def test_interrupt_still_writes_what_was_captured(sig):
     proc = start_profile("--duration", "60", "--interval", "0.5", "--json")
     # Wait until the probes are attached (the start-up line on stderr), then interrupt.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + LIMIT_S
     line = ""
     while "capturing" not in line and time.monotonic() < deadline:
         line = proc.stderr.readline()
@@ -52,7 +58,7 @@ def test_interrupt_still_writes_what_was_captured(sig):
     assert "capturing" in line, line
     time.sleep(1.6)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=LIMIT_S)
     assert "Traceback" not in err
     assert proc.returncode == 130
     doc = json.loads(out)
@@ -64,6 +70,6 @@ def test_interrupt_still_writes_what_was_captured(sig):
 
 def test_report_output_names_probes_and_pods():
     proc = start_profile("--duration", "1")
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=LIMIT_S)
     assert proc.returncode == 0, err
     assert "tcp_retransmits" in out and "attached" in out and "host" in out
