@@ -129,7 +129,7 @@ def test_the_cli_verifies_from_a_saved_capture_and_rollback_undoes_the_kept_fix(
             capture_output=True, text=True, timeout=300)
         value_after_verify = BACKLOG.read_text().strip()
         undone = subprocess.run([sys.executable, "-m", "profiler.cli", "fix", "--rollback", "--journal-dir",
-                                 str(journal)], capture_output=True, text=True, timeout=60)
+                                 str(journal)], capture_output=True, text=True, timeout=SCENARIO_LIMIT_S)
         value_after_rollback = BACKLOG.read_text().strip()
         scenario.stop()
     assert verified.returncode == 0, verified.stderr[-2000:]

@@ -186,7 +186,12 @@ def test_lossy_pods_retransmits_are_reported_under_its_kubernetes_name(labelled_
     for short in ("server", "steady1", "steady2"):
         quiet = totals.get(pods[short].inode)
         assert quiet is not None and quiet.pod == pods[short].label, (short, quiet)
-        assert quiet.retransmits <= lossy.retransmits // 10, (short, quiet.retransmits)
+        # A loss-free pod has at most a tenth of the lossy one's, or what the kernel itself
+        # counted for it: under emulation (one TCG thread) loss-free pods send tail loss
+        # probes (9 of the kernel's RetransSegs against the lossy pod's 67, trixie guest).
+        kernel_own = labelled_run.result.retransmits_by_pod.get(short, 0)
+        assert quiet.retransmits <= max(lossy.retransmits // 10, kernel_own), (
+            short, quiet.retransmits, labelled_run.result.retransmits_by_pod)
 
 
 def test_flows_and_the_profile_json_carry_the_kubernetes_name(labelled_run):
