@@ -24,7 +24,7 @@ import pytest
 
 from profiler.lab.scenario_conntrack import ConntrackFullScenario, ScenarioUnavailable
 from profiler.lab.scenario_listen import ListenOverflowDropScenario
-from profiler.lab.scenarios import RetransmitScenario
+from profiler.lab.scenarios import RetransmitScenario, lab_time_scale
 from tests.conftest import skip_or_fail
 from tests.integration.test_serve import SERVING, ServeProcess
 from tests.prometheus_queries import RULES, Query, all_queries
@@ -32,6 +32,10 @@ from tests.prometheus_queries import RULES, Query, all_queries
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
 NODE = "lab-node"
+# Scrapes (and rule evaluations) every second here; in a guest under software emulation
+# (NETPROF_LAB_TIME_SCALE) a scrape can outlast a second, and a failed scrape marks every
+# series stale: instant queries then find no data. The interval stretches there, at most 4x.
+SCRAPE_S = min(lab_time_scale(), 4.0)
 # Target labels a Kubernetes scrape would add: netprof's own namespace and pod. With
 # honor_labels, the profiled pods' labels must win, and the host's empty namespace stay empty.
 TARGET_LABELS = {"node": NODE, "namespace": "netprof-system", "pod": "netprof-x1y2z"}
@@ -55,7 +59,7 @@ class PrometheusServer:
         config = workdir / "prometheus.yml"
         labels = json.dumps(TARGET_LABELS)
         config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"global: {{scrape_interval: {SCRAPE_S:g}s, evaluation_interval: {SCRAPE_S:g}s}}\n"
             f"rule_files: [{json.dumps(str(RULES))}]\n"
             "scrape_configs:\n"
             "  - job_name: netprof\n"
@@ -111,7 +115,7 @@ class Scraped:
     pods: dict[tuple[str, str], str]   # (scenario, lab pod) → its label in netprof's series
 
 
-def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, timeout_s: float = 30) -> None:
+def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, timeout_s: float = 30 * SCRAPE_S) -> None:
     expr = f"count_over_time({selector}[1m]) >= 2 and {selector} == 0"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -149,7 +153,7 @@ def scraped(tmp_path_factory) -> Iterator[Scraped]:
                 scenario.start(duration_s)
                 scenario.wait()
             # serve samples the last interval, Prometheus scrapes it, every rule group runs.
-            time.sleep(3)
+            time.sleep(3 * SCRAPE_S)
             yield Scraped(prometheus, serve, pods)
     finally:
         if prometheus is not None:
