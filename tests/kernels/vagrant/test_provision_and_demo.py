@@ -139,6 +139,11 @@ def provisioned() -> Provisioned:
                              "box-install-rsync.log", 600, env={**LOGIN_ENV, "DEBIAN_FRONTEND": "noninteractive"})
         assert proc.returncode == 0, (out / "box-install-rsync.log").read_text()[-2000:]
     if subprocess.run(["id", "vagrant"], capture_output=True).returncode != 0:
+        # virtme-ng binds a file of its own over /etc/shadow; useradd writes /etc/shadow+ and
+        # renames it over the file, which a mount point refuses (EBUSY: "failure while writing
+        # changes to /etc/shadow"). Unmounted, the guest's copy-on-write /etc has the real one.
+        if os.path.ismount("/etc/shadow"):
+            subprocess.run(["umount", "/etc/shadow"], check=True)
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "vagrant"], check=True)
     # A user's clone has a .git directory, which ".git/" excludes; this checkout may be a git
     # worktree, whose .git is a file: excluded too, so the box gets what a user's would.
