@@ -31,10 +31,10 @@ from tests.conftest import skip_or_fail
 from tests.export_readers import read_prometheus
 from tests.serve_clients import StderrLog, burst
 
-# The wall-clock bounds below are netprof's own promises on this machine; in a guest under
-# software emulation (NETPROF_LAB_TIME_SCALE=10) everything, Prometheus included, runs 5-10x
-# slower, so the clocks stretch (at most 4x for the scrape interval: 10 scrapes must still
-# fit in the flood) while every property (each scrape answered, up all along) stays.
+# In a guest under software emulation (NETPROF_LAB_TIME_SCALE=10) everything, Prometheus
+# included, runs 5-10x slower: the Prometheus flood test's clocks stretch (at most 4x for the
+# scrape interval: 10 scrapes must still fit in the flood) while every property (each scrape
+# answered, up all along) stays.
 SLOW = lab_time_scale()
 SCRAPE_S = min(SLOW, 4.0)
 
@@ -213,6 +213,11 @@ def test_a_read_only_textfile_folder_at_start_still_serves(tmp_path):
 
 
 def test_slow_clients_and_a_burst_neither_hold_threads_nor_stop_a_scrape(tmp_path):
+    if SLOW > 1:
+        # Full, serve evicts a client still sending its request after EVICT_AFTER_S of wall
+        # clock; a burst client 5-10x slower is such a client (489 of 1000 evicted in the
+        # trixie guest): there this would measure the emulator. The host runs it.
+        pytest.skip("a wall-clock eviction policy: not testable under software emulation")
     with serving(tmp_path / "netprof.prom") as serve:
         serve.scrape()
         threads_before = serve.threads()
@@ -222,10 +227,10 @@ def test_slow_clients_and_a_burst_neither_hold_threads_nor_stop_a_scrape(tmp_pat
                 time.sleep(0.05)
             assert slow.opened >= 200
             times = [serve.scrape()[0] for _ in range(5)]
-            assert max(times) < 1.0 * SLOW, times
+            assert max(times) < 1.0, times
             assert serve.threads() <= threads_before + 2, (threads_before, serve.threads())
-        answered = burst(serve.port, 1000, timeout_s=20 * SLOW)
-        assert answered == 1000, f"{1000 - answered} of 1000 not answered within {20 * SLOW:g} s"
+        answered = burst(serve.port, 1000, timeout_s=20)
+        assert answered == 1000, f"{1000 - answered} of 1000 not answered within 20 s"
 
 
 # -- a real Prometheus --------------------------------------------------------------------
