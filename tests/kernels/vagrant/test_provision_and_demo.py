@@ -41,8 +41,6 @@ BOX_SRC = Path("/opt/netprof")          # the Vagrantfile's synced folder
 NETPROF = "/usr/local/bin/netprof"       # the link netprof.sh makes
 UPLOAD = Path("/tmp/vagrant-shell")      # where Vagrant's shell provisioner puts a script
 BOX_PACKAGES = ("python3-bpfcc", "libbpfcc")  # not on the bento box: bootstrap.sh must install them
-# What Vagrant's rsync synced folder runs (its default rsync__args), plus its own exclude.
-VAGRANT_RSYNC_ARGS = ("--archive", "--delete", "-z", "--copy-links")
 LOGIN_ENV = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8",
              "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 PROVISION_LIMIT_S = 1800
@@ -65,6 +63,14 @@ def vagrantfile_excludes() -> list[str]:
     match = re.search(r"rsync__exclude:\s*\[([^\]]*)\]", text)
     assert match, "the Vagrantfile's synced folder has no rsync__exclude"
     return re.findall(r'"([^"]+)"', match.group(1))
+
+
+def vagrantfile_rsync_args() -> list[str]:
+    """The synced folder's rsync__args: what Vagrant's rsync runs (its own --exclude added)."""
+    text = (REPO / "vagrant/Vagrantfile").read_text()
+    match = re.search(r"rsync__args:\s*\[([^\]]*)\]", text)
+    assert match, "the Vagrantfile's synced folder has no rsync__args"
+    return [arg for arg in re.findall(r'"([^"]+)"', match.group(1)) if arg != "--verbose"]
 
 
 def provisioners() -> dict[str, str]:
@@ -148,7 +154,7 @@ def provisioned() -> Provisioned:
     # A user's clone has a .git directory, which ".git/" excludes; this checkout may be a git
     # worktree, whose .git is a file: excluded too, so the box gets what a user's would.
     excludes = [".vagrant/", ".git", *vagrantfile_excludes()]
-    proc, _ = run_logged(["rsync", *VAGRANT_RSYNC_ARGS, *(f"--exclude={e}" for e in excludes),
+    proc, _ = run_logged(["rsync", *vagrantfile_rsync_args(), *(f"--exclude={e}" for e in excludes),
                           f"{REPO}/", f"{BOX_SRC}/"], "box-rsync.log", 600)
     assert proc.returncode == 0, (out / "box-rsync.log").read_text()[-2000:]
     subprocess.run(["chown", "-R", "vagrant:vagrant", str(BOX_SRC)], check=True)
