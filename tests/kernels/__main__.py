@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         provision.ensure_packages(provision.HOST_PACKAGES)
+        if any(spec.tier == "mq" for spec in specs) and not args.ci:
+            provision.ensure_packages(provision.MQ_PACKAGES, start_services=False)
         # The guest runs the suite on the host's root filesystem: the binaries its tests drive
         # (Prometheus, Chromium) are the host's, installed as `./bootstrap.sh test` would.
         provision.ensure_test_setup(REPO)

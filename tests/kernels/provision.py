@@ -58,13 +58,33 @@ def missing_packages(packages: tuple[str, ...] | list[str]) -> list[str]:
     return missing
 
 
-def ensure_packages(packages: tuple[str, ...] | list[str]) -> None:
+# What the mq tier's tests run in the guest, from the host's root: ethtool (channels) and
+# irqbalance (the daemon the tests start themselves, in the guest).
+MQ_PACKAGES = ("ethtool", "irqbalance")
+# Debian's policy-rc.d: exit 101 forbids invoke-rc.d to start a service. Installed only for
+# the duration of an install that must not start a daemon on the host (irqbalance would
+# start moving this machine's IRQs).
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+DENY_ALL_SERVICES = "#!/bin/sh\n# netprof kernel harness: installing, no service starts\nexit 101\n"
+
+
+def ensure_packages(packages: tuple[str, ...] | list[str], start_services: bool = True,
+                    policy_rc_d: Path = POLICY_RC_D) -> None:
     missing = missing_packages(packages)
     if not missing:
         return
     print(f"kernels: installing {' '.join(missing)}", file=sys.stderr)
     _run(["apt-get", *APT_LOCK_WAIT, "update", "-qq"])
-    _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends", *missing])
+    # An existing policy-rc.d is the machine's own: kept as it is.
+    deny = not start_services and not policy_rc_d.exists()
+    if deny:
+        policy_rc_d.write_text(DENY_ALL_SERVICES)
+        policy_rc_d.chmod(0o755)
+    try:
+        _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends", *missing])
+    finally:
+        if deny:
+            policy_rc_d.unlink(missing_ok=True)
 
 
 def ensure_test_setup(repo: Path) -> None:
