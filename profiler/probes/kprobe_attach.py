@@ -1,4 +1,5 @@
-"""The one decision every kprobe program makes before compiling: can this kernel take it?
+"""What every kprobe program asks of the kernel: before compiling, can this kernel take it;
+at detach, letting go of it even where BCC cannot.
 
 A kprobe needs CONFIG_KPROBES (tracefs kprobe_events) and the function to exist as a symbol
 (not inlined away, its module loaded). Checked first, so the probe table says exactly why
