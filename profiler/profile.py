@@ -28,17 +28,20 @@ class ProfileOptions:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """A capture stopped by `kill` (or a container runtime) ends like Ctrl-C: with a report."""
+def _signals_as_interrupt():
+    """A capture stopped by `kill` (or a container runtime) ends like Ctrl-C: with a report.
+    SIGINT too, explicitly: a process started with SIGINT ignored (a script's background
+    job, nohup) inherits that, Python then leaves it ignored, and `kill -INT` did nothing."""
 
     def raise_interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    previous = {signum: signal.signal(signum, raise_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_profile(
@@ -58,7 +61,7 @@ def run_profile(
     # Statistics on from before attach to after detach: a one-shot capture never switches
     # them while its programs run (profiler/cost.py: each switch patches kernel text).
     session = LiveSession(root=root, sources=sources, tier=options.tier, cost_sample_every=1)
-    with _sigterm_as_interrupt(), session:
+    with _signals_as_interrupt(), session:
         try:
             statuses = session.start(log)
             log(f"capturing for {options.duration_s:g}s ({session.loader.mode}); "
