@@ -6,6 +6,8 @@ napi_struct: this is where it must read the device's name and network namespace 
 napi->dev itself (bpf/napi.bpf.c), and every pod's device is called eth0."""
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 
@@ -53,6 +55,12 @@ def receive_through_napi(lab: Lab, pod: str) -> None:
     set_feature(lab.exec_argv(NODE_NAME, []), lab.pods[pod].host_veth, ETHTOOL_STSO, ETHTOOL_GTSO, 0)
 
 
+def rx_packets(lab: Lab, pod: str) -> int:
+    """The kernel's received-packets count of the pod's eth0 (netlink, in its netns)."""
+    out = lab.run(pod, ["ip", "-s", "-j", "link", "show", POD_DEVICE]).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
 def polls_by_device(probe: NapiProbe) -> dict[tuple[str, int], tuple[int, int]]:
     """(device name, netns inode) → (polls, packets), summed over CPUs."""
     counts = probe.read()
@@ -73,16 +81,20 @@ def test_a_gro_veth_polls_under_its_own_name_in_its_pods_netns(loader):
         status = probe.attach(loader)
         assert status.attached, status.error
         try:
+            received_before = rx_packets(lab, "server")
             blast(lab, PORT, DATAGRAMS)
             totals = polls_by_device(probe)
+            received = rx_packets(lab, "server") - received_before
         finally:
             probe.detach()
     server = (POD_DEVICE, inode["server"])
     assert server in totals, sorted(totals)
     polls, packets = totals[server]
-    # Every datagram the client sent reached the server's eth0 through its NAPI instance
-    # (a UDP sink drops on a full buffer after that, not before).
-    assert packets >= DATAGRAMS, (totals[server], DATAGRAMS)
+    # Every datagram that reached the server's eth0 (the kernel's own rx count) came through
+    # its NAPI instance (a UDP sink drops on a full buffer after that, not before). Nearly
+    # all the client sent: under one TCG thread 18 of 5000 were lost on the way, in the node.
+    assert received >= DATAGRAMS * 0.95, (received, DATAGRAMS)
+    assert packets >= received, (totals[server], received)
     assert 0 < polls <= packets
     # The client's eth0 has no NAPI instance (GRO off); the idle pod's has one and was sent
     # nothing but, at most, neighbour discovery.
