@@ -7,7 +7,6 @@ napi->dev itself (bpf/napi.bpf.c), and every pod's device is called eth0."""
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 
