@@ -39,11 +39,17 @@ def find_tracefs(root: Path = Path("/")) -> Path | None:
     return None
 
 
+def has_kprobe_pmu(root: Path = Path("/")) -> bool:
+    """Whether the kernel has the kprobe PMU: BCC then creates each kprobe with
+    perf_event_open, and the kprobe dies with its fd (no kprobe_events entry to remove)."""
+    return (root / "sys/bus/event_source/devices/kprobe/type").exists()
+
+
 def has_kprobes(tracefs: Path | None, root: Path = Path("/")) -> bool:
     # CONFIG_KPROBES exposes kprobe_events in tracefs and the kprobe PMU in sysfs.
     if tracefs is not None and (tracefs / "kprobe_events").exists():
         return True
-    return (root / "sys/bus/event_source/devices/kprobe").exists()
+    return has_kprobe_pmu(root)
 
 
 def find_kernel_headers(release: str, root: Path = Path("/")) -> Path | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inert import inert
-from ..kernel.features import KernelInfo
+from ..kernel.features import KernelInfo, has_kprobe_pmu
 from ..kernel.kernel_files import KALLSYMS_MAX_BYTES, read_kernel_text
 
 
@@ -37,12 +37,6 @@ def why_not_kprobe(info: KernelInfo, symbol: str, root: Path = Path("/"),
     return None
 
 
-def kprobe_pmu(root: Path = Path("/")) -> bool:
-    """Whether the kernel has the kprobe PMU: BCC then creates each kprobe with
-    perf_event_open, and the kprobe dies with its fd (no kprobe_events entry to remove)."""
-    return (root / "sys/bus/event_source/devices/kprobe/type").exists()
-
-
 def release_kprobes(bpf: Any, root: Path = Path("/")) -> list[str]:
     """Detach every kprobe of a BCC object, before its cleanup(); returns the events that may
     be left in kprobe_events.
@@ -53,12 +47,15 @@ def release_kprobes(bpf: Any, root: Path = Path("/")) -> list[str]:
     fd. Raised from cleanup() that would end a capture as an internal error, and BCC's atexit
     cleanup would raise again for every kprobe left in its table."""
     left: list[str] = []
+    pmu: bool | None = None  # read once, and only if a detach fails
     for ev_name, by_function in list(bpf.kprobe_fds.items()):
         for function in list(by_function):
             try:
                 bpf.detach_kprobe_event_by_fn(ev_name, function)
             except Exception:  # BCC raises bare Exception
-                if not kprobe_pmu(root):
+                if pmu is None:
+                    pmu = has_kprobe_pmu(root)
+                if not pmu:
                     left.append(ev_name.decode(errors="replace") if isinstance(ev_name, bytes) else str(ev_name))
         bpf.kprobe_fds.pop(ev_name, None)
     return left

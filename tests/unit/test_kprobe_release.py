@@ -70,7 +70,7 @@ def test_a_working_tracefs_leaves_nothing(tmp_path: Path):
 
 def test_what_may_be_left_is_said_in_one_inert_line(monkeypatch, capsys):
     bpf = FakeBcc({b"p_evil\x1b]52;c;AAAA\x07": [b"fn"]}, kprobe_events_opens=False)
-    monkeypatch.setattr("profiler.probes.kprobe_attach.kprobe_pmu", lambda root=None: False)
+    monkeypatch.setattr("profiler.probes.kprobe_attach.has_kprobe_pmu", lambda root=None: False)
     release_and_report(bpf, "listen_syn_path")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err
