@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .cpu import remove_leftover_groups
 from .overhead import CONFIGS, run_overhead
-from .table import anchors_table, contamination_notes, goal_table, hooks_table, overhead_table
+from .table import against_table, anchors_table, contamination_notes, goal_table, hooks_table, overhead_table
 from .workloads import missing_tools
 
 DEFAULT_WORKLOADS = ("bulk", "rr", "drop")
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         goal, _ = goal_table(results, workloads)
         out.append("\n### The goal: netprof's added cost within 1.25× of the floor's")
         out.append(goal)
+        out.append("\n### netprof against BCC's tools and the floors (issue 16, goal 1)")
+        out.append(against_table(results, workloads))
         out.append("\n### Where the time goes: netprof's programs (BPF statistics, program time only)")
         out.append(hooks_table(results, workloads))
         for note in results.notes + contamination_notes(results):

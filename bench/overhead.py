@@ -168,12 +168,12 @@ def best_ratio(runs: list[Run], config: str, workload: str) -> float | None:
     return None if base is None or value is None or base <= 0 else value / base
 
 
-def paired_ratios(runs: list[Run], config: str, workload: str, metric) -> list[float]:
-    """metric(config)/metric(none) per round: the two ran minutes apart at most."""
+def paired_ratios(runs: list[Run], config: str, workload: str, metric, base_config: str = "none") -> list[float]:
+    """metric(config)/metric(base_config) per round: the two ran minutes apart at most."""
     by_round = {(r.config, r.round): r for r in runs if r.workload == workload}
     ratios = []
     for (name, round_index), run in by_round.items():
-        base = by_round.get(("none", round_index))
+        base = by_round.get((base_config, round_index))
         if name == config and base is not None:
             denominator = metric(base)
             if denominator:

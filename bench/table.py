@@ -9,6 +9,7 @@ from .workloads import UNITS
 CONFIG_LABELS = {
     "none": "no tracing",
     "floor": "floor: empty programs on netprof's hooks",
+    "floor-raw": "floor-raw: the same through raw tracepoints",
     "netprof": "netprof, all probes, as shipped (programs timed 1 s in 10)",
     "netprof-stats": "netprof, BPF statistics on all the time",
     "netprof-nostats": "netprof, cost measurement off",
@@ -123,6 +124,36 @@ def goal_table(results: OverheadResults, workloads: list[str]) -> tuple[str, dic
         lines.append(f"| {workload} | {pct(floor)} | {pct(netprof)} | {over(netprof, floor)} | {pct(always)} "
                      f"| {pct(bcc)} | {_fmt(per_event(floor), 1)} | {_fmt(per_event(netprof), 1)} | {_fmt(events, 2)} |")
     return "\n".join(lines), verdicts
+
+
+def against_table(results: OverheadResults, workloads: list[str]) -> str:
+    """Issue 16's goal 1 as the run saw it: netprof's added CPU per unit of work beside BCC's
+    tools' and the floors', on both bases, and netprof against BCC's tools directly: their
+    CPU per unit of work divided within each round (the two ran minutes apart), which leaves
+    out the no-tracing runs' own spread that both ratios to no tracing carry."""
+    lines = ["| workload | netprof: added, best / paired | BCC tools: added, best / paired "
+             "| netprof ÷ BCC tools, same round: median (min–max) | rounds netprof cheaper "
+             "| floor: added, best / paired | floor-raw: added, best / paired |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cpu(run: Run) -> float:
+        return run.result.cpu_per_unit
+
+    def added(config: str, workload: str) -> str:
+        best = best_ratio(results.runs, config, workload)
+        paired = _median(paired_ratios(results.runs, config, workload, cpu))
+        if best is None and paired is None:
+            return "–"
+        return " / ".join("–" if v is None else f"{100 * (v - 1):+.1f}%" for v in (best, paired))
+
+    for workload in workloads:
+        versus = paired_ratios(results.runs, "netprof", workload, cpu, base_config="bcc-tools")
+        between = spread(versus)
+        cheaper = f"{sum(v < 1 for v in versus)} of {len(versus)}" if versus else "–"
+        lines.append(f"| {workload} | {added('netprof', workload)} | {added('bcc-tools', workload)} "
+                     f"| {between.format(3) if between else '–'} | {cheaper} "
+                     f"| {added('floor', workload)} | {added('floor-raw', workload)} |")
+    return "\n".join(lines)
 
 
 def hooks_table(results: OverheadResults, workloads: list[str]) -> str:

@@ -1,0 +1,42 @@
+"""The benchmark's comparison of netprof with BCC's tools (bench/table.py against_table):
+what it divides, within which round, and what it counts as cheaper. Synthetic runs: the
+arithmetic, not the machine."""
+from __future__ import annotations
+
+from bench.overhead import OverheadResults, Run, paired_ratios
+from bench.table import against_table
+from bench.workloads import WorkResult
+
+
+def _run(config: str, round_index: int, cpu_s_per_gb: float) -> Run:
+    # 1 GB moved: cpu_per_unit is the CPU seconds of the run.
+    result = WorkResult("bulk", units=1.0, seconds=1.0, cpu_ns=int(cpu_s_per_gb * 1e9))
+    return Run(config, round_index, "bulk", result)
+
+
+def _results(table: dict[str, list[float]]) -> OverheadResults:
+    return OverheadResults(runs=[_run(config, i, value) for config, values in table.items()
+                                 for i, value in enumerate(values)])
+
+
+def test_netprof_against_bcc_is_divided_within_each_round():
+    # Round 1 is slow for everyone (a noisy neighbour): netprof beats BCC in both rounds,
+    # although its slow round costs more than BCC's quiet one.
+    results = _results({"none": [1.0, 2.0], "netprof": [1.02, 2.1], "bcc-tools": [1.04, 2.2]})
+    ratios = paired_ratios(results.runs, "netprof", "bulk", lambda r: r.result.cpu_per_unit,
+                           base_config="bcc-tools")
+    assert sorted(round(r, 4) for r in ratios) == sorted([round(1.02 / 1.04, 4), round(2.1 / 2.2, 4)])
+    row = against_table(results, ["bulk"]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "bulk"
+    assert cells[1] == "+2.0% / +3.5%"      # best: 1.02 ÷ 1.0; paired: median of 1.02 and 1.05
+    assert cells[2] == "+4.0% / +7.0%"
+    assert cells[4] == "2 of 2"
+    assert cells[5] == "–" and cells[6] == "–"  # no floor configured in this run
+
+
+def test_a_round_without_bcc_is_left_out_and_a_dearer_round_is_not_cheaper():
+    results = _results({"none": [1.0, 1.0, 1.0], "netprof": [1.10, 1.05, 1.2], "bcc-tools": [1.05, 1.06]})
+    row = against_table(results, ["bulk"]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "1 of 2"
