@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 
+from profiler.lab.scenarios import lab_time_scale
+
 
 class StderrLog:
     """The lines a `netprof serve` subprocess writes on stderr, collected on a thread."""
@@ -23,8 +25,10 @@ class StderrLog:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
 
-    def wait_for(self, pattern: re.Pattern | str, timeout_s: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout_s
+    def wait_for(self, pattern: re.Pattern | str, timeout_s: float | None = None) -> re.Match:
+        # 60 s by default, stretched under software emulation: there serve's BCC compile
+        # alone, between "serving metrics" and "sampling every", took more than 60 s (trixie).
+        deadline = time.monotonic() + (60 * lab_time_scale() if timeout_s is None else timeout_s)
         while time.monotonic() < deadline:
             for line in list(self.lines):
                 found = re.search(pattern, line)
