@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -76,7 +77,14 @@ def header(args: argparse.Namespace) -> str:
             "configurations interleaved (order rotated every round)")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # `kill` (SIGTERM) ends a run as Ctrl-C does: through the finally blocks that take down
+    # the lab's namespaces, CPU groups and tracers (a SIGTERM'd run left its lab behind).
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     args = parse_args(argv)
     problems = preflight()
     if problems:
@@ -163,4 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # The finally blocks have run by now: lab, CPU groups and tracers are gone.
+        log("bench: interrupted; what it created is removed")
+        sys.exit(130)

@@ -11,6 +11,7 @@ runs. What spills over into ksoftirqd is added from /proc/<pid>/stat (tick resol
 from __future__ import annotations
 
 import os
+import signal
 import secrets
 import time
 from dataclasses import dataclass
@@ -66,15 +67,28 @@ class CpuGroup:
 
     def close(self) -> None:
         # Exited processes leave the group at once; wait briefly for ones still exiting.
-        for _ in range(50):
+        if self._remove(tries=50):
+            return
+        # Still busy: a run interrupted mid-workload (Ctrl-C, SIGTERM) closes the group before
+        # the lab stops the workload. Everything in it is a process the benchmark started.
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not self._remove(tries=100):
+            self.path.rmdir()  # raises: says which group is left
+
+    def _remove(self, tries: int) -> bool:
+        for _ in range(tries):
             try:
                 self.path.rmdir()
-                return
+                return True
             except FileNotFoundError:
-                return
+                return True
             except OSError:
                 time.sleep(0.05)
-        self.path.rmdir()
+        return False
 
     def __enter__(self) -> "CpuGroup":
         return self
