@@ -19,11 +19,12 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from profiler.interrupts import signals_as_interrupt
 
 from .cpu import remove_leftover_groups
 from .overhead import CONFIGS, run_overhead
@@ -77,14 +78,7 @@ def header(args: argparse.Namespace) -> str:
             "configurations interleaved (order rotated every round)")
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # `kill` (SIGTERM) ends a run as Ctrl-C does: through the finally blocks that take down
-    # the lab's namespaces, CPU groups and tracers (a SIGTERM'd run left its lab behind).
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     args = parse_args(argv)
     problems = preflight()
     if problems:
@@ -172,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        # `kill` ends a run as Ctrl-C does: through the finally blocks that take down the
+        # lab's namespaces, CPU groups and tracers (a SIGTERM'd run left its lab behind).
+        with signals_as_interrupt():
+            sys.exit(main())
     except KeyboardInterrupt:
         # The finally blocks have run by now: lab, CPU groups and tracers are gone.
         log("bench: interrupted; what it created is removed")

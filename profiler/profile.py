@@ -4,17 +4,16 @@ Ctrl-C or SIGTERM ends the capture early; what was captured up to then is kept a
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .capture import Capture
 from .detail_tier import TierSettings
 from .errors import NetprofError
+from .interrupts import signals_as_interrupt
 from .live import LiveSession
 from .snapshot import Snapshot
 from .sources.base import Source
@@ -25,23 +24,6 @@ class ProfileOptions:
     duration_s: float
     interval_s: float = 1.0
     tier: TierSettings = field(default_factory=TierSettings)   # the full tier, pinned
-
-
-@contextmanager
-def _signals_as_interrupt():
-    """A capture stopped by `kill` (or a container runtime) ends like Ctrl-C: with a report.
-    SIGINT too, explicitly: a process started with SIGINT ignored (a script's background
-    job, nohup) inherits that, Python then leaves it ignored, and `kill -INT` did nothing."""
-
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, raise_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def run_profile(
@@ -61,7 +43,7 @@ def run_profile(
     # Statistics on from before attach to after detach: a one-shot capture never switches
     # them while its programs run (profiler/cost.py: each switch patches kernel text).
     session = LiveSession(root=root, sources=sources, tier=options.tier, cost_sample_every=1)
-    with _signals_as_interrupt(), session:
+    with signals_as_interrupt(), session:
         try:
             statuses = session.start(log)
             log(f"capturing for {options.duration_s:g}s ({session.loader.mode}); "
