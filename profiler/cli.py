@@ -408,31 +408,33 @@ def _cmd_fix(args: argparse.Namespace) -> int:
         raise NetprofError("--verify (and --window) judge an --apply: add --apply")
     if args.window is not None and not args.verify:
         raise NetprofError("--window is the capture --verify takes after the changes: add --verify")
-    capture = None
-    findings = None
-    if not args.rollback:
+    only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
+    if args.rollback:
+        return run_fix(capture=None, apply=False, do_rollback=True, journal_dir=args.journal_dir,
+                       out_dir=args.out, only=only, console=Console())
+    from .profile import ProfileSession
+
+    # One attach for every capture this run takes (the plan's, and --verify's one or two
+    # after the changes): BCC compiles netprof's programs once. Started only when a capture
+    # is needed: `--from` without --verify never attaches anything.
+    with ProfileSession() as session:
+        findings = None
         if args.from_file:
             capture = load_capture(Path(args.from_file), args.max_capture_mb)
             findings = replan(capture)  # never the findings stored in the file
         else:
-            from .profile import ProfileOptions, run_profile
+            capture = session.capture(args.duration).to_json()
+        verify_with = None
+        if args.verify:
+            # The same window as before the changes, so the two rates are comparable.
+            window_s = args.window or float(capture.get("duration_s") or args.duration)
 
-            capture = run_profile(ProfileOptions(duration_s=args.duration)).to_json()
-    only = {kind.strip() for kind in args.only.split(",") if kind.strip()} if args.only else None
-    verify_with = None
-    if args.verify:
-        from .profile import ProfileOptions, run_profile
+            def capture_after() -> dict:
+                return session.capture(window_s).to_json()
 
-        # The same window as before the changes, so the two rates are comparable.
-        window_s = args.window or float(capture.get("duration_s") or args.duration)
-
-        def capture_after() -> dict:
-            return run_profile(ProfileOptions(duration_s=window_s)).to_json()
-
-        verify_with = capture_after
-
-    return run_fix(capture=capture, apply=args.apply, do_rollback=args.rollback, journal_dir=args.journal_dir,
-                   out_dir=args.out, only=only, console=Console(), findings=findings, verify_with=verify_with)
+            verify_with = capture_after
+        return run_fix(capture=capture, apply=args.apply, do_rollback=False, journal_dir=args.journal_dir,
+                       out_dir=args.out, only=only, console=Console(), findings=findings, verify_with=verify_with)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:

@@ -136,6 +136,21 @@ class LiveSession:
                         self._window_start_reading = self._readings.popleft()[0]
         return snapshot
 
+    def restart_window(self) -> None:
+        """Start the kept history afresh, now: what the programs counted since the last
+        sample is read (so the next sample holds only what comes after) and dropped with
+        everything kept before. Pods, identities and the tier carry over.
+
+        Not a final sample: that one gives each drop site's pending events to its last stack
+        for good, and the kernel would report them again to the next window. So an idle pod
+        whose counters are read on a budget may bring a little of the gap into the next window."""
+        self.sample()
+        with self._lock:
+            self._snapshots.clear()
+            self._readings.clear()
+            self._window_start_reading = self._last_reading
+        self.started_at = time.time()
+
     def _switch_tier(self, snapshot: Snapshot) -> Snapshot:
         """Let the tier policy judge the interval; a switch is made now and recorded on the
         interval that caused it."""

@@ -36,6 +36,10 @@ NODE = "lab-node"
 # (NETPROF_LAB_TIME_SCALE) a scrape can outlast a second, and a failed scrape marks every
 # series stale: instant queries then find no data. The interval stretches there, at most 4x.
 SCRAPE_S = min(lab_time_scale(), 4.0)
+# serve samples every 0.3 s on the host. Under emulation one sampling pass outlasts that, so
+# the sampler would run back to back on the guest's one emulation thread, beside the very
+# scrapes it is read by; a second is plenty against a 4 s scrape.
+SERVE_INTERVAL_S = min(0.3 * lab_time_scale(), 1.0)
 # Target labels a Kubernetes scrape would add: netprof's own namespace and pod. With
 # honor_labels, the profiled pods' labels must win, and the host's empty namespace stay empty.
 TARGET_LABELS = {"node": NODE, "namespace": "netprof-system", "pod": "netprof-x1y2z"}
@@ -113,6 +117,34 @@ class Scraped:
     prometheus: PrometheusServer
     serve: ServeProcess
     pods: dict[tuple[str, str], str]   # (scenario, lab pod) → its label in netprof's series
+    listen_overflows: int              # the kernel's ListenOverflows in the listen lab's server
+
+
+def target_health(prometheus: "PrometheusServer") -> str:
+    """What Prometheus says of its scrapes of serve, for a failure message: one failed scrape
+    marks every series stale, and instant queries then find no data."""
+    parts = []
+    for target in prometheus.get("/api/v1/targets")["data"]["activeTargets"]:
+        parts.append(f"target {target.get('health')}, last error {target.get('lastError')!r}, "
+                     f"last scrape took {target.get('lastScrapeDuration')} s")
+    for label, expr in (("scrapes failed in the last 10 min", "count_over_time(up[10m]) - sum_over_time(up[10m])"),
+                        ("slowest scrape (s)", "max_over_time(scrape_duration_seconds[10m])")):
+        values = [s["value"][1] for s in prometheus.query(expr)["result"]]
+        parts.append(f"{label}: {', '.join(values) or 'none'}")
+    return "; ".join(parts)
+
+
+def wait_for_value(prometheus: "PrometheusServer", expr: str, expected: float, timeout_s: float = 30 * SCRAPE_S) -> None:
+    """Until the one series of `expr` holds `expected`: serve read it and Prometheus scraped it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = [float(s["value"][1]) for s in prometheus.query(expr)["result"]]
+        if values == [expected]:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{expr} is {values} after {timeout_s:g} s, the kernel's count is {expected:g} "
+                                 f"({target_health(prometheus)})")
+        time.sleep(0.3)
 
 
 def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, timeout_s: float = 30 * SCRAPE_S) -> None:
@@ -129,7 +161,7 @@ def wait_for_zeros(prometheus: "PrometheusServer", selector: str, series: int, t
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> Iterator[Scraped]:
     workdir = tmp_path_factory.mktemp("prometheus")
-    serve = ServeProcess(workdir / "netprof.prom")
+    serve = ServeProcess(workdir / "netprof.prom", interval_s=SERVE_INTERVAL_S)
     prometheus = None
     try:
         port = int(serve.wait_for(SERVING).group(1))
@@ -152,9 +184,19 @@ def scraped(tmp_path_factory) -> Iterator[Scraped]:
             for scenario, duration_s in zip(scenarios, (3.0, 3.0, 2.0)):
                 scenario.start(duration_s)
                 scenario.wait()
+            listen = scenarios[0].result
+            overflows = listen.counter_by_pod("TcpExt.ListenOverflows")["server"]
+            # The lab's own precondition, from the kernel: without it the tests below would
+            # find netprof's zeros right and blame the metrics.
+            assert overflows > 0, ("the listen lab made no overflow in `server`: "
+                                   f"{[(w.role, w.returncode, w.summary) for w in listen.workloads]}")
+            # Counters come from the pods' namespaces, visited on serve's thread: under
+            # emulation a visit can trail the lab by several intervals. Wait for the count
+            # itself rather than for a fixed time.
+            wait_for_value(prometheus, f'netprof_listen_overflows_total{{pod="{pods[LISTEN, "server"]}"}}', overflows)
             # serve samples the last interval, Prometheus scrapes it, every rule group runs.
             time.sleep(3 * SCRAPE_S)
-            yield Scraped(prometheus, serve, pods)
+            yield Scraped(prometheus, serve, pods, overflows)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -167,10 +209,17 @@ def vector(scraped: Scraped, expr: str) -> list[dict]:
     return data["result"]
 
 
+def some(scraped: Scraped, expr: str) -> list[dict]:
+    """`expr`'s series, which must exist; if none, the message says how the scrapes went."""
+    result = vector(scraped, expr)
+    assert result, f"no data for {expr} ({target_health(scraped.prometheus)})"
+    return result
+
+
 def test_the_target_is_up_and_its_labels_join(scraped):
     (up,) = vector(scraped, 'up{job="netprof"}')
-    assert up["value"][1] == "1"
-    (info,) = vector(scraped, "netprof_build_info")
+    assert up["value"][1] == "1", target_health(scraped.prometheus)
+    (info,) = some(scraped, "netprof_build_info")
     assert info["metric"]["node"] == NODE and info["metric"]["version"] and info["metric"]["kernel"]
     # netprof's pod label, not the target's; the host's namespace empty, not the target's.
     host = vector(scraped, 'netprof_retransmits_total{pod="host"}')
@@ -178,15 +227,14 @@ def test_the_target_is_up_and_its_labels_join(scraped):
     # The listen overflows as every view counts them: on 6.1 the kernel frees an overflowing
     # final ACK without the TCP_LISTEN_OVERFLOW reason (it has none), so a drops series by
     # that reason would test the kernel, not the label.
-    server = vector(scraped, f'netprof_listen_overflows_total{{pod="{scraped.pods[LISTEN, "server"]}"}}')
-    assert len(server) == 1 and float(server[0]["value"][1]) > 0, server
+    server = some(scraped, f'netprof_listen_overflows_total{{pod="{scraped.pods[LISTEN, "server"]}"}}')
+    assert [float(s["value"][1]) for s in server] == [scraped.listen_overflows], server
     assert not vector(scraped, 'netprof_drops_total{pod="netprof-x1y2z"}'), "the target's pod label lost"
 
 
 @pytest.mark.parametrize("query", all_queries(), ids=lambda q: q.source)
 def test_every_shipped_query_returns_data_of_the_right_shape(scraped, query: Query):
-    result = vector(scraped, query.watched)
-    assert result, f"{query.source}: no data for {query.watched}"
+    result = some(scraped, query.watched)
     grouping = query.grouping_labels()
     for series in result:
         value = float(series["value"][1])

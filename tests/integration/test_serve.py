@@ -27,11 +27,11 @@ SERVING = re.compile(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
 class ServeProcess:
     """`netprof serve` in a subprocess; its stderr lines collected on a thread."""
 
-    def __init__(self, textfile: Path, tier: str = "full"):
+    def __init__(self, textfile: Path, tier: str = "full", interval_s: float = 0.3):
         self.proc = subprocess.Popen(
             # The full tier pinned by default: these tests read every family, softirq and NAPI
             # included, whatever the scenario's figures (serve's default `auto` starts quiet).
-            [sys.executable, "-m", "profiler.cli", "serve", "--listen", "127.0.0.1:0", "--interval", "0.3",
+            [sys.executable, "-m", "profiler.cli", "serve", "--listen", "127.0.0.1:0", "--interval", f"{interval_s:g}",
              "--textfile", str(textfile), "--tier", tier],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
