@@ -29,6 +29,9 @@ class ProfileOptions:
     tier: TierSettings = field(default_factory=TierSettings)   # the full tier, pinned
 
 
+NOTHING_CAPTURED = "interrupted before the capture started; nothing was captured"
+
+
 class ProfileSession:
     """One attach, any number of captures: each `capture()` holds only what happened during
     its own window. Attaching is the slow part of a capture (BCC compiles every program: a
@@ -43,7 +46,7 @@ class ProfileSession:
         self._sources = sources
         self._exit = contextlib.ExitStack()
         self._session: LiveSession | None = None
-        self._windows = 0
+        self._captured = False   # a window was taken: the next one starts afresh
 
     def __enter__(self) -> "ProfileSession":
         self._exit.enter_context(signals_as_interrupt())
@@ -64,23 +67,25 @@ class ProfileSession:
         try:
             session.start(self._log)
         except KeyboardInterrupt:
-            raise NetprofError("interrupted before the capture started; nothing was captured") from None
+            raise NetprofError(NOTHING_CAPTURED) from None
         self._session = session
         return session
 
     def capture(self, duration_s: float, interval_s: float = 1.0,
-                on_snapshot: Callable[[Snapshot], None] | None = None, until: Callable[[], bool] | None = None, on_started: Callable[[int, int], None] | None = None,
+                on_snapshot: Callable[[Snapshot], None] | None = None,
+                until: Callable[[], bool] | None = None,
+                on_started: Callable[[int, int], None] | None = None,
                 on_attached: Callable[[], None] | None = None) -> Capture:
-        """Sample every `interval_s` for `duration_s` from now (or until `until` first returns True at an
-        interval's end) and return what this window saw; Ctrl-C ends it early and keeps it.
-        on_started(attached, total) and on_attached() run as the window opens."""
+        """Sample every `interval_s` for `duration_s` from now (or until `until` first returns
+        True at an interval's end) and return what this window saw; Ctrl-C ends it early and
+        keeps it. on_started(attached, total) and on_attached() run as the window opens."""
         session = self.start()
         try:
-            if self._windows:
+            if self._captured:
                 # What the programs counted between two windows (a fix being applied) is
                 # read and dropped: each capture is its own window.
                 session.restart_window()
-            self._windows += 1
+            self._captured = True
             self._log(f"capturing for {duration_s:g}s ({session.loader.mode}); "
                       "Ctrl-C ends early and still reports")
             if on_started:
@@ -88,7 +93,7 @@ class ProfileSession:
             if on_attached:
                 on_attached()
         except KeyboardInterrupt:
-            raise NetprofError("interrupted before the capture started; nothing was captured") from None
+            raise NetprofError(NOTHING_CAPTURED) from None
         interrupted = False
         deadline = time.monotonic() + duration_s
         try:
@@ -129,5 +134,5 @@ def run_profile(
     however long a slow machine makes that. on_started(attached, total): the probes are in
     place and sampling begins."""
     with ProfileSession(options.tier, log=log, root=root, sources=sources) as session:
-        return session.capture(options.duration_s, options.interval_s, on_snapshot=on_snapshot, until=until, on_started=on_started,
-                               on_attached=on_attached)
+        return session.capture(options.duration_s, options.interval_s, on_snapshot=on_snapshot, until=until,
+                               on_started=on_started, on_attached=on_attached)
