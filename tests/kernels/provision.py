@@ -18,7 +18,9 @@ from pathlib import Path
 
 from .matrix import KernelSpec
 
-HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "file")
+# kmod: virtme-ng runs depmod over every kernel's modules. A kernel installed from apt pulls
+# it in; an unpacked one (the newer suites, bullseye) on a fresh machine does not.
+HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "file", "kmod")
 DEFAULT_CACHE = Path(os.environ.get("NETPROF_KERNELS_CACHE", "/var/cache/netprof-kernels"))
 ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Another apt-get on the machine (a helper, unattended upgrades) holds dpkg's lock: wait.
