@@ -82,16 +82,26 @@ def read_layout(btf: Btf) -> KernelLayout:
         macro: sum(btf.field_offset(struct, path) for struct, path in parts)
         for macro, parts in OFFSET_MACROS.items()
     }
-    reasons = {
-        value: name.removeprefix("SKB_DROP_REASON_")
-        for name, value in btf.enum("skb_drop_reason").items()
-    }
+    reasons = drop_reasons_of(btf)
     vectors = {
         value: name.removesuffix("_SOFTIRQ")
         for name, value in btf.enum_containing("NET_RX_SOFTIRQ").items()
         if name != "NR_SOFTIRQS"
     }
     return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors)
+
+
+def drop_reasons_of(btf: Btf) -> dict[int, str]:
+    """Value → name of enum skb_drop_reason; empty on kernels before 5.17, which have no
+    such enum (skb:kfree_skb has no `reason` there, and the drops probe says so itself:
+    one missing enum must not stop every other probe)."""
+    from .btf import BtfError
+
+    try:
+        enum = btf.enum("skb_drop_reason")
+    except BtfError:
+        return {}
+    return {value: name.removeprefix("SKB_DROP_REASON_") for name, value in enum.items()}
 
 
 def read_layout_from_tracefs(tracefs: str) -> KernelLayout:

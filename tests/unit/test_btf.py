@@ -95,6 +95,16 @@ def test_missing_things_raise_clear_errors(btf):
         Btf.from_file(Path("/nonexistent/vmlinux"))
 
 
+def test_a_kernel_without_drop_reasons_has_an_empty_table(btf):
+    # Linux 5.10 (Debian 11) has BTF but no enum skb_drop_reason (added in 5.17): reading
+    # the layout failed there, and took every probe down with it.
+    from profiler.kernel.offsets import drop_reasons_of
+
+    with pytest.raises(BtfError):
+        btf.enum("skb_drop_reason")
+    assert drop_reasons_of(btf) == {}
+
+
 @pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").is_file(), reason="this kernel has no BTF")
 def test_live_kernel_btf_has_what_netprof_needs():
     from profiler.kernel.offsets import read_layout
