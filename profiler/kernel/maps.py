@@ -23,6 +23,12 @@ def possible_cpus() -> int:
     return len(get_possible_cpus())
 
 
+# The kernel's own ENOTSUPP (524): what a map type without batch operations gives on 5.10;
+# it is no userspace errno, so the errno module lacks it.
+KERNEL_ENOTSUPP = 524
+NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, KERNEL_ENOTSUPP)
+
+
 @dataclass
 class MapLayout:
     key: np.dtype
@@ -112,8 +118,7 @@ class MapReader:
             if res != 0:
                 if err == errno.ENOENT or -res == errno.ENOENT:
                     return total  # walked the whole map
-                if first and (err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP) or
-                              -res in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)):
+                if first and (err in NO_BATCH_ERRNOS or -res in NO_BATCH_ERRNOS):
                     return None  # this kernel or map type has no batch lookup
                 raise OSError(err or -res, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err or -res)}")
             if count.value == 0:

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from profiler.kernel.maps import counter_deltas
@@ -52,3 +53,36 @@ def test_previous_read_was_an_empty_map():
     assert d["retransmits"].tolist() == [3] and d["segments"].tolist() == [4]
     plain = counter_deltas(keys(), np.zeros(0, np.uint64), keys((1, 80, 0)), np.array([9], np.uint64))
     assert plain.tolist() == [9]
+
+
+def test_a_kernel_without_batch_lookup_falls_back_to_iteration(monkeypatch):
+    # Debian 11's 5.10 answers BPF_MAP_LOOKUP_BATCH with the kernel-internal ENOTSUPP (524),
+    # which no userspace errno names: it ended the capture with an internal error.
+    import ctypes
+
+    pytest.importorskip("bcc")
+    from bcc import libbcc
+
+    from profiler.kernel import maps
+
+    class Table:
+        Key = ctypes.c_uint32
+        Leaf = ctypes.c_uint64
+        max_entries = 8
+        map_fd = -1
+
+        def items(self):
+            return [(ctypes.c_uint32(3), ctypes.c_uint64(30)), (ctypes.c_uint32(5), ctypes.c_uint64(50))]
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        return -maps.KERNEL_ENOTSUPP
+
+    monkeypatch.setattr(libbcc.lib, "bpf_lookup_batch", refuse)
+    reader = maps.MapReader(Table(), maps.MapLayout(np.dtype([("k", "<u4")]), np.dtype([("v", "<u8")])))
+    for _ in range(2):
+        keys, values = reader.read()
+        assert keys["k"].tolist() == [3, 5] and values["v"].tolist() == [30, 50]
+    assert len(calls) == 1  # asked once; the map's answer is remembered
