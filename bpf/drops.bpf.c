@@ -16,6 +16,11 @@
  * is the one that called kfree_skb: for CPU_BACKLOG that is the CPU enqueuing the packet,
  * not the CPU whose backlog was full (softnet_stat's `dropped` charges that one).
  *
+ * Before 5.17 (-DNETPROF_DROP_REASONS_FROM_SITES) the tracepoint has no reason: every
+ * kfree_skb() reaches it, drops and ordinary frees alike, and a drop's reason is its call
+ * site's (struct drop_site_reason in drops.h); a free at any other site is NOT_SPECIFIED,
+ * as a generic kfree_skb() is on later kernels, and is tallied, not counted.
+ *
  * Hook: raw tracepoint sock_rcvqueue_full (only with -DNETPROF_DROPS_RCVQUEUE_FULL). Its
  * tracefs record holds rmem_alloc, truesize and sk_rcvbuf but no socket, so the raw
  * tracepoint's first argument (struct sock *) gives the namespace. It fires in
@@ -71,6 +76,26 @@ BPF_F_TABLE("percpu_hash", struct drop_key, struct drop_count, drops_by_netns_re
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
 BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);
+
+#ifdef NETPROF_DROP_REASONS_FROM_SITES
+BPF_ARRAY(drop_site_reasons, struct drop_site_reason, DROP_SITE_ROWS);
+
+/* The reason of the function `location` lies in; NOT_SPECIFIED outside all of them. A
+ * handful of rows, each a constant-index array load the verifier inlines. */
+static __always_inline u32 reason_of_site(u64 location)
+{
+#pragma unroll
+    for (int row = 0; row < DROP_SITE_ROWS; row++) {
+        int index = row;
+        struct drop_site_reason *site = drop_site_reasons.lookup(&index);
+        if (!site || !site->end)
+            break;
+        if (location >= site->start && location < site->end)
+            return site->reason;
+    }
+    return (u32)NETPROF_DROP_REASON_NOT_SPECIFIED;
+}
+#endif
 
 #ifdef NETPROF_DROPS_FLOWS
 #if !defined(NETPROF_SKB_HEAD_OFFSET) || !defined(NETPROF_SKB_NETWORK_HEADER_OFFSET)
@@ -336,7 +361,11 @@ static __always_inline void count_listen_overflow(const void *listener, u32 netn
 
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
+#ifdef NETPROF_DROP_REASONS_FROM_SITES
+    u32 reason = reason_of_site((u64)args->location);
+#else
     u32 reason = (u32)args->reason;
+#endif
 
     if (reason == (u32)NETPROF_DROP_REASON_NOT_SPECIFIED) {
         count_uncounted(UNCOUNTED_NOT_SPECIFIED);

@@ -51,6 +51,18 @@ struct drop_flow_key {
     u8 daddr[16];
 };
 
+/* Kernels before 5.17 give skb:kfree_skb no reason (-DNETPROF_DROP_REASONS_FROM_SITES): a
+ * drop's reason is then its call site's, from the functions whose drops all mean one thing
+ * (enqueue_to_backlog: CPU_BACKLOG). User space writes each such function's text range
+ * into `drop_site_reasons` (profiler/probes/drop_sites.py); rows past the last have end 0. */
+struct drop_site_reason {
+    u64 start;        /* [start, end): the function's text, from /proc/kallsyms */
+    u64 end;
+    u32 reason;       /* a value of profiler/probes/drop_sites.py's SITE_REASONS */
+    u32 _pad;
+};
+#define DROP_SITE_ROWS 16
+
 /* Slots of the per-CPU `drops_uncounted` array: frees that are not drops, and drops a full
  * map could not hold. */
 enum drops_uncounted_slot {

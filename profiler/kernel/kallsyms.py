@@ -12,6 +12,7 @@ contents so tests run on fixtures.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +155,19 @@ class Kallsyms:
         symbol, offset = found
         prefix = f"[{symbol.module}]" if symbol.module else ""
         return f"{prefix}{symbol.name}+0x{offset:x}"
+
+    def function_ranges(self, name: str) -> list[tuple[int, int]]:
+        """[start, end) of each kernel-image text symbol called `name` (a static function can
+        have several); end is the next symbol's address, kallsyms having no sizes. Module
+        symbols are left out: a module can be unloaded and its text reused."""
+        pattern = re.compile(rb"^([0-9a-fA-F]{1,16}) [tTwW] " + re.escape(name.encode()) + rb"$", re.MULTILINE)
+        ranges = []
+        for match in pattern.finditer(self._data):
+            start = int(match.group(1), 16)
+            if not start:
+                continue
+            index = int(np.searchsorted(self._addresses, np.uint64(start), side="right"))
+            end = int(self._addresses[index]) if index < len(self._addresses) else start + MAX_FUNCTION_OFFSET
+            ranges.append((start, min(end, start + MAX_FUNCTION_OFFSET)))
+        return sorted(set(ranges))
+

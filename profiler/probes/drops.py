@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ..errors import NetprofError
 from ..kernel.features import tracepoint_fields
+from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from ..kernel.stacks import (
@@ -22,8 +23,11 @@ from ..kernel.stacks import (
     write_stacks_paused,
 )
 from .base import ProbeStatus
+from .drop_sites import SITE_REASONS, SiteRange, site_ranges, write_site_ranges
 
 TRACEPOINT = "skb:kfree_skb"
+# Said after the method in the probe's status when reasons come from call sites.
+VIA_SITES = "(reasons from call sites)"
 RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
 MAX_NETNS = 4096
 # (call site, netns, reason) triples: a pod drops for a few reasons at a few sites each, so
@@ -204,8 +208,18 @@ class DropProbe:
     rcvqueue_name = "rcvqueue_full"
     stacks_name = "drop_stacks"
 
-    def __init__(self, stacks: bool = True, flows: bool = True, stack_share: float = DEFAULT_STACK_SHARE) -> None:
+    def __init__(self, stacks: bool = True, flows: bool = True, stack_share: float = DEFAULT_STACK_SHARE,
+                 kallsyms: Callable[[], Kallsyms] = Kallsyms.load, reasons_from_sites: bool | None = None) -> None:
+        """kallsyms: where the call sites' functions are read, on a kernel without drop
+        reasons (drop_sites.py). reasons_from_sites: None, only on such a kernel; True on
+        any kernel (a test of that path on this one)."""
         self._flows = flows
+        self._kallsyms = kallsyms
+        self._force_sites = bool(reasons_from_sites)
+        # Value → name of the reasons the program counts by: this kernel's enum, or
+        # drop_sites.SITE_REASONS where reasons come from call sites. Set by attach().
+        self.reason_names: Mapping[int, str] = MappingProxyType({})
+        self.site_ranges: list[SiteRange] = []
         self._stack_cflags = (*STACK_CFLAGS, *stack_sampling_cflags(stack_share))
         self._stack_share = stack_share
         self._generations: StackGenerations | None = None
@@ -224,17 +238,25 @@ class DropProbe:
         rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
         stacks_via = f"bpf_get_stackid at tracepoint:{TRACEPOINT}"
         fields = tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
-        if fields and "reason" not in fields:
-            why = "skb:kfree_skb has no `reason` field on this kernel (added in Linux 5.17)"
-            self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
-            self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
-            return ProbeStatus(self.name, False, via, why)
+        from_sites = self._force_sites or bool(fields and "reason" not in fields)
+        names = SITE_REASONS if from_sites else loader.layout.drop_reasons
+        if from_sites:
+            # The tracepoint has no reason before Linux 5.17: the call site gives it.
+            via = f"{via} {VIA_SITES}"
+            self.site_ranges = site_ranges(self._kallsyms())
+            if not self.site_ranges:
+                why = ("skb:kfree_skb has no `reason` field on this kernel (added in Linux 5.17), and "
+                       "/proc/kallsyms names none of the functions a reason can be read from")
+                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
+                self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
+                return ProbeStatus(self.name, False, via, why)
         cflags = [
+            *(("-DNETPROF_DROP_REASONS_FROM_SITES",) if from_sites else ()),
             *(FLOW_CFLAGS if self._flows else ()),
             f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
             f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}",
             f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
-            *reason_cflags(loader.layout.drop_reasons),
+            *reason_cflags(names),
         ]
         # An unreadable format file is taken to be a current kernel: if it is not, the
         # compile fails and the status says so.
@@ -270,6 +292,9 @@ class DropProbe:
             self.stacks_status = ProbeStatus(self.stacks_name, self._stacks, stacks_via,
                                              None if self._stacks else errors.get((True, rcvqueue_loaded)))
         table = self._bpf.get_table
+        if from_sites:
+            write_site_ranges(table(b"drop_site_reasons"), self.site_ranges)
+        self.reason_names = MappingProxyType(dict(names))
         self._readers = {
             "drops": MapReader(table(b"drops_by_netns_reason_site"), MapLayout(DROP_KEY, DROP_COUNT, percpu=True)),
             "listen": MapReader(table(b"listen_overflows_by_port"), MapLayout(LISTEN_KEY, COUNT)),

@@ -44,16 +44,18 @@ class DropSource(ProbeSource[DropCounts]):
     probe: DropProbe
 
     def __init__(self, probe: DropProbe | None = None, kallsyms: Kallsyms | None = None):
-        super().__init__(probe or DropProbe())
+        self._stacks = StackSymbolizer(kallsyms)
+        # One parse of /proc/kallsyms for both: the probe's call sites (kernels without drop
+        # reasons) and the names of sites and stacks.
+        super().__init__(probe or DropProbe(kallsyms=self._stacks.kallsyms))
         self._symbols: dict[int, str] = {}
         self._reason_names: Mapping[int, str] = {}
-        self._stacks = StackSymbolizer(kallsyms)
         # Frees the probe saw and did not count as drops (NOT_SPECIFIED, ...), since attach.
         self.ignored_totals: Mapping[str, int] = MappingProxyType({})
 
     def attach(self, loader: BpfLoader) -> list[ProbeStatus]:
         statuses = super().attach(loader)
-        self._reason_names = dict(loader.layout.drop_reasons)
+        self._reason_names = self.probe.reason_names
         if self.probe.rcvqueue_status is not None:
             statuses.append(self.probe.rcvqueue_status)
         stacks_status = getattr(self.probe, "stacks_status", None)

@@ -44,12 +44,14 @@ def counts(netns=(), cpus=(), sites=(), listeners=(), rcvqueue=(), uncounted=Non
 
 class FakeProbe:
     name = "skb_drops"
+    reason_names: dict = {}
 
     def __init__(self, reads: list[DropCounts]):
         self.reads = list(reads)
         self.rcvqueue_status = ProbeStatus("rcvqueue_full", True, "raw_tracepoint:sock_rcvqueue_full")
 
     def attach(self, loader) -> ProbeStatus:
+        self.reason_names = loader.layout.drop_reasons  # as DropProbe on a kernel with drop reasons
         return ProbeStatus(self.name, True, "tracepoint:skb:kfree_skb")
 
     def read(self, flush: bool = False) -> DropCounts:

@@ -143,6 +143,7 @@ class FakeDropProbe:
         self.stacks_status = ProbeStatus("drop_stacks", True, "bpf_get_stackid at tracepoint:skb:kfree_skb")
 
     def attach(self, loader) -> ProbeStatus:
+        self.reason_names = loader.layout.drop_reasons  # as DropProbe on a kernel with drop reasons
         return ProbeStatus(self.name, True, "tracepoint:skb:kfree_skb")
 
     def read(self, flush: bool = False) -> DropCounts:

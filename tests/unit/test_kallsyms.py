@@ -120,3 +120,17 @@ def test_hostile_bytes_parse_to_a_table_and_never_raise():
         table = Kallsyms.parse(blob + b"\nffffffff81000000 T real_one\n")
         assert table.symbolize(0xFFFFFFFF81000010) == "real_one+0x10"
     assert len(Kallsyms.parse(b"")) == 0 and Kallsyms.parse("").symbolize(5) == "0x5"
+
+
+def test_function_ranges_end_at_the_next_text_symbol():
+    table = Kallsyms.parse(KALLSYMS + "ffffffff81e60b80 t enqueue_to_backlog\n")
+    # Two static functions of one name; each ends where the next text symbol starts (the
+    # data symbol in between is no function's end).
+    assert table.function_ranges("enqueue_to_backlog") == [
+        (0xFFFFFFFF81E60AF0, 0xFFFFFFFF81E60B80), (0xFFFFFFFF81E60B80, 0xFFFFFFFF81E61000)]
+    assert table.function_ranges("udp_queue_rcv_one_skb") == [(0xFFFFFFFF82047670, 0xFFFFFFFF82047670 + MAX_FUNCTION_OFFSET)]
+    assert table.function_ranges("nf_conntrack_in") == []      # a module's: its text can go away
+    assert table.function_ranges("some_data_symbol") == []
+    assert table.function_ranges("enqueue_to") == []            # whole names only
+    assert table.function_ranges("udp.queue_rcv_one_skb") == []  # a name, not a pattern
+    assert Kallsyms.parse("0000000000000000 t enqueue_to_backlog\n").function_ranges("enqueue_to_backlog") == []
