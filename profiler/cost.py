@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from .kernel.loader import BpfLoader
 from .kernel.kernel_files import read_kernel_text
@@ -437,14 +438,16 @@ class RecursionMissCounter:
         self._loaded = loaded  # MeteredLoader.loaded: grows while sources attach
         self.proc = proc
         self._previous: dict[tuple[str, str], ProgramRunStats] = {}
+        # Every program's counters as the last call read them: the cost meter takes them
+        # from here (CostMeter.read), so each interval reads each fdinfo once, not twice.
+        self.last_stats: Mapping[tuple[str, str], ProgramRunStats] = MappingProxyType({})
 
     def misses_since_last(self) -> dict[str, int]:
         """lost-events key → runs skipped since the previous call (since load, the first time)."""
         misses: dict[str, int] = {}
-        for program, hook, fd in loaded_program_fds(self._loaded):
-            now = read_prog_stats(fd, self.proc)
-            if now is None:
-                continue
+        stats = read_loaded_program_stats(self._loaded, self.proc)
+        self.last_stats = MappingProxyType(stats)
+        for (program, hook), now in stats.items():
             before = self._previous.get((program, hook))
             self._previous[(program, hook)] = now
             if before is not None and before.prog_id != now.prog_id:
@@ -463,10 +466,20 @@ class CostMeter:
         self._loaded = loaded
         self.proc = proc
 
-    def read(self) -> CostReading:
-        programs: dict[tuple[str, str], ProgramRunStats] = {}
-        for program, hook, fd in loaded_program_fds(self._loaded):
-            stats = read_prog_stats(fd, self.proc)
-            if stats is not None:
-                programs[(program, hook)] = stats
-        return CostReading(time.monotonic(), programs, read_process_usage(self.proc))
+    def read(self, programs: Mapping[tuple[str, str], ProgramRunStats] | None = None) -> CostReading:
+        """programs: the counters as just read elsewhere in this interval (the recursion
+        miss counter's), instead of reading every fdinfo again."""
+        if programs is None:
+            programs = read_loaded_program_stats(self._loaded, self.proc)
+        return CostReading(time.monotonic(), dict(programs), read_process_usage(self.proc))
+
+
+def read_loaded_program_stats(loaded: Sequence[tuple[str, object]],
+                              proc: Path = Path("/proc")) -> dict[tuple[str, str], ProgramRunStats]:
+    """(program, hook) → counters of every program still loaded."""
+    programs: dict[tuple[str, str], ProgramRunStats] = {}
+    for program, hook, fd in loaded_program_fds(loaded):
+        stats = read_prog_stats(fd, proc)
+        if stats is not None:
+            programs[(program, hook)] = stats
+    return programs

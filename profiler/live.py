@@ -117,7 +117,7 @@ class LiveSession:
             raise RuntimeError("sample() before start()")
         snapshot = self._switch_tier(self._sampler.sample(final))
         self._remember_identities(pod.netns for pod in snapshot.pods)
-        reading = self._meter.read() if self._meter is not None else None
+        reading = self._meter.read(self._sampler.program_stats) if self._meter is not None else None
         timed = self._stats is not None and self._stats.enabled
         if reading is not None:
             self._time_next_interval()

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .cost import MeteredLoader, RecursionMissCounter
+from .cost import MeteredLoader, ProgramRunStats, RecursionMissCounter
 from .kernel.loader import BpfLoader
 from .errors import NetprofError
 from .pods import PodDirectory
@@ -68,6 +68,12 @@ class Sampler:
         return_freed_heap()
         self._last_read_s = time.monotonic()
         return self.statuses
+
+    @property
+    def program_stats(self) -> Mapping[tuple[str, str], ProgramRunStats] | None:
+        """Every program's run counters as the last sample read them (None when this loader
+        lists no programs): the cost meter's, without a second read."""
+        return self._misses.last_stats if self._misses is not None else None
 
     @property
     def any_attached(self) -> bool:

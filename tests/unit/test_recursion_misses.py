@@ -139,3 +139,25 @@ def test_every_view_shows_the_skipped_runs(tmp_path):
     panel = io.StringIO()
     Console(file=panel, width=200, color_system=None).print(render_probes(doc))
     assert f"{DROPS_KEY} 91" in panel.getvalue()
+
+
+def test_the_cost_meter_reuses_the_intervals_one_read_of_each_program(tmp_path, monkeypatch):
+    # Each interval read every program's fdinfo twice (misses, then the cost meter): one
+    # read now serves both, with the same counters.
+    from profiler import cost
+
+    proc = RecordedProc(tmp_path / "proc")
+    sampler = Sampler(PodDirectory([]), [FullMapSource()], proc=proc.root)
+    loaded = loaded_programs()
+    sampler.attach(RecordedLoader(loaded))
+    meter = cost.CostMeter(loaded, proc=proc.root)
+    proc.set(21, prog_fdinfo(1590, 5000, 3))
+    proc.set(22, prog_fdinfo(1591, 700, 0))
+    reads = []
+    real_read = cost.read_prog_stats
+    monkeypatch.setattr(cost, "read_prog_stats", lambda fd, root: reads.append(fd) or real_read(fd, root))
+    sampler.sample()
+    reading = meter.read(sampler.program_stats)
+    assert sorted(reads) == [21, 22]
+    assert reading.programs == meter.read().programs  # what a read of its own gives
+    assert reading.programs[("drops", "tracepoint:skb:kfree_skb")].run_count == 5000
