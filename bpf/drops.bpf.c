@@ -70,9 +70,17 @@ enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
  * own counter (no atomics, no cache line shared with other CPUs), and one hash operation
  * per drop where per-netns, per-CPU and per-site maps took three. Allocated as keys appear
  * rather than preallocated: a preallocated per-CPU map costs max_entries × 8 B on every
- * CPU whether or not anything drops. Full → counted in UNCOUNTED_DROPS_MAP_FULL. */
+ * CPU whether or not anything drops. Full → counted in UNCOUNTED_DROPS_MAP_FULL.
+ * Before 6.1 (-DNETPROF_DROPS_PREALLOC) allocating in a tracing program is unsafe (the
+ * tracepoint can fire inside the allocator; 5.10 warns "trace type BPF program uses
+ * run-time allocation"): there the map is preallocated, with fewer keys. */
+#ifdef NETPROF_DROPS_PREALLOC
+#define NETPROF_DROPS_MAP_FLAGS 0
+#else
+#define NETPROF_DROPS_MAP_FLAGS BPF_F_NO_PREALLOC
+#endif
 BPF_F_TABLE("percpu_hash", struct drop_key, struct drop_count, drops_by_netns_reason_site, NETPROF_DROPS_MAX_KEYS,
-            BPF_F_NO_PREALLOC);
+            NETPROF_DROPS_MAP_FLAGS);
 BPF_HASH(listen_overflows_by_port, struct listen_overflow_key, u64, NETPROF_DROPS_MAX_LISTENERS);
 BPF_HASH(rcvqueue_full_by_netns, u32, u64, NETPROF_MAX_NETNS);
 BPF_PERCPU_ARRAY(drops_uncounted, u64, UNCOUNTED_SLOTS);

@@ -149,13 +149,21 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
         sample_retransmit_stack(args, netns);
 #endif
 
+#ifdef NETPROF_RETRANSMIT_HAS_FAMILY
+    u16 family = args->family;
+#else
+    /* The record has no family before 5.11 (Debian 11's 5.10): the socket's own. Either
+     * way saddr/daddr hold the IPv4 addresses and saddr_v6/daddr_v6 the IPv6 ones. */
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), (const char *)args->skaddr + NETPROF_SOCK_FAMILY_OFFSET);
+#endif
     struct retransmit_flow_key key = {};
     key.netns_inode = netns;
-    key.family = args->family;
+    key.family = family;
     key.sport = args->sport;
     key.dport = args->dport;
     key.state = args->state;
-    if (args->family == NETPROF_AF_INET6) {
+    if (family == NETPROF_AF_INET6) {
         __builtin_memcpy(key.saddr, args->saddr_v6, 16);
         __builtin_memcpy(key.daddr, args->daddr_v6, 16);
     } else {

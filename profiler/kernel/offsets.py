@@ -25,6 +25,9 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     "NETPROF_NETDEV_NET_OFFSET": (("net_device", "nd_net"),),
     # Local port of a socket, host byte order (a listener's port for listen overflows).
     "NETPROF_SOCK_NUM_OFFSET": (("sock", "__sk_common.skc_num"),),
+    # A socket's address family: what tcp_retransmit_skb's record says itself since 5.11
+    # (bpf/retransmits.bpf.c reads it from the socket before that).
+    "NETPROF_SOCK_FAMILY_OFFSET": (("sock", "__sk_common.skc_family"),),
     # napi_poll names the device but not its netns, and every pod has an "eth0":
     # napi->dev, then NETPROF_NETDEV_NET_OFFSET (bpf/napi.bpf.c).
     "NETPROF_NAPI_DEV_OFFSET": (("napi_struct", "dev"),),
@@ -55,6 +58,7 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_SKB_SK_OFFSET": "__builtin_offsetof(struct sk_buff, sk)",
     "NETPROF_NETDEV_NET_OFFSET": "__builtin_offsetof(struct net_device, nd_net)",
     "NETPROF_SOCK_NUM_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_num)",
+    "NETPROF_SOCK_FAMILY_OFFSET": "__builtin_offsetof(struct sock, __sk_common.skc_family)",
     "NETPROF_NAPI_DEV_OFFSET": "__builtin_offsetof(struct napi_struct, dev)",
     "NETPROF_NETDEV_NAME_OFFSET": "__builtin_offsetof(struct net_device, name)",
     "NETPROF_SKB_HEAD_OFFSET": "__builtin_offsetof(struct sk_buff, head)",

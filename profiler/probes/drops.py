@@ -17,6 +17,7 @@ from ..kernel.features import tracepoint_fields
 from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
+from ..kernel.shim import kernel_version_code
 from ..kernel.stacks import (
     DEFAULT_STACK_SHARE, STACK_LOST_KEY, STACK_LOST_SLOTS, STACK_SAMPLER, StackFold, StackGenerations,
     StackSampling, StackTail, read_stack_sampler, read_stacks_lost, stack_sampling_cflags,
@@ -33,6 +34,10 @@ MAX_NETNS = 4096
 # (call site, netns, reason) triples: a pod drops for a few reasons at a few sites each, so
 # this holds a few thousand dropping pods. Allocated as keys appear (8 B per CPU each).
 MAX_DROP_KEYS = 16384
+# Before 6.1 a tracing program must not allocate map entries at run time (bpf_mem_alloc came
+# in 6.1): the map is preallocated there, every key on every CPU, so it holds fewer.
+RUNTIME_ALLOCATION_SAFE_FROM = (6, 1)
+MAX_DROP_KEYS_PREALLOCATED = 4096
 MAX_LISTENERS = 4096        # (netns, port) of listeners that overflowed
 # Kernel stacks: distinct drop paths on a node number in the hundreds; a stack map entry
 # takes ~1 KiB (127 frames), so 2 generations × 2048 of them is 4 MiB of locked kernel
@@ -194,6 +199,32 @@ def reason_cflags(names: Mapping[int, str]) -> list[str]:
     return flags
 
 
+def drop_map_cflags(release: str) -> list[str]:
+    """The drop counter map's size and allocation for this kernel release."""
+    if kernel_version_code(release) < kernel_version_code("{}.{}".format(*RUNTIME_ALLOCATION_SAFE_FROM)):
+        return ["-DNETPROF_DROPS_PREALLOC", f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS_PREALLOCATED}"]
+    return [f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}"]
+
+
+def program_cflags(release: str, fields: set[str], names: Mapping[int, str], from_sites: bool,
+                   flows: bool) -> list[str]:
+    """The drop program's macros for this kernel, optional parts (stacks, the receive-queue
+    hook) aside. fields: skb:kfree_skb's; names: the reasons counted by (value → name)."""
+    cflags = [
+        *(("-DNETPROF_DROP_REASONS_FROM_SITES",) if from_sites else ()),
+        *(FLOW_CFLAGS if flows else ()),
+        f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
+        *drop_map_cflags(release),
+        f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
+        *reason_cflags(names),
+    ]
+    # An unreadable format file is taken to be a current kernel: if it is not, the compile
+    # fails and the status says so.
+    if "rx_sk" in fields or not fields:
+        cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
+    return cflags
+
+
 STACK_CFLAGS = (
     "-DNETPROF_DROPS_STACKS",
     f"-DNETPROF_DROPS_MAX_STACKS={MAX_STACKS}",
@@ -250,18 +281,7 @@ class DropProbe:
                 self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
                 self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
                 return ProbeStatus(self.name, False, via, why)
-        cflags = [
-            *(("-DNETPROF_DROP_REASONS_FROM_SITES",) if from_sites else ()),
-            *(FLOW_CFLAGS if self._flows else ()),
-            f"-DNETPROF_MAX_NETNS={MAX_NETNS}",
-            f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}",
-            f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
-            *reason_cflags(names),
-        ]
-        # An unreadable format file is taken to be a current kernel: if it is not, the
-        # compile fails and the status says so.
-        if "rx_sk" in fields or not fields:
-            cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
+        cflags = program_cflags(loader.info.release, fields, names, from_sites, self._flows)
         # Everything first; then without the optional parts, so a kernel that refuses one
         # (stack maps, the raw tracepoint) still gets the drop counts. Each optional part's
         # error is that of the attempt that differed from the loaded one only by it.

@@ -99,8 +99,12 @@ class RetransmitProbe:
         via = f"tracepoint:{TRACEPOINT}"
         base = [f"-DNETPROF_MAX_NETNS={MAX_NETNS}", f"-DNETPROF_MAX_FLOWS={MAX_FLOWS}"]
         # The `err` field exists on newer kernels only: ask the tracepoint, not the version.
-        if "err" in tracepoint_fields(loader.info.tracefs, "tcp/tcp_retransmit_skb"):
+        fields = tracepoint_fields(loader.info.tracefs, "tcp/tcp_retransmit_skb")
+        if "err" in fields:
             base.append("-DNETPROF_RETRANSMIT_HAS_ERR")
+        # `family` too: 5.10 has none. An unreadable format is taken to be a current kernel.
+        if "family" in fields or not fields:
+            base.append("-DNETPROF_RETRANSMIT_HAS_FAMILY")
         stacks_error: str | None = "not asked for"
         if self._want_stacks:
             try:

@@ -38,12 +38,10 @@ def test_drops_compiles_with_the_header_paths_offset_expressions(loader, tmp_pat
         "#define NETPROF_SKB_NETWORK_HEADER_OFFSET __builtin_offsetof(struct netprof_fake_skb, network_header)\n")
     from profiler.probes import drops
 
-    cflags = [*drops.FLOW_CFLAGS, f"-DNETPROF_MAX_NETNS={drops.MAX_NETNS}",
-              f"-DNETPROF_DROPS_MAX_KEYS={drops.MAX_DROP_KEYS}",
-              f"-DNETPROF_DROPS_MAX_LISTENERS={drops.MAX_LISTENERS}",
-              *drops.reason_cflags(loader.layout.drop_reasons)]
     fields = drops.tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
-    if "rx_sk" in fields or not fields:  # as DropProbe decides (6.1's tracepoint has none)
-        cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
+    from_sites = bool(fields) and "reason" not in fields  # as DropProbe decides (5.10 has no reason)
+    cflags = drops.program_cflags(loader.info.release, fields,
+                                  drops.SITE_REASONS if from_sites else loader.layout.drop_reasons,
+                                  from_sites, flows=True)
     bpf = loader.compile("drops", [*cflags, "-include", str(header)])
     bpf.cleanup()

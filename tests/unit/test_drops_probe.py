@@ -121,3 +121,15 @@ def test_an_empty_map_folds_into_empty_views_with_a_column_per_cpu():
     views = fold_drop_counts(np.zeros(0, DROP_KEY), np.zeros((0, 3), COUNT))
     assert len(views.netns_reasons) == len(views.sites) == 0
     assert views.per_cpu_reason.shape == (0, 3)
+
+
+def test_kernels_before_6_1_get_a_preallocated_drop_map():
+    # 5.10 warned "trace type BPF program uses run-time allocation" at load: allocating from a
+    # tracepoint that can fire inside the allocator is unsafe before bpf_mem_alloc (6.1).
+    from profiler.probes.drops import MAX_DROP_KEYS, MAX_DROP_KEYS_PREALLOCATED, drop_map_cflags
+
+    assert drop_map_cflags("5.10.0-32-amd64") == ["-DNETPROF_DROPS_PREALLOC",
+                                                  f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS_PREALLOCATED}"]
+    assert drop_map_cflags("6.0.19") == drop_map_cflags("5.10.0-32-amd64")
+    assert drop_map_cflags("6.1.0-41-amd64") == [f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}"]
+    assert drop_map_cflags("6.18.44-fc") == [f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}"]
