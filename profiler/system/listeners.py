@@ -302,6 +302,9 @@ class ListenerSampler:
         self._hot_until: dict[int, float] = {}  # netns → sampled every period_s until then
         self._pass = 0
         self._stop = threading.Event()
+        # Set by heat(), track() and stop(): the thread sleeps until the next pod is due, which
+        # for idle pods is idle_period_s away, and these must not wait that long.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.cpu_s = 0.0        # CPU time the sampling passes took (thread time)
         self.passes = 0
@@ -329,6 +332,17 @@ class ListenerSampler:
             self._paths.update({i: new[i] for i in opened})
         for handle in closing:
             handle.close()
+        if opened:
+            self._wake.set()  # a new pod is due now
+
+    def next_due(self, now: float | None = None) -> float:
+        """When the next pod is due (a pod never sampled is due now); idle_period_s from now
+        when no pod is tracked."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._handles:
+                return now + self.idle_period_s
+            return min(self._due.get(inode, now) for inode in self._handles)
 
     def heat(self, inodes: Iterable[int], now: float | None = None) -> None:
         """Sample these pods every period_s from now on, for HOT_HOLD_S (their overflow
@@ -339,6 +353,7 @@ class ListenerSampler:
                 if inode in self._handles:
                     self._hot_until[inode] = now + HOT_HOLD_S
                     self._due[inode] = min(self._due.get(inode, now), now)
+        self._wake.set()
 
     def sample_once(self, now: float | None = None) -> None:
         """Query every pod that is due. A pod is sampled every period_s while hot (a queue
@@ -425,20 +440,21 @@ class ListenerSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        next_at = time.monotonic()
         while not self._stop.is_set():
+            self._wake.clear()  # before the pass: a heat() during it wakes the next wait
             self.sample_once()
-            next_at += self.period_s
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                # Fell behind (many pods, a busy CPU): skip the missed samples, don't burst.
-                next_at = time.monotonic()
-                delay = 0
-            self._stop.wait(delay)
+            # Asleep until the next pod is due: with every pod idle that is once per
+            # idle_period_s, not ten wake-ups a second that find nothing to do. Never sooner
+            # than half a period (sample_once's slack), so a pod behind its time (many pods,
+            # a busy CPU) is caught up at the next pass, not in a burst.
+            now = time.monotonic()
+            delay = min(max(self.next_due(now) - now, self.period_s / 2), self.idle_period_s)
+            self._wake.wait(delay)
 
     def stop(self) -> None:
         """Stop the thread and close every pod's socket (releasing its netns)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

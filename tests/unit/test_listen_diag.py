@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,27 @@ def test_sampling_periods_must_make_sense():
     for fast, idle in ((0, 1.0), (0.5, 0.1)):
         with pytest.raises(ValueError):
             ListenerSampler(fast, idle_period_s=idle)
+
+
+def test_the_thread_sleeps_until_a_pod_is_due_and_wakes_when_one_heats():
+    # It woke every period (10 times a second) to find every idle pod not due yet.
+    idle = FakeNetns([[row(0, inode=1)]] * 1000)
+    sampler = ListenerSampler(0.05, idle_period_s=30.0, open_netns=lambda path: idle)
+    sampler.track({11: Path("11")})
+    assert sampler.next_due(now=5.0) == 5.0          # never sampled: due now
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sampler.passes < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)                              # ten periods
+        assert sampler.passes == 1
+        assert sampler.next_due() > time.monotonic() + 20
+        sampler.heat([11])
+        while sampler.passes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler.passes >= 2, "heat() did not wake the thread"
+    finally:
+        started = time.monotonic()
+        sampler.stop()
+    assert time.monotonic() - started < 5             # stop() wakes it too, 30 s before its pod is due
