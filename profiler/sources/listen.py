@@ -75,10 +75,11 @@ class NetnsCounterDeltas:
     """
 
     def __init__(self, names: tuple[str, ...] = NETSTAT_COUNTERS,
-                 read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
+                 read_counters: BatchReader[Mapping[str, int]] | None = None,
                  schedule: NetnsSchedule | None = None):
         self.names = names
-        self._read = read_counters
+        wanted = frozenset(names)
+        self._read = read_counters or (lambda paths: read_counters_in_each(paths, wanted))
         self.schedule = schedule or NetnsSchedule()
         self._previous: dict[int, dict[str, int]] = {}
         self.read_s = 0.0      # wall time spent reading, cumulative
@@ -164,7 +165,7 @@ class ListenSource:
                  backlog_probe: ListenBacklogProbe | None = None,
                  syn_path_probe: ListenSynPathProbe | None = None,
                  open_netns: Callable[[Path], NetnsListeners] = NetnsListeners.open,
-                 read_counters: BatchReader[Mapping[str, int]] = read_counters_in_each,
+                 read_counters: BatchReader[Mapping[str, int]] | None = None,
                  proc: Path = Path("/proc")):
         self.pods = pods
         self.backlog_probe = backlog_probe or ListenBacklogProbe()
