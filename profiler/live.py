@@ -29,7 +29,7 @@ from .sampler import Sampler
 from .snapshot import FULL_TIER, Snapshot
 from .sources.base import Source
 from .system.irqbalance import read_irqbalance
-from .system.node import collect_node_context
+from .system.node import NodeContext, collect_node_context
 
 
 class LiveSession:
@@ -42,6 +42,8 @@ class LiveSession:
         tier: which detail programs run and when that changes (profiler/detail_tier.py;
         default: the full tier, pinned)."""
         self.root = root
+        # (when, the pods it covers, it): LiveSession.capture's node_max_age_s.
+        self._node_cache: tuple[float, frozenset[tuple[int, Path]], NodeContext] | None = None
         self.window_s = window_s
         self.info: KernelInfo = probe_kernel(root)
         self.pods = default_pod_directory(root)
@@ -136,6 +138,20 @@ class LiveSession:
                         self._window_start_reading = self._readings.popleft()[0]
         return snapshot
 
+    def _node_context(self, netns_paths: dict[int, Path], max_age_s: float) -> NodeContext:
+        now = time.monotonic()
+        cached = self._node_cache
+        pods = frozenset(netns_paths.items())
+        if cached is not None and now - cached[0] < max_age_s and cached[1] == pods:
+            return cached[2]
+        node = collect_node_context(netns_paths, self.root)
+        self._node_cache = (now, pods, node)
+        return node
+
+    def forget_node_context(self) -> None:
+        """The node changed (a fix was applied): the next capture reads it afresh."""
+        self._node_cache = None
+
     def restart_window(self) -> None:
         """Start the kept history afresh, now: what the programs counted since the last
         sample is read (so the next sample holds only what comes after) and dropped with
@@ -195,8 +211,11 @@ class LiveSession:
             self._stats.disable()
 
     def capture(self, last_s: float | None = None, with_node: bool = True,
-                with_findings: bool = True) -> Capture:
-        """A Capture of the kept snapshots (or the last `last_s` seconds of them)."""
+                with_findings: bool = True, node_max_age_s: float = 0.0) -> Capture:
+        """A Capture of the kept snapshots (or the last `last_s` seconds of them).
+        node_max_age_s: the node context (IRQs, sysctls, every pod's sysctls) of an earlier
+        capture may be reused if it is younger than this and the pods are the same (the
+        dashboard analyses every second; reading it all costs more than the analysis)."""
         with self._lock:
             snapshots = list(self._snapshots)
             readings = list(self._readings)
@@ -222,7 +241,7 @@ class LiveSession:
                                         bpf_stats={**self._stats_state, "sample_every": self._cost_sample_every})
         if with_node:
             netns_paths = self.pods.netns_paths()
-            capture.node = collect_node_context(netns_paths, self.root)
+            capture.node = self._node_context(netns_paths, node_max_age_s)
             if with_findings:
                 # Analysis reads the typed document of this capture; the capture keeps the
                 # sections it was built from, so saving it does not add it up again.

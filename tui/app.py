@@ -163,6 +163,7 @@ class NetprofApp(App):
         if self.fix_events and self.fix_events[-1].apply_id == event.apply_id:
             return
         self.fix_events.append(event)
+        self.feed.forget_node_context()  # the fix changed the node: the next analysis reads it
         when = time.strftime("%H:%M:%S", time.localtime(event.applied_at))
         self.notify(f"{len(event.changes)} change(s): " + "; ".join(inert(c) for c in event.changes[:3]),
                     title=f"fix applied at {when}", timeout=8, markup=False)

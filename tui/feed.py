@@ -34,6 +34,11 @@ from .model import DashboardModel, History, build_model
 # Findings and node context are recomputed at most this often relative to their own cost, so
 # analysis never takes more than a fifth of the sampling thread's time.
 ANALYSIS_COST_FACTOR = 5.0
+# The node context (IRQ affinities, irqbalance, node and pod sysctls) is read at most this
+# often: once a second it cost more than the analysis it feeds. A fix applied from another
+# terminal is in the fix journal, and the dashboard reads the node afresh when it sees one
+# (NetprofApp.check_fix_journal).
+NODE_CONTEXT_MAX_AGE_S = 10.0
 
 
 class Mailbox:
@@ -67,6 +72,7 @@ class Feed(Protocol):
     def start(self, notify: Callable[[], None]) -> None: ...
     def take(self) -> DashboardModel | None: ...
     def stop(self) -> None: ...
+    def forget_node_context(self) -> None: ...
 
 
 class ReplayFeed:
@@ -88,6 +94,9 @@ class ReplayFeed:
     def take(self) -> DashboardModel | None:
         return self._mailbox.take()
 
+    def forget_node_context(self) -> None:
+        """A saved capture carries its node: nothing is read again."""
+
     def stop(self) -> None:
         pass
 
@@ -102,8 +111,10 @@ class Session(Protocol):
 
     def sample(self) -> Snapshot: ...
     def capture(self, last_s: float | None = None, with_node: bool = True,
-                with_findings: bool = True) -> Capture: ...
+                with_findings: bool = True, node_max_age_s: float = 0.0) -> Capture: ...
     def stop(self) -> None: ...
+    def forget_node_context(self) -> None: ...
+    def forget_node_context(self) -> None: ...
 
 
 def interval_capture(session: Session, snapshot: Snapshot) -> Capture:
@@ -150,6 +161,14 @@ class LiveFeed:
     def take(self) -> DashboardModel | None:
         return self._mailbox.take()
 
+    def forget_node_context(self) -> None:
+        """The node changed: the next analysis reads its context afresh."""
+        self.session.forget_node_context()
+
+    def forget_node_context(self) -> None:
+        """The node changed: the next analysis reads its context afresh."""
+        self.session.forget_node_context()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -188,7 +207,7 @@ class LiveFeed:
         if self._window_doc is None or now - self._analysed_at >= max(
                 self.interval_s, ANALYSIS_COST_FACTOR * self._analysis_cost_s):
             started = self._clock()
-            self._window_doc = self.session.capture().to_json()
+            self._window_doc = self.session.capture(node_max_age_s=NODE_CONTEXT_MAX_AGE_S).to_json()
             self._analysis_cost_s = self._clock() - started
             self._analysed_at = now
             self.analyses += 1

@@ -47,6 +47,8 @@ class FakeSession:
         self.gate.set()
         self.fail_next: str | None = None
         self.stopped = False
+        self.node_max_ages: list[float] = []
+        self.node_forgotten = 0
 
     def sample(self) -> Snapshot:
         self.gate.wait()
@@ -59,8 +61,9 @@ class FakeSession:
         self.snapshots.append(snapshot)
         return snapshot
 
-    def capture(self, last_s=None, with_node=True, with_findings=True) -> Capture:
+    def capture(self, last_s=None, with_node=True, with_findings=True, node_max_age_s=0.0) -> Capture:
         self.captures += 1
+        self.node_max_ages.append(node_max_age_s)
         time.sleep(self.capture_cost_s)
         capture = Capture(kernel=self.info, probes=list(self.statuses), known_pods=self.pods.known())
         for snapshot in list(self.snapshots):
@@ -69,6 +72,9 @@ class FakeSession:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def forget_node_context(self) -> None:
+        self.node_forgotten += 1
 
 
 def wait_for(predicate, timeout_s: float = 5.0):
@@ -171,3 +177,14 @@ def test_mailbox_keeps_only_the_newest():
     assert mailbox.take() is models[2] and mailbox.dropped == 2
     assert mailbox.take() is None
     assert mailbox.put(models[0]) is True
+
+
+def test_the_dashboards_analysis_reuses_a_recent_node_context(feed, session):
+    from tui.feed import NODE_CONTEXT_MAX_AGE_S
+
+    feed.start(lambda: None)
+    wait_for(lambda: session.captures >= 2)
+    assert set(session.node_max_ages) == {NODE_CONTEXT_MAX_AGE_S}
+    feed.forget_node_context()  # a fix applied elsewhere: the node is read afresh
+    assert session.node_forgotten == 1
+

@@ -29,6 +29,9 @@ class FloodFeed:
         self._thread: threading.Thread | None = None
         self.notified = 0
 
+    def forget_node_context(self) -> None:
+        pass
+
     def start(self, notify: Callable[[], None]) -> None:
         def run() -> None:
             while not self._stop.is_set():

@@ -118,3 +118,30 @@ def test_an_interrupt_before_a_window_opens_says_nothing_was_captured(fake_sessi
         with pytest.raises(NetprofError, match="nothing was captured"):
             run.capture(0.01, 0.01, on_attached=interrupted)
     assert fake_sessions[0].stops == 1
+
+
+def test_a_capture_reuses_a_young_node_context_for_the_same_pods(monkeypatch):
+    # The dashboard analyses every second; IRQ affinities, irqbalance and every pod's
+    # sysctls were read again each time.
+    from pathlib import Path
+
+    from profiler import live
+
+    reads = []
+    monkeypatch.setattr(live, "collect_node_context", lambda paths, root: reads.append(dict(paths)) or object())
+    session = live.LiveSession()  # nothing attached: only the node context is asked for
+    clock = [100.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    pods = {11: Path("/run/netns/a")}
+    first = session._node_context(pods, 10.0)
+    clock[0] += 5
+    assert session._node_context(pods, 10.0) is first and len(reads) == 1
+    assert session._node_context(pods, 0.0) is not first                 # the default: always afresh
+    clock[0] += 1
+    assert session._node_context({**pods, 12: Path("/run/netns/b")}, 10.0) and len(reads) == 3  # a new pod
+    clock[0] += 11
+    session._node_context({**pods, 12: Path("/run/netns/b")}, 10.0)
+    assert len(reads) == 4                                                 # too old
+    session.forget_node_context()
+    session._node_context({**pods, 12: Path("/run/netns/b")}, 10.0)
+    assert len(reads) == 5                                                 # a fix: read again
