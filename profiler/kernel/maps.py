@@ -55,6 +55,7 @@ class MapReader:
             raise ValueError(
                 f"value layout mismatch: C {leaf_size} bytes, numpy {layout.value.itemsize}"
             )
+        self._leaf_size = leaf_size
         self._cpus = possible_cpus() if layout.percpu else 1
         # The kernel lays per-CPU values out at 8-byte strides.
         self._value_stride = (leaf_size + 7) // 8 * 8 if layout.percpu else leaf_size
@@ -137,7 +138,10 @@ class MapReader:
             if self._layout.percpu:
                 for cpu, per_cpu_value in enumerate(value):
                     start = total * value_size + cpu * self._value_stride
-                    blob = bytes(per_cpu_value)
+                    # BCC hands a per-CPU integer leaf (a u64 counter) over as Python ints:
+                    # bytes(289) would be 289 zero bytes, not the number.
+                    blob = (per_cpu_value.to_bytes(self._leaf_size, "little", signed=per_cpu_value < 0)
+                            if isinstance(per_cpu_value, int) else bytes(per_cpu_value))
                     self._values[start : start + len(blob)] = np.frombuffer(blob, np.uint8)
             else:
                 start = total * value_size

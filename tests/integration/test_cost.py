@@ -97,7 +97,9 @@ def test_a_profile_never_switches_statistics_while_its_programs_run():
     held = []
     capture = run_profile(ProfileOptions(duration_s=1.2, interval_s=0.2), sources=[SoftirqSource()],
                           on_snapshot=lambda snapshot: held.append(stats_fds()), log=lambda msg: None)
-    assert len(held) >= 5 and set(held) == {1}, held
+    # Six intervals on the host; a 5.10 guest under emulation samples slower than 0.2 s and
+    # fits three. What matters is that every one of them had the statistics on.
+    assert len(held) >= 3 and set(held) == {1}, held
     assert capture.cost.timed_s == pytest.approx(capture.cost.duration_s, abs=0.01)
     assert stats_fds() == 0
 

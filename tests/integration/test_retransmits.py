@@ -56,8 +56,12 @@ def test_lossy_pod_retransmits_and_neighbours_do_not(lossy_run):
     lossy = by_inode.get(pods["lossy"].inode, 0)
     # 3 s at 1000 writes/s with 5% loss: design.md §8 measured 104-130 at this rate.
     assert lossy >= 30, f"lossy pod saw only {lossy} retransmits; kernel says {result.retransmits_by_pod}"
+    # A loss-free pod may retransmit a few of its own (tail loss probes: a 5.10 guest under
+    # emulation counted 5 for one against the lossy pod's 40): it is allowed what its own
+    # netns' kernel counter says, never the lossy pod's.
     for name in ("server", "steady1", "steady2"):
-        assert by_inode.get(pods[name].inode, 0) <= lossy // 10, (name, by_inode)
+        allowed = max(lossy // 10, result.retransmits_by_pod.get(name, 0))
+        assert by_inode.get(pods[name].inode, 0) <= allowed, (name, by_inode, result.retransmits_by_pod)
 
 
 def test_segments_agree_with_the_pods_own_kernel_counter(lossy_run):

@@ -86,3 +86,33 @@ def test_a_kernel_without_batch_lookup_falls_back_to_iteration(monkeypatch):
         keys, values = reader.read()
         assert keys["k"].tolist() == [3, 5] and values["v"].tolist() == [30, 50]
     assert len(calls) == 1  # asked once; the map's answer is remembered
+
+
+def test_iterating_a_per_cpu_map_decodes_integer_leaves(monkeypatch):
+    # BCC gives a per-CPU u64 array's values as Python ints, one per CPU: the fallback wrote
+    # bytes(n), n zero bytes, and 5.10 ended every capture with a numpy broadcast error.
+    import ctypes
+
+    pytest.importorskip("bcc")
+    from bcc import libbcc
+
+    from profiler.kernel import maps
+
+    class PerCpuTable:
+        Key = ctypes.c_int
+        Leaf = ctypes.c_uint64 * 2
+        sLeaf = ctypes.c_uint64
+        max_entries = 3
+        map_fd = -1
+
+        def items(self):
+            return [(ctypes.c_int(0), [289, 7]), (ctypes.c_int(1), [0, 1 << 40]), (ctypes.c_int(2), [0, 0])]
+
+    monkeypatch.setattr(libbcc.lib, "bpf_lookup_batch", lambda *args: -maps.KERNEL_ENOTSUPP)
+    monkeypatch.setattr(maps, "possible_cpus", lambda: 2)
+    reader = maps.MapReader(PerCpuTable(), maps.MapLayout(np.dtype([("slot", "<u4")]), np.dtype([("count", "<u8")]),
+                                                          percpu=True))
+    keys, values = reader.read()
+    assert keys["slot"].tolist() == [0, 1, 2]
+    assert values["count"].tolist() == [[289, 7], [0, 1 << 40], [0, 0]]
+
