@@ -48,6 +48,10 @@ def fit(text: Text | str, width: int) -> Text:
     return text
 
 
+# Rendered cells kept by LiveTable: a screenful of a wide table is a few hundred.
+CELL_CACHE_SIZE = 4096
+
+
 class LiveTable(DataTable):
     """Subclasses say which columns exist for a width (`columns_for`) and give the rows."""
 
@@ -57,6 +61,10 @@ class LiveTable(DataTable):
 
     def __init__(self, **kwargs: Any):
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        # Rendered cells by what they show (see _render_cell): DataTable's own cache is keyed
+        # by a count of every update, so one changed cell re-rendered every cell of the table
+        # through Rich, each second — half of the dashboard's CPU on a busy node.
+        self._cells_by_content: dict[tuple, Any] = {}
         self._specs: tuple[ColumnSpec, ...] = ()
         self._shown: dict[str, tuple[str, ...]] = {}  # row key → the plain text of its cells
         self._rows: list[tuple[str, list[Cell]]] = []  # the last rows given, for a relayout
@@ -154,6 +162,37 @@ class LiveTable(DataTable):
     def all_columns(self) -> tuple[str, ...]:
         """Every column a row carries a cell for, in order (a layout shows a subset)."""
         raise NotImplementedError
+
+    # ---- rendering
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Any, width: int,
+                     cursor: bool = False, hover: bool = False) -> Any:
+        """DataTable's rendering of one cell, reused while the cell shows the same object at
+        the same place and in the same style. A changed cell is a new Cell object
+        (`_apply` only writes the cells whose text changed), so the object itself is the
+        content's key."""
+        try:
+            if row_index == -1:
+                content = self.ordered_columns[column_index].label
+            elif column_index == -1:
+                content = None
+            else:
+                row_key = self._row_locations.get_key(row_index)
+                content = self._data[row_key][self._column_locations.get_key(column_index)]
+        except (KeyError, IndexError, AttributeError):
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        # By identity (a rich Text is unhashable); the entry keeps the object, and a hit
+        # must be that very object, so a recycled id() never matches.
+        key = (row_index, column_index, id(content), width, base_style, cursor, hover,
+               self._show_hover_cursor, self._pseudo_class_state, self.show_cursor)
+        cached = self._cells_by_content.get(key)
+        if cached is not None and cached[0] is content:
+            return cached[1]
+        if len(self._cells_by_content) >= CELL_CACHE_SIZE:
+            self._cells_by_content.clear()
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        self._cells_by_content[key] = (content, lines)
+        return lines
 
 
 
