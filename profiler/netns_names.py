@@ -53,7 +53,7 @@ def netns_inode(path: Path) -> int | None:
     return st.st_ino
 
 
-def proc_ns_inode(link: Path) -> int | None:
+def proc_ns_inode(link: Path | str) -> int | None:
     # /proc/<pid>/ns/net is a magic link whose target reads "net:[<inode>]"; readlink
     # gives the inode without opening or following anything.
     try:

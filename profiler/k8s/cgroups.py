@@ -94,15 +94,17 @@ class CgroupResolver(CachedScanResolver):
         except OSError:
             return []
         uid_by_netns: dict[int, tuple[str, Path]] = {}
+        # Strings, not Paths, for every process: a node runs hundreds, most in the host's
+        # netns, and this runs every few seconds (pathlib cost more than the readlinks).
+        prefix = f"{proc}/"
         for pid in pids:
-            link = proc / str(pid) / "ns/net"
-            inode = proc_netns_inode(link)
+            inode = proc_netns_inode(f"{prefix}{pid}/ns/net")
             if inode is None or inode in self._host_netns or inode in uid_by_netns:
                 continue
             data = read_regular_capped(proc / str(pid) / "cgroup", MAX_CGROUP_FILE_BYTES)
             uid = pod_uid_from_cgroup_file(data.decode("utf-8", errors="replace")) if data else None
             if uid:
-                uid_by_netns[inode] = (uid, link)
+                uid_by_netns[inode] = (uid, proc / str(pid) / "ns/net")
         found = []
         for inode, (uid, link) in uid_by_netns.items():
             named = self._kubelet.identity(uid)
