@@ -193,7 +193,11 @@ def test_serve_in_its_default_tier_shows_the_switch_in_its_metrics_and_log(tmp_p
                 break
             time.sleep(0.1)
         assert sample_value(after, "netprof_detail_tier", mode="auto") == 1
-        assert sample_value(after, "netprof_detail_tier_switches_total", to="full") == 1
+        # Now full: one switch more to full than back to quiet. Usually one and none; a forky
+        # guest under emulation once went full, calm (60 s) and full again in this window.
+        to_full = sample_value(after, "netprof_detail_tier_switches_total", to="full")
+        to_quiet = sample_value(after, "netprof_detail_tier_switches_total", to="quiet") or 0
+        assert to_full >= 1 and to_full == to_quiet + 1, (to_full, to_quiet)
         assert sample_value(after, "netprof_detail_tier_seconds_total", tier="quiet") > 0
     finally:
         serve.stop()
