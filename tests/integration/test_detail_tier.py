@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from profiler.detail_tier import TierSettings
+from profiler.detail_tier import TierSettings, TierThresholds
 from profiler.lab.scenario_drops import RcvbufDropScenario
 from profiler.live import LiveSession
 from profiler.snapshot import FULL_TIER, QUIET_TIER, Snapshot
@@ -20,6 +20,7 @@ from profiler.snapshot import FULL_TIER, QUIET_TIER, Snapshot
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
 INTERVAL_S = 0.5
+DROPS_PER_S = 10.0  # the session's threshold for trouble (see `tiered`)
 
 
 class LoopbackTraffic:
@@ -99,8 +100,10 @@ def tiered() -> Iterator[dict]:
     if reason:
         skip_or_fail(reason)
     logged: list[str] = []
-    # Default thresholds: the scenario's ~1000 drops are trouble at any plausible speed.
-    session = LiveSession(tier=TierSettings(mode="auto"))
+    # The scenario's ~1000 drops come in one interval as long as the machine makes it: 2-3 s
+    # on the host, 30 s and more in a 5.10 guest under emulation, where the default 50
+    # drops/s was not reached. A threshold of 10/s holds anywhere this suite runs.
+    session = LiveSession(tier=TierSettings(mode="auto", thresholds=TierThresholds(drops_per_s=DROPS_PER_S)))
     with session, LoopbackTraffic() as traffic:
         session.start(logged.append)
         quiet = [sample_after(session) for _ in range(3)]
@@ -138,7 +141,7 @@ def test_the_scenario_drops_are_counted_in_the_quiet_tier_without_a_stack_and_sw
     assert net_rx_runs(trouble) == 0 and napi_polls(trouble) == 0
     switch = trouble.tier_switch
     assert switch is not None and switch.to == FULL_TIER and switch.problems == ()
-    assert switch.why.startswith("trouble: drops ") and switch.figures["drops_per_s"] >= 50
+    assert switch.why.startswith("trouble: drops ") and switch.figures["drops_per_s"] >= DROPS_PER_S
     assert any(line.startswith("detail tier → full: trouble: drops") for line in tiered["logged"])
 
 
