@@ -33,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 REPO = Path(__file__).resolve().parents[2]
 # The function in which skb:kfree_skb fires, the innermost frame of every drop stack:
 # sk_skb_reason_drop since 6.11, kfree_skb_reason before (Debian's 6.1).
-KFREE_SKB_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
+# Where skb:kfree_skb fires, newest first: 6.11+, 5.17+, and kfree_skb itself before (5.10).
+KFREE_SKB_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason", "kfree_skb")
 
 
 def kfree_skb_frame() -> str:
@@ -246,8 +247,12 @@ def test_retransmit_stacks_show_the_retransmit_paths(retransmit_run):
     callers = {f for frames in stacks for f in frames}
     # Fast retransmit from ACK processing or the RTO timer: one of them must be there.
     assert any(f.startswith("tcp_xmit_retransmit_queue") for f in callers) or "tcp_retransmit_timer" in callers
+    # A loss-free pod's own tail loss probes have stacks too (as test_retransmits allows them):
+    # at most what was counted for that pod.
+    pods = {p["netns"]: p for p in retransmit_run.doc["pods"]}
     for name in ("steady1", "steady2"):
-        assert sum(retransmit_run.stacks_of(name, "TCP_RETRANSMIT").values()) <= lossy["retransmits"] // 10
+        own = pods.get(retransmit_run.inodes[name], {}).get("retransmits", 0)
+        assert sum(retransmit_run.stacks_of(name, "TCP_RETRANSMIT").values()) <= max(lossy["retransmits"] // 10, own)
     assert_stacks_add_up(retransmit_run)
 
 
