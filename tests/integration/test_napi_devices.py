@@ -72,6 +72,13 @@ def polls_by_device(probe: NapiProbe) -> dict[tuple[str, int], tuple[int, int]]:
 
 
 def test_a_gro_veth_polls_under_its_own_name_in_its_pods_netns(loader):
+    from profiler.kernel.shim import kernel_version_code
+
+    if kernel_version_code(loader.info.release) < kernel_version_code("5.13"):
+        # veth runs a NAPI instance of its own only with XDP before 5.13 ("veth: allow
+        # enabling NAPI even without XDP"): GRO on changes nothing, every packet goes
+        # through the CPU's backlog (5.10: all 5000 polls under "(no_device)").
+        pytest.skip(f"{loader.info.release}: veth has no NAPI of its own without XDP before 5.13")
     with Lab.up(["server", "client", "idle"]) as lab:
         receive_through_napi(lab, "server")
         receive_through_napi(lab, "idle")  # a NAPI instance named eth0 too, in another netns, that gets nothing

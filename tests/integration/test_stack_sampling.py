@@ -79,7 +79,6 @@ def storm():
     from profiler.kernel.loader import BpfLoader
 
     loader = BpfLoader(probe_kernel())
-    names = loader.layout.drop_reasons
     stats = BpfStatsSwitch()
     stats.enable()
     probe = None
@@ -89,6 +88,8 @@ def storm():
             share = max(MIN_SHARE, BUDGET_WALKS_PER_S * walk_s)
             probe = DropProbe(stack_share=share)
             assert probe.attach(loader).attached and probe.stacks_status.attached, probe.stacks_status
+            # The probe's own names: this kernel's enum, or the call sites' before 5.17.
+            names = probe.reason_names
             server = lab.pods["server"]
             netns = server.netns_inode
             sink = lab.popen("server", udp_sink_argv(STORM_PORT, STORM_S + 30, rcvbuf=4096),
