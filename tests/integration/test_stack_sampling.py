@@ -135,7 +135,8 @@ def storm():
             for key, count in zip(reading.netns_reasons, reading.per_netns_reason["count"]):
                 drops[(int(key["netns_inode"]), reason_name(int(key["reason"]), names))] += sign * int(count)
         yield dict(netns=netns, first=first, last=last, stacks=stacks, samples=samples,
-                   pending=pending, drops=drops, reads=reads, wall_s=wall_s, run_time_ns=run_time, share=share, walk_s=walk_s)
+                   pending=pending, drops=drops, reads=reads, wall_s=wall_s, run_time_ns=run_time, share=share, walk_s=walk_s,
+                   reasons=set(names.values()))
     finally:
         if probe is not None:
             probe.detach()
@@ -169,6 +170,10 @@ def test_storm_stacks_weigh_the_drops_they_stand_for(storm):
 
 
 def test_a_rare_site_amid_the_storm_is_still_sampled(storm):
+    if "NO_SOCKET" not in storm["reasons"]:
+        # Before 5.17 reasons come from call sites, and a closed port's datagram is freed in
+        # __udp4_lib_rcv beside its short-packet and checksum drops: no site says NO_SOCKET.
+        pytest.skip("no NO_SOCKET drop reason on this kernel (drop reasons from call sites)")
     key = (storm["netns"], "NO_SOCKET")
     assert storm["drops"][key] == RARE_SENDS, storm["drops"]
     assert storm["samples"][key] >= 1
