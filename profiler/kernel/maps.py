@@ -122,14 +122,16 @@ class MapReader:
                 ctypes.c_void_p(values_addr + value_size * total),
                 ctypes.byref(count),
             )
-            err = ctypes.get_errno() if res != 0 else 0
+            # libbpf returns -errno (older ones -1, with errno set): errno is read only then,
+            # since after a success it still holds whatever an earlier call left there.
+            err = 0 if res == 0 else (ctypes.get_errno() if res == -1 else -res)
             total += count.value
             if res != 0:
-                if err == errno.ENOENT or -res == errno.ENOENT:
+                if err == errno.ENOENT:
                     return total  # walked the whole map
-                if first and (err in NO_BATCH_ERRNOS or -res in NO_BATCH_ERRNOS):
+                if first and err in NO_BATCH_ERRNOS:
                     return None  # this kernel or map type has no batch lookup
-                raise OSError(err or -res, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err or -res)}")
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
             if count.value == 0:
                 return total
             cursor.value = next_cursor.value
