@@ -151,10 +151,16 @@ PARALLEL_CPUS_TESTS_UNDER = "tests/integration"
 def parallel_cpus_phase(spec: KernelSpec, command: str, repo: Path) -> bool:
     """True when `command` runs in two boots: everything but the `parallel_cpus` tests on one
     TCG thread, then those tests alone on a thread per vCPU. Only for a pytest command that
-    names the integration tier or one of its files that marks a test (a boot costs 30-90 s)."""
+    names the integration tier or one of its files that marks a test (a boot costs 30-90 s),
+    and chooses no markers of its own: the phases' `-m` comes first in PYTEST_ADDOPTS, so a
+    command's own `-m` would win and each boot would run the whole selection again."""
     if not spec.one_tcg_thread or "pytest" not in command:
         return False
-    for word in shlex.split(command):
+    words = shlex.split(command)
+    pytest_args = words[words.index("pytest") + 1:] if "pytest" in words else words
+    if any(word == "-m" or word.startswith("-m") and len(word) > 2 for word in pytest_args):
+        return False
+    for word in words:
         path = word.rstrip("/")
         if path == PARALLEL_CPUS_TESTS_UNDER:
             return True

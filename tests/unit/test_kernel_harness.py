@@ -287,6 +287,11 @@ def test_which_commands_run_the_parallel_cpus_tests_in_a_second_boot():
     assert not matrix.parallel_cpus_phase(six, "uname -r; ls tests/integration", REPO)
     threads = matrix.KernelSpec("x", "apt", one_tcg_thread=False)
     assert not matrix.parallel_cpus_phase(threads, DEFAULT_COMMAND, REPO)
+    # A command that picks its own markers keeps them: one boot, its own selection.
+    own_marks = DEFAULT_COMMAND + ' -m "not parallel_cpus"'
+    assert not matrix.parallel_cpus_phase(six, own_marks, REPO)
+    assert not matrix.parallel_cpus_phase(six, DEFAULT_COMMAND + " -mslow", REPO)
+    assert matrix.parallel_cpus_phase(six, "python3 -m pytest tests/integration", REPO)
 
 
 def test_only_the_integration_tier_marks_tests_parallel_cpus():
