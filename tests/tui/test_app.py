@@ -487,3 +487,26 @@ def test_a_fix_applied_elsewhere_becomes_an_event_with_its_baseline(busy, tmp_pa
             await steps(app, pilot)
 
     asyncio.run(main())
+
+
+def test_a_new_model_with_the_same_titles_repaints_no_table_whole(busy, monkeypatch):
+    """Textual repaints a whole widget on any border-title assignment, even of the same
+    text: the dashboard set six titles each second, so every table line was styled anew."""
+    from textual.widget import Widget
+    from tui.widgets.table import LiveTable
+
+    whole: list[str] = []
+    original = Widget.refresh
+
+    def counting(self, *regions, **kwargs):
+        if isinstance(self, LiveTable) and not regions:
+            whole.append(type(self).__name__)
+        return original(self, *regions, **kwargs)
+
+    async def steps(app, pilot):
+        monkeypatch.setattr(Widget, "refresh", counting)
+        app.show_model(app.model)
+        await pilot.pause()
+        assert whole == [], whole
+
+    drive(busy, steps, size=(160, 50))

@@ -51,3 +51,42 @@ def test_one_changed_cell_renders_one_cell(monkeypatch):
             assert "7" in table.get_row("web")[1].plain
 
     asyncio.run(run())
+
+
+def test_one_changed_cell_repaints_its_row_only(monkeypatch):
+    """Textual's update_cell repaints the whole table: every line through the styling again."""
+    painted: list[int] = []
+    original = DataTable.render_line
+
+    def counting(self, y):
+        painted.append(y)
+        return original(self, y)
+
+    monkeypatch.setattr(DataTable, "render_line", counting)
+
+    class Screenful(App):
+        def compose(self) -> ComposeResult:
+            yield Pods()
+
+    async def run() -> None:
+        app = Screenful()
+        async with app.run_test(size=(40, 20)) as pilot:
+            table = app.query_one(Pods)
+            table.show_rows(rows("5"))
+            await pilot.pause()
+            assert len(painted) >= 12              # the header and 11 rows, the first time
+            painted.clear()
+            table.show_rows(rows("7"))             # web's drops changed, nothing else
+            await pilot.pause()
+            web_line = table.get_row_index("web") + 1  # under the header
+            assert painted and set(painted) == {web_line}, painted
+            assert "7" in table.get_row("web")[1].plain
+            # The row still repaints where it is after a reorder.
+            painted.clear()
+            reordered = rows("9")
+            table.show_rows([reordered[-1]] + reordered[:-1])
+            await pilot.pause()
+            assert table.get_row_index("web") == 0 and "9" in table.get_row("web")[1].plain
+            assert 1 in painted, painted
+
+    asyncio.run(run())

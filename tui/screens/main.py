@@ -36,6 +36,7 @@ class MainScreen(ModelScreen):
         super().__init__()
         self.view = "pods"  # which of pods/CPUs a narrow terminal shows
         self.model: DashboardModel | None = None
+        self._titles: dict[str | None, tuple[str, str]] = {}  # table id → its border's texts now
 
     def compose(self) -> ComposeResult:
         yield HeaderLine(id="header")
@@ -96,22 +97,31 @@ class MainScreen(ModelScreen):
         cpus = self.query_one("#cpus", CpusTable)
         window = f"last {model.header.window_s:.0f}s" if model and model.header.mode == "live" else "capture"
         count = len(model.findings) if model else 0
-        findings.border_title = f"Findings ({count}, {window})"
-        findings.border_subtitle = "Enter: evidence and fixes"
+        self._set_titles(findings, f"Findings ({count}, {window})", "Enter: evidence and fixes")
         total = len(model.pods) if model else 0
         shown = pods.row_count
         per = self._rate_span(model)
         title = f"Pods ({shown} of {total})" if pods.filter_text else f"Pods ({total})"
         if pods.showing_deltas:
             per = "Δ since baseline"
-        pods.border_title = " · ".join(part for part in (title, f"per s {per}" if per else "",
-                                                          f"sort {pods.pod_sort.label}") if part)
-        pods.border_subtitle = (f"filter “{pods.filter_text}” · Esc clears" if pods.filter_text
-                                else "s sort · / filter · v CPUs" if not self.wide else "s sort · / filter")
-        cpus.border_title = f"CPUs ({len(model.cpus) if model else 0})" + (f" · softirq share {per}" if per else "")
-        if cpus.showing_deltas:
-            cpus.border_title = f"CPUs ({len(model.cpus) if model else 0}) · Δ since baseline"
-        cpus.border_subtitle = "v pods · Enter: latency histogram" if not self.wide else "Enter: latency histogram"
+        self._set_titles(pods,
+                         " · ".join(part for part in (title, f"per s {per}" if per else "",
+                                                      f"sort {pods.pod_sort.label}") if part),
+                         f"filter “{pods.filter_text}” · Esc clears" if pods.filter_text
+                         else "s sort · / filter · v CPUs" if not self.wide else "s sort · / filter")
+        cpu_count = len(model.cpus) if model else 0
+        self._set_titles(cpus,
+                         f"CPUs ({cpu_count}) · Δ since baseline" if cpus.showing_deltas
+                         else f"CPUs ({cpu_count})" + (f" · softirq share {per}" if per else ""),
+                         "v pods · Enter: latency histogram" if not self.wide else "Enter: latency histogram")
+
+    def _set_titles(self, table: DataTable, title: str, subtitle: str) -> None:
+        """Textual repaints a whole widget whenever its border title is assigned, even the
+        same text: every line of the table through the styling again, each second."""
+        if self._titles.get(table.id) != (title, subtitle):
+            self._titles[table.id] = (title, subtitle)
+            table.border_title = title
+            table.border_subtitle = subtitle
 
     @staticmethod
     def _rate_span(model: DashboardModel | None) -> str:

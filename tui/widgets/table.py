@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 
 class Cell:
@@ -126,21 +127,32 @@ class LiveTable(DataTable):
         for gone in [key for key in self._shown if key not in keys]:
             self.remove_row(gone)
             del self._shown[gone]
+        changed: list[str] = []
         for key, cells in rows:
             fitted = self._fit(key, cells)
             plain = tuple(cell.plain for cell in fitted)
             if key not in self._shown:
                 self.add_row(*fitted, key=key)
             elif plain != self._shown[key]:
+                # Written in place, not with update_cell: that repaints the whole table for
+                # one cell, and every line of it goes through Textual's styling again each
+                # second (the dashboard's largest cost after the cell cache).
+                row = self._data[RowKey(key)]
                 for spec, cell, old in zip(self._specs, fitted, self._shown[key]):
                     if cell.plain != old:
-                        self.update_cell(key, spec.key, cell)
+                        row[ColumnKey(spec.key)] = cell
+                changed.append(key)
             self._shown[key] = plain
+        if changed:
+            self._update_count += 1  # DataTable's rendered lines are cached under this count
         current = [row.key.value for row in self.ordered_rows]
         if current != order:
             position = {key: index for index, key in enumerate(order)}
             first = self._specs[0].key
             self.sort(first, key=lambda cell: position.get(getattr(cell, "row_key", None), len(position)))
+        # After the sort: a row repaints where it is now.
+        for key in changed:
+            self.refresh_row(self.get_row_index(key))
         if selected is not None and selected in self._shown:
             index = self.get_row_index(selected)
             if index != self.cursor_row:
