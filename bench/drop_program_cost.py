@@ -36,7 +36,7 @@ from profiler.probes.drops import DropProbe, reason_name
 
 PORT = 9998
 SINK_RCVBUF = 4096
-HOOK = "tracepoint:skb:kfree_skb"
+HOOK = "raw_tracepoint:kfree_skb"
 VARIANTS = {"stacks": dict(stacks=True, flows=True), "counts": dict(stacks=False, flows=True)}
 
 

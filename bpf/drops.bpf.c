@@ -1,12 +1,16 @@
 /* skb drops by kernel drop reason, counted per (network namespace, reason, call site) on each
  * CPU; plus socket receive-queue-full events per namespace.
  *
- * Hook: tracepoint skb:kfree_skb (stable ABI; `reason` since 5.17, `rx_sk` since 6.11). It
+ * Hook: the raw tracepoint kfree_skb (TP_PROTO(skb, location, reason since 5.17, rx_sk since
+ * 6.11); which of the last two exist, the probe reads from the tracepoint's format). It
  * fires for every kfree_skb_reason(), including the generic kfree_skb() calls that free
  * packets for ordinary reasons with reason NOT_SPECIFIED: those are not counted as drops,
  * only tallied in one per-CPU slot so the capture can say how many were ignored. Reason
  * values are never written here: the probe reads them from this kernel's BTF and passes
- * them in as -D macros.
+ * them in as -D macros. Raw, not skb:kfree_skb as a perf-event tracepoint: that fills an
+ * event record on every free before any program runs, which in a drop storm is most of
+ * what being on this hook costs (bench/README.md, "floor-raw"); the arguments come as
+ * they are, and skb->protocol is read here only for a drop that may be TCP.
  *
  * The namespace of a drop is the receiving socket's (rx_sk, set by sk_skb_reason_drop) when
  * there is one; else the namespace of the skb's device (skb->dev->nd_net: where the packet
@@ -58,14 +62,6 @@
 #error "drop reason values must come from BTF (see profiler/probes/drops.py)"
 #endif
 
-/* BCC's generated struct for skb:kfree_skb declares `enum skb_drop_reason reason;`, and the
- * shim declares no kernel enums: a placeholder makes it a complete 4-byte enum type. With
- * real kernel headers (no BTF) the kernel's own definition is there, and a second one would
- * not compile. */
-#ifdef NETPROF_HEADER_SHIM
-enum skb_drop_reason { NETPROF_DROP_REASON_PLACEHOLDER };
-#endif
-
 /* The one map every drop touches: per-CPU values, so the dropping CPU only ever adds to its
  * own counter (no atomics, no cache line shared with other CPUs), and one hash operation
  * per drop where per-netns, per-CPU and per-site maps took three. Allocated as keys appear
@@ -106,7 +102,7 @@ static __always_inline u32 reason_of_site(u64 location)
 #endif
 
 #ifdef NETPROF_DROPS_FLOWS
-#if !defined(NETPROF_SKB_HEAD_OFFSET) || !defined(NETPROF_SKB_NETWORK_HEADER_OFFSET)
+#if !defined(NETPROF_SKB_HEAD_OFFSET) || !defined(NETPROF_SKB_NETWORK_HEADER_OFFSET) || !defined(NETPROF_SKB_PROTOCOL_OFFSET)
 #error "skb header offsets must come from BTF (see profiler/kernel/offsets.py)"
 #endif
 BPF_TABLE("lru_hash", struct drop_flow_key, u64, drops_by_flow, NETPROF_DROPS_MAX_FLOWS);
@@ -153,17 +149,20 @@ static __always_inline bool network_header_of(const void *skb, const unsigned ch
 /* The dropped packet's TCP 4-tuple into `key`; false when it is not IPv4/IPv6 TCP or its
  * headers cannot be read. Cheapest rejections first, since most drops in a storm are not
  * TCP and every kernel read costs ≈35–40 ns here: reasons only UDP and raw sockets use
- * (SOCKET_RCVBUFF, UDP_CSUM: a UDP receive-buffer storm) and the tracepoint's `protocol`
- * (the ethertype, host order) turn drops away for free; other UDP drops cost two reads (skb
- * fields, IP header). Only TCP reads its ports. */
-static __always_inline bool tcp_flow_of_skb(const void *skb, u16 protocol, u32 reason,
-                                            struct drop_flow_key *key)
+ * (SOCKET_RCVBUFF, UDP_CSUM: a UDP receive-buffer storm) turn drops away for free, then
+ * skb->protocol (the ethertype) for one read; other UDP drops cost three reads (protocol,
+ * skb fields, IP header). Only TCP reads its ports. */
+static __always_inline bool tcp_flow_of_skb(const void *skb, u32 reason, struct drop_flow_key *key)
 {
     const unsigned char *ip;
     u16 ports[2] = {};
+    u16 protocol = 0;
 
     if (reason == (u32)NETPROF_DROP_REASON_SOCKET_RCVBUFF || reason == (u32)NETPROF_DROP_REASON_UDP_CSUM)
         return false;
+    if (bpf_probe_read_kernel(&protocol, sizeof(protocol), (const char *)skb + NETPROF_SKB_PROTOCOL_OFFSET))
+        return false;
+    protocol = be16_to_host(protocol);
     if (protocol != 0x0800 && protocol != 0x86DD)    /* ETH_P_IP, ETH_P_IPV6 */
         return false;
     if (!network_header_of(skb, &ip))
@@ -194,12 +193,12 @@ static __always_inline bool tcp_flow_of_skb(const void *skb, u16 protocol, u32 r
     return true;
 }
 
-static __always_inline void count_tcp_flow_drop(const void *skb, u16 protocol, const struct drop_key *drop)
+static __always_inline void count_tcp_flow_drop(const void *skb, const struct drop_key *drop)
 {
     struct drop_flow_key key = {};
     u64 one = 1;
 
-    if (!tcp_flow_of_skb(skb, protocol, drop->reason, &key))
+    if (!tcp_flow_of_skb(skb, drop->reason, &key))
         return;
     key.location = drop->location;
     key.netns_inode = drop->netns_inode;
@@ -367,12 +366,14 @@ static __always_inline void count_listen_overflow(const void *listener, u32 netn
         count_uncounted(UNCOUNTED_LISTEN_MAP_FULL);
 }
 
-TRACEPOINT_PROBE(skb, kfree_skb)
+RAW_TRACEPOINT_PROBE(kfree_skb)
 {
+    const void *skb = (const void *)ctx->args[0];
+    u64 location = ctx->args[1];
 #ifdef NETPROF_DROP_REASONS_FROM_SITES
-    u32 reason = reason_of_site((u64)args->location);
+    u32 reason = reason_of_site(location);
 #else
-    u32 reason = (u32)args->reason;
+    u32 reason = (u32)ctx->args[2];
 #endif
 
     if (reason == (u32)NETPROF_DROP_REASON_NOT_SPECIFIED) {
@@ -385,7 +386,7 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     }
 
 #ifdef NETPROF_KFREE_SKB_HAS_RX_SK
-    const void *rx_sk = args->rx_sk;
+    const void *rx_sk = (const void *)ctx->args[3];
 #else
     const void *rx_sk = 0;  /* the tracepoint gained rx_sk in Linux 6.11 */
 #endif
@@ -396,24 +397,24 @@ TRACEPOINT_PROBE(skb, kfree_skb)
      * a UDP skb in a receive queue has no device (dev_scratch), so its socket names it. */
     u32 netns = rx_sk ? netns_inode_of_sock(rx_sk) : 0;
     if (!netns)
-        netns = netns_inode_of_skb_dev(args->skbaddr);
+        netns = netns_inode_of_skb_dev(skb);
     if (!netns)
-        netns = netns_inode_of_skb_owner(args->skbaddr);
+        netns = netns_inode_of_skb_owner(skb);
 
     struct drop_key key = {};
-    key.location = (u64)args->location;
+    key.location = location;
     key.netns_inode = netns;
     key.reason = reason;
     struct drop_count *count = count_drop(&key);
 #ifdef NETPROF_DROPS_FLOWS
-    count_tcp_flow_drop(args->skbaddr, args->protocol, &key);
+    count_tcp_flow_drop(skb, &key);
 #endif
 #ifdef NETPROF_DROPS_STACKS
     if (count) {
         int flag_slot = 0;
         u32 *paused = drop_stacks_paused.lookup(&flag_slot);
         if (!paused || !*paused)
-            sample_drop_stack(args, &count->stack, netns, reason);
+            sample_drop_stack(ctx, &count->stack, netns, reason);
     }
 #endif
     /* rx_sk of a listen overflow is the listener: the final ACK found its accept queue full. */

@@ -38,6 +38,8 @@ OFFSET_MACROS: dict[str, tuple[tuple[str, str], ...]] = {
     # skb->head + skb->network_header is its IP header.
     "NETPROF_SKB_HEAD_OFFSET": (("sk_buff", "head"),),
     "NETPROF_SKB_NETWORK_HEADER_OFFSET": (("sk_buff", "network_header"),),
+    # ...and its ethertype (network order), which the raw kfree_skb hands over only as the skb.
+    "NETPROF_SKB_PROTOCOL_OFFSET": (("sk_buff", "protocol"),),
     # A listener's queues and drop count, for the SYN-path kprobe (bpf/listen_syn_path.bpf.c):
     # accept-queue length and limit, SYN-queue length (request_sock_queue.qlen), sk_drops
     # (what tcp_listendrop bumps), and the pod netns' net.ipv4.tcp_syncookies.
@@ -63,6 +65,7 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
     "NETPROF_NETDEV_NAME_OFFSET": "__builtin_offsetof(struct net_device, name)",
     "NETPROF_SKB_HEAD_OFFSET": "__builtin_offsetof(struct sk_buff, head)",
     "NETPROF_SKB_NETWORK_HEADER_OFFSET": "__builtin_offsetof(struct sk_buff, network_header)",
+    "NETPROF_SKB_PROTOCOL_OFFSET": "__builtin_offsetof(struct sk_buff, protocol)",
     "NETPROF_SOCK_DROPS_OFFSET": "__builtin_offsetof(struct sock, sk_drops)",
     "NETPROF_SOCK_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_ack_backlog)",
     "NETPROF_SOCK_MAX_ACK_BACKLOG_OFFSET": "__builtin_offsetof(struct sock, sk_max_ack_backlog)",

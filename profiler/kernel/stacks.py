@@ -296,6 +296,26 @@ def frame_name(kallsyms: Kallsyms, address: int) -> str:
     return f"{name} [{symbol.module}]" if symbol.module else name
 
 
+# The kernel's dispatch into BPF on a raw tracepoint (bpf_trace_run<N>, and on some kernels
+# __bpf_trace_<event>/__traceiter_<event>): a stack walked from a raw tracepoint starts in
+# the program itself, then these, then the function that fired the event.
+_TRACING_DISPATCH = re.compile(r"^(bpf_trace_run\d+|__bpf_trace_\w+|__traceiter_\w+)( \[|$)")
+
+
+def without_tracing_frames(frames: tuple[str, ...]) -> tuple[str, ...]:
+    """Frames (outer → inner) cut above the tracing machinery: the program and the kernel's
+    dispatch to it are the same on every stack of a hook and say nothing of the packet, and
+    a perf-event tracepoint's stacks (the retransmit program's) never had them."""
+    # From the inner end: an event fired inside another hook's program keeps the outer
+    # dispatch, which is part of how the packet got there.
+    for index in range(len(frames) - 1, -1, -1):
+        if _TRACING_DISPATCH.match(frames[index]):
+            while index > 0 and _TRACING_DISPATCH.match(frames[index - 1]):
+                index -= 1
+            return frames[:index]
+    return frames
+
+
 class SharedKallsyms:
     """One parsed /proc/kallsyms for the whole process: read and parsed in ≈70 ms, and the drop
     and retransmit sources must not each pay it inside a sampling interval."""
@@ -352,7 +372,7 @@ class StackSymbolizer:
         table = self.kallsyms()
         if self._fixed is None and any(table.lookup(a) is None for a in addresses):
             table = self._shared.refresh()
-        frames = tuple(frame_name(table, a) for a in reversed(addresses))
+        frames = without_tracing_frames(tuple(frame_name(table, a) for a in reversed(addresses)))
         if len(self._frames) >= self.MAX_CACHED:
             self._frames.clear()
         self._frames[addresses] = frames

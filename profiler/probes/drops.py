@@ -27,6 +27,9 @@ from .base import ProbeStatus
 from .drop_sites import SITE_REASONS, SiteRange, site_ranges, write_site_ranges
 
 TRACEPOINT = "skb:kfree_skb"
+# The program runs on the raw tracepoint (bpf/drops.bpf.c says why); the perf-event
+# tracepoint's format file still says which arguments this kernel passes.
+RAW_TRACEPOINT = "kfree_skb"
 # Said after the method in the probe's status when reasons come from call sites.
 VIA_SITES = "(reasons from call sites)"
 RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
@@ -263,11 +266,11 @@ class DropProbe:
         self._stacks_paused = False
 
     def attach(self, loader: BpfLoader) -> ProbeStatus:
-        """Attach skb:kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
+        """Attach kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
         receive-queue probe's own status is left in `rcvqueue_status`."""
-        via = f"tracepoint:{TRACEPOINT}"
+        via = f"raw_tracepoint:{RAW_TRACEPOINT}"
         rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
-        stacks_via = f"bpf_get_stackid at tracepoint:{TRACEPOINT}"
+        stacks_via = f"bpf_get_stackid at raw_tracepoint:{RAW_TRACEPOINT}"
         fields = tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
         from_sites = self._force_sites or bool(fields and "reason" not in fields)
         names = SITE_REASONS if from_sites else loader.layout.drop_reasons
@@ -291,7 +294,7 @@ class DropProbe:
         loaded: tuple[bool, bool] | None = None
         for stacks, rcvqueue in attempts:
             try:
-                # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE attach at load time.
+                # RAW_TRACEPOINT_PROBEs attach at load time.
                 self._bpf = loader.compile("drops", [*cflags, *(self._stack_cflags if stacks else ()),
                                                      *(RCVQUEUE_CFLAGS if rcvqueue else ())])
             except NetprofError as exc:

@@ -20,7 +20,7 @@ def rcvbuf_by_site() -> DropRun:
 
 def test_receive_buffer_drops_by_site_equal_the_receivers_counter(rcvbuf_by_site):
     status = next(p for p in rcvbuf_by_site.capture.to_json()["probes"] if p["name"] == "skb_drops")
-    assert status["attached"] and status["via"] == f"tracepoint:skb:kfree_skb {VIA_SITES}", status
+    assert status["attached"] and status["via"] == f"raw_tracepoint:kfree_skb {VIA_SITES}", status
     kernel = rcvbuf_by_site.result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
     assert kernel > 900
     assert rcvbuf_by_site.pod("receiver").drops.get("SOCKET_RCVBUFF", 0) == kernel

@@ -162,7 +162,7 @@ def test_profile_json_carries_the_drops(rcvbuf_run):
     # probe table says so.
     from_sites = "reason" not in tracepoint_fields("/sys/kernel/tracing", "skb/kfree_skb")
     assert probes["skb_drops"]["attached"] and probes["skb_drops"]["via"] == (
-        f"tracepoint:skb:kfree_skb {VIA_SITES}" if from_sites else "tracepoint:skb:kfree_skb")
+        f"raw_tracepoint:kfree_skb {VIA_SITES}" if from_sites else "raw_tracepoint:kfree_skb")
     assert probes["rcvqueue_full"]["attached"], probes["rcvqueue_full"]
     pods = {p["netns"]: p for p in doc["pods"]}
     receiver = pods[rcvbuf_run.inodes["receiver"]]

@@ -3,6 +3,7 @@ item 7): it used to block 40 s and more; now each probe whose tracepoint files a
 regular is refused with one line and the capture runs with the rest."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,4 +64,9 @@ def test_profile_on_a_fifo_tracefs_returns_promptly_naming_the_fifo(tmp_path: Pa
     assert proc.returncode in (0, 1), err
     refused = [line for line in err.splitlines() if "is a FIFO, not a regular file" in line]
     assert any("tracepoint tcp:tcp_retransmit_skb:" in line for line in refused), err
-    assert any("tracepoint skb:kfree_skb:" in line for line in refused), err
+    # The raw tracepoints (drops, softirq, NAPI) attach by name, without a tracefs file: a
+    # drop program whose format file cannot be read is compiled for a current kernel.
+    assert not any("skb_drops not attached" in line for line in err.splitlines()), err
+    if proc.returncode == 0:
+        probes = {probe["name"]: probe for probe in json.loads(out)["probes"]}
+        assert probes["skb_drops"]["attached"] and probes["softirq"]["attached"], probes

@@ -90,6 +90,27 @@ def test_symbolizer_names_frames_outer_to_inner_once_per_address_list():
     assert symbolizer.frames(()) == (), "a stack the map no longer held"
 
 
+def test_a_raw_tracepoint_stack_starts_at_the_function_that_fired_it():
+    """Walked from the raw kfree_skb, a stack starts in the program and bpf_trace_run4 (and
+    on some kernels __bpf_trace_kfree_skb): cut, as a tracepoint's stack never had them."""
+    from profiler.kernel.stacks import without_tracing_frames
+
+    walked = ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop", "bpf_trace_run4",
+              "bpf_prog_0123456789abcdef_raw_tracepoint__kfree_skb [bpf]")
+    assert without_tracing_frames(walked) == ("do_syscall_64", "udp_queue_rcv_one_skb", "sk_skb_reason_drop")
+    older = ("do_syscall_64", "kfree_skb", "__bpf_trace_kfree_skb", "bpf_trace_run2", "0xffffffffc0001234")
+    assert without_tracing_frames(older) == ("do_syscall_64", "kfree_skb")
+    # Only from the inner end: a drop inside another hook's program keeps the outer dispatch.
+    nested = ("do_syscall_64", "bpf_trace_run2", "bpf_prog_1_other [bpf]", "kfree_skb", "bpf_trace_run4")
+    assert without_tracing_frames(nested) == nested[:-1]
+    assert without_tracing_frames(("do_syscall_64", "tcp_retransmit_skb")) == ("do_syscall_64", "tcp_retransmit_skb")
+    table = Kallsyms.parse("ffffffff81000000 T do_syscall_64\nffffffff81001000 T sk_skb_reason_drop\n"
+                           "ffffffff81002000 T bpf_trace_run4\n")
+    # Innermost first, as the map holds them: the program (unnamed here), dispatch, the drop.
+    walked_addresses = (0xFFFFFFFFC0000010, 0xFFFFFFFF81002010, 0xFFFFFFFF81001010, 0xFFFFFFFF81000010)
+    assert StackSymbolizer(table).frames(walked_addresses) == ("do_syscall_64", "sk_skb_reason_drop")
+
+
 def test_symbolizer_reloads_kallsyms_for_a_module_loaded_later():
     now = [0.0]
     tables = [Kallsyms.parse("ffffffff81000000 T do_syscall_64\n"), KALLSYMS]
