@@ -210,6 +210,42 @@ class Btf:
                         return member.bit_offset + found[0], found[1]
         return None
 
+    def raw_tracepoint_params(self, tracepoint: str) -> tuple[str, ...] | None:
+        """The arguments a raw tracepoint passes its programs (ctx->args[0], [1], …), each
+        spelled as its C type ("struct sk_buff *", "enum skb_drop_reason"), from the
+        kernel's `btf_trace_<tracepoint>` typedef; None where BTF has no such typedef.
+
+        This is the prototype the kernel checks a raw tracepoint program's ctx reads
+        against (a read past the last argument refuses the attach with EINVAL), so it is
+        the authority for which arguments exist, where the tracefs format file is only a
+        description of the perf-event record (and may be unreadable)."""
+        try:
+            typedef = self.find(f"btf_trace_{tracepoint}", {KIND_TYPEDEF})
+        except BtfError:
+            return None
+        pointer = self._header(typedef)[3]
+        proto = self._header(pointer)[3] if self.kind(pointer) == KIND_PTR else 0
+        if not proto or self.kind(proto) != KIND_FUNC_PROTO:
+            return None
+        vlen = self._header(proto)[1]
+        base = self._type_pos[proto] + 12
+        params = [struct.unpack_from("<II", self._data, base + 8 * i)[1] for i in range(vlen)]
+        # The first parameter is the tracepoint's own `void *__data`, not one of its arguments.
+        return tuple(self.spelling(type_id) for type_id in params[1:])
+
+    def spelling(self, type_id: int) -> str:
+        """A type as C writes it, qualifiers and typedefs looked through: "struct sock *",
+        "enum skb_drop_reason", "void *", "unsigned int"."""
+        type_id = self.resolve(type_id)
+        if not type_id:
+            return "void"
+        kind = self.kind(type_id)
+        if kind == KIND_PTR:
+            target = self.spelling(self._header(type_id)[3])
+            return f"{target}*" if target.endswith("*") else f"{target} *"
+        prefix = {KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ", KIND_ENUM64: "enum "}
+        return prefix.get(kind, "") + (self.name(type_id) or "(anonymous)")
+
     def enum(self, enum_name: str) -> dict[str, int]:
         """Name → value of an enum (ENUM or ENUM64)."""
         return self._enum_values(self.find(enum_name, {KIND_ENUM, KIND_ENUM64}))

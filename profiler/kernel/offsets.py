@@ -79,6 +79,9 @@ class KernelLayout:
     offsets: dict[str, int]
     drop_reasons: dict[int, str]      # value → name without the SKB_DROP_REASON_ prefix
     softirq_vectors: dict[int, str]   # value → name without the _SOFTIRQ suffix
+    # The raw tracepoint kfree_skb's arguments as C types (Btf.raw_tracepoint_params); None
+    # where only tracefs describes the kernel.
+    kfree_skb_args: tuple[str, ...] | None = None
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in sorted(self.offsets.items())]
@@ -95,7 +98,8 @@ def read_layout(btf: Btf) -> KernelLayout:
         for name, value in btf.enum_containing("NET_RX_SOFTIRQ").items()
         if name != "NR_SOFTIRQS"
     }
-    return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors)
+    return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors,
+                        kfree_skb_args=btf.raw_tracepoint_params("kfree_skb"))
 
 
 def drop_reasons_of(btf: Btf) -> dict[int, str]:

@@ -209,10 +209,33 @@ def drop_map_cflags(release: str) -> list[str]:
     return [f"-DNETPROF_DROPS_MAX_KEYS={MAX_DROP_KEYS}"]
 
 
-def program_cflags(release: str, fields: set[str], names: Mapping[int, str], from_sites: bool,
+@dataclass(frozen=True)
+class KfreeSkbArguments:
+    """Which arguments this kernel's kfree_skb passes after (skb, location)."""
+    reason: bool      # enum skb_drop_reason, Linux 5.17+
+    rx_sk: bool       # the receiving socket, Linux 6.11+
+    learned_from: str  # "btf", "tracefs", or "assumed" (neither readable: a current kernel)
+
+
+def kfree_skb_arguments(btf_args: tuple[str, ...] | None, fields: set[str]) -> KfreeSkbArguments:
+    """btf_args: the raw tracepoint's prototype (KernelLayout.kfree_skb_args), the one the
+    kernel checks the program against; fields: skb:kfree_skb's format file, for kernels
+    described by tracefs only. A 5.10 kernel behind an unreadable tracefs must not be taken
+    for a current one: the program would read args[2] and the attach fail with EINVAL."""
+    if btf_args is not None:
+        return KfreeSkbArguments(reason=len(btf_args) >= 3 and btf_args[2] == "enum skb_drop_reason",
+                                 rx_sk=len(btf_args) >= 4 and btf_args[3].endswith("*"), learned_from="btf")
+    if fields:
+        return KfreeSkbArguments(reason="reason" in fields, rx_sk="rx_sk" in fields, learned_from="tracefs")
+    # Unreadable: if the kernel is not a current one, the compile or attach fails and the
+    # probe's status says so.
+    return KfreeSkbArguments(reason=True, rx_sk=True, learned_from="assumed")
+
+
+def program_cflags(release: str, arguments: KfreeSkbArguments, names: Mapping[int, str], from_sites: bool,
                    flows: bool) -> list[str]:
     """The drop program's macros for this kernel, optional parts (stacks, the receive-queue
-    hook) aside. fields: skb:kfree_skb's; names: the reasons counted by (value → name)."""
+    hook) aside. names: the reasons counted by (value → name)."""
     cflags = [
         *(("-DNETPROF_DROP_REASONS_FROM_SITES",) if from_sites else ()),
         *(FLOW_CFLAGS if flows else ()),
@@ -221,9 +244,7 @@ def program_cflags(release: str, fields: set[str], names: Mapping[int, str], fro
         f"-DNETPROF_DROPS_MAX_LISTENERS={MAX_LISTENERS}",
         *reason_cflags(names),
     ]
-    # An unreadable format file is taken to be a current kernel: if it is not, the compile
-    # fails and the status says so.
-    if "rx_sk" in fields or not fields:
+    if arguments.rx_sk:
         cflags.append("-DNETPROF_KFREE_SKB_HAS_RX_SK")
     return cflags
 
@@ -271,20 +292,21 @@ class DropProbe:
         via = f"raw_tracepoint:{RAW_TRACEPOINT}"
         rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
         stacks_via = f"bpf_get_stackid at raw_tracepoint:{RAW_TRACEPOINT}"
-        fields = tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb")
-        from_sites = self._force_sites or bool(fields and "reason" not in fields)
+        arguments = kfree_skb_arguments(
+            loader.layout.kfree_skb_args, tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb"))
+        from_sites = self._force_sites or not arguments.reason
         names = SITE_REASONS if from_sites else loader.layout.drop_reasons
         if from_sites:
             # The tracepoint has no reason before Linux 5.17: the call site gives it.
             via = f"{via} {VIA_SITES}"
             self.site_ranges = site_ranges(self._kallsyms())
             if not self.site_ranges:
-                why = ("skb:kfree_skb has no `reason` field on this kernel (added in Linux 5.17), and "
+                why = ("kfree_skb passes no drop reason on this kernel (added in Linux 5.17), and "
                        "/proc/kallsyms names none of the functions a reason can be read from")
                 self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
                 self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
                 return ProbeStatus(self.name, False, via, why)
-        cflags = program_cflags(loader.info.release, fields, names, from_sites, self._flows)
+        cflags = program_cflags(loader.info.release, arguments, names, from_sites, self._flows)
         # Everything first; then without the optional parts, so a kernel that refuses one
         # (stack maps, the raw tracepoint) still gets the drop counts. Each optional part's
         # error is that of the attempt that differed from the loaded one only by it.

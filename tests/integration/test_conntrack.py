@@ -170,7 +170,13 @@ def test_confirm_kprobe_counts_the_clients_failed_inserts(race_run):
         pytest.skip("no kprobes on this kernel: the probe table says why (test above)")
     kernel_failed = race_run.kernel("client", "insert_failed")
     assert kernel_failed > 0
-    assert race_run.conntrack("client").get("confirm_failed") == kernel_failed
+    # A run the kernel skipped because a BPF program or a map syscall was busy on that CPU
+    # (bpf_prog_active) is lost, and the capture counts it as lost: forky's guest lost 2 of
+    # 16975. Each lost run is at most one failure; none lost, the count is exact.
+    lost = sum(count for key, count in race_run.capture.lost().items()
+               if key.startswith("conntrack_confirm_recursion_misses:"))
+    counted = race_run.conntrack("client").get("confirm_failed", 0)
+    assert kernel_failed - lost <= counted <= kernel_failed, (counted, kernel_failed, race_run.capture.lost())
     assert race_run.conntrack("quiet").get("confirm_failed", 0) == 0
     assert "confirm_failed" not in race_run.conntrack("server")
 

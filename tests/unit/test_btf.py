@@ -105,6 +105,30 @@ def test_a_kernel_without_drop_reasons_has_an_empty_table(btf):
     assert drop_reasons_of(btf) == {}
 
 
+def _kfree_skb_prototype(with_reason: bool) -> Btf:
+    """btf_trace_kfree_skb as 5.10 (skb, location) or 6.18 (…, reason, rx_sk) declare it."""
+    b = BlobBuilder()
+    b.add("sk_buff", KIND_STRUCT, 0, 8)                                          # 1
+    b.add("", KIND_PTR, 0, 1)                                                    # 2
+    b.add("", KIND_PTR, 0, 0)                                                    # 3: void *
+    b.add("skb_drop_reason", KIND_ENUM, 1, 4, struct.pack("<Ii", b.s("SKB_DROP_REASON_NOT_SPECIFIED"), 2))  # 4
+    b.add("sock", KIND_STRUCT, 0, 8)                                             # 5
+    b.add("", KIND_PTR, 0, 5)                                                    # 6
+    params = [3, 2, 3, *((4, 6) if with_reason else ())]
+    b.add("", KIND_FUNC_PROTO, len(params), 0, b"".join(struct.pack("<II", 0, t) for t in params))  # 7
+    b.add("", KIND_PTR, 0, 7)                                                    # 8
+    b.add("btf_trace_kfree_skb", KIND_TYPEDEF, 0, 8)                             # 9
+    return Btf(b.blob())
+
+
+def test_a_raw_tracepoints_arguments_come_from_its_btf_typedef(btf):
+    # The first parameter (the tracepoint's `void *__data`) is not an argument.
+    assert _kfree_skb_prototype(False).raw_tracepoint_params("kfree_skb") == ("struct sk_buff *", "void *")
+    assert _kfree_skb_prototype(True).raw_tracepoint_params("kfree_skb") == (
+        "struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *")
+    assert btf.raw_tracepoint_params("kfree_skb") is None
+
+
 @pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").is_file(), reason="this kernel has no BTF")
 def test_live_kernel_btf_has_what_netprof_needs():
     from profiler.kernel.offsets import read_layout
@@ -117,6 +141,7 @@ def test_live_kernel_btf_has_what_netprof_needs():
     names = set(layout.drop_reasons.values())
     assert {"NOT_SPECIFIED", "TCP_LISTEN_OVERFLOW", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
     assert {"NET_RX", "NET_TX"} <= set(layout.softirq_vectors.values())
+    assert layout.kfree_skb_args is not None and layout.kfree_skb_args[:2] == ("struct sk_buff *", "void *")
     # The tracepoint's own print fmt names the same numbers as BTF.
     fmt = Path("/sys/kernel/tracing/events/skb/kfree_skb/format")
     if fmt.exists():

@@ -10,7 +10,8 @@ import numpy as np
 from profiler.kernel.features import tracepoint_fields
 from profiler.kernel.offsets import parse_print_symbolic
 from profiler.probes.drops import (
-    COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, UNCOUNTED_SLOTS, fold_drop_counts, reason_cflags, reason_name,
+    COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, UNCOUNTED_SLOTS, KfreeSkbArguments, fold_drop_counts, kfree_skb_arguments,
+    program_cflags, reason_cflags, reason_name,
 )
 
 DROPS_H = Path(__file__).resolve().parents[2] / "bpf" / "drops.h"
@@ -64,6 +65,32 @@ def test_tracepoint_fields_from_the_format_file(tmp_path: Path):
     assert {"skbaddr", "location", "rx_sk", "protocol", "reason"} <= fields
     assert tracepoint_fields(str(tmp_path), "sock/sock_rcvqueue_full") == set()
     assert tracepoint_fields(None, "skb/kfree_skb") == set()
+
+
+LINUX_5_10_ARGS = ("struct sk_buff *", "void *")
+LINUX_6_18_ARGS = ("struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *")
+
+
+def test_kfree_skbs_arguments_come_from_btf_before_tracefs():
+    # BTF is the prototype the kernel checks the raw tracepoint program against: it wins
+    # over a format file, and holds when tracefs cannot be read (a FIFO planted there):
+    # 5.10 taken for a current kernel read args[2] and the attach failed with EINVAL.
+    assert kfree_skb_arguments(LINUX_5_10_ARGS, set()) == KfreeSkbArguments(False, False, "btf")
+    assert kfree_skb_arguments(LINUX_6_18_ARGS, {"skbaddr", "location"}) == KfreeSkbArguments(True, True, "btf")
+    assert kfree_skb_arguments(LINUX_6_18_ARGS[:3], set()) == KfreeSkbArguments(True, False, "btf")
+    # Headers path, no BTF: the format file says.
+    assert kfree_skb_arguments(None, {"skbaddr", "location", "protocol"}) == KfreeSkbArguments(False, False, "tracefs")
+    assert kfree_skb_arguments(None, {"skbaddr", "location", "reason"}) == KfreeSkbArguments(True, False, "tracefs")
+    # Neither: a current kernel is assumed, and a wrong guess fails the attach visibly.
+    assert kfree_skb_arguments(None, set()) == KfreeSkbArguments(True, True, "assumed")
+
+
+def test_the_receiving_socket_is_read_only_where_the_kernel_passes_it():
+    def rx_sk_flag(arguments):
+        return "-DNETPROF_KFREE_SKB_HAS_RX_SK" in program_cflags("6.18.0", arguments, {}, False, flows=False)
+
+    assert rx_sk_flag(kfree_skb_arguments(LINUX_6_18_ARGS, set()))
+    assert not rx_sk_flag(kfree_skb_arguments(LINUX_5_10_ARGS, set()))
 
 
 def _c_struct_fields(name: str) -> list[str]:
