@@ -214,22 +214,29 @@ class KfreeSkbArguments:
     """Which arguments this kernel's kfree_skb passes after (skb, location)."""
     reason: bool      # enum skb_drop_reason, Linux 5.17+
     rx_sk: bool       # the receiving socket, Linux 6.11+
-    learned_from: str  # "btf", "tracefs", or "assumed" (neither readable: a current kernel)
 
 
-def kfree_skb_arguments(btf_args: tuple[str, ...] | None, fields: set[str]) -> KfreeSkbArguments:
+def kfree_skb_arguments(btf_args: tuple[str, ...] | None, fields: Callable[[], set[str]]) -> KfreeSkbArguments:
     """btf_args: the raw tracepoint's prototype (KernelLayout.kfree_skb_args), the one the
-    kernel checks the program against; fields: skb:kfree_skb's format file, for kernels
-    described by tracefs only. A 5.10 kernel behind an unreadable tracefs must not be taken
-    for a current one: the program would read args[2] and the attach fail with EINVAL."""
+    kernel checks the program against; fields: reads skb:kfree_skb's format file, asked only
+    for kernels described by tracefs alone. A 5.10 kernel behind an unreadable tracefs must
+    not be taken for a current one: the program would read args[2] and the attach fail with
+    EINVAL."""
     if btf_args is not None:
         return KfreeSkbArguments(reason=len(btf_args) >= 3 and btf_args[2] == "enum skb_drop_reason",
-                                 rx_sk=len(btf_args) >= 4 and btf_args[3].endswith("*"), learned_from="btf")
-    if fields:
-        return KfreeSkbArguments(reason="reason" in fields, rx_sk="rx_sk" in fields, learned_from="tracefs")
-    # Unreadable: if the kernel is not a current one, the compile or attach fails and the
-    # probe's status says so.
-    return KfreeSkbArguments(reason=True, rx_sk=True, learned_from="assumed")
+                                 rx_sk=len(btf_args) >= 4 and btf_args[3].endswith("*"))
+    described = fields()
+    if described:
+        return KfreeSkbArguments(reason="reason" in described, rx_sk="rx_sk" in described)
+    # Neither readable: a current kernel is assumed; if it is not, the compile or attach
+    # fails and the probe's status says so.
+    return KfreeSkbArguments(reason=True, rx_sk=True)
+
+
+def kfree_skb_arguments_of(loader: BpfLoader) -> KfreeSkbArguments:
+    """What the loader's kernel passes, as the drop probe decides it."""
+    return kfree_skb_arguments(loader.layout.kfree_skb_args, lambda: tracepoint_fields(
+        loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb"))
 
 
 def program_cflags(release: str, arguments: KfreeSkbArguments, names: Mapping[int, str], from_sites: bool,
@@ -292,8 +299,7 @@ class DropProbe:
         via = f"raw_tracepoint:{RAW_TRACEPOINT}"
         rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
         stacks_via = f"bpf_get_stackid at raw_tracepoint:{RAW_TRACEPOINT}"
-        arguments = kfree_skb_arguments(
-            loader.layout.kfree_skb_args, tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb"))
+        arguments = kfree_skb_arguments_of(loader)
         from_sites = self._force_sites or not arguments.reason
         names = SITE_REASONS if from_sites else loader.layout.drop_reasons
         if from_sites:

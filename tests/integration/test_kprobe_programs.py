@@ -38,8 +38,7 @@ def test_drops_compiles_with_the_header_paths_offset_expressions(loader, tmp_pat
         "#define NETPROF_SKB_NETWORK_HEADER_OFFSET __builtin_offsetof(struct netprof_fake_skb, network_header)\n")
     from profiler.probes import drops
 
-    arguments = drops.kfree_skb_arguments(  # as DropProbe decides (5.10 has no reason)
-        loader.layout.kfree_skb_args, drops.tracepoint_fields(loader.info.tracefs or "/sys/kernel/tracing", "skb/kfree_skb"))
+    arguments = drops.kfree_skb_arguments_of(loader)  # as DropProbe decides (5.10 has no reason)
     from_sites = not arguments.reason
     cflags = drops.program_cflags(loader.info.release, arguments,
                                   drops.SITE_REASONS if from_sites else loader.layout.drop_reasons,

@@ -75,22 +75,32 @@ def test_kfree_skbs_arguments_come_from_btf_before_tracefs():
     # BTF is the prototype the kernel checks the raw tracepoint program against: it wins
     # over a format file, and holds when tracefs cannot be read (a FIFO planted there):
     # 5.10 taken for a current kernel read args[2] and the attach failed with EINVAL.
-    assert kfree_skb_arguments(LINUX_5_10_ARGS, set()) == KfreeSkbArguments(False, False, "btf")
-    assert kfree_skb_arguments(LINUX_6_18_ARGS, {"skbaddr", "location"}) == KfreeSkbArguments(True, True, "btf")
-    assert kfree_skb_arguments(LINUX_6_18_ARGS[:3], set()) == KfreeSkbArguments(True, False, "btf")
+    format_reads: list[int] = []
+
+    def fields(described: set[str]):
+        def read() -> set[str]:
+            format_reads.append(1)
+            return described
+        return read
+
+    assert kfree_skb_arguments(LINUX_5_10_ARGS, fields(set())) == KfreeSkbArguments(False, False)
+    assert kfree_skb_arguments(LINUX_6_18_ARGS, fields({"skbaddr", "location"})) == KfreeSkbArguments(True, True)
+    assert kfree_skb_arguments(LINUX_6_18_ARGS[:3], fields(set())) == KfreeSkbArguments(True, False)
+    assert format_reads == []  # with BTF the format file is never read
     # Headers path, no BTF: the format file says.
-    assert kfree_skb_arguments(None, {"skbaddr", "location", "protocol"}) == KfreeSkbArguments(False, False, "tracefs")
-    assert kfree_skb_arguments(None, {"skbaddr", "location", "reason"}) == KfreeSkbArguments(True, False, "tracefs")
+    assert kfree_skb_arguments(None, fields({"skbaddr", "location", "protocol"})) == KfreeSkbArguments(False, False)
+    assert kfree_skb_arguments(None, fields({"skbaddr", "location", "reason"})) == KfreeSkbArguments(True, False)
     # Neither: a current kernel is assumed, and a wrong guess fails the attach visibly.
-    assert kfree_skb_arguments(None, set()) == KfreeSkbArguments(True, True, "assumed")
+    assert kfree_skb_arguments(None, fields(set())) == KfreeSkbArguments(True, True)
+    assert len(format_reads) == 3
 
 
 def test_the_receiving_socket_is_read_only_where_the_kernel_passes_it():
     def rx_sk_flag(arguments):
         return "-DNETPROF_KFREE_SKB_HAS_RX_SK" in program_cflags("6.18.0", arguments, {}, False, flows=False)
 
-    assert rx_sk_flag(kfree_skb_arguments(LINUX_6_18_ARGS, set()))
-    assert not rx_sk_flag(kfree_skb_arguments(LINUX_5_10_ARGS, set()))
+    assert rx_sk_flag(kfree_skb_arguments(LINUX_6_18_ARGS, set))
+    assert not rx_sk_flag(kfree_skb_arguments(LINUX_5_10_ARGS, set))
 
 
 def _c_struct_fields(name: str) -> list[str]:
