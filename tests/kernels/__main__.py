@@ -20,11 +20,10 @@ from pathlib import Path
 from profiler.inert import inert
 
 from . import provision, results, vm
-from .matrix import MATRIX, PARALLEL_CPUS_MARK, parallel_cpus_phase, select
+from .matrix import MATRIX, PARALLEL_CPUS_MARK, parallel_cpus_phase, pytest_command, select
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_COMMAND = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
-                   "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration")
+DEFAULT_COMMAND = pytest_command("tests/integration")
 DOCS_HEADER = (REPO / "tests/kernels/kernels_header.md")
 
 

@@ -62,8 +62,15 @@ class KernelSpec:
 GUEST_CPUS = 2
 GUEST_MEMORY = "2G"
 
-HEADERS_PATH_TESTS = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
-                      "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" tests/integration/test_headers_path.py")
+
+
+def pytest_command(*paths: str) -> str:
+    """The guest's pytest run over `paths`, its junit written where the harness collects it."""
+    return (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
+            "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(paths))
+
+
+HEADERS_PATH_TESTS = pytest_command("tests/integration/test_headers_path.py")
 
 # The subset of the integration tier that touches every probe at least once (each file's
 # module docstring says which): what CI can afford on 2 CPUs under software emulation.
@@ -77,8 +84,7 @@ CI_SUBSET_FILES = (
     "tests/integration/test_softirq.py",           # softirq, napi, softnet
     "tests/integration/test_napi_devices.py",      # napi: a named device's polls in its pod's netns
 )
-CI_SUBSET_TESTS = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
-                   "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(CI_SUBSET_FILES))
+CI_SUBSET_TESTS = pytest_command(*CI_SUBSET_FILES)
 
 # 5.10 under emulation runs about a test a minute alone, two beside another guest: the whole
 # tier would take 3 hours and more. Its entry runs every probe's files, the drop reasons read
@@ -90,13 +96,11 @@ BULLSEYE_FILES = (
     "tests/integration/test_map_reads.py",
     "tests/integration/test_hostile_tracefs.py",
 )
-BULLSEYE_TESTS = (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
-                  "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(BULLSEYE_FILES))
+BULLSEYE_TESTS = pytest_command(*BULLSEYE_FILES)
 
 
 def _tier_tests(*paths: str) -> str:
-    return (".venv/bin/python -m pytest -v -ra -p no:cacheprovider "
-            "--junitxml \"$NETPROF_GUEST_OUT/junit.xml\" " + " ".join(f"tests/kernels/{p}" for p in paths))
+    return pytest_command(*(f"tests/kernels/{p}" for p in paths))
 
 
 # Guests with real NICs (issue 19): the multi-queue tier measures IRQ affinity and RPS/XPS
