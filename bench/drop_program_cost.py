@@ -14,7 +14,9 @@ datagram a SOCKET_RCVBUFF drop, so skb:kfree_skb fires once per packet), and rea
   receiver's Udp.RcvbufErrors (the kernel's own count): they must be equal;
 - for `stacks`: the stack walks and the share of each CPU their time took (bpf/stacks.h).
 
-Variants: `stacks` (as shipped: stacks and TCP flows), `counts` (no stacks). Medians and
+Variants: `stacks` (as shipped: stacks and TCP flows, typed loads on tp_btf where the kernel
+allows), `counts` (no stacks), `stacks-raw` (as `stacks`, but on the raw tracepoint with probe
+reads: the program before typed loads). Medians and
 ranges over rounds; not a test, nothing is asserted. Needs root, BCC and sockperf.
 """
 from __future__ import annotations
@@ -36,17 +38,18 @@ from profiler.probes.drops import DropProbe, reason_name
 
 PORT = 9998
 SINK_RCVBUF = 4096
-HOOK = "raw_tracepoint:kfree_skb"
-VARIANTS = {"stacks": dict(stacks=True, flows=True), "counts": dict(stacks=False, flows=True)}
+HOOKS = ("tp_btf:kfree_skb", "raw_tracepoint:kfree_skb")
+VARIANTS = {"stacks": dict(stacks=True, flows=True), "counts": dict(stacks=False, flows=True),
+            "stacks-raw": dict(stacks=True, flows=True, typed=False)}
 
 
 def _program_stats(probe: DropProbe) -> tuple[int, int]:
     for _program, hook, fd in loaded_program_fds([("drops", probe._bpf)]):
-        if hook == HOOK:
+        if hook in HOOKS:
             stats = read_prog_stats(fd)
             if stats is not None:
                 return stats.run_time_ns, stats.run_count
-    raise RuntimeError(f"no {HOOK} program loaded")
+    raise RuntimeError(f"no kfree_skb program loaded ({' or '.join(HOOKS)})")
 
 
 def _rcvbuf_drops(probe: DropProbe, netns: int, names) -> tuple[int, int, int]:
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_once(lab, loader, variant, args.duration, args.rate)
                     row["round"] = round_
                     rows.append(row)
-                    print(f"round {round_} {variant:<7} {row['ns_per_event'] or 0:.0f} ns/event "
+                    print(f"round {round_} {variant:<10} {row['ns_per_event'] or 0:.0f} ns/event "
                           f"{row['events_per_s']:.0f}/s counted {row['counted_drops']} kernel {row['kernel_drops']} "
                           f"walks {row['walks']}", file=sys.stderr)
     finally:

@@ -2,7 +2,10 @@
  * CPU; plus socket receive-queue-full events per namespace.
  *
  * Hook: the raw tracepoint kfree_skb (TP_PROTO(skb, location, reason since 5.17, rx_sk since
- * 6.11); which of the last two exist, the probe reads from the tracepoint's format). It
+ * 6.11); which of the last two exist, the probe reads from BTF's btf_trace_kfree_skb, else the
+ * tracepoint's format). Typed (tp_btf, -DNETPROF_TYPED_LOADS) where BTF has that prototype:
+ * the verifier then knows skb and rx_sk for what they are, and following them is a plain load
+ * instead of a bpf_probe_read_kernel call (bpf/netns.h, NETPROF_KERNEL_LOAD). It
  * fires for every kfree_skb_reason(), including the generic kfree_skb() calls that free
  * packets for ordinary reasons with reason NOT_SPECIFIED: those are not counted as drops,
  * only tallied in one per-CPU slot so the capture can say how many were ignored. Reason
@@ -129,6 +132,10 @@ static __always_inline bool network_header_of(const void *skb, const unsigned ch
     u16 network = 0;
     const unsigned char *head = 0;
 
+#ifdef NETPROF_TYPED_LOADS
+    network = NETPROF_KERNEL_LOAD(u16, skb, NETPROF_SKB_NETWORK_HEADER_OFFSET);
+    head = NETPROF_KERNEL_LOAD(const unsigned char *, skb, NETPROF_SKB_HEAD_OFFSET);
+#else
     if (NETPROF_SKB_NEAR) {
         u8 span[32] = {};
 
@@ -140,6 +147,7 @@ static __always_inline bool network_header_of(const void *skb, const unsigned ch
                bpf_probe_read_kernel(&head, sizeof(head), (const char *)skb + NETPROF_SKB_HEAD_OFFSET)) {
         return false;
     }
+#endif
     if (!head || network == 0xffff)  /* ~0: no network header was set on this skb */
         return false;
     *ip = head + network;
@@ -156,13 +164,11 @@ static __always_inline bool tcp_flow_of_skb(const void *skb, u32 reason, struct 
 {
     const unsigned char *ip;
     u16 ports[2] = {};
-    u16 protocol = 0;
+    u16 protocol;
 
     if (reason == (u32)NETPROF_DROP_REASON_SOCKET_RCVBUFF || reason == (u32)NETPROF_DROP_REASON_UDP_CSUM)
         return false;
-    if (bpf_probe_read_kernel(&protocol, sizeof(protocol), (const char *)skb + NETPROF_SKB_PROTOCOL_OFFSET))
-        return false;
-    protocol = be16_to_host(protocol);
+    protocol = be16_to_host(NETPROF_KERNEL_LOAD(u16, skb, NETPROF_SKB_PROTOCOL_OFFSET));
     if (protocol != 0x0800 && protocol != 0x86DD)    /* ETH_P_IP, ETH_P_IPV6 */
         return false;
     if (!network_header_of(skb, &ip))
@@ -296,31 +302,23 @@ static __always_inline void count_uncounted(int slot)
 
 static __always_inline u32 netns_inode_of_skb_dev(const void *skb)
 {
-    void *dev = 0;
-    void *net = 0;
-    u32 inode = 0;
-
     /* skb->dev shares a union with dev_scratch (UDP keeps sizes there while an skb sits in
-     * a receive queue); a scratch value is not a kernel address and the reads below fail. */
-    if (bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)skb + NETPROF_SKB_DEV_OFFSET) || !dev)
+     * a receive queue); a scratch value is not a kernel address and the loads below give 0. */
+    const void *dev = NETPROF_KERNEL_LOAD(const void *, skb, NETPROF_SKB_DEV_OFFSET);
+    if (!dev)
         return 0;
     /* nd_net is a possible_net_t: a struct holding one struct net pointer. */
-    if (bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + NETPROF_NETDEV_NET_OFFSET) || !net)
+    const void *net = NETPROF_KERNEL_LOAD(const void *, dev, NETPROF_NETDEV_NET_OFFSET);
+    if (!net)
         return 0;
-    if (bpf_probe_read_kernel(&inode, sizeof(inode), (const char *)net + NETPROF_NET_INUM_OFFSET))
-        return 0;
-    return inode;
+    return NETPROF_KERNEL_LOAD(u32, net, NETPROF_NET_INUM_OFFSET);
 }
 
 static __always_inline u32 netns_inode_of_skb_owner(const void *skb)
 {
-    void *sk = 0;
-
     /* skb->sk shares a union with ip_defrag_offset (IP fragments being reassembled): such
-     * an offset is no kernel address, the read in netns_inode_of_sock fails and gives 0. */
-    if (bpf_probe_read_kernel(&sk, sizeof(sk), (const char *)skb + NETPROF_SKB_SK_OFFSET) || !sk)
-        return 0;
-    return netns_inode_of_sock(sk);
+     * an offset is no kernel address, and the loads in netns_inode_of_sock give 0. */
+    return netns_inode_of_sock(NETPROF_KERNEL_LOAD(const void *, skb, NETPROF_SKB_SK_OFFSET));
 }
 
 /* Counts the drop; returns this CPU's value for the key (its stack state), or 0 when the
@@ -351,7 +349,7 @@ static __always_inline void count_listen_overflow(const void *listener, u32 netn
     u64 one = 1;
 
     key.netns_inode = netns;
-    bpf_probe_read_kernel(&key.port, sizeof(key.port), (const char *)listener + NETPROF_SOCK_NUM_OFFSET);
+    key.port = NETPROF_KERNEL_LOAD(u16, listener, NETPROF_SOCK_NUM_OFFSET);
     u64 *count = listen_overflows_by_port.lookup(&key);
     if (count) {
         __sync_fetch_and_add(count, 1);
@@ -366,14 +364,15 @@ static __always_inline void count_listen_overflow(const void *listener, u32 netn
         count_uncounted(UNCOUNTED_LISTEN_MAP_FULL);
 }
 
-RAW_TRACEPOINT_PROBE(kfree_skb)
+/* args: the tracepoint's arguments (TP_PROTO); ctx: the program's context, for the stack walk. */
+static __always_inline int on_kfree_skb(void *ctx, const u64 *args)
 {
-    const void *skb = (const void *)ctx->args[0];
-    u64 location = ctx->args[1];
+    const void *skb = (const void *)args[0];
+    u64 location = args[1];
 #ifdef NETPROF_DROP_REASONS_FROM_SITES
     u32 reason = reason_of_site(location);
 #else
-    u32 reason = (u32)ctx->args[2];
+    u32 reason = (u32)args[2];
 #endif
 
     if (reason == (u32)NETPROF_DROP_REASON_NOT_SPECIFIED) {
@@ -386,7 +385,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     }
 
 #ifdef NETPROF_KFREE_SKB_HAS_RX_SK
-    const void *rx_sk = (const void *)ctx->args[3];
+    const void *rx_sk = (const void *)args[3];
 #else
     const void *rx_sk = 0;  /* the tracepoint gained rx_sk in Linux 6.11 */
 #endif
@@ -424,10 +423,10 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 }
 
 #ifdef NETPROF_DROPS_RCVQUEUE_FULL
-RAW_TRACEPOINT_PROBE(sock_rcvqueue_full)
+/* TP_PROTO(struct sock *sk, struct sk_buff *skb) */
+static __always_inline int on_sock_rcvqueue_full(const u64 *args)
 {
-    /* TP_PROTO(struct sock *sk, struct sk_buff *skb) */
-    u32 netns = netns_inode_of_sock((const void *)ctx->args[0]);
+    u32 netns = netns_inode_of_sock((const void *)args[0]);
     u64 one = 1;
     u64 *count = rcvqueue_full_by_netns.lookup(&netns);
     if (count) {
@@ -443,4 +442,31 @@ RAW_TRACEPOINT_PROBE(sock_rcvqueue_full)
         count_uncounted(UNCOUNTED_RCVQUEUE_MAP_FULL);
     return 0;
 }
+#endif
+
+/* The hooks. Typed (tp_btf): plain functions, named so that BCC neither loads nor attaches
+ * them (profiler/kernel/typed_tracepoint.py loads them: BCC cannot); ctx is the arguments
+ * array itself. Otherwise raw tracepoints, which BCC attaches at load. */
+#ifdef NETPROF_TYPED_LOADS
+int tp_btf__kfree_skb(u64 *ctx)
+{
+    return on_kfree_skb(ctx, ctx);
+}
+#ifdef NETPROF_DROPS_RCVQUEUE_FULL
+int tp_btf__sock_rcvqueue_full(u64 *ctx)
+{
+    return on_sock_rcvqueue_full(ctx);
+}
+#endif
+#else
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+    return on_kfree_skb(ctx, (const u64 *)ctx->args);
+}
+#ifdef NETPROF_DROPS_RCVQUEUE_FULL
+RAW_TRACEPOINT_PROBE(sock_rcvqueue_full)
+{
+    return on_sock_rcvqueue_full((const u64 *)ctx->args);
+}
+#endif
 #endif

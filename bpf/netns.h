@@ -15,19 +15,32 @@
 #error "netns offsets must come from BTF (-DNETPROF_SOCK_NET_OFFSET, -DNETPROF_NET_INUM_OFFSET)"
 #endif
 
+/* The `type` at kernel address base + offset; 0 where it cannot be read.
+ *
+ * In a program loaded typed (-DNETPROF_TYPED_LOADS: tp_btf, profiler/kernel/typed_tracepoint.py)
+ * base derives from a typed argument, and a plain load is what the verifier wants: it checks
+ * offset and size against the BTF struct, and the kernel makes the load fault-safe (a fault
+ * gives 0). Elsewhere it is a bpf_probe_read_kernel, a helper call that costs ≈35–40 ns on
+ * the benchmark machine (bench/README.md): most of what a drop's pod costs. */
+#ifdef NETPROF_TYPED_LOADS
+#define NETPROF_KERNEL_LOAD(type, base, offset) (*(type const *)((const char *)(base) + (offset)))
+#else
+#define NETPROF_KERNEL_LOAD(type, base, offset) ({                                      \
+        type netprof_loaded_ = 0;                                                        \
+        bpf_probe_read_kernel(&netprof_loaded_, sizeof(netprof_loaded_), (const char *)(base) + (offset)); \
+        netprof_loaded_;                                                                 \
+    })
+#endif
+
 static __always_inline u32 netns_inode_of_sock(const void *sk)
 {
-    void *net = 0;
-    u32 inode = 0;
-
     if (!sk)
         return 0;
     /* skc_net is a possible_net_t: a struct holding one struct net pointer. */
-    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + NETPROF_SOCK_NET_OFFSET);
+    const void *net = NETPROF_KERNEL_LOAD(const void *, sk, NETPROF_SOCK_NET_OFFSET);
     if (!net)
         return 0;
-    bpf_probe_read_kernel(&inode, sizeof(inode), (const char *)net + NETPROF_NET_INUM_OFFSET);
-    return inode;
+    return NETPROF_KERNEL_LOAD(u32, net, NETPROF_NET_INUM_OFFSET);
 }
 
 #endif

@@ -40,7 +40,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
-import platform
 import resource
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,14 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .kernel.bpf_syscall import bpf
+from .kernel.typed_tracepoint import FUNCTION_PREFIX as TYPED_FUNCTION_PREFIX
 from .kernel.loader import BpfLoader
 from .kernel.kernel_files import read_kernel_text
 
 SYSCTL_PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
 BPF_ENABLE_STATS = 32       # enum bpf_cmd, Linux 5.8
 BPF_STATS_RUN_TIME = 0      # enum bpf_stats_type
-BPF_ATTR_SIZE = 128         # a zeroed union bpf_attr big enough for any command we send
-BPF_SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 
 VIA_ENABLE_STATS = "bpf(BPF_ENABLE_STATS)"
 # Time one interval in this many (1: every interval). Not rarer: `serve`'s metrics divide
@@ -105,7 +104,8 @@ def read_prog_stats(fd: int, proc: Path = Path("/proc")) -> ProgramRunStats | No
 
 def hook_of_function(name: str) -> str:
     """Where a BCC-named program is attached, from the name BCC gave it."""
-    for prefix, kind in (("raw_tracepoint__", "raw_tracepoint"), ("tracepoint__", "tracepoint")):
+    for prefix, kind in (("raw_tracepoint__", "raw_tracepoint"), ("tracepoint__", "tracepoint"),
+                         (TYPED_FUNCTION_PREFIX, "tp_btf")):
         if name.startswith(prefix):
             rest = name[len(prefix):]
             if kind == "tracepoint":
@@ -142,24 +142,9 @@ def loaded_program_fds(loaded: Iterable[tuple[str, object]]) -> list[tuple[str, 
 # -- switching the statistics on and off -----------------------------------------------------
 
 
-def _bpf_syscall_number() -> int | None:
-    return BPF_SYSCALL_NUMBERS.get(platform.machine())
-
-
 def _enable_stats_fd() -> int:
     """bpf(BPF_ENABLE_STATS, {type: BPF_STATS_RUN_TIME}) → fd; raises OSError."""
-    number = _bpf_syscall_number()
-    if number is None:
-        raise OSError(0, f"bpf syscall number unknown on {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    attr = (ctypes.c_uint8 * BPF_ATTR_SIZE)()  # type (u32 at offset 0) = BPF_STATS_RUN_TIME = 0
-    fd = libc.syscall(ctypes.c_long(number), ctypes.c_int(BPF_ENABLE_STATS), ctypes.byref(attr),
-                      ctypes.c_uint(BPF_ATTR_SIZE))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
+    return bpf(BPF_ENABLE_STATS, ctypes.c_uint32(BPF_STATS_RUN_TIME))
 
 
 class BpfStatsSwitch:

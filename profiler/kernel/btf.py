@@ -219,9 +219,8 @@ class Btf:
         against (a read past the last argument refuses the attach with EINVAL), so it is
         the authority for which arguments exist, where the tracefs format file is only a
         description of the perf-event record (and may be unreadable)."""
-        try:
-            typedef = self.find(f"btf_trace_{tracepoint}", {KIND_TYPEDEF})
-        except BtfError:
+        typedef = self.raw_tracepoint_type_id(tracepoint)
+        if typedef is None:
             return None
         pointer = self._header(typedef)[3]
         proto = self._header(pointer)[3] if self.kind(pointer) == KIND_PTR else 0
@@ -232,6 +231,14 @@ class Btf:
         params = [struct.unpack_from("<II", self._data, base + 8 * i)[1] for i in range(vlen)]
         # The first parameter is the tracepoint's own `void *__data`, not one of its arguments.
         return tuple(self.spelling(type_id) for type_id in params[1:])
+
+    def raw_tracepoint_type_id(self, tracepoint: str) -> int | None:
+        """Type id of the `btf_trace_<tracepoint>` typedef, None where BTF has none: the id a
+        tp_btf program is loaded against (attach_btf_id)."""
+        try:
+            return self.find(f"btf_trace_{tracepoint}", {KIND_TYPEDEF})
+        except BtfError:
+            return None
 
     def spelling(self, type_id: int) -> str:
         """A type as C writes it, qualifiers and typedefs looked through: "struct sock *",

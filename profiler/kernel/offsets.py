@@ -6,7 +6,8 @@ give wrong offsets: the Debian 6.1 headers disagree with 6.18 on struct net).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from .btf import Btf
 
@@ -74,6 +75,10 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
 }
 
 
+# Raw tracepoints whose programs netprof loads typed where it can (kernel/typed_tracepoint.py).
+TYPED_TRACEPOINTS = ("kfree_skb", "sock_rcvqueue_full")
+
+
 @dataclass(frozen=True)
 class KernelLayout:
     offsets: dict[str, int]
@@ -82,6 +87,10 @@ class KernelLayout:
     # The raw tracepoint kfree_skb's arguments as C types (Btf.raw_tracepoint_params); None
     # where only tracefs describes the kernel.
     kfree_skb_args: tuple[str, ...] | None = None
+    # Tracepoint → BTF id of its btf_trace_ typedef, for the tracepoints netprof can run
+    # typed (tp_btf) programs on (TYPED_TRACEPOINTS); empty where only tracefs describes the
+    # kernel, where such programs cannot load.
+    typed_tracepoint_ids: Mapping[str, int] = field(default_factory=dict)
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in sorted(self.offsets.items())]
@@ -99,7 +108,9 @@ def read_layout(btf: Btf) -> KernelLayout:
         if name != "NR_SOFTIRQS"
     }
     return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors,
-                        kfree_skb_args=btf.raw_tracepoint_params("kfree_skb"))
+                        kfree_skb_args=btf.raw_tracepoint_params("kfree_skb"),
+                        typed_tracepoint_ids={tracepoint: type_id for tracepoint in TYPED_TRACEPOINTS
+                                              if (type_id := btf.raw_tracepoint_type_id(tracepoint)) is not None})
 
 
 def drop_reasons_of(btf: Btf) -> dict[int, str]:

@@ -18,6 +18,7 @@ from ..kernel.kallsyms import Kallsyms
 from ..kernel.loader import BpfLoader
 from ..kernel.maps import MapLayout, MapReader
 from ..kernel.shim import kernel_version_code
+from ..kernel.typed_tracepoint import attach_typed_tracepoint
 from ..kernel.stacks import (
     DEFAULT_STACK_SHARE, STACK_LOST_KEY, STACK_LOST_SLOTS, STACK_SAMPLER, StackFold, StackGenerations,
     StackSampling, StackTail, read_stack_sampler, read_stacks_lost, stack_sampling_cflags,
@@ -27,12 +28,27 @@ from .base import ProbeStatus
 from .drop_sites import SITE_REASONS, SiteRange, site_ranges, write_site_ranges
 
 TRACEPOINT = "skb:kfree_skb"
-# The program runs on the raw tracepoint (bpf/drops.bpf.c says why); the perf-event
-# tracepoint's format file still says which arguments this kernel passes.
+# The program runs on the raw tracepoint (bpf/drops.bpf.c says why), typed (tp_btf) where
+# BTF has its prototype; without BTF the perf-event tracepoint's format file says which
+# arguments this kernel passes.
 RAW_TRACEPOINT = "kfree_skb"
 # Said after the method in the probe's status when reasons come from call sites.
 VIA_SITES = "(reasons from call sites)"
 RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
+RCVQUEUE_RAW_TRACEPOINT = "sock_rcvqueue_full"
+STACKS_VIA_PREFIX = "bpf_get_stackid at "
+TYPED_CFLAG = "-DNETPROF_TYPED_LOADS"
+
+
+def hook_via(tracepoint: str, typed: bool, from_sites: bool = False, typed_refusal: str | None = None) -> str:
+    """How a drops hook is attached, as the probe's status says it: `tp_btf:kfree_skb` typed,
+    `raw_tracepoint:kfree_skb` otherwise, with why typed was refused when it was tried."""
+    via = f"{'tp_btf' if typed else 'raw_tracepoint'}:{tracepoint}"
+    if from_sites:
+        via = f"{via} {VIA_SITES}"
+    if typed_refusal:
+        via = f"{via} ({typed_refusal})"
+    return via
 MAX_NETNS = 4096
 # (call site, netns, reason) triples: a pod drops for a few reasons at a few sites each, so
 # this holds a few thousand dropping pods. Allocated as keys appear (8 B per CPU each).
@@ -271,13 +287,16 @@ class DropProbe:
     stacks_name = "drop_stacks"
 
     def __init__(self, stacks: bool = True, flows: bool = True, stack_share: float = DEFAULT_STACK_SHARE,
-                 kallsyms: Callable[[], Kallsyms] = Kallsyms.load, reasons_from_sites: bool | None = None) -> None:
+                 kallsyms: Callable[[], Kallsyms] = Kallsyms.load, reasons_from_sites: bool | None = None,
+                 typed: bool = True) -> None:
         """kallsyms: where the call sites' functions are read, on a kernel without drop
         reasons (drop_sites.py). reasons_from_sites: None, only on such a kernel; True on
-        any kernel (a test of that path on this one)."""
+        any kernel (a test of that path on this one). typed: False, raw tracepoints even
+        where tp_btf would load (a test or a benchmark of that path here)."""
         self._flows = flows
         self._kallsyms = kallsyms
         self._force_sites = bool(reasons_from_sites)
+        self._typed = typed
         # Value → name of the reasons the program counts by: this kernel's enum, or
         # drop_sites.SITE_REASONS where reasons come from call sites. Set by attach().
         self.reason_names: Mapping[int, str] = MappingProxyType({})
@@ -296,31 +315,43 @@ class DropProbe:
     def attach(self, loader: BpfLoader) -> ProbeStatus:
         """Attach kfree_skb (and sock_rcvqueue_full when the kernel allows it); the
         receive-queue probe's own status is left in `rcvqueue_status`."""
-        via = f"raw_tracepoint:{RAW_TRACEPOINT}"
-        rcvqueue_via = f"raw_tracepoint:{RCVQUEUE_TRACEPOINT.split(':')[1]}"
-        stacks_via = f"bpf_get_stackid at raw_tracepoint:{RAW_TRACEPOINT}"
         arguments = kfree_skb_arguments_of(loader)
         from_sites = self._force_sites or not arguments.reason
         names = SITE_REASONS if from_sites else loader.layout.drop_reasons
         if from_sites:
             # The tracepoint has no reason before Linux 5.17: the call site gives it.
-            via = f"{via} {VIA_SITES}"
             self.site_ranges = site_ranges(self._kallsyms())
             if not self.site_ranges:
                 why = ("kfree_skb passes no drop reason on this kernel (added in Linux 5.17), and "
                        "/proc/kallsyms names none of the functions a reason can be read from")
-                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
-                self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
+                via = hook_via(RAW_TRACEPOINT, typed=False, from_sites=True)
+                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, hook_via(RCVQUEUE_RAW_TRACEPOINT, False),
+                                                   "not tried: " + why)
+                self.stacks_status = ProbeStatus(self.stacks_name, False, STACKS_VIA_PREFIX + hook_via(RAW_TRACEPOINT, False),
+                                                 "not tried: " + why)
                 return ProbeStatus(self.name, False, via, why)
         cflags = program_cflags(loader.info.release, arguments, names, from_sites, self._flows)
-        # Everything first; then without the optional parts, so a kernel that refuses one
-        # (stack maps, the raw tracepoint) still gets the drop counts. Each optional part's
-        # error is that of the attempt that differed from the loaded one only by it.
+        typed_ids = loader.layout.typed_tracepoint_ids if self._typed else {}
+        # Typed (tp_btf) first where BTF has the prototypes, with everything wanted, once;
+        # refused, the probe's method says why. Then raw tracepoints: everything first, then
+        # without the optional parts, so a kernel that refuses one (stack maps, the
+        # receive-queue hook) still gets the drop counts. Each optional part's error is that of
+        # the attempt that differed from the loaded one only by it.
+        typed_refusal: str | None = None
         attempts = [(stacks, rcvqueue) for stacks, rcvqueue in ((True, True), (False, True), (True, False), (False, False))
                     if self._want_stacks or not stacks]
         errors: dict[tuple[bool, bool], str] = {}
         loaded: tuple[bool, bool] | None = None
-        for stacks, rcvqueue in attempts:
+        typed = False
+        if RAW_TRACEPOINT in typed_ids:
+            stacks, rcvqueue = self._want_stacks, RCVQUEUE_RAW_TRACEPOINT in typed_ids
+            try:
+                self._bpf = self._load_typed(loader, [*cflags, *(self._stack_cflags if stacks else ()),
+                                                      *(RCVQUEUE_CFLAGS if rcvqueue else ())], typed_ids, rcvqueue)
+                loaded, typed = (stacks, rcvqueue), True
+            except NetprofError as exc:
+                typed_refusal = str(exc)
+        for stacks, rcvqueue in attempts if loaded is None else ():
             try:
                 # RAW_TRACEPOINT_PROBEs attach at load time.
                 self._bpf = loader.compile("drops", [*cflags, *(self._stack_cflags if stacks else ()),
@@ -330,12 +361,17 @@ class DropProbe:
                 continue
             loaded = (stacks, rcvqueue)
             break
+        via = hook_via(RAW_TRACEPOINT, typed, from_sites, typed_refusal)
+        rcvqueue_via = hook_via(RCVQUEUE_RAW_TRACEPOINT, typed)
+        stacks_via = STACKS_VIA_PREFIX + hook_via(RAW_TRACEPOINT, typed)
         if loaded is None:
             last = errors[(False, False)]
             self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, errors.get((False, True), last))
             self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via,
                                              errors.get((True, False), last) if self._want_stacks else "not asked for")
             return ProbeStatus(self.name, False, via, last)
+        if typed and not loaded[1]:
+            errors[(loaded[0], True)] = "this kernel's BTF has no btf_trace_sock_rcvqueue_full prototype"
         self._stacks, rcvqueue_loaded = loaded
         self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, rcvqueue_loaded, rcvqueue_via,
                                            None if rcvqueue_loaded else errors.get((self._stacks, True)))
@@ -363,6 +399,19 @@ class DropProbe:
             if self._stacks_paused:
                 write_stacks_paused(table(b"drop_stacks_paused"), True)
         return ProbeStatus(self.name, True, via)
+
+    @staticmethod
+    def _load_typed(loader: BpfLoader, cflags: list[str], typed_ids: Mapping[str, int], rcvqueue: bool):
+        """Compile with typed loads and attach the hooks as tp_btf; raises NetprofError with
+        the kernel's reason, leaving nothing loaded."""
+        bpf = loader.compile("drops", [*cflags, TYPED_CFLAG])
+        try:
+            for tracepoint in (RAW_TRACEPOINT, *((RCVQUEUE_RAW_TRACEPOINT,) if rcvqueue else ())):
+                attach_typed_tracepoint(bpf, tracepoint, typed_ids[tracepoint])
+        except NetprofError:
+            bpf.cleanup()
+            raise
+        return bpf
 
     def pause_stacks(self, paused: bool) -> None:
         """Stack walks off (the quiet tier) or on; drops are counted either way. Before

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from profiler.lab.scenario_drops import CpuBacklogScenario, RcvbufDropScenario, cpu_backlog_unavailable
-from profiler.probes.drops import VIA_SITES, DropProbe
-from tests.integration.test_drops import NOT_DROPS, DropRun, capture_scenario
+from profiler.probes.drops import DropProbe
+from tests.integration.test_drops import NOT_DROPS, DropRun, capture_scenario, expected_drops_via
 
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
@@ -20,7 +20,7 @@ def rcvbuf_by_site() -> DropRun:
 
 def test_receive_buffer_drops_by_site_equal_the_receivers_counter(rcvbuf_by_site):
     status = next(p for p in rcvbuf_by_site.capture.to_json()["probes"] if p["name"] == "skb_drops")
-    assert status["attached"] and status["via"] == f"raw_tracepoint:kfree_skb {VIA_SITES}", status
+    assert status["attached"] and status["via"] == expected_drops_via(from_sites=True), status
     kernel = rcvbuf_by_site.result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
     assert kernel > 900
     assert rcvbuf_by_site.pod("receiver").drops.get("SOCKET_RCVBUFF", 0) == kernel

@@ -3,6 +3,7 @@ reason in a known pod, and the real profiler must charge them to that pod (by ne
 to the right CPU and kernel function, and nowhere else."""
 from __future__ import annotations
 
+import copy
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from profiler.kernel.maps import possible_cpus
 from profiler.lab.sysctl import read_sysctl
 from profiler.kernel.stacks import STACK_COUNT, STACK_SAMPLER
 from profiler.probes.drops import (
-    COUNT, DROP_COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, NETNS_KEY, SLOT_KEY, STACK_KEY, VIA_SITES, DropProbe,
+    COUNT, DROP_COUNT, DROP_KEY, FLOW_KEY, LISTEN_KEY, NETNS_KEY, RAW_TRACEPOINT, SLOT_KEY, STACK_KEY, DropProbe,
+    hook_via,
 )
 from profiler.kernel.features import tracepoint_fields
 from profiler.profile import ProfileOptions, run_profile
@@ -26,6 +28,17 @@ from profiler.sources.drops import DropSource
 pytestmark = pytest.mark.usefixtures("bpf_ready", "lab_ready")
 
 NOT_DROPS = ("NOT_SPECIFIED", "SKB_NOT_DROPPED_YET", "SKB_CONSUMED")
+
+
+def expected_drops_via(from_sites: bool) -> str:
+    """How the drop probe must say it attached here: typed (tp_btf) wherever this kernel's
+    BTF has kfree_skb's prototype. A raw tracepoint there means the kernel refused the typed
+    program, which must not pass unseen: the probe's method then carries the refusal."""
+    from profiler.kernel.features import probe_kernel
+    from profiler.kernel.loader import BpfLoader
+
+    typed = RAW_TRACEPOINT in BpfLoader(probe_kernel()).layout.typed_tracepoint_ids
+    return hook_via(RAW_TRACEPOINT, typed, from_sites)
 
 
 @dataclass(frozen=True)
@@ -161,8 +174,8 @@ def test_profile_json_carries_the_drops(rcvbuf_run):
     # Before 5.17 the reasons come from call sites (profiler/probes/drop_sites.py), and the
     # probe table says so.
     from_sites = "reason" not in tracepoint_fields("/sys/kernel/tracing", "skb/kfree_skb")
-    assert probes["skb_drops"]["attached"] and probes["skb_drops"]["via"] == (
-        f"raw_tracepoint:kfree_skb {VIA_SITES}" if from_sites else "raw_tracepoint:kfree_skb")
+    assert probes["skb_drops"]["attached"], probes["skb_drops"]
+    assert probes["skb_drops"]["via"] == expected_drops_via(from_sites)
     assert probes["rcvqueue_full"]["attached"], probes["rcvqueue_full"]
     pods = {p["netns"]: p for p in doc["pods"]}
     receiver = pods[rcvbuf_run.inodes["receiver"]]
@@ -225,3 +238,35 @@ def test_numpy_layouts_match_the_loaded_programs_structs(loader):
     finally:
         probe.detach()
     probe.detach()  # twice is safe
+
+
+def test_a_refused_typed_program_falls_back_to_the_raw_tracepoint(loader):
+    """The kernel's verifier refuses the typed program (here: loaded against a prototype with
+    two arguments, where the program reads four); the probe says why in its method, and the
+    raw-tracepoint program it falls back to still charges every drop to its pod."""
+    from dataclasses import replace
+
+    ids = loader.layout.typed_tracepoint_ids
+    if RAW_TRACEPOINT not in ids or "sock_rcvqueue_full" not in ids:
+        pytest.skip("this kernel's BTF has no tp_btf prototypes for kfree_skb and sock_rcvqueue_full")
+    wrong = replace(loader.layout, typed_tracepoint_ids={**ids, RAW_TRACEPOINT: ids["sock_rcvqueue_full"]})
+    doctored = copy.copy(loader)
+    doctored.layout = wrong
+    probe = DropProbe(stacks=False)
+    status = probe.attach(doctored)
+    try:
+        assert status.attached, status
+        assert status.via.startswith("raw_tracepoint:kfree_skb (the kernel refused tp_btf:kfree_skb (EACCES"), status
+        assert probe.rcvqueue_status.via == "raw_tracepoint:sock_rcvqueue_full", probe.rcvqueue_status
+        with RcvbufDropScenario() as scenario:
+            receiver = scenario.lab.pods["receiver"].netns_inode
+            scenario.start(1.0)
+            result = scenario.wait()
+            counts = probe.read()
+    finally:
+        probe.detach()
+    kernel = result.counter_by_pod("Udp.RcvbufErrors")["receiver"]
+    rcvbuf = next(value for value, name in probe.reason_names.items() if name == "SOCKET_RCVBUFF")
+    counted = sum(int(c) for key, c in zip(counts.netns_reasons, counts.per_netns_reason["count"])
+                  if int(key["netns_inode"]) == receiver and int(key["reason"]) == rcvbuf)
+    assert kernel > 900 and counted == kernel, (counted, kernel)

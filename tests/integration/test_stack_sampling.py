@@ -68,7 +68,7 @@ def calibrate_walk_s(loader, lab: Lab) -> float:
 
 def _run_time_ns(probe: DropProbe) -> int:
     for _program, hook, fd in loaded_program_fds([("drops", probe._bpf)]):
-        if hook == "raw_tracepoint:kfree_skb":
+        if hook in ("tp_btf:kfree_skb", "raw_tracepoint:kfree_skb"):
             return read_prog_stats(fd).run_time_ns
     raise AssertionError("no kfree_skb program")
 

@@ -129,6 +129,12 @@ def test_a_raw_tracepoints_arguments_come_from_its_btf_typedef(btf):
     assert btf.raw_tracepoint_params("kfree_skb") is None
 
 
+def test_a_typed_programs_attach_id_is_its_tracepoints_typedef(btf):
+    # The id bpf(BPF_PROG_LOAD) gets as attach_btf_id for tp_btf: the typedef, not the proto.
+    assert _kfree_skb_prototype(True).raw_tracepoint_type_id("kfree_skb") == 9
+    assert btf.raw_tracepoint_type_id("kfree_skb") is None
+
+
 @pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").is_file(), reason="this kernel has no BTF")
 def test_live_kernel_btf_has_what_netprof_needs():
     from profiler.kernel.offsets import read_layout
@@ -142,6 +148,7 @@ def test_live_kernel_btf_has_what_netprof_needs():
     assert {"NOT_SPECIFIED", "TCP_LISTEN_OVERFLOW", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
     assert {"NET_RX", "NET_TX"} <= set(layout.softirq_vectors.values())
     assert layout.kfree_skb_args is not None and layout.kfree_skb_args[:2] == ("struct sk_buff *", "void *")
+    assert set(layout.typed_tracepoint_ids) == {"kfree_skb", "sock_rcvqueue_full"}
     # The tracepoint's own print fmt names the same numbers as BTF.
     fmt = Path("/sys/kernel/tracing/events/skb/kfree_skb/format")
     if fmt.exists():
