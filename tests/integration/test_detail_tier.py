@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from profiler.detail_tier import TierSettings, TierThresholds
+from profiler.detail_tier import TierSettings, TierThresholds, trouble_figures
 from profiler.lab.scenario_drops import RcvbufDropScenario
 from profiler.live import LiveSession
 from profiler.snapshot import FULL_TIER, QUIET_TIER, Snapshot
@@ -128,10 +128,16 @@ def tiered() -> Iterator[dict]:
                "receiver": receiver, "result": result, "logged": logged, "traffic": traffic}
 
 
+def what_went_on(snapshot: Snapshot) -> dict:
+    """An interval's tier, its switch and the figures the policy judged, for a failure's message."""
+    return {"tier": snapshot.tier, "switch": snapshot.tier_switch, "figures": trouble_figures(snapshot),
+            "drops": {pod.netns: dict(pod.drops) for pod in snapshot.pods if pod.drops}}
+
+
 def test_quiet_intervals_run_no_detail_program_while_traffic_flows(tiered):
     assert tiered["traffic"].received > 0
     for snapshot in tiered["quiet"]:
-        assert snapshot.tier == QUIET_TIER and snapshot.tier_switch is None
+        assert snapshot.tier == QUIET_TIER and snapshot.tier_switch is None, what_went_on(snapshot)
         assert net_rx_runs(snapshot) == 0 and napi_polls(snapshot) == 0
         assert snapshot.stacks == ()
 
@@ -142,7 +148,7 @@ def test_the_scenario_drops_are_counted_in_the_quiet_tier_without_a_stack_and_sw
     kernel_count = tiered["result"].counter_by_pod("Udp.RcvbufErrors")["receiver"]
     counted = sum(pod.drops.get("SOCKET_RCVBUFF", 0) for pod in trouble.pods if pod.netns == receiver)
     assert kernel_count > 900 and counted == kernel_count   # the always-on counter is exact
-    assert trouble.tier == QUIET_TIER
+    assert trouble.tier == QUIET_TIER, [what_went_on(snapshot) for snapshot in (*tiered["quiet"], trouble)]
     # Stack walks were paused: nearly a thousand drops, not one walk, no stack.
     assert trouble.stacks == () and trouble.stack_sampling.get("drop_walks", 0) == 0
     assert net_rx_runs(trouble) == 0 and napi_polls(trouble) == 0
