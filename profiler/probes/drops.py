@@ -27,14 +27,12 @@ from ..kernel.stacks import (
 from .base import ProbeStatus
 from .drop_sites import SITE_REASONS, SiteRange, site_ranges, write_site_ranges
 
-TRACEPOINT = "skb:kfree_skb"
 # The program runs on the raw tracepoint (bpf/drops.bpf.c says why), typed (tp_btf) where
 # BTF has its prototype; without BTF the perf-event tracepoint's format file says which
 # arguments this kernel passes.
 RAW_TRACEPOINT = "kfree_skb"
 # Said after the method in the probe's status when reasons come from call sites.
 VIA_SITES = "(reasons from call sites)"
-RCVQUEUE_TRACEPOINT = "sock:sock_rcvqueue_full"
 RCVQUEUE_RAW_TRACEPOINT = "sock_rcvqueue_full"
 STACKS_VIA_PREFIX = "bpf_get_stackid at "
 TYPED_CFLAG = "-DNETPROF_TYPED_LOADS"
@@ -49,6 +47,12 @@ def hook_via(tracepoint: str, typed: bool, from_sites: bool = False, typed_refus
     if typed_refusal:
         via = f"{via} ({typed_refusal})"
     return via
+
+
+def statuses_via(typed: bool, from_sites: bool, typed_refusal: str | None = None) -> tuple[str, str, str]:
+    """The methods of the three statuses the probe reports: drops, receive queue, stacks."""
+    return (hook_via(RAW_TRACEPOINT, typed, from_sites, typed_refusal), hook_via(RCVQUEUE_RAW_TRACEPOINT, typed),
+            STACKS_VIA_PREFIX + hook_via(RAW_TRACEPOINT, typed))
 MAX_NETNS = 4096
 # (call site, netns, reason) triples: a pod drops for a few reasons at a few sites each, so
 # this holds a few thousand dropping pods. Allocated as keys appear (8 B per CPU each).
@@ -324,11 +328,9 @@ class DropProbe:
             if not self.site_ranges:
                 why = ("kfree_skb passes no drop reason on this kernel (added in Linux 5.17), and "
                        "/proc/kallsyms names none of the functions a reason can be read from")
-                via = hook_via(RAW_TRACEPOINT, typed=False, from_sites=True)
-                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, hook_via(RCVQUEUE_RAW_TRACEPOINT, False),
-                                                   "not tried: " + why)
-                self.stacks_status = ProbeStatus(self.stacks_name, False, STACKS_VIA_PREFIX + hook_via(RAW_TRACEPOINT, False),
-                                                 "not tried: " + why)
+                via, rcvqueue_via, stacks_via = statuses_via(typed=False, from_sites=True)
+                self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, "not tried: " + why)
+                self.stacks_status = ProbeStatus(self.stacks_name, False, stacks_via, "not tried: " + why)
                 return ProbeStatus(self.name, False, via, why)
         cflags = program_cflags(loader.info.release, arguments, names, from_sites, self._flows)
         typed_ids = loader.layout.typed_tracepoint_ids if self._typed else {}
@@ -361,9 +363,7 @@ class DropProbe:
                 continue
             loaded = (stacks, rcvqueue)
             break
-        via = hook_via(RAW_TRACEPOINT, typed, from_sites, typed_refusal)
-        rcvqueue_via = hook_via(RCVQUEUE_RAW_TRACEPOINT, typed)
-        stacks_via = STACKS_VIA_PREFIX + hook_via(RAW_TRACEPOINT, typed)
+        via, rcvqueue_via, stacks_via = statuses_via(typed, from_sites, typed_refusal)
         if loaded is None:
             last = errors[(False, False)]
             self.rcvqueue_status = ProbeStatus(self.rcvqueue_name, False, rcvqueue_via, errors.get((False, True), last))
