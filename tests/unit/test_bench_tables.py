@@ -3,7 +3,7 @@ what it divides, within which round, and what it counts as cheaper. Synthetic ru
 arithmetic, not the machine."""
 from __future__ import annotations
 
-from bench.overhead import OverheadResults, Run, paired_ratios
+from bench.overhead import OverheadResults, Run, median_interval, paired_ratios, sign_test_p
 from bench.table import against_table
 from bench.workloads import WorkResult
 
@@ -32,7 +32,9 @@ def test_netprof_against_bcc_is_divided_within_each_round():
     assert cells[1] == "+2.0% / +3.5%"      # best: 1.02 ÷ 1.0; paired: median of 1.02 and 1.05
     assert cells[2] == "+4.0% / +7.0%"
     assert cells[4] == "2 of 2"
-    assert cells[5] == "–" and cells[6] == "–"  # no floor configured in this run
+    assert cells[5] == "– (too few rounds)"     # [min, max] of 2 rounds covers the median 50%
+    assert cells[6] == "0.250"                  # both below 1: (1/2)^2
+    assert cells[7] == "–" and cells[8] == "–"  # no floor configured in this run
 
 
 def test_a_round_without_bcc_is_left_out_and_a_dearer_round_is_not_cheaper():
@@ -40,3 +42,27 @@ def test_a_round_without_bcc_is_left_out_and_a_dearer_round_is_not_cheaper():
     row = against_table(results, ["bulk"]).splitlines()[2]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "1 of 2"
+
+
+def test_the_medians_interval_is_the_order_statistics_the_binomial_allows():
+    # 9 rounds: [x(2), x(8)] covers 1 - 2 * (1 + 9) / 512 = 96.1%; [x(3), x(7)] only
+    # 1 - 2 * 46 / 512 = 82.0%, below 90%.
+    values = [0.90, 0.80, 1.10, 0.95, 0.97, 0.85, 0.93, 0.99, 0.91]
+    interval = median_interval(values)
+    assert (interval.low, interval.high) == (0.85, 0.99)
+    assert abs(interval.confidence - (1 - 20 / 512)) < 1e-12
+    # At a lower confidence the interval narrows to [x(3), x(7)].
+    narrower = median_interval(values, confidence=0.80)
+    assert (narrower.low, narrower.high) == (0.90, 0.97)
+    # 4 rounds cannot reach 90% (min–max covers 87.5%); 5 can (93.75%), only as min–max.
+    assert median_interval([0.9, 0.8, 0.95, 0.85]) is None
+    five = median_interval([0.9, 1.2, 0.8, 0.95, 0.85])
+    assert (five.low, five.high, five.confidence) == (0.8, 1.2, 0.9375)
+
+
+def test_the_sign_test_counts_rounds_below_one_and_drops_ties():
+    assert sign_test_p([0.9] * 5) == 1 / 32
+    assert sign_test_p([1.1] * 5) == 1.0
+    # 7 of 9 below: P(X >= 7) = (36 + 9 + 1) / 512; a tie at exactly 1 is not a round.
+    assert sign_test_p([0.9] * 7 + [1.1] * 2 + [1.0]) == 46 / 512
+    assert sign_test_p([]) is None
