@@ -35,6 +35,14 @@ def capture() -> dict:
     return run_profile(ProfileOptions(duration_s=WINDOW_S, interval_s=0.5), log=lambda msg: None).to_json()
 
 
+def what_the_capture_saw(capture_json: dict) -> dict:
+    """For a failure's message: what the capture found, and where it counted drops."""
+    return {"findings": [(f["kind"], f.get("pod"), f.get("summary")) for f in capture_json["findings"]],
+            "drops": {pod["pod"]: pod["drops"] for pod in capture_json["pods"] if pod["drops"]},
+            "probes": {p["name"]: p["via"] if p["attached"] else p["error"] for p in capture_json["probes"]},
+            "backlog": BACKLOG.read_text().strip()}
+
+
 def misdirected_fix(finding_json: dict) -> Finding:
     """The scenario's own finding, with a fix aimed elsewhere: a bigger socket receive buffer
     limit (rmem_max) while the packets are dropped at a CPU's input backlog."""
@@ -54,7 +62,8 @@ def run_verified(tmp_path: Path, misdirected: bool = False, traffic_stops: bool 
         scenario.start(SCENARIO_LIMIT_S)
         time.sleep(0.5)   # the blast is under way
         before = capture()
-        backlog = next(f for f in before["findings"] if f["kind"] == "cpu-backlog-drops")
+        backlog = next((f for f in before["findings"] if f["kind"] == "cpu-backlog-drops"), None)
+        assert backlog is not None, what_the_capture_saw(before)
         # netprof's own fix, or one aimed at another cause
         finding = misdirected_fix(backlog) if misdirected else Finding.from_json(backlog)
         journal = tmp_path / "journal"
