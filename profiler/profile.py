@@ -46,7 +46,6 @@ class ProfileSession:
         self._sources = sources
         self._exit = contextlib.ExitStack()
         self._session: LiveSession | None = None
-        self._captured = False   # a window was taken: the next one starts afresh
 
     def __enter__(self) -> "ProfileSession":
         self._exit.enter_context(signals_as_interrupt())
@@ -79,13 +78,13 @@ class ProfileSession:
         """Sample every `interval_s` for `duration_s` from now (or until `until` first returns
         True at an interval's end) and return what this window saw; Ctrl-C ends it early and
         keeps it. on_started(attached, total) and on_attached() run as the window opens."""
+        attached_before = self._session is not None
         session = self.start()
         try:
-            if self._captured:
-                # What the programs counted between two windows (a fix being applied) is
-                # read and dropped: each capture is its own window.
+            if attached_before:
+                # What the programs counted since attach or the last window (a fix being
+                # applied) is read and dropped: each capture is its own window, from now.
                 session.restart_window()
-            self._captured = True
             self._log(f"capturing for {duration_s:g}s ({session.loader.mode}); "
                       "Ctrl-C ends early and still reports")
             if on_started:

@@ -104,6 +104,17 @@ def test_captures_in_one_session_attach_once_and_each_opens_its_own_window(fake_
     assert sum("capturing for 0.01s" in line for line in logged) == 3
 
 
+def test_a_window_after_an_explicit_attach_starts_at_the_capture_not_at_the_attach(fake_sessions):
+    # Attach first (the slow compile), start the workload, then capture: what the programs
+    # counted in between is no window's.
+    with profile_module.ProfileSession(log=lambda msg: None) as run:
+        run.start()
+        (session,) = fake_sessions
+        assert session.restarts == 0
+        run.capture(0.01, 0.01)
+        assert (session.starts, session.restarts) == (1, 1)
+
+
 def test_a_session_that_captures_nothing_never_attaches(fake_sessions):
     with profile_module.ProfileSession():
         pass
