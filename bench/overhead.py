@@ -181,9 +181,10 @@ def median_interval(values: list[float], confidence: float = 0.90) -> MedianInte
     if n == 0:
         return None
     best: MedianInterval | None = None
+    tail = 0.0   # P(Binomial(n, 1/2) <= k - 1), grown one term per k
     for k in range(1, n // 2 + 1):
         # P(x(k) <= median <= x(n+1-k)) = 1 - 2 * P(Binomial(n, 1/2) <= k - 1)
-        tail = sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        tail += math.comb(n, k - 1) / 2 ** n
         coverage = 1 - 2 * tail
         if coverage < confidence:
             break
