@@ -10,9 +10,13 @@ netprof's programs fall in two groups by what they cost a node that has no troub
   and the kernel stack walks of the drop and retransmit programs (µs each).
 
 Tiers: `full` runs everything; `quiet` runs only the always-on group. Modes (`--tier`):
-`full` and `quiet` pin a tier; `auto` starts quiet, goes to full when one interval shows
-trouble (any figure of `trouble_figures` at or above its threshold), and back to quiet once
-every figure has stayed below `calm_ratio` of its threshold for `calm_s` seconds in a row.
+`full` and `quiet` pin a tier; `auto` starts quiet, goes to full when the latest second
+shows trouble (any figure of `trouble_figures` at or above its threshold), and back to quiet
+once every figure has stayed below `calm_ratio` of its threshold for `calm_s` seconds in a
+row. Rates are judged over at least `JUDGED_SPAN_S` of sampled time, pooling the latest
+intervals: one stray drop in a 90 ms interval (a window restarted, a capture's last partial
+interval) is not 11 drops/s, and a sustained storm sampled every 200 ms still reads at its
+rate.
 The two thresholds and the calm period are the hysteresis: a node hovering at a threshold
 does not flap, and the detail stays on long enough to be read.
 
@@ -23,7 +27,7 @@ records it (`tier` in the profile JSON, profiler/capture.py), which every view r
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
@@ -37,6 +41,10 @@ DETAIL_PROGRAMS = ("softirq", "napi", "drop_stacks", "retransmit_stacks")
 # The capture keeps the latest switches only: a flapping 24-hour serve must not grow forever
 # (the counts per direction are kept in full).
 MAX_SWITCHES_KEPT = 50
+# The least sampled time a rate is judged over: a second, less a default tick's jitter (a
+# 0.998 s interval is judged alone, not pooled with the one before, which would halve a
+# storm that just began).
+JUDGED_SPAN_S = 0.9
 
 
 @dataclass(frozen=True)
@@ -80,18 +88,24 @@ class TierSettings:
         return FULL_TIER if self.mode == FULL_TIER else QUIET_TIER
 
 
+def trouble_counts(snapshot: Snapshot) -> dict[str, int]:
+    """The always-on counts the policy judges, keyed by the name of their rate. Only figures
+    the quiet tier has (no softirq, NAPI or stack figure), so quiet and full judge alike."""
+    return {
+        "drops_per_s": sum(sum(pod.drops.values()) for pod in snapshot.pods),
+        "retransmits_per_s": sum(pod.retransmits for pod in snapshot.pods),
+        "softnet_dropped_per_s": sum(cpu.softnet.get("dropped", 0) for cpu in snapshot.cpus),
+        "time_squeeze_per_s": sum(cpu.softnet.get("time_squeeze", 0) for cpu in snapshot.cpus),
+    }
+
+
 def trouble_figures(snapshot: Snapshot) -> dict[str, float]:
-    """The always-on figures the policy judges, as rates over the interval. Only figures the
-    quiet tier has (no softirq, NAPI or stack figure), so quiet and full judge alike."""
+    """`trouble_counts` as rates over this one interval (the policy judges a pooled span:
+    `TierPolicy`)."""
     seconds = snapshot.interval_s
     if seconds <= 0:
         return dict.fromkeys(TierThresholds().limits(), 0.0)
-    drops = sum(sum(pod.drops.values()) for pod in snapshot.pods)
-    retransmits = sum(pod.retransmits for pod in snapshot.pods)
-    dropped = sum(cpu.softnet.get("dropped", 0) for cpu in snapshot.cpus)
-    squeezed = sum(cpu.softnet.get("time_squeeze", 0) for cpu in snapshot.cpus)
-    return {"drops_per_s": drops / seconds, "retransmits_per_s": retransmits / seconds,
-            "softnet_dropped_per_s": dropped / seconds, "time_squeeze_per_s": squeezed / seconds}
+    return {name: count / seconds for name, count in trouble_counts(snapshot).items()}
 
 
 def _why_trouble(figures: Mapping[str, float], limits: Mapping[str, float]) -> str:
@@ -109,6 +123,22 @@ class TierPolicy:
         self.settings = settings or TierSettings()
         self.tier = self.settings.initial_tier
         self._calm_for_s = 0.0
+        # The latest intervals, (seconds, trouble_counts), spanning JUDGED_SPAN_S and no more
+        # than it takes: the oldest goes once the rest span it without it.
+        self._recent: deque[tuple[float, dict[str, int]]] = deque()
+
+    def _judged_figures(self, snapshot: Snapshot) -> dict[str, float]:
+        """Rates over the latest intervals that span JUDGED_SPAN_S, this one included; until
+        that much has been sampled, counts so far over JUDGED_SPAN_S (never a rate from less
+        time than that)."""
+        self._recent.append((max(snapshot.interval_s, 0.0), trouble_counts(snapshot)))
+        while len(self._recent) > 1 and sum(s for s, _ in self._recent) - self._recent[0][0] >= JUDGED_SPAN_S:
+            self._recent.popleft()
+        seconds = max(sum(s for s, _ in self._recent), JUDGED_SPAN_S)
+        totals: Counter[str] = Counter()
+        for _, counts in self._recent:
+            totals.update(counts)
+        return {name: totals[name] / seconds for name in trouble_counts(snapshot)}
 
     @property
     def detail_on(self) -> bool:
@@ -120,7 +150,7 @@ class TierPolicy:
             return None
         thresholds = self.settings.thresholds
         limits = thresholds.limits()
-        figures = trouble_figures(snapshot)
+        figures = self._judged_figures(snapshot)
         rounded = MappingProxyType({name: round(value, 3) for name, value in figures.items()})
         if any(figures[name] >= limit for name, limit in limits.items()):
             self._calm_for_s = 0.0

@@ -88,6 +88,40 @@ def test_rates_not_counts_decide_a_long_interval_of_the_same_count_is_calm():
     assert run(policy, [interval(10, seconds=1.0, drops=100)])[0] is not None   # 100/s
 
 
+def test_one_stray_drop_in_a_short_interval_is_not_trouble():
+    # The CI failure of 2026-12-07: a window restarted 90 ms before a lab's netns came up,
+    # one NO_TX_TARGET drop in it, judged as 10.9 drops/s against a 10/s threshold.
+    thresholds = TierThresholds(drops_per_s=10.0)
+    policy = TierPolicy(TierSettings(mode="auto", thresholds=thresholds))
+    assert run(policy, [interval(0, seconds=0.5), interval(0.5, seconds=0.5), interval(1.0, seconds=0.09, drops=1)]) \
+        == [None] * 3
+    # The first interval of all, short, with no earlier one to pool with: over JUDGED_SPAN_S.
+    fresh = TierPolicy(TierSettings(mode="auto", thresholds=thresholds))
+    assert run(fresh, [interval(0, seconds=0.09, drops=1)]) == [None]
+    assert run(fresh, [interval(0.09, seconds=0.09, drops=20)])[0] is not None   # 21 in 0.9 s: 23/s
+
+
+def test_a_sustained_rate_sampled_in_short_intervals_reads_at_its_rate():
+    # A second of calm, then 60 drops/s sampled every 200 ms (12 drops an interval). Judged
+    # over the latest 1.0 s (five intervals), the storm reads 12, 24, 36, 48, then 60/s: at
+    # its rate once it fills the span, not diluted to a second's worth per interval.
+    policy = TierPolicy(AUTO)
+    calm = [interval(0.2 * i, seconds=0.2) for i in range(5)]
+    storm = [interval(1.0 + 0.2 * i, seconds=0.2, drops=12) for i in range(5)]
+    switches = run(policy, calm + storm)
+    assert switches[:9] == [None] * 9
+    assert switches[9] is not None and switches[9].figures["drops_per_s"] == pytest.approx(60.0, rel=1e-3)
+
+
+def test_the_judged_span_forgets_what_is_older_than_it_needs():
+    # A storm's interval stops counting once a full span of calm follows it.
+    policy = TierPolicy(TierSettings(mode="auto", thresholds=TierThresholds(calm_s=1.0)))
+    run(policy, [interval(0, drops=500)])
+    assert policy.tier == FULL_TIER
+    (switch,) = run(policy, [interval(1, tier=FULL_TIER)])
+    assert switch is not None and switch.to == QUIET_TIER and switch.figures["drops_per_s"] == 0.0
+
+
 def test_back_to_quiet_only_after_calm_s_of_calm_intervals_in_a_row():
     thresholds = TierThresholds(calm_s=10.0)
     policy = TierPolicy(TierSettings(mode="auto", thresholds=thresholds))
