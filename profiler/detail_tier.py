@@ -131,14 +131,13 @@ class TierPolicy:
         """Rates over the latest intervals that span JUDGED_SPAN_S, this one included; until
         that much has been sampled, counts so far over JUDGED_SPAN_S (never a rate from less
         time than that)."""
-        self._recent.append((max(snapshot.interval_s, 0.0), trouble_counts(snapshot)))
-        while len(self._recent) > 1 and sum(s for s, _ in self._recent) - self._recent[0][0] >= JUDGED_SPAN_S:
-            self._recent.popleft()
-        seconds = max(sum(s for s, _ in self._recent), JUDGED_SPAN_S)
-        totals: Counter[str] = Counter()
-        for _, counts in self._recent:
-            totals.update(counts)
-        return {name: totals[name] / seconds for name in trouble_counts(snapshot)}
+        latest = trouble_counts(snapshot)
+        self._recent.append((max(snapshot.interval_s, 0.0), latest))
+        span_s = sum(seconds for seconds, _ in self._recent)
+        while len(self._recent) > 1 and span_s - self._recent[0][0] >= JUDGED_SPAN_S:
+            span_s -= self._recent.popleft()[0]
+        judged_s = max(span_s, JUDGED_SPAN_S)
+        return {name: sum(counts[name] for _, counts in self._recent) / judged_s for name in latest}
 
     @property
     def detail_on(self) -> bool:
