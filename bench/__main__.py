@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     out: list[str] = [f"## {header(args)}"]
     raw: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    interrupted = False   # an interrupted overhead run still reports; later sections do not run
 
     if "micro" in sections:
         from .micro import micro_table, run_micro
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         out.append(hooks_table(results, workloads))
         for note in results.notes + contamination_notes(results):
             out.append(f"\nNote: {note}")
+        interrupted = results.interrupted
 
-    if "storm" in sections:
+    if "storm" in sections and not interrupted:
         from .storm import run_storm, storm_table
 
         log("bench: storm (drops and retransmits as fast as the lab makes them)")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         out.append("\n### Storm: events handled, losses, responsiveness")
         out.append(storm_table(storm))
 
-    if "scaling" in sections:
+    if "scaling" in sections and not interrupted:
         from .scaling import flows_table, pods_table, run_flow_scaling, run_pod_scaling
 
         log("bench: scaling (pods, then map keys)")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         out.append("\n### Scaling with map keys (per-interval work of the sampler)")
         out.append(flows_table(flows))
 
-    if "tui" in sections:
+    if "tui" in sections and not interrupted:
         from .tui import run_tui_cost, tui_table
 
         log("bench: tui (the live dashboard in a pseudo-terminal, each workload)")
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(out))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1, default=str))
+    if interrupted:
+        log("bench: interrupted; the tables above hold what was measured until then")
+        return 130
     return 0
 
 

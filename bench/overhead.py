@@ -49,6 +49,7 @@ class OverheadResults:
     runs: list[Run] = field(default_factory=list)
     tracer_summaries: dict[str, list[dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False   # Ctrl-C or SIGTERM: `runs` holds what was measured until then
 
 
 def tracers_for(config: str) -> list[TracerProcess]:
@@ -71,6 +72,20 @@ def hooks_by_prog_id(tracers: list[TracerProcess]) -> dict[int, str]:
 def run_overhead(repeats: int, duration_s: float, log_dir: Path, log=print,
                  configs: tuple[str, ...] = CONFIGS, workloads: tuple[str, ...] = WORKLOADS) -> OverheadResults:
     results = OverheadResults()
+    try:
+        _run_rounds(results, repeats, duration_s, log_dir, log, configs, workloads)
+    except KeyboardInterrupt:
+        # The with and finally blocks have taken the lab, CPU groups and tracers down by
+        # now; what was measured stays, so a long run stopped early still reports.
+        results.interrupted = True
+        begun = len({run.round for run in results.runs})
+        results.notes.append(f"interrupted: {len(results.runs)} runs measured, in {begun} of {repeats} rounds "
+                             "begun (paired figures use only rounds that measured both configurations)")
+    return results
+
+
+def _run_rounds(results: OverheadResults, repeats: int, duration_s: float, log_dir: Path, log,
+                configs: tuple[str, ...], workloads: tuple[str, ...]) -> None:
     with Lab.up(["server", "client"]) as lab:
         work = Workloads(lab, server_cpu=1, client_cpu=0)
         for round_index in range(repeats):
@@ -103,7 +118,6 @@ def run_overhead(repeats: int, duration_s: float, log_dir: Path, log=print,
                             summary = tracer.stop()
                             if summary:
                                 results.tracer_summaries.setdefault(tracer.name, []).append(summary)
-    return results
 
 
 def _programs(tracers: list[TracerProcess]) -> dict:

@@ -66,3 +66,22 @@ def test_the_sign_test_counts_rounds_below_one_and_drops_ties():
     # 7 of 9 below: P(X >= 7) = (36 + 9 + 1) / 512; a tie at exactly 1 is not a round.
     assert sign_test_p([0.9] * 7 + [1.1] * 2 + [1.0]) == 46 / 512
     assert sign_test_p([]) is None
+
+
+def test_an_interrupted_overhead_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    # Ctrl-C (or SIGTERM, which the bench turns into one) in round 2 of 5: the runs of round 1
+    # and the half of round 2 are kept and reported, and the run says it was cut short.
+    import bench.overhead as overhead
+
+    def rounds(results, repeats, duration_s, log_dir, log, configs, workloads):
+        results.runs += [_run("none", 0, 1.0), _run("netprof", 0, 1.02), _run("bcc-tools", 0, 1.05),
+                         _run("none", 1, 1.1)]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overhead, "_run_rounds", rounds)
+    results = overhead.run_overhead(5, 3.0, tmp_path, log=lambda _: None)
+    assert results.interrupted
+    assert [(r.config, r.round) for r in results.runs] == [("none", 0), ("netprof", 0), ("bcc-tools", 0), ("none", 1)]
+    assert results.notes == ["interrupted: 4 runs measured, in 2 of 5 rounds begun (paired figures use only "
+                             "rounds that measured both configurations)"]
+    assert paired_ratios(results.runs, "netprof", "bulk", lambda r: r.result.cpu_per_unit) == [1.02]
