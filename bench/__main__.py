@@ -100,62 +100,67 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
     interrupted = False   # an interrupted overhead run still reports; later sections do not run
 
-    if "micro" in sections:
-        from .micro import micro_table, run_micro
+    try:
+        if "micro" in sections:
+            from .micro import micro_table, run_micro
 
-        log("bench: micro (one tracepoint fired from a C loop)")
-        micro = run_micro(max(args.repeats, 5), log)
-        raw["micro"] = {name: result.ns_per_call for name, result in micro.items()}
-        out.append("\n### Per-event cost of a tracepoint program, measured here")
-        out.append(micro_table(micro))
+            log("bench: micro (one tracepoint fired from a C loop)")
+            micro = run_micro(max(args.repeats, 5), log)
+            raw["micro"] = {name: result.ns_per_call for name, result in micro.items()}
+            out.append("\n### Per-event cost of a tracepoint program, measured here")
+            out.append(micro_table(micro))
 
-    if "overhead" in sections:
-        log("bench: overhead (every configuration, every workload, interleaved)")
-        results = run_overhead(args.repeats, args.duration, log_dir, log, tuple(configs), tuple(workloads))
-        raw["overhead"] = [dataclasses.asdict(r) for r in results.runs]
-        raw["tracer_summaries"] = results.tracer_summaries
-        out.append("\n### Overhead on the workload (CPU per unit of work; interleaved, paired by round)")
-        out.append(overhead_table(results, configs, workloads, args.duration))
-        goal, _ = goal_table(results, workloads)
-        out.append("\n### The goal: netprof's added cost within 1.25× of the floor's")
-        out.append(goal)
-        out.append("\n### netprof against BCC's tools and the floors (issue 16, goal 1)")
-        out.append(against_table(results, workloads))
-        out.append("\n### Where the time goes: netprof's programs (BPF statistics, program time only)")
-        out.append(hooks_table(results, workloads))
-        for note in results.notes + contamination_notes(results):
-            out.append(f"\nNote: {note}")
-        interrupted = results.interrupted
+        if "overhead" in sections:
+            log("bench: overhead (every configuration, every workload, interleaved)")
+            results = run_overhead(args.repeats, args.duration, log_dir, log, tuple(configs), tuple(workloads))
+            raw["overhead"] = [dataclasses.asdict(r) for r in results.runs]
+            raw["tracer_summaries"] = results.tracer_summaries
+            out.append("\n### Overhead on the workload (CPU per unit of work; interleaved, paired by round)")
+            out.append(overhead_table(results, configs, workloads, args.duration))
+            goal, _ = goal_table(results, workloads)
+            out.append("\n### The goal: netprof's added cost within 1.25× of the floor's")
+            out.append(goal)
+            out.append("\n### netprof against BCC's tools and the floors (issue 16, goal 1)")
+            out.append(against_table(results, workloads))
+            out.append("\n### Where the time goes: netprof's programs (BPF statistics, program time only)")
+            out.append(hooks_table(results, workloads))
+            for note in results.notes + contamination_notes(results):
+                out.append(f"\nNote: {note}")
+            interrupted = results.interrupted
 
-    if "storm" in sections and not interrupted:
-        from .storm import run_storm, storm_table
+        if "storm" in sections and not interrupted:
+            from .storm import run_storm, storm_table
 
-        log("bench: storm (drops and retransmits as fast as the lab makes them)")
-        storm = run_storm(max(args.duration, 5.0), log_dir, log)
-        raw["storm"] = storm
-        out.append("\n### Storm: events handled, losses, responsiveness")
-        out.append(storm_table(storm))
+            log("bench: storm (drops and retransmits as fast as the lab makes them)")
+            storm = run_storm(max(args.duration, 5.0), log_dir, log)
+            raw["storm"] = storm
+            out.append("\n### Storm: events handled, losses, responsiveness")
+            out.append(storm_table(storm))
 
-    if "scaling" in sections and not interrupted:
-        from .scaling import flows_table, pods_table, run_flow_scaling, run_pod_scaling
+        if "scaling" in sections and not interrupted:
+            from .scaling import flows_table, pods_table, run_flow_scaling, run_pod_scaling
 
-        log("bench: scaling (pods, then map keys)")
-        pods = run_pod_scaling([int(n) for n in args.pods.split(",") if n], log)
-        flows = run_flow_scaling([int(n) for n in args.flows.split(",") if n], log)
-        raw["scaling"] = {"pods": pods, "flows": flows}
-        out.append("\n### Scaling with pods (idle network namespaces)")
-        out.append(pods_table(pods))
-        out.append("\n### Scaling with map keys (per-interval work of the sampler)")
-        out.append(flows_table(flows))
+            log("bench: scaling (pods, then map keys)")
+            pods = run_pod_scaling([int(n) for n in args.pods.split(",") if n], log)
+            flows = run_flow_scaling([int(n) for n in args.flows.split(",") if n], log)
+            raw["scaling"] = {"pods": pods, "flows": flows}
+            out.append("\n### Scaling with pods (idle network namespaces)")
+            out.append(pods_table(pods))
+            out.append("\n### Scaling with map keys (per-interval work of the sampler)")
+            out.append(flows_table(flows))
 
-    if "tui" in sections and not interrupted:
-        from .tui import run_tui_cost, tui_table
+        if "tui" in sections and not interrupted:
+            from .tui import run_tui_cost, tui_table
 
-        log("bench: tui (the live dashboard in a pseudo-terminal, each workload)")
-        tui_workloads = ("idle", *(w for w in workloads if w != "idle"))  # idle once, first
-        tui_runs = run_tui_cost(args.repeats, args.duration, log_dir, tui_workloads, log)
-        raw["tui"] = [dataclasses.asdict(r) for r in tui_runs]
-        out.append(tui_table(tui_runs, args.duration))
+            log("bench: tui (the live dashboard in a pseudo-terminal, each workload)")
+            tui_workloads = ("idle", *(w for w in workloads if w != "idle"))  # idle once, first
+            tui_runs = run_tui_cost(args.repeats, args.duration, log_dir, tui_workloads, log)
+            raw["tui"] = [dataclasses.asdict(r) for r in tui_runs]
+            out.append(tui_table(tui_runs, args.duration))
+    except KeyboardInterrupt:
+        # The section's finally blocks have run; the sections before it are in `out`.
+        interrupted = True
+        out.append("\nNote: interrupted; a section cut short is left out (an overhead run keeps its runs)")
 
     out.append("\n### Published anchors")
     out.append(anchors_table())
