@@ -10,6 +10,12 @@ cost measurement adds to every program run while it is on). Interleaved and repe
 The first program on any syscall tracepoint also switches the task's syscalls onto the
 traced slow path, so this is the syscall-tracepoint flavour of the floor; the softirq and
 NAPI tracepoints netprof lives on are measured in the workload section instead.
+
+The syscall tax: the same loop while an empty program sits on syscalls:sys_enter_listen,
+which getppid never fires (bench/bpf/syscall_tax.bpf.c). Whatever getppid then costs more
+is what every syscall of every process on the node pays while netprof's listen probe is on
+that tracepoint; beside it the same program as fentry on __sys_listen, the hook the probe
+takes where the kernel allows it (profiler/kernel/fentry.py), where it loads.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiler.cost import BpfStatsSwitch, loaded_program_fds, read_prog_stats
+from profiler.kernel.btf import Btf
+from profiler.kernel.fentry import attach_fentry, fentry_refusal
 
 from .tracers import BPF_DIR, compile_with_shim
 
@@ -29,6 +37,13 @@ TRIGGER_C = Path(__file__).parent / "c" / "trigger.c"
 CALLS = 2_000_000
 CPU = "1"
 VARIANTS = ("none", "empty", "empty+stats", "count", "count+stats")
+# The syscall tax (module docstring): getppid timed beside a program on another syscall's hook.
+TAX_VARIANTS = ("listen-tracepoint", "listen-fentry")
+LISTEN_FUNCTION = "__sys_listen"
+LABELS = {
+    "listen-tracepoint": "none; an empty program on syscalls:sys_enter_listen (the syscall tax)",
+    "listen-fentry": "none; an empty fentry program on __sys_listen",
+}
 
 
 @dataclass(frozen=True)
@@ -57,19 +72,30 @@ def _time_calls(binary: Path, calls: int) -> float:
 
 
 def run_micro(repeats: int, log=print, calls: int = CALLS) -> dict[str, MicroResult]:
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    program_ns: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    variants = VARIANTS + TAX_VARIANTS
+    listen_btf_id = Btf.from_file().function_type_id(LISTEN_FUNCTION)
+    refused = fentry_refusal(LISTEN_FUNCTION, listen_btf_id)
+    if refused:
+        log(f"  micro: no listen-fentry variant: {refused}")
+        variants = tuple(v for v in variants if v != "listen-fentry")
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    program_ns: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="netprof-bench-micro-") as workdir:
         binary = build_trigger(Path(workdir))
         empty = compile_with_shim(BPF_DIR / "trigger.bpf.c")
         empty.cleanup()
         for round_index in range(repeats):
-            order = VARIANTS[round_index % len(VARIANTS):] + VARIANTS[:round_index % len(VARIANTS)]
+            order = variants[round_index % len(variants):] + variants[:round_index % len(variants)]
             for variant in order:
                 program = None
                 stats = BpfStatsSwitch()
                 try:
-                    if variant != "none":
+                    if variant == "listen-tracepoint":
+                        program = compile_with_shim(BPF_DIR / "syscall_tax.bpf.c")
+                    elif variant == "listen-fentry":
+                        program = compile_with_shim(BPF_DIR / "syscall_tax.bpf.c", ["-DTAX_FENTRY"])
+                        attach_fentry(program, LISTEN_FUNCTION, listen_btf_id)
+                    elif variant != "none":
                         cflags = ["-DTRIGGER_COUNT"] if variant.startswith("count") else []
                         program = compile_with_shim(BPF_DIR / "trigger.bpf.c", cflags)
                     if variant.endswith("+stats"):
@@ -85,8 +111,8 @@ def run_micro(repeats: int, log=print, calls: int = CALLS) -> dict[str, MicroRes
                     if program is not None:
                         program.cleanup()
             log(f"  micro round {round_index + 1}/{repeats}: "
-                + ", ".join(f"{v} {samples[v][-1]:.1f}" for v in VARIANTS))
-    return {v: MicroResult(v, samples[v], program_ns[v]) for v in VARIANTS}
+                + ", ".join(f"{v} {samples[v][-1]:.1f}" for v in variants))
+    return {v: MicroResult(v, samples[v], program_ns[v]) for v in variants}
 
 
 def _program_counters(program) -> tuple[int, int]:
@@ -105,11 +131,11 @@ def micro_table(results: dict[str, MicroResult]) -> str:
     best = min(results["none"].ns_per_call)
     lines = ["| program on syscalls:sys_enter_getppid | ns per call: median (min–max) | added ns/event: median "
              "| added: best of runs | program time per event, by BPF statistics |", "|---|---|---|---|---|"]
-    for variant in VARIANTS:
+    for variant in (v for v in VARIANTS + TAX_VARIANTS if v in results):
         result = results[variant]
         added = "–" if variant == "none" else f"{result.median - base:.1f}"
         added_best = "–" if variant == "none" else f"{min(result.ns_per_call) - best:.1f}"
         program = f"{statistics.median(result.program_ns_per_event):.1f}" if result.program_ns_per_event else "–"
-        lines.append(f"| {variant} | {result.median:.1f} ({min(result.ns_per_call):.1f}–{max(result.ns_per_call):.1f}) "
+        lines.append(f"| {LABELS.get(variant, variant)} | {result.median:.1f} ({min(result.ns_per_call):.1f}–{max(result.ns_per_call):.1f}) "
                      f"| {added} | {added_best} | {program} |")
     return "\n".join(lines)

@@ -51,10 +51,17 @@ FLOOR_HOOKS = (
 )
 
 
+# Hooks that see the same kernel event under another name: fentry on the function behind a
+# syscall is that syscall's entry (netprof's listen probe takes it where the kernel allows).
+SAME_EVENT = {"__sys_listen": "sys_enter_listen"}
+
+
 def hook_event(hook: str) -> str:
     """The kernel event of a hook, whatever the method: "tracepoint:irq:softirq_entry" and
-    "raw_tracepoint:softirq_entry" are both "softirq_entry"."""
-    return hook.rsplit(":", 1)[-1]
+    "raw_tracepoint:softirq_entry" are both "softirq_entry", "fentry:__sys_listen" is
+    "sys_enter_listen"."""
+    event = hook.rsplit(":", 1)[-1]
+    return SAME_EVENT.get(event, event)
 
 
 def emit(doc: dict) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .kernel.bpf_syscall import bpf
+from .kernel.fentry import FUNCTION_PREFIX as FENTRY_FUNCTION_PREFIX
 from .kernel.typed_tracepoint import FUNCTION_PREFIX as TYPED_FUNCTION_PREFIX
 from .kernel.loader import BpfLoader
 from .kernel.kernel_files import read_kernel_text
@@ -105,7 +106,7 @@ def read_prog_stats(fd: int, proc: Path = Path("/proc")) -> ProgramRunStats | No
 def hook_of_function(name: str) -> str:
     """Where a BCC-named program is attached, from the name BCC gave it."""
     for prefix, kind in (("raw_tracepoint__", "raw_tracepoint"), ("tracepoint__", "tracepoint"),
-                         (TYPED_FUNCTION_PREFIX, "tp_btf")):
+                         (TYPED_FUNCTION_PREFIX, "tp_btf"), (FENTRY_FUNCTION_PREFIX, "fentry")):
         if name.startswith(prefix):
             rest = name[len(prefix):]
             if kind == "tracepoint":

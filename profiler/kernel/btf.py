@@ -240,6 +240,14 @@ class Btf:
         except BtfError:
             return None
 
+    def function_type_id(self, function: str) -> int | None:
+        """Type id of the kernel function `function` (BTF_KIND_FUNC), None where BTF has none
+        (not built in, or inlined everywhere): the id an fentry program is loaded against."""
+        try:
+            return self.find(function, {KIND_FUNC})
+        except BtfError:
+            return None
+
     def spelling(self, type_id: int) -> str:
         """A type as C writes it, qualifiers and typedefs looked through: "struct sock *",
         "enum skb_drop_reason", "void *", "unsigned int"."""

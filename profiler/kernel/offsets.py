@@ -77,6 +77,8 @@ OFFSET_MACROS_FROM_HEADERS: dict[str, str] = {
 
 # Raw tracepoints whose programs netprof loads typed where it can (kernel/typed_tracepoint.py).
 TYPED_TRACEPOINTS = ("kfree_skb", "sock_rcvqueue_full")
+# Kernel functions netprof puts fentry programs on where the kernel lets it (kernel/fentry.py).
+FENTRY_FUNCTIONS = ("__sys_listen",)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class KernelLayout:
     # typed (tp_btf) programs on (TYPED_TRACEPOINTS); empty where only tracefs describes the
     # kernel, where such programs cannot load.
     typed_tracepoint_ids: Mapping[str, int] = field(default_factory=dict)
+    # Kernel function → BTF id of its FUNC, for FENTRY_FUNCTIONS; empty without BTF.
+    fentry_function_ids: Mapping[str, int] = field(default_factory=dict)
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in sorted(self.offsets.items())]
@@ -110,7 +114,9 @@ def read_layout(btf: Btf) -> KernelLayout:
     return KernelLayout(offsets=offsets, drop_reasons=reasons, softirq_vectors=vectors,
                         kfree_skb_args=btf.raw_tracepoint_params("kfree_skb"),
                         typed_tracepoint_ids={tracepoint: type_id for tracepoint in TYPED_TRACEPOINTS
-                                              if (type_id := btf.raw_tracepoint_type_id(tracepoint)) is not None})
+                                              if (type_id := btf.raw_tracepoint_type_id(tracepoint)) is not None},
+                        fentry_function_ids={function: type_id for function in FENTRY_FUNCTIONS
+                                             if (type_id := btf.function_type_id(function)) is not None})
 
 
 def drop_reasons_of(btf: Btf) -> dict[int, str]:

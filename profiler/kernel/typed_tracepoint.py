@@ -33,6 +33,7 @@ BPF_PROG_LOAD = 5
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_RAW_TP = 23
+BPF_TRACE_FENTRY = 24
 # BCC's function-name prefix for these programs; cost.hook_of_function reads it back.
 FUNCTION_PREFIX = "tp_btf__"
 LOG_SIZE = 1 << 20   # the verifier's log, asked for only to say why a load was refused
@@ -79,14 +80,16 @@ def verifier_reason(log: bytes) -> str:
     return ""
 
 
-def load_typed_tracepoint(insns: bytes, license: bytes, tracepoint: str, btf_id: int) -> int:
-    """bpf(BPF_PROG_LOAD) of `insns` as tp_btf on `tracepoint` → program fd."""
+def load_tracing_program(insns: bytes, license: bytes, name: str, attach_type: int, btf_id: int,
+                         hook: str) -> int:
+    """bpf(BPF_PROG_LOAD) of `insns` as a TRACING program of `attach_type` against kernel
+    BTF id `btf_id` → program fd. `hook` names it in the error ("tp_btf:kfree_skb")."""
     code = ctypes.create_string_buffer(insns, len(insns))
     license_text = ctypes.create_string_buffer(license)
     attr = _ProgLoadAttr(
         prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
-        license=ctypes.addressof(license_text), prog_name=tracepoint.encode()[:BPF_OBJ_NAME_LEN - 1],
-        expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=btf_id)
+        license=ctypes.addressof(license_text), prog_name=name.encode()[:BPF_OBJ_NAME_LEN - 1],
+        expected_attach_type=attach_type, attach_btf_id=btf_id)
     try:
         return bpf_syscall(BPF_PROG_LOAD, attr)
     except OSError as first:
@@ -101,8 +104,24 @@ def load_typed_tracepoint(insns: bytes, license: bytes, tracepoint: str, btf_id:
         refused = again if again.errno != errno.ENOSPC else refused
     reason = verifier_reason(log.raw)
     raise TypedTracepointError(
-        f"the kernel refused tp_btf:{tracepoint} ({errno.errorcode.get(refused.errno or 0, refused.errno)}"
+        f"the kernel refused {hook} ({errno.errorcode.get(refused.errno or 0, refused.errno)}"
         f"{': ' + reason if reason else ''})")
+
+
+def load_typed_tracepoint(insns: bytes, license: bytes, tracepoint: str, btf_id: int) -> int:
+    """bpf(BPF_PROG_LOAD) of `insns` as tp_btf on `tracepoint` → program fd."""
+    return load_tracing_program(insns, license, tracepoint, BPF_TRACE_RAW_TP, btf_id, f"tp_btf:{tracepoint}")
+
+
+def open_tracing_link(prog_fd: int, hook: str) -> int:
+    """Attach a loaded TRACING program where its attach_btf_id says → the link fd; on
+    refusal closes the program and raises TypedTracepointError with the kernel's errno."""
+    try:
+        return bpf_syscall(BPF_RAW_TRACEPOINT_OPEN, _RawTracepointOpenAttr(prog_fd=prog_fd))
+    except OSError as exc:
+        os.close(prog_fd)
+        raise TypedTracepointError(
+            f"the kernel refused to attach {hook} ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
 
 
 def attach_typed_tracepoint(bpf, tracepoint: str, btf_id: int) -> None:
@@ -114,11 +133,6 @@ def attach_typed_tracepoint(bpf, tracepoint: str, btf_id: int) -> None:
     name = function_name(tracepoint).encode()
     insns = bpf.dump_func(name)
     prog_fd = load_typed_tracepoint(insns, lib.bpf_module_license(bpf.module), tracepoint, btf_id)
-    try:
-        link_fd = bpf_syscall(BPF_RAW_TRACEPOINT_OPEN, _RawTracepointOpenAttr(prog_fd=prog_fd))
-    except OSError as exc:
-        os.close(prog_fd)
-        raise TypedTracepointError(
-            f"the kernel refused to attach tp_btf:{tracepoint} ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
+    link_fd = open_tracing_link(prog_fd, f"tp_btf:{tracepoint}")
     bpf.funcs[name] = type(bpf).Function(bpf, name, prog_fd)
     bpf.raw_tracepoint_fds[tracepoint.encode()] = link_fd

@@ -21,7 +21,9 @@ from profiler.lab.scenario_listen import (
 from profiler.lab.scenarios import Scenario, ScenarioResult, lab_time_scale
 from profiler.lab.sysctl import read_sysctl
 from profiler.pod_listing import default_pod_directory
+from profiler.kernel.fentry import fentry_refusal
 from profiler.probes.base import ProbeStatus
+from profiler.probes.listen import FENTRY_FUNCTION, ListenBacklogProbe
 from profiler.profile import ProfileOptions, run_profile
 from profiler.snapshot import Listener, PodInterval
 from profiler.sources.listen import ListenSource
@@ -152,6 +154,35 @@ def test_probe_statuses_are_honest(flood_run, loader):
         # The final-ACK kprobes only where no drop reason shows that overflow (before 6.4).
         has_reason = "TCP_LISTEN_OVERFLOW" in loader.layout.drop_reasons.values()
         assert ("kprobe:tcp_v4_syn_recv_sock" in syn_path.via) == (not has_reason), syn_path.via
+
+
+def test_a_listen_call_is_seen_through_the_hook_this_kernel_allows(loader):
+    """fentry on __sys_listen where the kernel loads it (6.1 and 6.12 in tests/kernels: then
+    no program sits on a syscall tracepoint, and no other syscall on the node pays for the
+    probe), the syscall tracepoint where it refuses (this project's 6.18 says EPERM), and
+    the probe says which and why. Either way the call is recorded with the backlog the
+    application asked for, above the somaxconn cap the kernel keeps."""
+    refusal = fentry_refusal(FENTRY_FUNCTION, loader.layout.fentry_function_ids.get(FENTRY_FUNCTION))
+    probe = ListenBacklogProbe()
+    status = probe.attach(loader)
+    try:
+        assert status.attached, status.error
+        print(f"listen_backlog via {status.via}")
+        if refusal is None:
+            assert status.via == "fentry:__sys_listen"
+        else:
+            assert status.via == f"tracepoint:syscalls:sys_enter_listen ({refusal})"
+        requested = 70_000   # above any somaxconn (4096 by default since 5.4): kept uncapped
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(requested)
+            seen = probe.read()
+            mine = (seen.keys["tgid"] == os.getpid()) & (seen.keys["fd"] == sock.fileno())
+            assert mine.sum() == 1, seen.keys
+            assert int(seen.calls["backlog"][mine][0]) == requested
+            assert int(seen.calls["calls"][mine][0]) == 1
+    finally:
+        probe.detach()
 
 
 def test_syn_path_drops_are_the_full_listeners(flood_run, loader):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from profiler.kernel.btf import (
-    KIND_ARRAY, KIND_DECL_TAG, KIND_ENUM, KIND_ENUM64, KIND_FUNC_PROTO, KIND_INT, KIND_PTR,
+    KIND_ARRAY, KIND_DECL_TAG, KIND_ENUM, KIND_ENUM64, KIND_FUNC, KIND_FUNC_PROTO, KIND_INT, KIND_PTR,
     KIND_STRUCT, KIND_TYPE_TAG, KIND_TYPEDEF, KIND_UNION, Btf, BtfError,
 )
 
@@ -135,6 +135,18 @@ def test_a_typed_programs_attach_id_is_its_tracepoints_typedef(btf):
     assert btf.raw_tracepoint_type_id("kfree_skb") is None
 
 
+def test_an_fentry_programs_attach_id_is_its_functions_func():
+    # The id an fentry program is loaded against: the FUNC, not its FUNC_PROTO, and not a
+    # struct or typedef that happens to share the name.
+    b = BlobBuilder()
+    b.add("int", KIND_INT, 0, 4, struct.pack("<I", 32))                          # 1
+    b.add("", KIND_FUNC_PROTO, 2, 1, struct.pack("<IIII", b.s("fd"), 1, b.s("backlog"), 1))  # 2
+    b.add("__sys_listen", KIND_TYPEDEF, 0, 1)                                     # 3
+    b.add("__sys_listen", KIND_FUNC, 0, 2)                                        # 4
+    assert Btf(b.blob()).function_type_id("__sys_listen") == 4
+    assert Btf(b.blob()).function_type_id("inet_listen") is None
+
+
 @pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").is_file(), reason="this kernel has no BTF")
 def test_live_kernel_btf_has_what_netprof_needs():
     from profiler.kernel.offsets import read_layout
@@ -143,12 +155,20 @@ def test_live_kernel_btf_has_what_netprof_needs():
     assert set(layout.offsets) >= {"NETPROF_SOCK_NET_OFFSET", "NETPROF_NET_INUM_OFFSET",
                                    "NETPROF_SKB_TCP_GSO_SEGS_OFFSET"}
     assert layout.offsets["NETPROF_SOCK_NET_OFFSET"] == Btf.from_file().field_offset("sock", "__sk_common.skc_net")
-    assert all(0 < v < 4096 for v in layout.offsets.values())
+    # Each offset lies inside its outermost struct (a bound of 4096 held on 6.18 but not on
+    # Debian's 6.1, whose struct net is bigger).
+    from profiler.kernel.offsets import OFFSET_MACROS
+
+    btf = Btf.from_file()
+    for macro, parts in OFFSET_MACROS.items():
+        outer = btf.size(btf.find(parts[0][0], {KIND_STRUCT}))
+        assert 0 <= layout.offsets[macro] < outer, (macro, layout.offsets[macro], outer)
     names = set(layout.drop_reasons.values())
     assert {"NOT_SPECIFIED", "TCP_LISTEN_OVERFLOW", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
     assert {"NET_RX", "NET_TX"} <= set(layout.softirq_vectors.values())
     assert layout.kfree_skb_args is not None and layout.kfree_skb_args[:2] == ("struct sk_buff *", "void *")
     assert set(layout.typed_tracepoint_ids) == {"kfree_skb", "sock_rcvqueue_full"}
+    assert set(layout.fentry_function_ids) == {"__sys_listen"}
     # The tracepoint's own print fmt names the same numbers as BTF.
     fmt = Path("/sys/kernel/tracing/events/skb/kfree_skb/format")
     if fmt.exists():

@@ -60,6 +60,7 @@ def test_fdinfo_of_anything_else_is_none():
     ("tracepoint__syscalls__sys_enter_listen", "tracepoint:syscalls:sys_enter_listen"),
     ("raw_tracepoint__sock_rcvqueue_full", "raw_tracepoint:sock_rcvqueue_full"),
     ("tp_btf__kfree_skb", "tp_btf:kfree_skb"),
+    ("fentry____sys_listen", "fentry:__sys_listen"),
     ("count_drops", "count_drops"),
 ])
 def test_hook_from_bcc_function_name(name, hook):

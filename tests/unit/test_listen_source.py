@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from profiler.probes.base import ProbeStatus
-from profiler.probes.listen import LISTEN_CALL, LISTEN_CALL_KEY, ListenCalls, parse_socket_link, socket_inode
+from profiler.probes.listen import (
+    LISTEN_CALL, LISTEN_CALL_KEY, ListenCalls, listen_via, parse_socket_link, socket_inode,
+)
 from profiler.snapshot import Listener, SnapshotFrame
 from profiler.sources.listen import BACKLOG_GRACE_S, NetnsCounterDeltas, ListenSource, RequestedBacklogs
 from profiler.system.listeners import ListenerRow
@@ -32,6 +34,12 @@ def calls(*rows: tuple[int, int, int, int]) -> ListenCalls:
     keys = np.array([(tgid, fd) for tgid, fd, _, _ in rows], LISTEN_CALL_KEY)
     values = np.array([(backlog, 1, ns) for _, _, backlog, ns in rows], LISTEN_CALL)
     return ListenCalls(keys, values)
+
+
+def test_the_listen_probes_method_says_which_hook_and_why_not_fentry():
+    assert listen_via(None) == "fentry:__sys_listen"
+    assert listen_via("the kernel refused fentry:__sys_listen (EPERM)") == (
+        "tracepoint:syscalls:sys_enter_listen (the kernel refused fentry:__sys_listen (EPERM))")
 
 
 def test_socket_link_parsing():
