@@ -164,7 +164,8 @@ def test_live_kernel_btf_has_what_netprof_needs():
         outer = btf.size(btf.find(parts[0][0], {KIND_STRUCT}))
         assert 0 <= layout.offsets[macro] < outer, (macro, layout.offsets[macro], outer)
     names = set(layout.drop_reasons.values())
-    assert {"NOT_SPECIFIED", "TCP_LISTEN_OVERFLOW", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
+    # TCP_LISTEN_OVERFLOW is newer than Debian's 6.1 (tests/kernels), which has the others.
+    assert {"NOT_SPECIFIED", "CPU_BACKLOG", "SOCKET_RCVBUFF", "NETFILTER_DROP"} <= names
     assert {"NET_RX", "NET_TX"} <= set(layout.softirq_vectors.values())
     assert layout.kfree_skb_args is not None and layout.kfree_skb_args[:2] == ("struct sk_buff *", "void *")
     assert set(layout.typed_tracepoint_ids) == {"kfree_skb", "sock_rcvqueue_full"}
