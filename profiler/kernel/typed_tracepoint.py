@@ -18,7 +18,8 @@ attaches with bpf(BPF_RAW_TRACEPOINT_OPEN).
 
 The two fds are handed to the BCC object (`funcs`, `raw_tracepoint_fds`), so its cleanup()
 detaches and closes them as it does its own, and the cost meter finds the program where it
-finds every other one.
+finds every other one. The load and the attach are shared with fentry programs
+(kernel/fentry.py), which differ only in their attach type and target.
 """
 from __future__ import annotations
 
