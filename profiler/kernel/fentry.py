@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 
-from .typed_tracepoint import BPF_TRACE_FENTRY, TypedTracepointError, load_tracing_program, open_tracing_link
+from .typed_tracepoint import (
+    BPF_TRACE_FENTRY, TypedTracepointError, attach_tracing_function, load_tracing_program, open_tracing_link,
+)
 
 # BCC's function-name prefix for these programs; cost.hook_of_function reads it back.
 FUNCTION_PREFIX = "fentry__"
@@ -68,13 +70,7 @@ def attach_fentry(bpf, kernel_function: str, btf_id: int) -> None:
     """Load BCC object `bpf`'s function for `kernel_function` (function_name) as fentry on it
     and attach it. On success the BCC object owns both fds; raises TypedTracepointError with
     the kernel's reason."""
-    from bcc.libbcc import lib
-
-    name = function_name(kernel_function).encode()
-    insns = bpf.dump_func(name)
-    prog_fd = load_tracing_program(insns, lib.bpf_module_license(bpf.module), kernel_function,
-                                   BPF_TRACE_FENTRY, btf_id, hook(kernel_function))
-    link_fd = open_tracing_link(prog_fd, hook(kernel_function))
-    bpf.funcs[name] = type(bpf).Function(bpf, name, prog_fd)
+    link_fd = attach_tracing_function(bpf, function_name(kernel_function), kernel_function, BPF_TRACE_FENTRY,
+                                      btf_id, hook(kernel_function))
     # BCC's cleanup() closes kfunc_entry_fds' fds (detach_kfunc), under BCC's own prefix.
     bpf.kfunc_entry_fds[b"kfunc__" + kernel_function.encode()] = link_fd

@@ -109,11 +109,6 @@ def load_tracing_program(insns: bytes, license: bytes, name: str, attach_type: i
         f"{': ' + reason if reason else ''})")
 
 
-def load_typed_tracepoint(insns: bytes, license: bytes, tracepoint: str, btf_id: int) -> int:
-    """bpf(BPF_PROG_LOAD) of `insns` as tp_btf on `tracepoint` → program fd."""
-    return load_tracing_program(insns, license, tracepoint, BPF_TRACE_RAW_TP, btf_id, f"tp_btf:{tracepoint}")
-
-
 def open_tracing_link(prog_fd: int, hook: str) -> int:
     """Attach a loaded TRACING program where its attach_btf_id says → the link fd; on
     refusal closes the program and raises TypedTracepointError with the kernel's errno."""
@@ -125,15 +120,26 @@ def open_tracing_link(prog_fd: int, hook: str) -> int:
             f"the kernel refused to attach {hook} ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
 
 
+def attach_tracing_function(bpf, c_function: str, prog_name: str, attach_type: int, btf_id: int,
+                            hook: str) -> int:
+    """Load BCC object `bpf`'s C function `c_function` as a TRACING program of `attach_type`
+    on `btf_id` and attach it → the link fd, which the caller hands to the BCC object where
+    its cleanup() closes it. The program fd goes to `bpf.funcs`, where BCC and the cost
+    meter find it. Raises TypedTracepointError with the kernel's reason."""
+    from bcc.libbcc import lib
+
+    name = c_function.encode()
+    prog_fd = load_tracing_program(bpf.dump_func(name), lib.bpf_module_license(bpf.module), prog_name,
+                                   attach_type, btf_id, hook)
+    link_fd = open_tracing_link(prog_fd, hook)
+    bpf.funcs[name] = type(bpf).Function(bpf, name, prog_fd)
+    return link_fd
+
+
 def attach_typed_tracepoint(bpf, tracepoint: str, btf_id: int) -> None:
     """Load BCC object `bpf`'s function for `tracepoint` (function_name) as tp_btf, btf_id
     being the kernel's `btf_trace_<tracepoint>` typedef, and attach it. On success the BCC
     object owns both fds; raises TypedTracepointError with the kernel's reason."""
-    from bcc.libbcc import lib
-
-    name = function_name(tracepoint).encode()
-    insns = bpf.dump_func(name)
-    prog_fd = load_typed_tracepoint(insns, lib.bpf_module_license(bpf.module), tracepoint, btf_id)
-    link_fd = open_tracing_link(prog_fd, f"tp_btf:{tracepoint}")
-    bpf.funcs[name] = type(bpf).Function(bpf, name, prog_fd)
+    link_fd = attach_tracing_function(bpf, function_name(tracepoint), tracepoint, BPF_TRACE_RAW_TP, btf_id,
+                                      f"tp_btf:{tracepoint}")
     bpf.raw_tracepoint_fds[tracepoint.encode()] = link_fd
